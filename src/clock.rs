@@ -1,0 +1,189 @@
+//! The one module that owns time.
+//!
+//! Nothing else in tickd reads a clock or sleeps: the scheduler asks a [`Clock`] for "now" (both the
+//! monotonic instant and the wall-clock time) and to sleep until a monotonic deadline.
+//!
+//! Two kinds of time are involved and they are kept apart on purpose:
+//! - **Monotonic instants** ([`Instant`], tokio's) drive every deadline. Periodic (`every`) grids are
+//!   pure monotonic arithmetic, so a wall-clock step never moves them.
+//! - **Wall-clock time** ([`DateTime<Utc>`]) is only used to compute calendar (`cron`) fire times, and
+//!   is then converted into a monotonic deadline. When the wall clock is stepped, the scheduler is
+//!   told through [`Clock::wall_clock_changed`] and recomputes calendar deadlines from the new "now".
+//!
+//! Tests use [`Clock::manual`] together with `tokio::time::pause()`: tokio's paused time drives the
+//! monotonic side, and the manual wall clock follows it and can be stepped by hand.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
+
+pub use tokio::time::Instant;
+
+/// A source of time and the only way tickd sleeps. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Clock {
+    kind: Arc<ClockKind>,
+}
+
+#[derive(Debug)]
+enum ClockKind {
+    /// The operating system's clocks.
+    System,
+    /// A wall clock that advances with tokio's (possibly paused) monotonic time and can be stepped.
+    Manual {
+        /// A std mutex: held only for a few arithmetic operations, never across an `.await`.
+        anchor: Mutex<WallAnchor>,
+        /// Woken when the wall clock is stepped, like a `TFD_TIMER_CANCEL_ON_SET` timer would be.
+        stepped: Notify,
+    },
+}
+
+/// The manual wall clock: `wall = anchor.wall + (Instant::now() - anchor.instant)`.
+#[derive(Debug, Clone, Copy)]
+struct WallAnchor {
+    instant: Instant,
+    wall: DateTime<Utc>,
+}
+
+impl Clock {
+    /// The real clocks of the machine.
+    pub fn system() -> Self {
+        Clock {
+            kind: Arc::new(ClockKind::System),
+        }
+    }
+
+    /// A controllable clock for tests: its wall clock reads `wall_now` at this moment and then
+    /// advances with tokio's monotonic time (pause it with `tokio::time::pause()` and move it with
+    /// `tokio::time::advance`); [`Clock::step_wall`] steps the wall clock alone.
+    pub fn manual(wall_now: DateTime<Utc>) -> Self {
+        Clock {
+            kind: Arc::new(ClockKind::Manual {
+                anchor: Mutex::new(WallAnchor {
+                    instant: Instant::now(),
+                    wall: wall_now,
+                }),
+                stepped: Notify::new(),
+            }),
+        }
+    }
+
+    /// The current monotonic instant.
+    pub fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    /// The current wall-clock time.
+    pub fn wall_now(&self) -> DateTime<Utc> {
+        match &*self.kind {
+            ClockKind::System => Utc::now(),
+            ClockKind::Manual { anchor, .. } => {
+                let anchor = *anchor.lock().unwrap_or_else(PoisonError::into_inner);
+                anchor.wall + to_chrono(Instant::now().saturating_duration_since(anchor.instant))
+            }
+        }
+    }
+
+    /// The monotonic instant at which the wall clock will read `wall`, assuming it is not stepped
+    /// meanwhile. A time in the past maps to "now".
+    pub fn instant_for_wall(&self, wall: DateTime<Utc>) -> Instant {
+        let now = self.now();
+        let wall_now = self.wall_now();
+        match (wall - wall_now).to_std() {
+            Ok(ahead) => now + ahead,
+            Err(_) => now,
+        }
+    }
+
+    /// The wall-clock time that corresponds to a monotonic instant (past or future).
+    pub fn wall_for_instant(&self, instant: Instant) -> DateTime<Utc> {
+        let now = self.now();
+        let wall_now = self.wall_now();
+        if instant >= now {
+            wall_now + to_chrono(instant - now)
+        } else {
+            wall_now - to_chrono(now - instant)
+        }
+    }
+
+    /// Sleeps until the monotonic `deadline`.
+    pub async fn sleep_until(&self, deadline: Instant) {
+        tokio::time::sleep_until(deadline).await
+    }
+
+    /// Sleeps for `duration` of monotonic time.
+    pub async fn sleep(&self, duration: Duration) {
+        self.sleep_until(self.now() + duration).await
+    }
+
+    /// Resolves when the wall clock is stepped (not when it merely advances).
+    ///
+    /// For the manual clock this follows [`Clock::step_wall`]. For the system clock it currently
+    /// never resolves; calendar deadlines are re-checked against the wall clock when they fire, so
+    /// a step back never fires early. Detecting steps forward belongs to a realtime `timerfd` with
+    /// `TFD_TIMER_CANCEL_ON_SET`, which will live here.
+    pub async fn wall_clock_changed(&self) {
+        match &*self.kind {
+            ClockKind::System => std::future::pending().await,
+            ClockKind::Manual { stepped, .. } => stepped.notified().await,
+        }
+    }
+
+    /// Steps the manual wall clock by `by` (negative to go back). No-op on the system clock: tickd
+    /// never changes the machine's clock.
+    pub fn step_wall(&self, by: chrono::Duration) {
+        if let ClockKind::Manual { anchor, stepped } = &*self.kind {
+            anchor.lock().unwrap_or_else(PoisonError::into_inner).wall += by;
+            stepped.notify_waiters();
+        }
+    }
+}
+
+/// Converts a std duration to chrono's, saturating (durations here are far below chrono's range).
+fn to_chrono(duration: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).single().expect("valid")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn manual_wall_clock_follows_paused_time() {
+        let clock = Clock::manual(t0());
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert_eq!(clock.wall_now(), t0() + chrono::Duration::milliseconds(1500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wall_and_instant_convert_both_ways() {
+        let clock = Clock::manual(t0());
+        let at = clock.instant_for_wall(t0() + chrono::Duration::seconds(10));
+        assert_eq!(at - clock.now(), Duration::from_secs(10));
+        assert_eq!(clock.wall_for_instant(at), t0() + chrono::Duration::seconds(10));
+        // The past maps to now, never to an instant before it.
+        assert_eq!(clock.instant_for_wall(t0() - chrono::Duration::hours(1)), clock.now());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stepping_the_wall_clock_wakes_waiters_and_moves_only_the_wall() {
+        let clock = Clock::manual(t0());
+        let mono = clock.now();
+        let waiter = {
+            let clock = clock.clone();
+            tokio::spawn(async move { clock.wall_clock_changed().await })
+        };
+        tokio::task::yield_now().await;
+        clock.step_wall(chrono::Duration::hours(-1));
+        waiter.await.expect("waiter finished");
+        assert_eq!(clock.wall_now(), t0() - chrono::Duration::hours(1));
+        assert_eq!(clock.now(), mono);
+    }
+}

@@ -1,0 +1,987 @@
+//! The configuration schema, and the one `load()` shared by start-up, `tickd check` and SIGHUP.
+//!
+//! Loading is two-phase, so nothing ever acts on half-parsed input:
+//! 1. **Parse**: TOML into `Raw*` structs with serde. Unknown keys and wrong types are rejected
+//!    there, and every value keeps its byte span so later errors can point at it.
+//! 2. **Validate**: raw values into typed [`Config`] / [`JobSpec`] values that cannot hold an
+//!    invalid state (non-zero periods, parsed cron expressions, known zones and handlers, exactly one
+//!    schedule and one action). All problems are collected and reported together.
+//!
+//! Every problem names the file, line, column, job and key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::handler::Handlers;
+use crate::schedule::{CronSchedule, Schedule};
+
+/// Default for `[daemon] shutdown_timeout`.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for a job's `kill_grace`.
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
+
+/// A validated configuration file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was loaded from.
+    pub source: PathBuf,
+    /// Daemon-wide settings.
+    pub daemon: DaemonSettings,
+    /// The jobs, by name.
+    pub jobs: BTreeMap<String, Arc<JobSpec>>,
+}
+
+/// The `[daemon]` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonSettings {
+    /// How long SIGTERM/SIGINT waits for runs in flight before stopping them.
+    pub shutdown_timeout: Duration,
+    /// The default zone for cron schedules.
+    pub timezone: Tz,
+}
+
+/// One validated job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSpec {
+    /// The job's name (its table key).
+    pub name: String,
+    /// When it fires.
+    pub schedule: Schedule,
+    /// What a run does.
+    pub action: Action,
+    /// What a fire does while a previous run is still going.
+    pub overlap: Overlap,
+    /// A run longer than this is stopped (process group: TERM, then KILL after `kill_grace`).
+    pub timeout: Option<Duration>,
+    /// Time between the polite stop request and the forced one.
+    pub kill_grace: Duration,
+    /// Where a child's stdout/stderr go.
+    pub output: OutputMode,
+}
+
+/// What a run does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// A child process (`command = [...]`, or `shell = "..."` run by `/bin/sh -c`).
+    Process(ProcessSpec),
+    /// An in-process HTTP request (`http = { url = ... }`); success is a 2xx status.
+    Http(HttpSpec),
+    /// An in-process handler registered through the library API.
+    Handler(String),
+}
+
+/// A child process to start for each run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessSpec {
+    /// Program and arguments; never interpreted by a shell unless the program is the shell.
+    pub argv: Vec<String>,
+    /// Working directory; the daemon's own when unset.
+    pub cwd: Option<PathBuf>,
+    /// Extra environment variables, on top of the daemon's environment.
+    pub env: BTreeMap<String, String>,
+}
+
+/// An HTTP request to make for each run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpSpec {
+    /// Absolute `http://` or `https://` URL.
+    pub url: String,
+    /// Upper-case method name, `GET` by default.
+    pub method: String,
+    /// Request headers.
+    pub headers: BTreeMap<String, String>,
+    /// Request body.
+    pub body: Option<String>,
+    /// Timeout of the request itself (the job's `timeout` also applies).
+    pub timeout: Option<Duration>,
+}
+
+/// The overlap policy: what a fire does while a previous run of the job is still going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overlap {
+    /// Skip the fire (logged at debug and counted).
+    Skip,
+    /// Keep at most one pending run, started when the current one ends.
+    Queue,
+    /// Start concurrent runs, up to `max_concurrent` if set (further fires are skipped).
+    Allow {
+        /// The most runs of this job at once; unlimited when `None`.
+        max_concurrent: Option<NonZeroUsize>,
+    },
+    /// Stop the running one the way a timeout does, then start the new one.
+    Replace,
+}
+
+/// Where a child's output goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputMode {
+    /// Read line by line and log each line with the job name and run id.
+    #[default]
+    Log,
+    /// The child writes straight to the daemon's stdout/stderr.
+    Inherit,
+    /// Thrown away (`/dev/null`).
+    Discard,
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid configuration.
+    #[error("{}", format_problems(problems))]
+    Invalid {
+        /// Every problem found, in file order.
+        problems: Vec<Problem>,
+    },
+}
+
+fn format_problems(problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems.iter().map(Problem::to_string).collect();
+    lines.join("\n")
+}
+
+/// One problem in a configuration file, with its location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file.
+    pub path: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column (in characters).
+    pub column: usize,
+    /// The job concerned, if any.
+    pub job: Option<String>,
+    /// The key concerned (dotted, relative to the job or the file), if known.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.path.display(), self.line, self.column)?;
+        match (&self.job, &self.key) {
+            (Some(job), Some(key)) => write!(f, "job \"{job}\", key \"{key}\": ")?,
+            (Some(job), None) => write!(f, "job \"{job}\": ")?,
+            (None, Some(key)) => write!(f, "key \"{key}\": ")?,
+            (None, None) => {}
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Reads and validates a configuration file. `handlers` names the in-process handlers a job may
+/// use.
+pub fn load(path: &Path, handlers: &Handlers) -> Result<Config, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(err) => {
+            let valid_up_to = err.utf8_error().valid_up_to();
+            let text = String::from_utf8_lossy(err.as_bytes()).into_owned();
+            let locator = Locator { path, text: &text };
+            return Err(ConfigError::Invalid {
+                problems: vec![locator.problem(
+                    valid_up_to,
+                    None,
+                    None,
+                    "the file is not valid UTF-8".to_owned(),
+                )],
+            });
+        }
+    };
+    parse(path, &text, handlers)
+}
+
+/// Validates configuration text; `path` is only used in messages and as [`Config::source`].
+pub fn parse(path: &Path, text: &str, handlers: &Handlers) -> Result<Config, ConfigError> {
+    let locator = Locator { path, text };
+    let raw: RawConfig = match serde_path_to_error::deserialize(toml::Deserializer::new(text)) {
+        Ok(raw) => raw,
+        Err(err) => {
+            return Err(ConfigError::Invalid {
+                problems: vec![locator.from_serde(&err)],
+            })
+        }
+    };
+    let mut problems = Vec::new();
+    let config = Validator {
+        locator: &locator,
+        handlers,
+        problems: &mut problems,
+    }
+    .config(raw);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        problems.sort_by_key(|p| (p.line, p.column));
+        Err(ConfigError::Invalid { problems })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phase 1: the raw, spanned shape of the file.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    daemon: RawDaemon,
+    #[serde(default)]
+    jobs: BTreeMap<String, Spanned<RawJob>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    shutdown_timeout: Option<Spanned<String>>,
+    timezone: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    every: Option<Spanned<String>>,
+    cron: Option<Spanned<String>>,
+    timezone: Option<Spanned<String>>,
+    command: Option<Spanned<Vec<String>>>,
+    shell: Option<Spanned<String>>,
+    http: Option<Spanned<RawHttp>>,
+    handler: Option<Spanned<String>>,
+    overlap: Option<Spanned<RawOverlap>>,
+    max_concurrent: Option<Spanned<i64>>,
+    timeout: Option<Spanned<String>>,
+    kill_grace: Option<Spanned<String>>,
+    cwd: Option<Spanned<String>>,
+    env: Option<Spanned<BTreeMap<String, String>>>,
+    output: Option<Spanned<OutputMode>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    url: Spanned<String>,
+    method: Option<Spanned<String>>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    body: Option<String>,
+    timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawOverlap {
+    Skip,
+    Queue,
+    Allow,
+    Replace,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phase 2: validation into typed values.
+
+/// Turns byte offsets into line/column problems.
+struct Locator<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn problem(
+        &self,
+        offset: usize,
+        job: Option<&str>,
+        key: Option<&str>,
+        message: String,
+    ) -> Problem {
+        let offset = offset.min(self.text.len());
+        let before = self.text.get(..offset).unwrap_or(self.text);
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+        Problem {
+            path: self.path.to_owned(),
+            line,
+            column,
+            job: job.map(str::to_owned),
+            key: key.map(str::to_owned),
+            message,
+        }
+    }
+
+    /// A parse error, located by toml's span and named by serde's path (`jobs.NAME.key`).
+    fn from_serde(&self, err: &serde_path_to_error::Error<toml::de::Error>) -> Problem {
+        let inner = err.inner();
+        let offset = inner.span().map_or(0, |s| s.start);
+        // `Spanned` wrappers show up in serde's path under a private name: leave them out.
+        let segments: Vec<String> = err
+            .path()
+            .iter()
+            .map(|segment| segment.to_string())
+            .filter(|segment| !segment.starts_with("$__serde_spanned"))
+            .collect();
+        let (job, key) = match segments.as_slice() {
+            [jobs, job, rest @ ..] if jobs == "jobs" => {
+                (Some(job.clone()), (!rest.is_empty()).then(|| rest.join(".")))
+            }
+            [] => (None, None),
+            all => (None, Some(all.join("."))),
+        };
+        let message = inner.message().trim().to_owned();
+        self.problem(offset, job.as_deref(), key.as_deref(), message)
+    }
+}
+
+struct Validator<'a> {
+    locator: &'a Locator<'a>,
+    handlers: &'a Handlers,
+    problems: &'a mut Vec<Problem>,
+}
+
+/// The job and key a value belongs to, for messages.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    job: Option<&'a str>,
+    key: &'a str,
+}
+
+impl Validator<'_> {
+    fn report(&mut self, offset: usize, job: Option<&str>, key: Option<&str>, message: String) {
+        let problem = self.locator.problem(offset, job, key, message);
+        self.problems.push(problem);
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let daemon_at = |key| At { job: None, key };
+        let shutdown_timeout = raw
+            .daemon
+            .shutdown_timeout
+            .as_ref()
+            .and_then(|v| self.duration(v, daemon_at("daemon.shutdown_timeout"), true))
+            .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
+        let timezone = raw
+            .daemon
+            .timezone
+            .as_ref()
+            .and_then(|v| self.timezone(v, daemon_at("daemon.timezone")))
+            .unwrap_or(Tz::UTC);
+        let daemon = DaemonSettings {
+            shutdown_timeout,
+            timezone,
+        };
+        let mut jobs = BTreeMap::new();
+        for (name, job) in raw.jobs {
+            if let Some(spec) = self.job(&name, job, &daemon) {
+                jobs.insert(name, Arc::new(spec));
+            }
+        }
+        Config {
+            source: self.locator.path.to_owned(),
+            daemon,
+            jobs,
+        }
+    }
+
+    fn job(
+        &mut self,
+        name: &str,
+        raw: Spanned<RawJob>,
+        daemon: &DaemonSettings,
+    ) -> Option<JobSpec> {
+        let job_offset = raw.span().start;
+        let raw = raw.into_inner();
+        let at = |key| At {
+            job: Some(name),
+            key,
+        };
+        let problems_before = self.problems.len();
+
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            self.report(
+                job_offset,
+                Some(name),
+                None,
+                "a job name may contain only ASCII letters, digits, '-', '_' and '.'".to_owned(),
+            );
+        }
+
+        // Exactly one schedule.
+        let timezone = match &raw.timezone {
+            Some(v) => self.timezone(v, at("timezone")),
+            None => Some(daemon.timezone),
+        };
+        let schedule = match (&raw.every, &raw.cron) {
+            (Some(every), None) => {
+                if let Some(v) = &raw.timezone {
+                    self.report(
+                        v.span().start,
+                        Some(name),
+                        Some("timezone"),
+                        "\"timezone\" applies to cron schedules only, not to \"every\"".to_owned(),
+                    );
+                }
+                self.duration(every, at("every"), false)
+                    .map(Schedule::Every)
+            }
+            (None, Some(cron)) => timezone.and_then(|tz| {
+                CronSchedule::parse(cron.get_ref(), tz)
+                    .map_err(|e| {
+                        self.report(cron.span().start, Some(name), Some("cron"), e.to_string())
+                    })
+                    .ok()
+                    .map(Schedule::Cron)
+            }),
+            (Some(_), Some(cron)) => {
+                self.report(
+                    cron.span().start,
+                    Some(name),
+                    Some("cron"),
+                    "a job has exactly one schedule: \"every\" or \"cron\", not both".to_owned(),
+                );
+                None
+            }
+            (None, None) => {
+                self.report(
+                    job_offset,
+                    Some(name),
+                    None,
+                    "a job needs a schedule: \"every\" (e.g. \"10s\") or \"cron\"".to_owned(),
+                );
+                None
+            }
+        };
+
+        // Exactly one action.
+        let action_spans: Vec<(&str, usize)> = [
+            ("command", raw.command.as_ref().map(|v| v.span().start)),
+            ("shell", raw.shell.as_ref().map(|v| v.span().start)),
+            ("http", raw.http.as_ref().map(|v| v.span().start)),
+            ("handler", raw.handler.as_ref().map(|v| v.span().start)),
+        ]
+        .into_iter()
+        .filter_map(|(key, span)| span.map(|s| (key, s)))
+        .collect();
+        if action_spans.len() > 1 {
+            let (key, offset) = action_spans[1];
+            let keys: Vec<&str> = action_spans.iter().map(|(k, _)| *k).collect();
+            self.report(
+                offset,
+                Some(name),
+                Some(key),
+                format!(
+                    "a job has exactly one action, found {}",
+                    keys.join(" and ")
+                ),
+            );
+        } else if action_spans.is_empty() {
+            self.report(
+                job_offset,
+                Some(name),
+                None,
+                "a job needs an action: \"command\", \"shell\", \"http\" or \"handler\"".to_owned(),
+            );
+        }
+        let is_process = raw.command.is_some() || raw.shell.is_some();
+        if !is_process {
+            for (key, offset) in [
+                ("cwd", raw.cwd.as_ref().map(|v| v.span().start)),
+                ("env", raw.env.as_ref().map(|v| v.span().start)),
+                ("output", raw.output.as_ref().map(|v| v.span().start)),
+            ] {
+                if let Some(offset) = offset {
+                    self.report(
+                        offset,
+                        Some(name),
+                        Some(key),
+                        format!("\"{key}\" applies to \"command\" and \"shell\" jobs only"),
+                    );
+                }
+            }
+        }
+        let process = |argv: Vec<String>| {
+            Action::Process(ProcessSpec {
+                argv,
+                cwd: raw.cwd.as_ref().map(|v| PathBuf::from(v.get_ref())),
+                env: raw.env.as_ref().map(|v| v.get_ref().clone()).unwrap_or_default(),
+            })
+        };
+        let action = if let Some(command) = &raw.command {
+            if command.get_ref().first().is_none_or(|p| p.is_empty()) {
+                self.report(
+                    command.span().start,
+                    Some(name),
+                    Some("command"),
+                    "the command needs at least a program name".to_owned(),
+                );
+                None
+            } else {
+                Some(process(command.get_ref().clone()))
+            }
+        } else if let Some(shell) = &raw.shell {
+            if shell.get_ref().trim().is_empty() {
+                self.report(
+                    shell.span().start,
+                    Some(name),
+                    Some("shell"),
+                    "the shell script is empty".to_owned(),
+                );
+                None
+            } else {
+                Some(process(vec![
+                    "/bin/sh".to_owned(),
+                    "-c".to_owned(),
+                    shell.get_ref().clone(),
+                ]))
+            }
+        } else if let Some(http) = raw.http {
+            self.http(name, http).map(Action::Http)
+        } else if let Some(handler) = &raw.handler {
+            if self.handlers.contains(handler.get_ref()) {
+                Some(Action::Handler(handler.get_ref().clone()))
+            } else {
+                let known = self.handlers.names().collect::<Vec<_>>().join(", ");
+                self.report(
+                    handler.span().start,
+                    Some(name),
+                    Some("handler"),
+                    format!(
+                        "unknown handler \"{}\" (registered: {known})",
+                        handler.get_ref()
+                    ),
+                );
+                None
+            }
+        } else {
+            None
+        };
+
+        // Overlap policy.
+        let max_concurrent = match &raw.max_concurrent {
+            Some(v) => match usize::try_from(*v.get_ref()).ok().and_then(NonZeroUsize::new) {
+                Some(n) => Some(n),
+                None => {
+                    self.report(
+                        v.span().start,
+                        Some(name),
+                        Some("max_concurrent"),
+                        "must be a whole number of at least 1".to_owned(),
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        let overlap = match raw.overlap.as_ref().map(|v| *v.get_ref()) {
+            None | Some(RawOverlap::Skip) => Overlap::Skip,
+            Some(RawOverlap::Queue) => Overlap::Queue,
+            Some(RawOverlap::Allow) => Overlap::Allow { max_concurrent },
+            Some(RawOverlap::Replace) => Overlap::Replace,
+        };
+        if let (Some(v), false) = (
+            &raw.max_concurrent,
+            matches!(overlap, Overlap::Allow { .. }),
+        ) {
+            self.report(
+                v.span().start,
+                Some(name),
+                Some("max_concurrent"),
+                "\"max_concurrent\" applies only with overlap = \"allow\"".to_owned(),
+            );
+        }
+
+        let timeout = raw
+            .timeout
+            .as_ref()
+            .and_then(|v| self.duration(v, at("timeout"), false));
+        let kill_grace = raw
+            .kill_grace
+            .as_ref()
+            .and_then(|v| self.duration(v, at("kill_grace"), true))
+            .unwrap_or(DEFAULT_KILL_GRACE);
+        let output = raw
+            .output
+            .as_ref()
+            .map(|v| *v.get_ref())
+            .unwrap_or_default();
+
+        if self.problems.len() != problems_before {
+            return None;
+        }
+        Some(JobSpec {
+            name: name.to_owned(),
+            schedule: schedule?,
+            action: action?,
+            overlap,
+            timeout,
+            kill_grace,
+            output,
+        })
+    }
+
+    fn http(&mut self, job: &str, raw: Spanned<RawHttp>) -> Option<HttpSpec> {
+        let raw = raw.into_inner();
+        let url = raw.url.get_ref();
+        let url_ok = reqwest::Url::parse(url)
+            .map_err(|e| e.to_string())
+            .and_then(|u| match u.scheme() {
+                "http" | "https" => Ok(()),
+                other => Err(format!("scheme \"{other}\" is not http or https")),
+            });
+        if let Err(why) = url_ok {
+            self.report(
+                raw.url.span().start,
+                Some(job),
+                Some("http.url"),
+                format!("invalid URL \"{url}\": {why}"),
+            );
+        }
+        let method = raw
+            .method
+            .as_ref()
+            .map_or("GET".to_owned(), |m| m.get_ref().to_ascii_uppercase());
+        if let Some(m) = &raw.method {
+            if reqwest::Method::from_bytes(method.as_bytes()).is_err() {
+                self.report(
+                    m.span().start,
+                    Some(job),
+                    Some("http.method"),
+                    format!("invalid HTTP method \"{}\"", m.get_ref()),
+                );
+            }
+        }
+        let timeout = raw.timeout.as_ref().and_then(|v| {
+            self.duration(
+                v,
+                At {
+                    job: Some(job),
+                    key: "http.timeout",
+                },
+                false,
+            )
+        });
+        Some(HttpSpec {
+            url: url.clone(),
+            method,
+            headers: raw.headers,
+            body: raw.body,
+            timeout,
+        })
+    }
+
+    fn duration(
+        &mut self,
+        value: &Spanned<String>,
+        at: At<'_>,
+        zero_allowed: bool,
+    ) -> Option<Duration> {
+        match humantime::parse_duration(value.get_ref().trim()) {
+            Ok(d) if d.is_zero() && !zero_allowed => {
+                self.report(
+                    value.span().start,
+                    at.job,
+                    Some(at.key),
+                    "must be greater than zero".to_owned(),
+                );
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.report(
+                    value.span().start,
+                    at.job,
+                    Some(at.key),
+                    format!(
+                        "invalid duration \"{}\": {e} (examples: \"200ms\", \"10s\", \"1h30m\")",
+                        value.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn timezone(&mut self, value: &Spanned<String>, at: At<'_>) -> Option<Tz> {
+        match value.get_ref().parse::<Tz>() {
+            Ok(tz) => Some(tz),
+            Err(_) => {
+                self.report(
+                    value.span().start,
+                    at.job,
+                    Some(at.key),
+                    format!(
+                        "unknown time zone \"{}\" (use an IANA name such as \"Europe/Berlin\")",
+                        value.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Config, ConfigError> {
+        parse(Path::new("jobs.toml"), text, &Handlers::with_builtins())
+    }
+
+    /// The single problem of an invalid config, as text.
+    fn error(text: &str) -> String {
+        match check(text) {
+            Ok(_) => panic!("expected an error for:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_full_config_validates_into_typed_jobs() {
+        let config = check(
+            r#"
+[daemon]
+shutdown_timeout = "5s"
+timezone = "Europe/Berlin"
+
+[jobs.heartbeat]
+every = "200ms"
+handler = "log"
+
+[jobs.reports]
+cron = "*/10 * * * * *"
+timezone = "America/New_York"
+command = ["php", "reports.php", "--quick"]
+overlap = "queue"
+timeout = "5m"
+kill_grace = "1s"
+cwd = "/tmp"
+env = { APP_ENV = "prod" }
+
+[jobs.ping]
+cron = "@hourly"
+http = { url = "http://127.0.0.1/cron.php", method = "post", headers = { X-A = "1" }, body = "x", timeout = "5s" }
+overlap = "allow"
+max_concurrent = 2
+
+[jobs.sh]
+every = "1h30m"
+shell = "echo hi | tr a-z A-Z"
+output = "discard"
+"#,
+        )
+        .expect("valid config");
+        assert_eq!(config.daemon.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(config.daemon.timezone, chrono_tz::Europe::Berlin);
+        let heartbeat = &config.jobs["heartbeat"];
+        assert_eq!(heartbeat.schedule, Schedule::Every(Duration::from_millis(200)));
+        assert_eq!(heartbeat.action, Action::Handler("log".to_owned()));
+        assert_eq!(heartbeat.overlap, Overlap::Skip);
+        assert_eq!(heartbeat.kill_grace, DEFAULT_KILL_GRACE);
+        let reports = &config.jobs["reports"];
+        match &reports.schedule {
+            Schedule::Cron(c) => assert_eq!(c.timezone(), chrono_tz::America::New_York),
+            other => panic!("unexpected schedule {other:?}"),
+        }
+        assert_eq!(reports.overlap, Overlap::Queue);
+        assert_eq!(reports.timeout, Some(Duration::from_secs(300)));
+        match &reports.action {
+            Action::Process(p) => {
+                assert_eq!(p.argv, ["php", "reports.php", "--quick"]);
+                assert_eq!(p.env["APP_ENV"], "prod");
+                assert_eq!(p.cwd.as_deref(), Some(Path::new("/tmp")));
+            }
+            other => panic!("unexpected action {other:?}"),
+        }
+        match &config.jobs["ping"].action {
+            Action::Http(h) => assert_eq!(h.method, "POST"),
+            other => panic!("unexpected action {other:?}"),
+        }
+        assert_eq!(
+            config.jobs["ping"].overlap,
+            Overlap::Allow {
+                max_concurrent: NonZeroUsize::new(2)
+            }
+        );
+        assert_eq!(
+            config.jobs["sh"].schedule,
+            Schedule::Every(Duration::from_secs(5400))
+        );
+        // A job that names no zone takes the daemon's.
+        match &config.jobs["ping"].schedule {
+            Schedule::Cron(c) => assert_eq!(c.timezone(), chrono_tz::Europe::Berlin),
+            other => panic!("unexpected schedule {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_column_job_and_key() {
+        let msg = error("[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\nevry = \"2s\"\n");
+        assert!(msg.starts_with("jobs.toml:4:1: job \"a\""), "{msg}");
+        assert!(msg.contains("unknown field `evry`"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_key_at_top_level_and_in_daemon() {
+        let msg = error("[daemon]\nshutdown_timout = \"1s\"\n");
+        assert!(msg.starts_with("jobs.toml:2:1:"), "{msg}");
+        assert!(msg.contains("unknown field `shutdown_timout`"), "{msg}");
+        let msg = error("[jbos.a]\nevery = \"1s\"\n");
+        assert!(msg.contains("unknown field `jbos`"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_is_located() {
+        let msg = error("[jobs.a]\nevery = 5\nhandler = \"log\"\n");
+        assert!(msg.starts_with("jobs.toml:2:9: job \"a\", key \"every\""), "{msg}");
+        assert!(msg.contains("invalid type"), "{msg}");
+    }
+
+    #[test]
+    fn zero_and_malformed_periods_are_rejected() {
+        let msg = error("[jobs.a]\nevery = \"0s\"\nhandler = \"log\"\n");
+        assert!(msg.starts_with("jobs.toml:2:9: job \"a\", key \"every\""), "{msg}");
+        assert!(msg.contains("greater than zero"), "{msg}");
+        let msg = error("[jobs.a]\nevery = \"-5s\"\nhandler = \"log\"\n");
+        assert!(msg.contains("key \"every\": invalid duration"), "{msg}");
+        let msg = error("[jobs.a]\nevery = \"soon\"\nhandler = \"log\"\n");
+        assert!(msg.contains("invalid duration \"soon\""), "{msg}");
+    }
+
+    #[test]
+    fn bad_cron_expression_is_located() {
+        let msg = error("[jobs.a]\ncron = \"61 * * * *\"\nhandler = \"log\"\n");
+        assert!(msg.starts_with("jobs.toml:2:8: job \"a\", key \"cron\""), "{msg}");
+        assert!(msg.contains("invalid cron expression"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_zone_is_located() {
+        let msg = error("[jobs.a]\ncron = \"* * * * *\"\ntimezone = \"Mars/Olympus\"\nhandler = \"log\"\n");
+        assert!(msg.starts_with("jobs.toml:3:12: job \"a\", key \"timezone\""), "{msg}");
+        assert!(msg.contains("unknown time zone"), "{msg}");
+        let msg = error("[daemon]\ntimezone = \"Nowhere\"\n");
+        assert!(msg.contains("key \"daemon.timezone\""), "{msg}");
+    }
+
+    #[test]
+    fn unknown_handler_lists_the_registered_ones() {
+        let msg = error("[jobs.a]\nevery = \"1s\"\nhandler = \"nope\"\n");
+        assert!(msg.starts_with("jobs.toml:3:11: job \"a\", key \"handler\""), "{msg}");
+        assert!(msg.contains("unknown handler \"nope\" (registered: log)"), "{msg}");
+    }
+
+    #[test]
+    fn two_schedules_or_two_actions_or_none_are_rejected() {
+        let msg = error("[jobs.a]\nevery = \"1s\"\ncron = \"* * * * *\"\nhandler = \"log\"\n");
+        assert!(msg.contains("job \"a\", key \"cron\": a job has exactly one schedule"), "{msg}");
+        let msg = error("[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\nshell = \"true\"\n");
+        assert!(msg.contains("exactly one action, found shell and handler"), "{msg}");
+        let msg = error("[jobs.a]\nhandler = \"log\"\n");
+        assert!(msg.contains("job \"a\": a job needs a schedule"), "{msg}");
+        let msg = error("[jobs.a]\nevery = \"1s\"\n");
+        assert!(msg.contains("job \"a\": a job needs an action"), "{msg}");
+    }
+
+    #[test]
+    fn bad_overlap_and_max_concurrent() {
+        let msg = error("[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\noverlap = \"sometimes\"\n");
+        assert!(msg.contains("job \"a\", key \"overlap\""), "{msg}");
+        assert!(msg.contains("unknown variant `sometimes`"), "{msg}");
+        let msg = error("[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\nmax_concurrent = 2\n");
+        assert!(msg.contains("applies only with overlap = \"allow\""), "{msg}");
+        let msg = error(
+            "[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\noverlap = \"allow\"\nmax_concurrent = 0\n",
+        );
+        assert!(msg.contains("key \"max_concurrent\": must be a whole number"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_job_names_are_toml_errors() {
+        let msg = error("[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\n[jobs.a]\nevery = \"2s\"\n");
+        assert!(msg.starts_with("jobs.toml:4:"), "{msg}");
+        assert!(msg.to_lowercase().contains("duplicate"), "{msg}");
+    }
+
+    #[test]
+    fn all_problems_are_reported_in_file_order() {
+        let msg = error(
+            "[jobs.a]\nevery = \"0s\"\nhandler = \"log\"\n[jobs.b]\ncron = \"x\"\nhandler = \"log\"\n",
+        );
+        let lines: Vec<&str> = msg.lines().collect();
+        assert_eq!(lines.len(), 2, "{msg}");
+        assert!(lines[0].starts_with("jobs.toml:2:"), "{msg}");
+        assert!(lines[1].starts_with("jobs.toml:5:"), "{msg}");
+    }
+
+    #[test]
+    fn process_only_keys_are_rejected_on_other_actions() {
+        let msg = error("[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\ncwd = \"/tmp\"\n");
+        assert!(msg.contains("key \"cwd\": \"cwd\" applies to \"command\""), "{msg}");
+    }
+
+    #[test]
+    fn bad_http_url_and_method() {
+        let msg = error("[jobs.a]\nevery = \"1s\"\nhttp = { url = \"ftp://x\" }\n");
+        assert!(msg.contains("key \"http.url\": invalid URL"), "{msg}");
+        let msg = error("[jobs.a]\nevery = \"1s\"\nhttp = { url = \"http://x\", method = \"GE T\" }\n");
+        assert!(msg.contains("key \"http.method\""), "{msg}");
+    }
+
+    #[test]
+    fn empty_command_and_bad_names() {
+        let msg = error("[jobs.a]\nevery = \"1s\"\ncommand = []\n");
+        assert!(msg.contains("needs at least a program"), "{msg}");
+        let msg = error("[jobs.\"a b\"]\nevery = \"1s\"\nhandler = \"log\"\n");
+        assert!(msg.contains("a job name may contain only"), "{msg}");
+    }
+
+    #[test]
+    fn syntax_errors_are_located() {
+        let msg = error("[jobs.a]\nevery = \"1s\nhandler = \"log\"\n");
+        assert!(msg.starts_with("jobs.toml:2:"), "{msg}");
+    }
+
+    #[test]
+    fn invalid_utf8_is_located() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, b"[jobs.a]\nevery = \"1s\xff\"\n").expect("write");
+        let msg = load(&path, &Handlers::with_builtins())
+            .expect_err("invalid")
+            .to_string();
+        assert!(msg.contains("bad.toml:2:12: the file is not valid UTF-8"), "{msg}");
+    }
+
+    #[test]
+    fn a_missing_file_is_a_read_error() {
+        let err = load(Path::new("/nonexistent/jobs.toml"), &Handlers::with_builtins())
+            .expect_err("missing");
+        assert!(matches!(err, ConfigError::Read { .. }));
+        assert!(err.to_string().contains("/nonexistent/jobs.toml"));
+    }
+}

@@ -1,0 +1,209 @@
+//! The supervisor: starts one task per job, applies reloads, and runs the shutdown sequence.
+//!
+//! Control comes in from outside as [`Control`] messages (the binary maps OS signals to them;
+//! tests send them directly), so the daemon has no `if test` branches and no signal handling of
+//! its own.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::Clock;
+use crate::config::{self, Config};
+use crate::handler::Handlers;
+use crate::job::JobHandle;
+use crate::run::RunEnv;
+
+/// What the outside world asks of a running daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Re-read the configuration file (SIGHUP).
+    Reload,
+    /// Stop (SIGTERM, SIGINT). The first one starts the drain; a second one skips the wait.
+    Shutdown,
+}
+
+/// How the daemon stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every run in flight finished on its own.
+    Drained,
+    /// Runs were still going after the drain timeout (or a second stop request) and were stopped.
+    RunsStopped,
+}
+
+/// A fatal error of the daemon itself (never of a job).
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The thread that spawns child processes could not be started.
+    #[error("cannot start the process spawner: {0}")]
+    Spawner(#[source] std::io::Error),
+}
+
+/// What the daemon needs besides its first configuration.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// The file re-read on [`Control::Reload`].
+    pub config_path: PathBuf,
+    /// In-process handlers jobs may name.
+    pub handlers: Handlers,
+    /// The source of time.
+    pub clock: Clock,
+}
+
+/// Runs the daemon with an already validated `config` until a [`Control::Shutdown`] arrives or
+/// `controls` closes, then drains: stop firing, wait for runs in flight up to the configured
+/// `shutdown_timeout`, stop what is left (TERM, KILL after each job's `kill_grace`).
+pub async fn run(
+    config: Config,
+    options: DaemonOptions,
+    mut controls: mpsc::Receiver<Control>,
+) -> Result<Stopped, DaemonError> {
+    let env = Arc::new(
+        RunEnv::new(options.clock.clone(), options.handlers.clone()).map_err(DaemonError::Spawner)?,
+    );
+    let mut supervisor = Supervisor {
+        env,
+        runs: TaskTracker::new(),
+        firing: CancellationToken::new(),
+        jobs: BTreeMap::new(),
+        config,
+        options,
+    };
+    for spec in supervisor.config.jobs.values() {
+        let handle = supervisor.spawn_job(spec.clone());
+        supervisor.jobs.insert(spec.name.clone(), handle);
+    }
+    tracing::info!(
+        jobs = supervisor.jobs.len(),
+        config = %supervisor.options.config_path.display(),
+        "scheduler started"
+    );
+    loop {
+        match controls.recv().await {
+            Some(Control::Reload) => supervisor.reload(),
+            Some(Control::Shutdown) | None => break,
+        }
+    }
+    Ok(supervisor.shut_down(controls).await)
+}
+
+struct Supervisor {
+    env: Arc<RunEnv>,
+    /// Every run of every job: what the shutdown drains.
+    runs: TaskTracker,
+    /// Cancelled to stop all jobs from firing; each job's stop token is a child of it.
+    firing: CancellationToken,
+    jobs: BTreeMap<String, JobHandle>,
+    config: Config,
+    options: DaemonOptions,
+}
+
+impl Supervisor {
+    fn spawn_job(&self, spec: Arc<config::JobSpec>) -> JobHandle {
+        JobHandle::spawn(
+            spec,
+            self.env.clone(),
+            self.runs.clone(),
+            self.firing.child_token(),
+        )
+    }
+
+    /// Loads the file anew and applies it whole, or not at all: the new configuration is built
+    /// and validated completely before any running job is touched.
+    fn reload(&mut self) {
+        let path = &self.options.config_path;
+        tracing::info!(config = %path.display(), "reloading configuration");
+        let new = match config::load(path, &self.options.handlers) {
+            Ok(new) => new,
+            Err(err) => {
+                tracing::error!("reload rejected, the running configuration stays in force:\n{err}");
+                return;
+            }
+        };
+        let (mut added, mut removed, mut changed) = (0, 0, 0);
+        let gone: Vec<String> = self
+            .jobs
+            .keys()
+            .filter(|name| !new.jobs.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(job) = self.jobs.remove(&name) {
+                // The task ends by itself; its runs in flight finish (they are on `runs`).
+                drop(job.stop());
+                tracing::info!(job = %name, "job removed; runs in flight will finish");
+                removed += 1;
+            }
+        }
+        for (name, spec) in &new.jobs {
+            match self.jobs.get_mut(name) {
+                Some(job) if job.spec == *spec => {}
+                Some(job) => {
+                    job.update(spec.clone());
+                    changed += 1;
+                }
+                None => {
+                    let handle = self.spawn_job(spec.clone());
+                    self.jobs.insert(name.clone(), handle);
+                    tracing::info!(job = %name, schedule = %spec.schedule, "job added");
+                    added += 1;
+                }
+            }
+        }
+        let unchanged = new.jobs.len() - added - changed;
+        self.config = new;
+        tracing::info!(added, removed, changed, unchanged, "configuration reloaded");
+    }
+
+    async fn shut_down(self, mut controls: mpsc::Receiver<Control>) -> Stopped {
+        // 1. Stop firing.
+        self.firing.cancel();
+        for (_, job) in self.jobs {
+            let _ = job.stop().await;
+        }
+        // 2. Wait for runs in flight, up to the drain timeout or a second stop request.
+        self.runs.close();
+        let timeout = self.config.daemon.shutdown_timeout;
+        if !self.runs.is_empty() {
+            tracing::info!(
+                runs = self.runs.len(),
+                timeout = %humantime::format_duration(timeout),
+                "shutting down: waiting for runs in flight"
+            );
+        }
+        let drained = tokio::select! {
+            _ = self.runs.wait() => true,
+            _ = self.env.clock.sleep(timeout) => false,
+            _ = second_stop(&mut controls) => false,
+        };
+        if drained {
+            tracing::info!("shut down: every run finished");
+            return Stopped::Drained;
+        }
+        // 3. Stop what is left: cancel handlers, TERM process groups, KILL after the grace.
+        tracing::warn!(runs = self.runs.len(), "runs still going; stopping them");
+        self.env.stop_runs.cancel();
+        self.runs.wait().await;
+        tracing::warn!("shut down: runs had to be stopped");
+        Stopped::RunsStopped
+    }
+}
+
+/// Resolves on the next [`Control::Shutdown`]; reloads during the drain are ignored.
+async fn second_stop(controls: &mut mpsc::Receiver<Control>) {
+    loop {
+        match controls.recv().await {
+            Some(Control::Shutdown) => {
+                tracing::warn!("second stop request: not waiting any longer");
+                return;
+            }
+            Some(Control::Reload) => tracing::info!("reload ignored while shutting down"),
+            None => std::future::pending().await,
+        }
+    }
+}

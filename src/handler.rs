@@ -1,0 +1,111 @@
+//! In-process handlers: the library API through which a Rust program registers named async jobs.
+//!
+//! ```no_run
+//! use tickd::handler::{Handlers, RunContext};
+//!
+//! let mut handlers = Handlers::with_builtins();
+//! handlers.register("flush-cache", |ctx: RunContext| async move {
+//!     tokio::select! {
+//!         _ = ctx.cancel.cancelled() => Err("cancelled".into()),
+//!         _ = async { /* the work */ } => Ok(()),
+//!     }
+//! });
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+/// A run's identity: unique for the life of the daemon, increasing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RunId(pub u64);
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What a handler is told about the run it performs.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    /// The job's name.
+    pub job: Arc<str>,
+    /// This run's id (also in every log line of the run).
+    pub run_id: RunId,
+    /// The wall-clock time the run was due.
+    pub scheduled: DateTime<Utc>,
+    /// Cancelled when the run must stop: its timeout passed, it is being replaced, or the daemon
+    /// is shutting down after the drain timeout. A handler that ignores it is aborted after the
+    /// job's `kill_grace`.
+    pub cancel: CancellationToken,
+}
+
+/// The error a handler returns; its text is logged as the reason of the failed run.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The future a handler returns.
+pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>;
+
+/// A registered handler.
+pub type HandlerFn = Arc<dyn Fn(RunContext) -> HandlerFuture + Send + Sync>;
+
+/// The named handlers a configuration may refer to with `handler = "name"`.
+#[derive(Clone, Default)]
+pub struct Handlers {
+    by_name: BTreeMap<String, HandlerFn>,
+}
+
+impl fmt::Debug for Handlers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.by_name.keys()).finish()
+    }
+}
+
+impl Handlers {
+    /// No handlers at all.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The handlers the `tickd` binary ships: `log`, which writes one log line per run.
+    pub fn with_builtins() -> Self {
+        let mut handlers = Self::new();
+        handlers.register("log", |ctx: RunContext| async move {
+            tracing::info!(job = %ctx.job, run = %ctx.run_id, scheduled = %ctx.scheduled.to_rfc3339(), "tick");
+            Ok(())
+        });
+        handlers
+    }
+
+    /// Registers (or replaces) the handler called `name`.
+    pub fn register<F, Fut>(&mut self, name: impl Into<String>, handler: F) -> &mut Self
+    where
+        F: Fn(RunContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        let handler: HandlerFn = Arc::new(move |ctx| Box::pin(handler(ctx)));
+        self.by_name.insert(name.into(), handler);
+        self
+    }
+
+    /// The handler called `name`.
+    pub fn get(&self, name: &str) -> Option<HandlerFn> {
+        self.by_name.get(name).cloned()
+    }
+
+    /// Whether a handler called `name` is registered.
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// The registered names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+}

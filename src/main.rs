@@ -1,0 +1,285 @@
+//! The `tickd` binary: command line, logging, OS signals and exit codes around the library.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chrono::{DateTime, SecondsFormat, Utc};
+use chrono_tz::Tz;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use tickd::config::{Config, JobSpec};
+use tickd::schedule::{CronSchedule, Schedule};
+use tickd::{Clock, Control, DaemonOptions, Handlers, Stopped};
+
+/// Exit codes, documented in README.md.
+mod exit {
+    /// Clean stop, every run drained.
+    pub const OK: u8 = 0;
+    /// Fatal runtime error.
+    pub const FATAL: u8 = 1;
+    /// Invalid configuration or usage.
+    pub const INVALID: u8 = 2;
+    /// Stopped, but runs had to be stopped after the drain timeout.
+    pub const RUNS_STOPPED: u8 = 3;
+}
+
+#[derive(Parser)]
+#[command(name = "tickd", version, about = "A job scheduler that replaces minutely cron")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, global = true, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run {
+        /// The jobs file.
+        #[arg(default_value = "jobs.toml")]
+        file: PathBuf,
+    },
+    /// Validate the jobs file without running anything (exit 0 when valid, 2 when not).
+    Check {
+        /// The jobs file.
+        #[arg(default_value = "jobs.toml")]
+        file: PathBuf,
+    },
+    /// Print the next fire times of each job, or of one cron expression (`--cron`).
+    Next {
+        /// The jobs file (ignored with --cron).
+        #[arg(default_value = "jobs.toml")]
+        file: PathBuf,
+        /// Only this job.
+        #[arg(long)]
+        job: Option<String>,
+        /// How many fire times.
+        #[arg(short = 'n', default_value_t = 5)]
+        count: usize,
+        /// A cron expression to evaluate instead of a file: prints one RFC 3339 time per line.
+        #[arg(long)]
+        cron: Option<String>,
+        /// The time zone for --cron (IANA name).
+        #[arg(long, default_value = "UTC", requires = "cron")]
+        tz: String,
+        /// Start after this RFC 3339 time instead of now.
+        #[arg(long)]
+        after: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let code = match cli.command {
+        Command::Run { file } => run_daemon(&file),
+        Command::Check { file } => check(&file),
+        Command::Next {
+            file,
+            job,
+            count,
+            cron,
+            tz,
+            after,
+        } => next(&file, job.as_deref(), count, cron.as_deref(), &tz, after.as_deref()),
+    };
+    ExitCode::from(code)
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TICKD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Write errors (a closed or full stderr) are dropped instead of reported with `eprintln!`,
+    // which would panic: logging must never stop the scheduler.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
+    match format {
+        LogFormat::Human => builder.with_ansi(false).init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Loads a config with the binary's handlers, printing the problems on failure.
+fn load_config(file: &Path) -> Option<Config> {
+    match tickd::load(file, &Handlers::with_builtins()) {
+        Ok(config) => Some(config),
+        Err(err) => {
+            tracing::error!("invalid configuration:\n{err}");
+            None
+        }
+    }
+}
+
+fn run_daemon(file: &Path) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("tickd-worker")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!("cannot start the runtime: {err}");
+            return exit::FATAL;
+        }
+    };
+    runtime.block_on(async {
+        // Signal handlers go in before anything else, so an early SIGHUP or SIGTERM is never
+        // fatal by default disposition.
+        let controls = match forward_signals() {
+            Ok(controls) => controls,
+            Err(err) => {
+                tracing::error!("{err:#}");
+                return exit::FATAL;
+            }
+        };
+        let Some(config) = load_config(file) else {
+            return exit::INVALID;
+        };
+        let options = DaemonOptions {
+            config_path: file.to_owned(),
+            handlers: Handlers::with_builtins(),
+            clock: Clock::system(),
+        };
+        match tickd::run(config, options, controls).await {
+            Ok(Stopped::Drained) => exit::OK,
+            Ok(Stopped::RunsStopped) => exit::RUNS_STOPPED,
+            Err(err) => {
+                tracing::error!("{err}");
+                exit::FATAL
+            }
+        }
+    })
+}
+
+/// Maps SIGTERM/SIGINT to [`Control::Shutdown`] and SIGHUP to [`Control::Reload`].
+fn forward_signals() -> anyhow::Result<mpsc::Receiver<Control>> {
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let control = tokio::select! {
+                _ = term.recv() => Control::Shutdown,
+                _ = int.recv() => Control::Shutdown,
+                _ = hup.recv() => Control::Reload,
+            };
+            tracing::debug!(?control, "signal received");
+            if tx.send(control).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+fn check(file: &Path) -> u8 {
+    let Some(config) = load_config(file) else {
+        return exit::INVALID;
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}: OK, {} jobs", file.display(), config.jobs.len());
+    for spec in config.jobs.values() {
+        let _ = writeln!(out, "  {}: {}", spec.name, spec.schedule);
+    }
+    exit::OK
+}
+
+fn next(
+    file: &Path,
+    job: Option<&str>,
+    count: usize,
+    cron: Option<&str>,
+    tz: &str,
+    after: Option<&str>,
+) -> u8 {
+    let after = match after.map(DateTime::parse_from_rfc3339) {
+        None => Utc::now(),
+        Some(Ok(t)) => t.with_timezone(&Utc),
+        Some(Err(err)) => {
+            eprintln_safe(&format!("tickd: invalid --after time: {err}"));
+            return exit::INVALID;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if let Some(expression) = cron {
+        let Ok(zone) = tz.parse::<Tz>() else {
+            eprintln_safe(&format!("tickd: unknown time zone \"{tz}\""));
+            return exit::INVALID;
+        };
+        let schedule = match CronSchedule::parse(expression, zone) {
+            Ok(schedule) => schedule,
+            Err(err) => {
+                eprintln_safe(&format!("tickd: {err}"));
+                return exit::INVALID;
+            }
+        };
+        for time in upcoming_cron(&schedule, after, count) {
+            let _ = writeln!(out, "{}", rfc3339(&time.with_timezone(&zone)));
+        }
+        return exit::OK;
+    }
+    let Some(config) = load_config(file) else {
+        return exit::INVALID;
+    };
+    let jobs: Vec<&JobSpec> = match job {
+        Some(name) => match config.jobs.get(name) {
+            Some(spec) => vec![spec],
+            None => {
+                eprintln_safe(&format!("tickd: no job named \"{name}\" in {}", file.display()));
+                return exit::INVALID;
+            }
+        },
+        None => config.jobs.values().map(|s| s.as_ref()).collect(),
+    };
+    for spec in jobs {
+        let _ = writeln!(out, "{} ({}):", spec.name, spec.schedule);
+        match &spec.schedule {
+            Schedule::Every(period) => {
+                for k in 1..=count as u32 {
+                    let time = after + chrono::Duration::from_std(*period * k).unwrap_or_default();
+                    let _ = writeln!(out, "  {}", rfc3339(&time));
+                }
+            }
+            Schedule::Cron(cron) => {
+                for time in upcoming_cron(cron, after, count) {
+                    let local = time.with_timezone(&cron.timezone());
+                    let _ = writeln!(out, "  {}  ({})", rfc3339(&local), rfc3339(&time));
+                }
+            }
+        }
+    }
+    exit::OK
+}
+
+fn upcoming_cron(cron: &CronSchedule, after: DateTime<Utc>, count: usize) -> Vec<DateTime<Utc>> {
+    std::iter::successors(cron.next_after(after), |t| cron.next_after(*t))
+        .take(count)
+        .collect()
+}
+
+fn rfc3339<Z: chrono::TimeZone>(time: &DateTime<Z>) -> String
+where
+    Z::Offset: std::fmt::Display,
+{
+    time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// Writes to stderr, ignoring a closed stderr (`eprintln!` would panic).
+fn eprintln_safe(message: &str) {
+    let _ = writeln!(std::io::stderr(), "{message}");
+}

@@ -1,0 +1,53 @@
+//! The only module with `unsafe` code: what a child process does between `fork` and `exec`.
+//!
+//! Everything here runs in the forked child before `exec`, so it may only call async-signal-safe
+//! functions (raw syscalls through `libc`): no allocation, no locks.
+#![allow(unsafe_code)]
+
+use std::io;
+
+/// Arranges for `command`'s child to:
+/// - receive SIGKILL when the thread that forked it exits (`PR_SET_PDEATHSIG`). The caller forks
+///   only from a thread that lives as long as the daemon (see `process::Spawner`), so this means
+///   "when the daemon dies"; a daemon that died before the `prctl` is caught by the `getppid` check;
+/// - start with default dispositions for every signal and an empty signal mask, whatever the
+///   daemon inherited (a `nohup`ed daemon ignores SIGHUP, which `exec` would otherwise pass on);
+/// - inherit no descriptor but 0, 1 and 2 (tickd opens everything close-on-exec, but a descriptor
+///   the daemon itself inherited from its parent would otherwise leak into every job).
+pub fn harden_child(command: &mut tokio::process::Command) {
+    let daemon_pid = std::process::id();
+    let harden = move || -> io::Result<()> {
+        // SAFETY: only async-signal-safe syscalls with valid arguments; no memory is allocated.
+        unsafe {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() as u32 != daemon_pid {
+                // The daemon is already gone: do not run a job nobody will reap or stop.
+                libc::_exit(111);
+            }
+            for signal in 1..libc::SIGRTMAX() {
+                if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                    libc::signal(signal, libc::SIG_DFL);
+                }
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            // close_range(3, ~0, CLOSE_RANGE_CLOEXEC): Linux >= 5.11; on older kernels the
+            // descriptors inherited from our own parent stay as they were.
+            const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+            libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                CLOSE_RANGE_CLOEXEC,
+            );
+        }
+        Ok(())
+    };
+    // SAFETY: the closure above only makes async-signal-safe calls.
+    unsafe {
+        command.pre_exec(harden);
+    }
+}

@@ -1,0 +1,338 @@
+//! The one module that spawns, watches and stops child processes.
+//!
+//! Each run is its own process group (`setpgid(0, 0)`), so a timeout, a replace or a shutdown
+//! stops the job *and* whatever it started: SIGTERM and SIGCONT to the group (a stopped process
+//! never sees SIGTERM otherwise), SIGKILL to the group after `kill_grace`. A run ends when its
+//! process exits, not when its pipes close (a backgrounded grandchild may hold them forever);
+//! processes left in its group after that are stopped the same way, so nothing outlives its run.
+
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::config::{OutputMode, ProcessSpec};
+use crate::handler::RunId;
+
+/// The longest output line logged whole; longer lines are cut and marked.
+pub const MAX_LINE: usize = 64 * 1024;
+/// How long output is still read after the process exited (its pipes may be held open by a
+/// backgrounded grandchild, which must not keep the run going).
+const OUTPUT_DRAIN: Duration = Duration::from_millis(100);
+/// How often leftover group members are checked for while they are being stopped.
+const LEFTOVER_POLL: Duration = Duration::from_millis(20);
+
+type SpawnRequest = (Command, oneshot::Sender<io::Result<Child>>);
+
+/// Forks every child from one dedicated thread.
+///
+/// `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, not the process (Go
+/// #27505). Forking from tokio's worker or blocking threads would tie a job's life to a thread
+/// that may be retired; this thread lives as long as any [`Spawner`] clone, and the daemon keeps
+/// one until every run has ended.
+#[derive(Clone, Debug)]
+pub struct Spawner {
+    requests: std_mpsc::Sender<SpawnRequest>,
+}
+
+impl Spawner {
+    /// Starts the spawner thread, bound to the current tokio runtime (children register with its
+    /// reaper). Must be called from within a runtime.
+    pub fn start() -> io::Result<Self> {
+        let runtime = tokio::runtime::Handle::current();
+        let (requests, queue) = std_mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("tickd-spawner".to_owned())
+            .spawn(move || {
+                let _runtime = runtime.enter();
+                while let Ok((mut command, reply)) = queue.recv() {
+                    // The requester may have gone (cancelled): the child then is dropped and
+                    // tokio reaps it; it was started with kill_on_drop, so it is killed first.
+                    let _ = reply.send(command.spawn());
+                }
+            })?;
+        Ok(Spawner { requests })
+    }
+
+    async fn spawn(&self, command: Command) -> io::Result<Child> {
+        let (reply, response) = oneshot::channel();
+        self.requests
+            .send((command, reply))
+            .map_err(|_| io::Error::other("the spawner thread is gone"))?;
+        response
+            .await
+            .map_err(|_| io::Error::other("the spawner thread is gone"))?
+    }
+}
+
+/// Everything a child run needs besides the process spec.
+#[derive(Debug)]
+pub struct ChildRun<'a> {
+    /// The job's name, for log lines.
+    pub job: &'a str,
+    /// The run's id, for log lines.
+    pub run_id: RunId,
+    /// Where output goes.
+    pub output: OutputMode,
+    /// Stop the run after this long.
+    pub timeout: Option<Duration>,
+    /// Between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+    /// Cancelled to stop the run (replace, shutdown).
+    pub cancel: &'a CancellationToken,
+    /// For the timeout and the grace period.
+    pub clock: &'a Clock,
+    /// Forks the child.
+    pub spawner: &'a Spawner,
+}
+
+/// How a child run ended.
+#[derive(Debug)]
+pub enum ChildEnd {
+    /// The process could not be started.
+    SpawnFailed(String),
+    /// The process exited on its own.
+    Exited(ExitStatus),
+    /// The process was stopped by tickd: its timeout passed (`timed_out`) or the run was
+    /// cancelled. `killed` says whether SIGKILL was needed.
+    Stopped {
+        /// The process's status.
+        status: ExitStatus,
+        /// True for a timeout, false for a cancellation.
+        timed_out: bool,
+        /// Whether the group had to be SIGKILLed after the grace period.
+        killed: bool,
+    },
+}
+
+/// Runs `spec` as a child process to its end.
+pub async fn run_child(spec: &ProcessSpec, run: ChildRun<'_>) -> ChildEnd {
+    let mut command = Command::new(&spec.argv[0]);
+    command
+        .args(&spec.argv[1..])
+        .envs(&spec.env)
+        .stdin(Stdio::null())
+        .process_group(0)
+        // Only for the case where the run future is dropped mid-way (it never is by tickd itself).
+        .kill_on_drop(true);
+    if let Some(cwd) = &spec.cwd {
+        command.current_dir(cwd);
+    }
+    let (stdout, stderr) = match run.output {
+        OutputMode::Log => (Stdio::piped(), Stdio::piped()),
+        OutputMode::Inherit => (Stdio::inherit(), Stdio::inherit()),
+        OutputMode::Discard => (Stdio::null(), Stdio::null()),
+    };
+    command.stdout(stdout).stderr(stderr);
+    crate::os::harden_child(&mut command);
+
+    let mut child = match run.spawner.spawn(command).await {
+        Ok(child) => child,
+        Err(err) => return ChildEnd::SpawnFailed(describe_spawn_error(spec, &err)),
+    };
+    let Some(pid) = child.id() else {
+        return ChildEnd::SpawnFailed("the process vanished right after it started".to_owned());
+    };
+    // The child is the leader of its own group, so its pid is the group id.
+    let group = Pid::from_raw(pid as i32);
+    tracing::debug!(job = run.job, run = %run.run_id, pid, "process started");
+
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let pumps = async {
+        tokio::join!(
+            pump(stdout, run.job, run.run_id, "stdout"),
+            pump(stderr, run.job, run.run_id, "stderr"),
+        )
+    };
+    tokio::pin!(pumps);
+    let supervise = supervise(&mut child, group, &run);
+    tokio::pin!(supervise);
+
+    let mut pumps_done = false;
+    let end = loop {
+        tokio::select! {
+            end = &mut supervise => break end,
+            _ = &mut pumps, if !pumps_done => pumps_done = true,
+        }
+    };
+    if !pumps_done {
+        tokio::select! {
+            _ = &mut pumps => {}
+            _ = run.clock.sleep(OUTPUT_DRAIN) => {}
+        }
+    }
+    stop_leftovers(group, &run).await;
+    end
+}
+
+/// Waits for the process, stopping it on timeout or cancellation.
+async fn supervise(child: &mut Child, group: Pid, run: &ChildRun<'_>) -> ChildEnd {
+    let deadline = run.timeout.map(|t| run.clock.now() + t);
+    let timed_out = tokio::select! {
+        status = child.wait() => return exited(status),
+        _ = run.cancel.cancelled() => false,
+        _ = async { match deadline {
+            Some(at) => run.clock.sleep_until(at).await,
+            None => std::future::pending().await,
+        } } => true,
+    };
+    tracing::info!(
+        job = run.job,
+        run = %run.run_id,
+        grace = %humantime::format_duration(run.kill_grace),
+        "{}; sending SIGTERM to the process group",
+        if timed_out { "timeout reached" } else { "stopping run" }
+    );
+    terminate(group);
+    let (status, killed) = tokio::select! {
+        status = child.wait() => (status, false),
+        _ = run.clock.sleep(run.kill_grace) => {
+            tracing::warn!(job = run.job, run = %run.run_id, "still running after the grace period; sending SIGKILL");
+            signal_group(group, Signal::SIGKILL);
+            (child.wait().await, true)
+        }
+    };
+    match status {
+        Ok(status) => ChildEnd::Stopped {
+            status,
+            timed_out,
+            killed,
+        },
+        Err(err) => ChildEnd::SpawnFailed(format!("waiting for the process failed: {err}")),
+    }
+}
+
+fn exited(status: io::Result<ExitStatus>) -> ChildEnd {
+    match status {
+        Ok(status) => ChildEnd::Exited(status),
+        Err(err) => ChildEnd::SpawnFailed(format!("waiting for the process failed: {err}")),
+    }
+}
+
+/// Stops what is left of the run's process group after its leader exited (e.g. a backgrounded
+/// grandchild), so that no process outlives its run.
+async fn stop_leftovers(group: Pid, run: &ChildRun<'_>) {
+    if !group_alive(group) {
+        return;
+    }
+    tracing::warn!(
+        job = run.job,
+        run = %run.run_id,
+        "processes are left in the run's process group after it ended; stopping them"
+    );
+    terminate(group);
+    let deadline = run.clock.now() + run.kill_grace;
+    while group_alive(group) {
+        if run.clock.now() >= deadline {
+            signal_group(group, Signal::SIGKILL);
+            return;
+        }
+        run.clock.sleep(LEFTOVER_POLL).await;
+    }
+}
+
+/// SIGTERM, then SIGCONT so that a stopped process sees it.
+fn terminate(group: Pid) {
+    signal_group(group, Signal::SIGTERM);
+    signal_group(group, Signal::SIGCONT);
+}
+
+/// Signals a process group; a group that no longer exists is not an error.
+fn signal_group(group: Pid, signal: Signal) {
+    match killpg(group, signal) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(err) => tracing::warn!(pgid = group.as_raw(), %signal, "cannot signal process group: {err}"),
+    }
+}
+
+fn group_alive(group: Pid) -> bool {
+    killpg(group, None).is_ok()
+}
+
+fn describe_spawn_error(spec: &ProcessSpec, err: &io::Error) -> String {
+    let program = &spec.argv[0];
+    match (&spec.cwd, err.kind()) {
+        (Some(cwd), io::ErrorKind::NotFound) if !cwd.is_dir() => format!(
+            "cannot start \"{program}\": working directory {} does not exist",
+            cwd.display()
+        ),
+        (_, io::ErrorKind::NotFound) => {
+            format!("cannot start \"{program}\": command not found ({err})")
+        }
+        (_, io::ErrorKind::PermissionDenied) => {
+            format!("cannot start \"{program}\": permission denied ({err})")
+        }
+        _ => format!("cannot start \"{program}\": {err}"),
+    }
+}
+
+/// A child's status as an exit code, and the signal that killed it, if any.
+pub fn status_parts(status: &ExitStatus) -> (Option<i32>, Option<i32>) {
+    (status.code(), status.signal())
+}
+
+/// Logs a child's output line by line. Lines longer than [`MAX_LINE`] are cut and marked, so a
+/// child that never prints a newline cannot grow the daemon's memory; bytes that are not UTF-8
+/// are shown lossily.
+async fn pump<R: AsyncRead + Unpin>(reader: Option<R>, job: &str, run_id: RunId, stream: &str) {
+    let Some(reader) = reader else { return };
+    let mut reader = BufReader::with_capacity(8 * 1024, reader);
+    let mut line: Vec<u8> = Vec::new();
+    // True while skipping the rest of a line that was already cut.
+    let mut cutting = false;
+    loop {
+        let chunk = match reader.fill_buf().await {
+            Ok([]) => break,
+            Ok(chunk) => chunk,
+            Err(err) => {
+                tracing::warn!(job, run = %run_id, stream, "cannot read output: {err}");
+                break;
+            }
+        };
+        let (piece, newline) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (&chunk[..i], true),
+            None => (chunk, false),
+        };
+        let consumed = piece.len() + usize::from(newline);
+        if !cutting {
+            let room = MAX_LINE - line.len();
+            line.extend_from_slice(&piece[..piece.len().min(room)]);
+            if piece.len() > room {
+                emit(job, run_id, stream, &line, true);
+                line.clear();
+                cutting = true;
+            }
+        }
+        if newline {
+            if !cutting {
+                emit(job, run_id, stream, &line, false);
+            }
+            line.clear();
+            cutting = false;
+        }
+        reader.consume(consumed);
+    }
+    if !line.is_empty() {
+        emit(job, run_id, stream, &line, false);
+    }
+}
+
+fn emit(job: &str, run_id: RunId, stream: &str, line: &[u8], cut: bool) {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let text = String::from_utf8_lossy(line);
+    if cut {
+        tracing::info!(target: "tickd::output", job, run = %run_id, stream, "{text} [line cut at {MAX_LINE} bytes]");
+    } else {
+        tracing::info!(target: "tickd::output", job, run = %run_id, stream, "{text}");
+    }
+}

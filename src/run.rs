@@ -1,0 +1,266 @@
+//! One run of a job: performs its action (child process, HTTP request or in-process handler) and
+//! reports how it ended. A run's failure is a report, never an error of the daemon.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::config::{Action, HttpSpec, JobSpec};
+use crate::handler::{Handlers, RunContext, RunId};
+use crate::process::{self, ChildEnd, ChildRun, Spawner};
+
+/// What every run needs from the daemon, shared by all jobs.
+#[derive(Debug)]
+pub struct RunEnv {
+    /// The one source of time.
+    pub clock: Clock,
+    /// In-process handlers.
+    pub handlers: Handlers,
+    /// Forks child processes.
+    pub spawner: Spawner,
+    /// Shared HTTP client (connection pool) for `http` jobs.
+    pub http: reqwest::Client,
+    /// Parent of every run's cancellation token: cancelled when shutdown stops the runs that
+    /// outlived the drain timeout.
+    pub stop_runs: CancellationToken,
+    next_run_id: AtomicU64,
+}
+
+impl RunEnv {
+    /// A run environment; must be created inside a tokio runtime (it starts the spawner thread).
+    pub fn new(clock: Clock, handlers: Handlers) -> std::io::Result<Self> {
+        Ok(RunEnv {
+            clock,
+            handlers,
+            spawner: Spawner::start()?,
+            http: reqwest::Client::builder()
+                .user_agent(concat!("tickd/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(std::io::Error::other)?,
+            stop_runs: CancellationToken::new(),
+            next_run_id: AtomicU64::new(1),
+        })
+    }
+
+    /// A fresh run id.
+    pub fn next_run_id(&self) -> RunId {
+        RunId(self.next_run_id.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exit code 0, a 2xx response, or `Ok(())` from a handler.
+    Success,
+    /// Anything else the action did on its own: non-zero exit, death by signal, failure to start,
+    /// an HTTP error, an `Err` or a panic from a handler.
+    Failure,
+    /// Stopped by tickd because the job's `timeout` passed.
+    Timeout,
+    /// Stopped by tickd: replaced by a newer run, or shut down after the drain timeout.
+    Stopped,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+            Outcome::Timeout => "timeout",
+            Outcome::Stopped => "stopped",
+        })
+    }
+}
+
+/// The result of one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunReport {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The child's exit code, or the HTTP status code.
+    pub exit_code: Option<i32>,
+    /// Why it did not succeed, for the log.
+    pub reason: Option<String>,
+    /// Whether it had to be killed (SIGKILL, or a handler aborted) after its grace period.
+    pub killed: bool,
+}
+
+impl RunReport {
+    fn success(exit_code: Option<i32>) -> Self {
+        RunReport {
+            outcome: Outcome::Success,
+            exit_code,
+            reason: None,
+            killed: false,
+        }
+    }
+
+    fn failure(exit_code: Option<i32>, reason: impl Into<String>) -> Self {
+        RunReport {
+            outcome: Outcome::Failure,
+            exit_code,
+            reason: Some(reason.into()),
+            killed: false,
+        }
+    }
+
+    fn stopped(timed_out: bool, killed: bool, exit_code: Option<i32>) -> Self {
+        let (outcome, reason) = if timed_out {
+            (Outcome::Timeout, "timeout reached")
+        } else {
+            (Outcome::Stopped, "stopped by tickd")
+        };
+        RunReport {
+            outcome,
+            exit_code,
+            reason: Some(reason.to_owned()),
+            killed,
+        }
+    }
+}
+
+/// Performs one run of `spec`. `ctx.cancel` stops it early; the job's timeout stops it too.
+pub async fn execute(spec: &JobSpec, ctx: RunContext, env: &RunEnv) -> RunReport {
+    match &spec.action {
+        Action::Process(process) => {
+            let end = process::run_child(
+                process,
+                ChildRun {
+                    job: &spec.name,
+                    run_id: ctx.run_id,
+                    output: spec.output,
+                    timeout: spec.timeout,
+                    kill_grace: spec.kill_grace,
+                    cancel: &ctx.cancel,
+                    clock: &env.clock,
+                    spawner: &env.spawner,
+                },
+            )
+            .await;
+            child_report(end)
+        }
+        Action::Http(http) => run_http(http, spec.timeout, &ctx.cancel, env).await,
+        Action::Handler(name) => match env.handlers.get(name) {
+            Some(handler) => {
+                let cancel = ctx.cancel.clone();
+                let task = tokio::spawn(handler(ctx));
+                run_handler(task, cancel, spec.timeout, spec.kill_grace, &env.clock).await
+            }
+            None => RunReport::failure(None, format!("handler \"{name}\" is not registered")),
+        },
+    }
+}
+
+fn child_report(end: ChildEnd) -> RunReport {
+    match end {
+        ChildEnd::SpawnFailed(reason) => RunReport::failure(None, reason),
+        ChildEnd::Exited(status) => match process::status_parts(&status) {
+            (Some(0), _) => RunReport::success(Some(0)),
+            (Some(code), _) => RunReport::failure(Some(code), format!("exited with code {code}")),
+            (None, Some(signal)) => {
+                RunReport::failure(None, format!("killed by signal {}", signal_name(signal)))
+            }
+            (None, None) => RunReport::failure(None, format!("ended with {status}")),
+        },
+        ChildEnd::Stopped {
+            status,
+            timed_out,
+            killed,
+        } => RunReport::stopped(timed_out, killed, status.code()),
+    }
+}
+
+fn signal_name(signal: i32) -> String {
+    nix::sys::signal::Signal::try_from(signal).map_or_else(|_| signal.to_string(), |s| s.to_string())
+}
+
+/// Sleeps until `timeout` from now, or forever when there is none.
+async fn timeout_elapsed(clock: &Clock, timeout: Option<Duration>) {
+    match timeout {
+        Some(timeout) => clock.sleep(timeout).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn run_http(
+    http: &HttpSpec,
+    job_timeout: Option<Duration>,
+    cancel: &CancellationToken,
+    env: &RunEnv,
+) -> RunReport {
+    let method = reqwest::Method::from_bytes(http.method.as_bytes()).unwrap_or(reqwest::Method::GET);
+    let mut request = env.http.request(method, &http.url);
+    for (name, value) in &http.headers {
+        request = request.header(name, value);
+    }
+    if let Some(body) = &http.body {
+        request = request.body(body.clone());
+    }
+    if let Some(timeout) = http.timeout {
+        request = request.timeout(timeout);
+    }
+    tokio::select! {
+        response = request.send() => match response {
+            Ok(response) => {
+                let status = response.status();
+                let code = Some(i32::from(status.as_u16()));
+                if status.is_success() {
+                    RunReport::success(code)
+                } else {
+                    RunReport::failure(code, format!("HTTP {status}"))
+                }
+            }
+            Err(err) if err.is_timeout() => RunReport::stopped(true, false, None),
+            Err(err) => RunReport::failure(None, format!("request failed: {err}")),
+        },
+        _ = cancel.cancelled() => RunReport::stopped(false, false, None),
+        _ = timeout_elapsed(&env.clock, job_timeout) => RunReport::stopped(true, false, None),
+    }
+}
+
+/// Waits for a handler task; on timeout or cancellation, cancels its token and gives it
+/// `kill_grace` to return before aborting it. A panic is a failed run.
+async fn run_handler(
+    mut task: tokio::task::JoinHandle<Result<(), crate::handler::HandlerError>>,
+    cancel: CancellationToken,
+    timeout: Option<Duration>,
+    kill_grace: Duration,
+    clock: &Clock,
+) -> RunReport {
+    let timed_out = tokio::select! {
+        joined = &mut task => return handler_report(joined),
+        _ = cancel.cancelled() => false,
+        _ = timeout_elapsed(clock, timeout) => true,
+    };
+    cancel.cancel();
+    tokio::select! {
+        _ = &mut task => RunReport::stopped(timed_out, false, None),
+        _ = clock.sleep(kill_grace) => {
+            task.abort();
+            RunReport::stopped(timed_out, true, None)
+        }
+    }
+}
+
+fn handler_report(
+    joined: Result<Result<(), crate::handler::HandlerError>, tokio::task::JoinError>,
+) -> RunReport {
+    match joined {
+        Ok(Ok(())) => RunReport::success(None),
+        Ok(Err(err)) => RunReport::failure(None, err.to_string()),
+        Err(err) if err.is_panic() => {
+            let panic = err.into_panic();
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".to_owned());
+            RunReport::failure(None, format!("handler panicked: {message}"))
+        }
+        Err(err) => RunReport::failure(None, format!("handler task failed: {err}")),
+    }
+}
