@@ -1,0 +1,1 @@
+//! The real binary, end to end.

@@ -1,0 +1,6 @@
+//! The integration-test binary: the daemon in process on a controlled clock (`scheduling`), and
+//! the real `tickd` binary end to end in a temp dir (`binary`).
+
+mod binary;
+mod scheduling;
+mod support;

@@ -1,0 +1,298 @@
+//! Scheduling semantics, on paused tokio time and a manual wall clock: every instant below is
+//! exact, so these tests assert exact milliseconds without being timing-sensitive.
+
+use std::time::Duration;
+
+use chrono::Duration as ChronoDuration;
+use tickd::{Control, Stopped};
+
+use crate::support::{wall, InProcess};
+
+fn t0() -> chrono::DateTime<chrono::Utc> {
+    wall(2026, 1, 1, 0, 0, 0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_fires_on_a_drift_free_grid() {
+    // The handler's own duration (slow: 250 ms) must not push the grid.
+    let d = InProcess::start(
+        "[jobs.tick]\nevery = \"200ms\"\nhandler = \"record\"\n[jobs.slow]\nevery = \"300ms\"\nhandler = \"slow\"\n",
+        t0(),
+    );
+    d.run_for(10_050).await;
+    let expected: Vec<u128> = (1..=50).map(|k| k * 200).collect();
+    assert_eq!(d.times("tick", "run"), expected);
+    let expected: Vec<u128> = (1..=33).map(|k| k * 300).collect();
+    assert_eq!(d.times("slow", "run"), expected);
+    // The scheduled wall time is the grid point's.
+    assert_eq!(
+        d.scheduled("tick")[9],
+        t0() + ChronoDuration::milliseconds(2000)
+    );
+    let (stopped, _) = d.shut_down().await;
+    assert_eq!(stopped, Stopped::Drained);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stall_skips_missed_fires_without_a_burst() {
+    let d = InProcess::start("[jobs.tick]\nevery = \"200ms\"\nhandler = \"record\"\n", t0());
+    d.run_for(450).await;
+    assert_eq!(d.times("tick", "run"), vec![200, 400]);
+    // The whole runtime stalls for 2 s: the fires due at 600..2400 are missed.
+    tokio::time::advance(Duration::from_millis(2000)).await;
+    d.run_for(500).await;
+    let times = d.times("tick", "run");
+    // One late fire for the missed ones, then back on the grid: 2600, 2800.
+    assert_eq!(times, vec![200, 400, 2450, 2600, 2800], "{times:?}");
+    d.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn overlap_skip_drops_fires_while_the_run_goes_on() {
+    // Runs take 250 ms, fires come every 100 ms.
+    let d = InProcess::start("[jobs.j]\nevery = \"100ms\"\nhandler = \"slow\"\n", t0());
+    d.run_for(1_050).await;
+    assert_eq!(d.times("j", "run"), vec![100, 400, 700, 1000]);
+    d.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn overlap_queue_keeps_one_pending_run() {
+    let d = InProcess::start(
+        "[jobs.j]\nevery = \"120ms\"\nhandler = \"slow\"\noverlap = \"queue\"\n",
+        t0(),
+    );
+    d.run_for(900).await;
+    // 120 runs to 370; 240 is queued, 360 dropped (one pending at most); the queued run starts at
+    // 370 with its own scheduled time; and so on.
+    assert_eq!(d.times("j", "run"), vec![120, 370, 620, 870]);
+    let scheduled: Vec<i64> = d
+        .scheduled("j")
+        .iter()
+        .map(|t| (*t - t0()).num_milliseconds())
+        .collect();
+    assert_eq!(scheduled, vec![120, 240, 480, 720]);
+    d.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn overlap_allow_runs_concurrently_up_to_max_concurrent() {
+    let d = InProcess::start(
+        "[jobs.j]\nevery = \"100ms\"\nhandler = \"slow\"\noverlap = \"allow\"\nmax_concurrent = 2\n[jobs.free]\nevery = \"100ms\"\nhandler = \"slow\"\noverlap = \"allow\"\n",
+        t0(),
+    );
+    d.run_for(850).await;
+    assert_eq!(d.times("j", "run"), vec![100, 200, 400, 500, 700, 800]);
+    assert_eq!(
+        d.times("free", "run"),
+        vec![100, 200, 300, 400, 500, 600, 700, 800]
+    );
+    d.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn overlap_replace_stops_the_running_one_first() {
+    let d = InProcess::start(
+        "[jobs.polite]\nevery = \"100ms\"\nhandler = \"slow\"\noverlap = \"replace\"\n\
+         [jobs.stubborn]\nevery = \"1s\"\nhandler = \"stubborn\"\noverlap = \"replace\"\nkill_grace = \"300ms\"\n",
+        t0(),
+    );
+    d.run_for(2_450).await;
+    // A run that honours its token stops at once and the new one starts on time.
+    let polite = d.times("polite", "run");
+    assert_eq!(&polite[..4], &[100, 200, 300, 400]);
+    assert_eq!(d.times("polite", "cancelled")[..3], [200, 300, 400]);
+    // One that ignores it is aborted after kill_grace; the new run starts then.
+    assert_eq!(d.times("stubborn", "run"), vec![1000, 2300]);
+    assert!(d.times("stubborn", "done").is_empty());
+    d.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn cron_with_seconds_fires_on_the_wall_clock() {
+    // The wall clock starts 3 s past the minute.
+    let d = InProcess::start(
+        "[jobs.c]\ncron = \"*/10 * * * * *\"\nhandler = \"record\"\n",
+        wall(2026, 1, 1, 0, 0, 3),
+    );
+    d.run_for(30_000).await;
+    assert_eq!(d.times("c", "run"), vec![7_000, 17_000, 27_000]);
+    assert_eq!(
+        d.scheduled("c"),
+        vec![
+            wall(2026, 1, 1, 0, 0, 10),
+            wall(2026, 1, 1, 0, 0, 20),
+            wall(2026, 1, 1, 0, 0, 30)
+        ]
+    );
+    d.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn dst_skipped_and_repeated_hours_in_europe_berlin() {
+    // Spring forward on 2026-03-29 at 02:00 CET; fall back on 2026-10-25 at 03:00 CEST.
+    let d = InProcess::start(
+        "[daemon]\ntimezone = \"Europe/Berlin\"\n\
+         [jobs.fixed]\ncron = \"30 2 * * *\"\nhandler = \"record\"\n\
+         [jobs.hourly]\ncron = \"30 * * * *\"\nhandler = \"record\"\n",
+        wall(2026, 3, 28, 23, 50, 0),
+    );
+    d.run_for(26 * 3600 * 1000).await;
+    // 02:30 does not exist on the 29th: the fixed job fires once, at 03:00 CEST (01:00 UTC).
+    assert_eq!(
+        d.scheduled("fixed"),
+        vec![wall(2026, 3, 29, 1, 0, 0), wall(2026, 3, 30, 0, 30, 0)]
+    );
+    // The hourly job has no 02:30 that day: 00:30 and 01:30 CET, then 03:30 CEST.
+    assert_eq!(
+        d.scheduled("hourly")[..3],
+        [
+            wall(2026, 3, 29, 0, 30, 0),
+            wall(2026, 3, 29, 1, 30, 0),
+            wall(2026, 3, 29, 2, 30, 0)
+        ]
+    );
+    d.shut_down().await;
+
+    let d = InProcess::start(
+        "[daemon]\ntimezone = \"Europe/Berlin\"\n\
+         [jobs.fixed]\ncron = \"30 2 * * *\"\nhandler = \"record\"\n\
+         [jobs.hourly]\ncron = \"30 * * * *\"\nhandler = \"record\"\n",
+        wall(2026, 10, 24, 23, 50, 0),
+    );
+    d.run_for(4 * 3600 * 1000).await;
+    // 02:30 happens twice: the fixed job fires once, the hourly job at both.
+    assert_eq!(d.scheduled("fixed"), vec![wall(2026, 10, 25, 0, 30, 0)]);
+    assert_eq!(
+        d.scheduled("hourly"),
+        vec![
+            wall(2026, 10, 25, 0, 30, 0),
+            wall(2026, 10, 25, 1, 30, 0),
+            wall(2026, 10, 25, 2, 30, 0),
+            wall(2026, 10, 25, 3, 30, 0)
+        ]
+    );
+    d.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wall_clock_step_recomputes_calendar_fires_but_not_periods() {
+    let d = InProcess::start(
+        "[jobs.c]\ncron = \"0 * * * * *\"\nhandler = \"record\"\n[jobs.p]\nevery = \"10s\"\nhandler = \"record\"\n",
+        wall(2026, 1, 1, 0, 0, 30),
+    );
+    d.run_for(31_000).await; // fires at 00:01:00, 30 s in
+    assert_eq!(d.times("c", "run"), vec![30_000]);
+    // Step the wall clock back 45 s (from 00:01:01 to 00:00:16): the next fire is recomputed
+    // from the new time, 00:01:00 again, 44 s away; the old deadline (00:02:00) is dropped.
+    d.clock.step_wall(-ChronoDuration::seconds(45));
+    d.run_for(50_000).await; // to 81 s
+    assert_eq!(d.times("c", "run"), vec![30_000, 75_000]);
+    // Step forward 1 h 20 s (from 00:01:06 to 01:01:26): one fire at the next minute of the new
+    // time (01:02:00, 34 s away), no catch-up burst for the hour skipped.
+    d.clock.step_wall(ChronoDuration::seconds(3620));
+    d.run_for(44_000).await; // to 125 s
+    assert_eq!(d.times("c", "run"), vec![30_000, 75_000, 115_000]);
+    assert_eq!(d.scheduled("c")[2], wall(2026, 1, 1, 1, 2, 0));
+    // The period grid never moved.
+    let p = d.times("p", "run");
+    assert_eq!(p, (1..=12).map(|k| k * 10_000).collect::<Vec<_>>());
+    d.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_handler_is_a_failed_run_and_the_job_goes_on() {
+    let d = InProcess::start("[jobs.p]\nevery = \"1s\"\nhandler = \"panics\"\n", t0());
+    d.run_for(3_500).await;
+    assert_eq!(d.times("p", "run"), vec![1000, 2000, 3000]);
+    let (stopped, _) = d.shut_down().await;
+    assert_eq!(stopped, Stopped::Drained);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_waits_for_runs_in_flight() {
+    let d = InProcess::start(
+        "[daemon]\nshutdown_timeout = \"1s\"\n[jobs.s]\nevery = \"1s\"\nhandler = \"slow\"\n",
+        t0(),
+    );
+    d.run_for(1_100).await; // the run started at 1000 and goes on until 1250
+    let start = d.start;
+    let (stopped, events) = d.shut_down().await;
+    assert_eq!(stopped, Stopped::Drained);
+    let done: Vec<_> = events.iter().filter(|e| e.what == "done").collect();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].at_ms, 1250);
+    // Firing stopped at once: no run after the shutdown request, and the daemon returned as
+    // soon as the run finished.
+    assert_eq!(events.iter().filter(|e| e.what == "run").count(), 1);
+    assert_eq!(start.elapsed(), Duration::from_millis(1250));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_stops_runs_after_the_drain_timeout() {
+    let d = InProcess::start(
+        "[daemon]\nshutdown_timeout = \"1s\"\n[jobs.s]\nevery = \"1s\"\nhandler = \"stubborn\"\nkill_grace = \"500ms\"\n",
+        t0(),
+    );
+    d.run_for(1_100).await;
+    let start = d.start;
+    let (stopped, events) = d.shut_down().await;
+    assert_eq!(stopped, Stopped::RunsStopped);
+    assert!(events.iter().all(|e| e.what != "done"));
+    // 1100 + drain timeout 1000 + kill grace 500.
+    assert_eq!(start.elapsed(), Duration::from_millis(2600));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_stop_request_skips_the_drain_wait() {
+    let d = InProcess::start(
+        "[daemon]\nshutdown_timeout = \"1h\"\n[jobs.s]\nevery = \"1s\"\nhandler = \"slow\"\n",
+        t0(),
+    );
+    d.run_for(1_100).await;
+    d.send(Control::Shutdown).await;
+    let (stopped, events) = d.shut_down().await;
+    assert_eq!(stopped, Stopped::RunsStopped);
+    assert!(events.iter().any(|e| e.what == "cancelled"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn reload_with_a_broken_file_keeps_the_old_jobs() {
+    let d = InProcess::start("[jobs.a]\nevery = \"1s\"\nhandler = \"record\"\n", t0());
+    d.run_for(2_500).await;
+    d.rewrite("[jobs.a]\nevery = \"1s\"\nhandler = \"record\"\nbogus = 1\n");
+    d.send(Control::Reload).await;
+    d.rewrite("[jobs.a]\nevery = \"1s\"\n"); // and one without an action
+    d.send(Control::Reload).await;
+    d.run_for(3_000).await;
+    assert_eq!(d.times("a", "run"), vec![1000, 2000, 3000, 4000, 5000]);
+    d.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn reload_applies_added_removed_and_changed_jobs() {
+    let d = InProcess::start(
+        "[jobs.keep]\nevery = \"1s\"\nhandler = \"record\"\n\
+         [jobs.gone]\nevery = \"1s\"\nhandler = \"slow\"\n\
+         [jobs.retimed]\nevery = \"1s\"\nhandler = \"record\"\n",
+        t0(),
+    );
+    d.run_for(2_100).await; // gone's run from 2000 is in flight until 2250
+    d.rewrite(
+        "[jobs.keep]\nevery = \"1s\"\nhandler = \"record\"\n\
+         [jobs.retimed]\nevery = \"700ms\"\nhandler = \"record\"\n\
+         [jobs.new]\nevery = \"500ms\"\nhandler = \"record\"\n",
+    );
+    d.send(Control::Reload).await;
+    d.run_for(1_950).await;
+    // Unchanged: keeps its grid.
+    assert_eq!(d.times("keep", "run"), vec![1000, 2000, 3000, 4000]);
+    // Removed: stops firing, its run in flight finishes.
+    assert_eq!(d.times("gone", "run"), vec![1000, 2000]);
+    assert_eq!(d.times("gone", "done"), vec![1250, 2250]);
+    // Changed schedule: a new grid from the reload.
+    assert_eq!(d.times("retimed", "run"), vec![1000, 2000, 2800, 3500]);
+    // Added: starts from the reload.
+    assert_eq!(d.times("new", "run"), vec![2600, 3100, 3600]);
+    d.shut_down().await;
+}

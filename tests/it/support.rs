@@ -1,0 +1,169 @@
+//! Shared fixtures.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use tempfile::TempDir;
+use tickd::{Clock, Control, DaemonOptions, Handlers, RunContext, Stopped};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// What a recording handler saw: one entry per event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub job: String,
+    pub what: &'static str,
+    /// Milliseconds of (paused) monotonic time since the daemon started.
+    pub at_ms: u128,
+    pub scheduled: DateTime<Utc>,
+}
+
+/// A daemon running in process on paused time, with recording handlers:
+/// - `record`: records "run" and returns;
+/// - `slow`: records "run", works for 250 ms, records "done"; returns early (recording
+///   "cancelled") when its token is cancelled;
+/// - `stubborn`: records "run" and works for 10 s, ignoring cancellation;
+/// - `panics`: records "run", then panics.
+pub struct InProcess {
+    /// Holds the config file for as long as the daemon runs.
+    _dir: TempDir,
+    pub path: PathBuf,
+    pub events: Arc<Mutex<Vec<Event>>>,
+    pub clock: Clock,
+    pub start: Instant,
+    controls: mpsc::Sender<Control>,
+    daemon: JoinHandle<Result<Stopped, tickd::DaemonError>>,
+}
+
+pub fn wall(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(y, mo, d, h, mi, s).single().expect("valid time")
+}
+
+fn recording_handlers(events: &Arc<Mutex<Vec<Event>>>, start: Instant) -> Handlers {
+    let mut handlers = Handlers::with_builtins();
+    let push = {
+        let events = events.clone();
+        move |ctx: &RunContext, what: &'static str| {
+            events.lock().expect("lock").push(Event {
+                job: ctx.job.to_string(),
+                what,
+                at_ms: Instant::now().duration_since(start).as_millis(),
+                scheduled: ctx.scheduled,
+            });
+        }
+    };
+    let p = push.clone();
+    handlers.register("record", move |ctx: RunContext| {
+        p(&ctx, "run");
+        async { Ok(()) }
+    });
+    let p = push.clone();
+    handlers.register("slow", move |ctx: RunContext| {
+        p(&ctx, "run");
+        let p = p.clone();
+        async move {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(250)) => { p(&ctx, "done"); Ok(()) }
+                _ = ctx.cancel.cancelled() => { p(&ctx, "cancelled"); Err("cancelled".into()) }
+            }
+        }
+    });
+    let p = push.clone();
+    handlers.register("stubborn", move |ctx: RunContext| {
+        p(&ctx, "run");
+        let p = p.clone();
+        async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            p(&ctx, "done");
+            Ok(())
+        }
+    });
+    let p = push;
+    handlers.register("panics", move |ctx: RunContext| {
+        p(&ctx, "run");
+        async { panic!("handler bug") }
+    });
+    handlers
+}
+
+impl InProcess {
+    /// Starts the daemon on `config` with the wall clock at `wall_start`. Call from a
+    /// `#[tokio::test(start_paused = true)]`.
+    pub fn start(config: &str, wall_start: DateTime<Utc>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("jobs.toml");
+        std::fs::write(&path, config).expect("write config");
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let start = Instant::now();
+        let handlers = recording_handlers(&events, start);
+        let config = tickd::load(&path, &handlers).expect("valid config");
+        let clock = Clock::manual(wall_start);
+        let (controls, rx) = mpsc::channel(16);
+        let options = DaemonOptions {
+            config_path: path.clone(),
+            handlers,
+            clock: clock.clone(),
+        };
+        let daemon = tokio::spawn(tickd::run(config, options, rx));
+        InProcess {
+            _dir: dir,
+            path,
+            events,
+            clock,
+            start,
+            controls,
+            daemon,
+        }
+    }
+
+    /// Lets `ms` of paused time pass (timers fire in order on the way).
+    pub async fn run_for(&self, ms: u64) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    pub async fn send(&self, control: Control) {
+        self.controls.send(control).await.expect("daemon is running");
+    }
+
+    /// Rewrites the config file.
+    pub fn rewrite(&self, config: &str) {
+        std::fs::write(&self.path, config).expect("write config");
+    }
+
+    pub fn events(&self) -> Vec<Event> {
+        self.events.lock().expect("lock").clone()
+    }
+
+    /// When (ms since start) `job` recorded `what`.
+    pub fn times(&self, job: &str, what: &str) -> Vec<u128> {
+        self.events()
+            .into_iter()
+            .filter(|e| e.job == job && e.what == what)
+            .map(|e| e.at_ms)
+            .collect()
+    }
+
+    /// The scheduled times `job`'s runs were given.
+    pub fn scheduled(&self, job: &str) -> Vec<DateTime<Utc>> {
+        self.events()
+            .into_iter()
+            .filter(|e| e.job == job && e.what == "run")
+            .map(|e| e.scheduled)
+            .collect()
+    }
+
+    /// Sends Shutdown and returns how the daemon stopped.
+    pub async fn shut_down(self) -> (Stopped, Vec<Event>) {
+        self.send(Control::Shutdown).await;
+        let stopped = self
+            .daemon
+            .await
+            .expect("daemon task")
+            .expect("daemon result");
+        let events = self.events.lock().expect("lock").clone();
+        (stopped, events)
+    }
+}
