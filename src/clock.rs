@@ -152,14 +152,19 @@ mod tests {
     use chrono::TimeZone;
 
     fn t0() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).single().expect("valid")
+        Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0)
+            .single()
+            .expect("valid")
     }
 
     #[tokio::test(start_paused = true)]
     async fn manual_wall_clock_follows_paused_time() {
         let clock = Clock::manual(t0());
         tokio::time::advance(Duration::from_millis(1500)).await;
-        assert_eq!(clock.wall_now(), t0() + chrono::Duration::milliseconds(1500));
+        assert_eq!(
+            clock.wall_now(),
+            t0() + chrono::Duration::milliseconds(1500)
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -167,9 +172,15 @@ mod tests {
         let clock = Clock::manual(t0());
         let at = clock.instant_for_wall(t0() + chrono::Duration::seconds(10));
         assert_eq!(at - clock.now(), Duration::from_secs(10));
-        assert_eq!(clock.wall_for_instant(at), t0() + chrono::Duration::seconds(10));
+        assert_eq!(
+            clock.wall_for_instant(at),
+            t0() + chrono::Duration::seconds(10)
+        );
         // The past maps to now, never to an instant before it.
-        assert_eq!(clock.instant_for_wall(t0() - chrono::Duration::hours(1)), clock.now());
+        assert_eq!(
+            clock.instant_for_wall(t0() - chrono::Duration::hours(1)),
+            clock.now()
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -221,7 +221,7 @@ pub fn parse(path: &Path, text: &str, handlers: &Handlers) -> Result<Config, Con
         Ok(raw) => raw,
         Err(err) => {
             return Err(ConfigError::Invalid {
-                problems: vec![locator.from_serde(&err)],
+                problems: vec![locator.serde_problem(&err)],
             })
         }
     };
@@ -331,7 +331,7 @@ impl Locator<'_> {
     }
 
     /// A parse error, located by toml's span and named by serde's path (`jobs.NAME.key`).
-    fn from_serde(&self, err: &serde_path_to_error::Error<toml::de::Error>) -> Problem {
+    fn serde_problem(&self, err: &serde_path_to_error::Error<toml::de::Error>) -> Problem {
         let inner = err.inner();
         let offset = inner.span().map_or(0, |s| s.start);
         // `Spanned` wrappers show up in serde's path under a private name: leave them out.
@@ -342,9 +342,10 @@ impl Locator<'_> {
             .filter(|segment| !segment.starts_with("$__serde_spanned"))
             .collect();
         let (job, key) = match segments.as_slice() {
-            [jobs, job, rest @ ..] if jobs == "jobs" => {
-                (Some(job.clone()), (!rest.is_empty()).then(|| rest.join(".")))
-            }
+            [jobs, job, rest @ ..] if jobs == "jobs" => (
+                Some(job.clone()),
+                (!rest.is_empty()).then(|| rest.join(".")),
+            ),
             [] => (None, None),
             all => (None, Some(all.join("."))),
         };
@@ -454,7 +455,7 @@ impl Validator<'_> {
                         self.report(cron.span().start, Some(name), Some("cron"), e.to_string())
                     })
                     .ok()
-                    .map(Schedule::Cron)
+                    .map(|c| Schedule::Cron(Box::new(c)))
             }),
             (Some(_), Some(cron)) => {
                 self.report(
@@ -493,10 +494,7 @@ impl Validator<'_> {
                 offset,
                 Some(name),
                 Some(key),
-                format!(
-                    "a job has exactly one action, found {}",
-                    keys.join(" and ")
-                ),
+                format!("a job has exactly one action, found {}", keys.join(" and ")),
             );
         } else if action_spans.is_empty() {
             self.report(
@@ -527,7 +525,11 @@ impl Validator<'_> {
             Action::Process(ProcessSpec {
                 argv,
                 cwd: raw.cwd.as_ref().map(|v| PathBuf::from(v.get_ref())),
-                env: raw.env.as_ref().map(|v| v.get_ref().clone()).unwrap_or_default(),
+                env: raw
+                    .env
+                    .as_ref()
+                    .map(|v| v.get_ref().clone())
+                    .unwrap_or_default(),
             })
         };
         let action = if let Some(command) = &raw.command {
@@ -582,7 +584,10 @@ impl Validator<'_> {
 
         // Overlap policy.
         let max_concurrent = match &raw.max_concurrent {
-            Some(v) => match usize::try_from(*v.get_ref()).ok().and_then(NonZeroUsize::new) {
+            Some(v) => match usize::try_from(*v.get_ref())
+                .ok()
+                .and_then(NonZeroUsize::new)
+            {
                 Some(n) => Some(n),
                 None => {
                     self.report(
@@ -798,7 +803,10 @@ output = "discard"
         assert_eq!(config.daemon.shutdown_timeout, Duration::from_secs(5));
         assert_eq!(config.daemon.timezone, chrono_tz::Europe::Berlin);
         let heartbeat = &config.jobs["heartbeat"];
-        assert_eq!(heartbeat.schedule, Schedule::Every(Duration::from_millis(200)));
+        assert_eq!(
+            heartbeat.schedule,
+            Schedule::Every(Duration::from_millis(200))
+        );
         assert_eq!(heartbeat.action, Action::Handler("log".to_owned()));
         assert_eq!(heartbeat.overlap, Overlap::Skip);
         assert_eq!(heartbeat.kill_grace, DEFAULT_KILL_GRACE);
@@ -857,14 +865,20 @@ output = "discard"
     #[test]
     fn wrong_type_is_located() {
         let msg = error("[jobs.a]\nevery = 5\nhandler = \"log\"\n");
-        assert!(msg.starts_with("jobs.toml:2:9: job \"a\", key \"every\""), "{msg}");
+        assert!(
+            msg.starts_with("jobs.toml:2:9: job \"a\", key \"every\""),
+            "{msg}"
+        );
         assert!(msg.contains("invalid type"), "{msg}");
     }
 
     #[test]
     fn zero_and_malformed_periods_are_rejected() {
         let msg = error("[jobs.a]\nevery = \"0s\"\nhandler = \"log\"\n");
-        assert!(msg.starts_with("jobs.toml:2:9: job \"a\", key \"every\""), "{msg}");
+        assert!(
+            msg.starts_with("jobs.toml:2:9: job \"a\", key \"every\""),
+            "{msg}"
+        );
         assert!(msg.contains("greater than zero"), "{msg}");
         let msg = error("[jobs.a]\nevery = \"-5s\"\nhandler = \"log\"\n");
         assert!(msg.contains("key \"every\": invalid duration"), "{msg}");
@@ -875,14 +889,22 @@ output = "discard"
     #[test]
     fn bad_cron_expression_is_located() {
         let msg = error("[jobs.a]\ncron = \"61 * * * *\"\nhandler = \"log\"\n");
-        assert!(msg.starts_with("jobs.toml:2:8: job \"a\", key \"cron\""), "{msg}");
+        assert!(
+            msg.starts_with("jobs.toml:2:8: job \"a\", key \"cron\""),
+            "{msg}"
+        );
         assert!(msg.contains("invalid cron expression"), "{msg}");
     }
 
     #[test]
     fn unknown_zone_is_located() {
-        let msg = error("[jobs.a]\ncron = \"* * * * *\"\ntimezone = \"Mars/Olympus\"\nhandler = \"log\"\n");
-        assert!(msg.starts_with("jobs.toml:3:12: job \"a\", key \"timezone\""), "{msg}");
+        let msg = error(
+            "[jobs.a]\ncron = \"* * * * *\"\ntimezone = \"Mars/Olympus\"\nhandler = \"log\"\n",
+        );
+        assert!(
+            msg.starts_with("jobs.toml:3:12: job \"a\", key \"timezone\""),
+            "{msg}"
+        );
         assert!(msg.contains("unknown time zone"), "{msg}");
         let msg = error("[daemon]\ntimezone = \"Nowhere\"\n");
         assert!(msg.contains("key \"daemon.timezone\""), "{msg}");
@@ -891,16 +913,28 @@ output = "discard"
     #[test]
     fn unknown_handler_lists_the_registered_ones() {
         let msg = error("[jobs.a]\nevery = \"1s\"\nhandler = \"nope\"\n");
-        assert!(msg.starts_with("jobs.toml:3:11: job \"a\", key \"handler\""), "{msg}");
-        assert!(msg.contains("unknown handler \"nope\" (registered: log)"), "{msg}");
+        assert!(
+            msg.starts_with("jobs.toml:3:11: job \"a\", key \"handler\""),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("unknown handler \"nope\" (registered: log)"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn two_schedules_or_two_actions_or_none_are_rejected() {
         let msg = error("[jobs.a]\nevery = \"1s\"\ncron = \"* * * * *\"\nhandler = \"log\"\n");
-        assert!(msg.contains("job \"a\", key \"cron\": a job has exactly one schedule"), "{msg}");
+        assert!(
+            msg.contains("job \"a\", key \"cron\": a job has exactly one schedule"),
+            "{msg}"
+        );
         let msg = error("[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\nshell = \"true\"\n");
-        assert!(msg.contains("exactly one action, found shell and handler"), "{msg}");
+        assert!(
+            msg.contains("exactly one action, found shell and handler"),
+            "{msg}"
+        );
         let msg = error("[jobs.a]\nhandler = \"log\"\n");
         assert!(msg.contains("job \"a\": a job needs a schedule"), "{msg}");
         let msg = error("[jobs.a]\nevery = \"1s\"\n");
@@ -913,11 +947,17 @@ output = "discard"
         assert!(msg.contains("job \"a\", key \"overlap\""), "{msg}");
         assert!(msg.contains("unknown variant `sometimes`"), "{msg}");
         let msg = error("[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\nmax_concurrent = 2\n");
-        assert!(msg.contains("applies only with overlap = \"allow\""), "{msg}");
+        assert!(
+            msg.contains("applies only with overlap = \"allow\""),
+            "{msg}"
+        );
         let msg = error(
             "[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\noverlap = \"allow\"\nmax_concurrent = 0\n",
         );
-        assert!(msg.contains("key \"max_concurrent\": must be a whole number"), "{msg}");
+        assert!(
+            msg.contains("key \"max_concurrent\": must be a whole number"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -941,14 +981,18 @@ output = "discard"
     #[test]
     fn process_only_keys_are_rejected_on_other_actions() {
         let msg = error("[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\ncwd = \"/tmp\"\n");
-        assert!(msg.contains("key \"cwd\": \"cwd\" applies to \"command\""), "{msg}");
+        assert!(
+            msg.contains("key \"cwd\": \"cwd\" applies to \"command\""),
+            "{msg}"
+        );
     }
 
     #[test]
     fn bad_http_url_and_method() {
         let msg = error("[jobs.a]\nevery = \"1s\"\nhttp = { url = \"ftp://x\" }\n");
         assert!(msg.contains("key \"http.url\": invalid URL"), "{msg}");
-        let msg = error("[jobs.a]\nevery = \"1s\"\nhttp = { url = \"http://x\", method = \"GE T\" }\n");
+        let msg =
+            error("[jobs.a]\nevery = \"1s\"\nhttp = { url = \"http://x\", method = \"GE T\" }\n");
         assert!(msg.contains("key \"http.method\""), "{msg}");
     }
 
@@ -974,13 +1018,19 @@ output = "discard"
         let msg = load(&path, &Handlers::with_builtins())
             .expect_err("invalid")
             .to_string();
-        assert!(msg.contains("bad.toml:2:12: the file is not valid UTF-8"), "{msg}");
+        assert!(
+            msg.contains("bad.toml:2:12: the file is not valid UTF-8"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn a_missing_file_is_a_read_error() {
-        let err = load(Path::new("/nonexistent/jobs.toml"), &Handlers::with_builtins())
-            .expect_err("missing");
+        let err = load(
+            Path::new("/nonexistent/jobs.toml"),
+            &Handlers::with_builtins(),
+        )
+        .expect_err("missing");
         assert!(matches!(err, ConfigError::Read { .. }));
         assert!(err.to_string().contains("/nonexistent/jobs.toml"));
     }

@@ -64,7 +64,8 @@ pub async fn run(
     mut controls: mpsc::Receiver<Control>,
 ) -> Result<Stopped, DaemonError> {
     let env = Arc::new(
-        RunEnv::new(options.clock.clone(), options.handlers.clone()).map_err(DaemonError::Spawner)?,
+        RunEnv::new(options.clock.clone(), options.handlers.clone())
+            .map_err(DaemonError::Spawner)?,
     );
     let mut supervisor = Supervisor {
         env,
@@ -83,11 +84,9 @@ pub async fn run(
         config = %supervisor.options.config_path.display(),
         "scheduler started"
     );
-    loop {
-        match controls.recv().await {
-            Some(Control::Reload) => supervisor.reload(),
-            Some(Control::Shutdown) | None => break,
-        }
+    // A closed control channel means nobody can ask us to stop any more: treat it as a stop.
+    while let Some(Control::Reload) = controls.recv().await {
+        supervisor.reload();
     }
     Ok(supervisor.shut_down(controls).await)
 }
@@ -121,7 +120,9 @@ impl Supervisor {
         let new = match config::load(path, &self.options.handlers) {
             Ok(new) => new,
             Err(err) => {
-                tracing::error!("reload rejected, the running configuration stays in force:\n{err}");
+                tracing::error!(
+                    "reload rejected, the running configuration stays in force:\n{err}"
+                );
                 return;
             }
         };

@@ -229,9 +229,7 @@ impl JobActor {
             Overlap::Skip if busy => self.skip("the previous run is still going"),
             Overlap::Allow {
                 max_concurrent: Some(max),
-            } if self.running.len() >= max.get() => {
-                self.skip("max_concurrent runs are going")
-            }
+            } if self.running.len() >= max.get() => self.skip("max_concurrent runs are going"),
             Overlap::Queue if busy => {
                 if self.pending.is_some() {
                     self.skip("a run is already queued");
@@ -272,7 +270,9 @@ impl JobActor {
         let cancel = env.stop_runs.child_token();
         self.running.insert(run_id, cancel.clone());
         let started = clock.now();
-        let scheduled = due.wall.unwrap_or_else(|| clock.wall_for_instant(due.instant));
+        let scheduled = due
+            .wall
+            .unwrap_or_else(|| clock.wall_for_instant(due.instant));
         let lateness = started.saturating_duration_since(due.instant);
         let spec = self.spec.clone();
         tracing::info!(

@@ -28,7 +28,11 @@ mod exit {
 }
 
 #[derive(Parser)]
-#[command(name = "tickd", version, about = "A job scheduler that replaces minutely cron")]
+#[command(
+    name = "tickd",
+    version,
+    about = "A job scheduler that replaces minutely cron"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, global = true, default_value_t = LogFormat::Human)]
@@ -93,7 +97,14 @@ fn main() -> ExitCode {
             cron,
             tz,
             after,
-        } => next(&file, job.as_deref(), count, cron.as_deref(), &tz, after.as_deref()),
+        } => next(
+            &file,
+            job.as_deref(),
+            count,
+            cron.as_deref(),
+            &tz,
+            after.as_deref(),
+        ),
     };
     ExitCode::from(code)
 }
@@ -240,7 +251,10 @@ fn next(
         Some(name) => match config.jobs.get(name) {
             Some(spec) => vec![spec],
             None => {
-                eprintln_safe(&format!("tickd: no job named \"{name}\" in {}", file.display()));
+                eprintln_safe(&format!(
+                    "tickd: no job named \"{name}\" in {}",
+                    file.display()
+                ));
                 return exit::INVALID;
             }
         },

@@ -251,7 +251,9 @@ fn terminate(group: Pid) {
 fn signal_group(group: Pid, signal: Signal) {
     match killpg(group, signal) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-        Err(err) => tracing::warn!(pgid = group.as_raw(), %signal, "cannot signal process group: {err}"),
+        Err(err) => {
+            tracing::warn!(pgid = group.as_raw(), %signal, "cannot signal process group: {err}")
+        }
     }
 }
 

@@ -175,7 +175,8 @@ fn child_report(end: ChildEnd) -> RunReport {
 }
 
 fn signal_name(signal: i32) -> String {
-    nix::sys::signal::Signal::try_from(signal).map_or_else(|_| signal.to_string(), |s| s.to_string())
+    nix::sys::signal::Signal::try_from(signal)
+        .map_or_else(|_| signal.to_string(), |s| s.to_string())
 }
 
 /// Sleeps until `timeout` from now, or forever when there is none.
@@ -192,7 +193,8 @@ async fn run_http(
     cancel: &CancellationToken,
     env: &RunEnv,
 ) -> RunReport {
-    let method = reqwest::Method::from_bytes(http.method.as_bytes()).unwrap_or(reqwest::Method::GET);
+    let method =
+        reqwest::Method::from_bytes(http.method.as_bytes()).unwrap_or(reqwest::Method::GET);
     let mut request = env.http.request(method, &http.url);
     for (name, value) in &http.headers {
         request = request.header(name, value);

@@ -18,8 +18,8 @@ use croner::Cron;
 pub enum Schedule {
     /// A fixed period on a drift-free grid that starts when the job is scheduled.
     Every(Duration),
-    /// A calendar schedule.
-    Cron(CronSchedule),
+    /// A calendar schedule (boxed: the parsed expression is large and `every` jobs are common).
+    Cron(Box<CronSchedule>),
 }
 
 impl PartialEq for Schedule {
@@ -137,7 +137,9 @@ mod tests {
     use chrono::TimeZone;
 
     fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(y, mo, d, h, mi, s).single().expect("valid time")
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, s)
+            .single()
+            .expect("valid time")
     }
 
     fn fires(expr: &str, tz: Tz, from: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
@@ -209,21 +211,39 @@ mod tests {
     #[test]
     fn a_time_zone_moves_the_fire() {
         // 09:00 in Berlin is 08:00 UTC in winter.
-        let got = fires("0 0 9 * * *", chrono_tz::Europe::Berlin, utc(2026, 1, 5, 0, 0, 0), 1);
+        let got = fires(
+            "0 0 9 * * *",
+            chrono_tz::Europe::Berlin,
+            utc(2026, 1, 5, 0, 0, 0),
+            1,
+        );
         assert_eq!(got, vec![utc(2026, 1, 5, 8, 0, 0)]);
     }
 
     // Berlin springs forward on 2026-03-29 at 02:00 local (01:00 UTC) to 03:00.
     #[test]
     fn dst_skipped_hour_fixed_time_fires_once_right_after_the_jump() {
-        let got = fires("30 2 * * *", chrono_tz::Europe::Berlin, utc(2026, 3, 28, 12, 0, 0), 2);
+        let got = fires(
+            "30 2 * * *",
+            chrono_tz::Europe::Berlin,
+            utc(2026, 3, 28, 12, 0, 0),
+            2,
+        );
         // 02:30 does not exist on the 29th: it fires at 03:00 CEST (01:00 UTC), then normally.
-        assert_eq!(got, vec![utc(2026, 3, 29, 1, 0, 0), utc(2026, 3, 30, 0, 30, 0)]);
+        assert_eq!(
+            got,
+            vec![utc(2026, 3, 29, 1, 0, 0), utc(2026, 3, 30, 0, 30, 0)]
+        );
     }
 
     #[test]
     fn dst_skipped_hour_wildcard_hour_has_no_fires_in_the_gap() {
-        let got = fires("30 * * * *", chrono_tz::Europe::Berlin, utc(2026, 3, 28, 23, 45, 0), 3);
+        let got = fires(
+            "30 * * * *",
+            chrono_tz::Europe::Berlin,
+            utc(2026, 3, 28, 23, 45, 0),
+            3,
+        );
         // 00:30 CET (23:30 UTC on the 28th is before `from`), 01:30 CET, then 03:30 CEST.
         assert_eq!(
             got,
@@ -238,13 +258,26 @@ mod tests {
     // Berlin falls back on 2026-10-25 at 03:00 CEST (01:00 UTC) to 02:00 CET: 02:xx happens twice.
     #[test]
     fn dst_repeated_hour_fixed_time_fires_once() {
-        let got = fires("30 2 * * *", chrono_tz::Europe::Berlin, utc(2026, 10, 24, 12, 0, 0), 2);
-        assert_eq!(got, vec![utc(2026, 10, 25, 0, 30, 0), utc(2026, 10, 26, 1, 30, 0)]);
+        let got = fires(
+            "30 2 * * *",
+            chrono_tz::Europe::Berlin,
+            utc(2026, 10, 24, 12, 0, 0),
+            2,
+        );
+        assert_eq!(
+            got,
+            vec![utc(2026, 10, 25, 0, 30, 0), utc(2026, 10, 26, 1, 30, 0)]
+        );
     }
 
     #[test]
     fn dst_repeated_hour_wildcard_hour_fires_at_every_real_occurrence() {
-        let got = fires("30 * * * *", chrono_tz::Europe::Berlin, utc(2026, 10, 24, 23, 45, 0), 3);
+        let got = fires(
+            "30 * * * *",
+            chrono_tz::Europe::Berlin,
+            utc(2026, 10, 24, 23, 45, 0),
+            3,
+        );
         // 02:30 CEST (00:30 UTC), 02:30 CET (01:30 UTC), 03:30 CET (02:30 UTC).
         assert_eq!(
             got,

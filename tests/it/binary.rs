@@ -1,1 +1,450 @@
-//! The real binary, end to end.
+//! The real `tickd` binary, end to end in a temp dir. These use real time, so they only wait for
+//! things to happen (polling with generous deadlines) and never assert how long anything took.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A `tickd run` process with its log (stderr) in a file.
+struct Daemon {
+    child: Child,
+    dir: TempDir,
+    log: PathBuf,
+}
+
+fn tickd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tickd"))
+}
+
+impl Daemon {
+    fn start(config: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("jobs.toml"), config).expect("write config");
+        let log = dir.path().join("tickd.log");
+        let child = tickd()
+            .args(["run", "jobs.toml"])
+            .current_dir(dir.path())
+            .env("TICKD_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start tickd");
+        let daemon = Daemon { child, dir, log };
+        daemon.wait_log("scheduler started");
+        daemon
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle` `times` times; returns the log.
+    fn wait_log_n(&self, needle: &str, times: usize) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let log = self.log();
+            if log.matches(needle).count() >= times {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {times}x {needle:?}; log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait_log(&self, needle: &str) -> String {
+        self.wait_log_n(needle, 1)
+    }
+
+    fn wait_file(&self, name: &str) -> String {
+        let path = self.path(name);
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Ok(text) = fs::read_to_string(&path) {
+                if text.ends_with('\n') {
+                    return text;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {}; log:\n{}",
+                path.display(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).expect("signal tickd");
+    }
+
+    fn rewrite(&self, config: &str) {
+        fs::write(self.path("jobs.toml"), config).expect("write config");
+    }
+
+    /// Waits for the daemon to exit and returns its exit code.
+    fn wait_exit(&mut self) -> i32 {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tickd did not exit; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Live (non-zombie) processes whose process group is `pgid`.
+fn live_group_members(pgid: i32) -> Vec<i32> {
+    let mut members = Vec::new();
+    for entry in fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command name (which may contain spaces) start after the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // fields[0] = state, fields[2] = pgrp
+        if fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string() {
+            members.push(pid);
+        }
+    }
+    members
+}
+
+fn is_alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Waits (bounded) for a condition that should become true soon.
+fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn child_jobs_run_and_their_output_is_logged() {
+    let mut d = Daemon::start(
+        r#"
+[jobs.hello]
+every = "200ms"
+command = ["echo", "hello; $(not a shell) 'quoted'"]
+
+[jobs.errors]
+every = "200ms"
+shell = "echo oops >&2; exit 3"
+
+[jobs.missing]
+every = "200ms"
+command = ["/nonexistent/program"]
+"#,
+    );
+    let log = d.wait_log_n("hello; $(not a shell) 'quoted'", 2);
+    assert!(
+        log.contains("job=hello run="),
+        "output lines carry job and run id:\n{log}"
+    );
+    let log = d.wait_log("oops");
+    assert!(log.contains("job=errors"), "{log}");
+    assert!(
+        log.contains("stream=\"stderr\"") || log.contains("stream=stderr"),
+        "{log}"
+    );
+    let log = d.wait_log("exit_code=3");
+    assert!(log.contains("reason=\"exited with code 3\""), "{log}");
+    let log = d.wait_log("command not found");
+    assert!(log.contains("job=missing"), "{log}");
+    // A failed start is a failed run, not a dead daemon.
+    d.wait_log_n("command not found", 3);
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0, "{}", d.log());
+}
+
+#[test]
+fn long_lines_are_cut_and_marked() {
+    let mut d = Daemon::start(
+        r#"
+[jobs.long-line]
+every = "100ms"
+shell = "head -c 70000 /dev/zero | tr '\\0' x; echo; echo after-the-long-line"
+"#,
+    );
+    let log = d.wait_log("after-the-long-line");
+    assert!(log.contains("[line cut at 65536 bytes]"), "no cut marker");
+    let longest = log.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 66_000, "a log line of {longest} bytes");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0);
+}
+
+#[test]
+fn sigterm_waits_for_a_long_child_run_and_exits_0() {
+    let mut d = Daemon::start(
+        r#"
+[daemon]
+shutdown_timeout = "60s"
+
+[jobs.long]
+every = "100ms"
+shell = "echo $$ > started.pid; sleep 2; echo finished > done"
+"#,
+    );
+    let _ = d.wait_file("started.pid");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0, "{}", d.log());
+    assert_eq!(
+        fs::read_to_string(d.path("done")).expect("run finished"),
+        "finished\n"
+    );
+    let log = d.log();
+    assert!(log.contains("waiting for runs in flight"), "{log}");
+    assert!(log.contains("every run finished"), "{log}");
+    // Exactly one run: nothing fired after the SIGTERM.
+    assert_eq!(log.matches("run started").count(), 1, "{log}");
+}
+
+#[test]
+fn drain_timeout_kills_the_process_group_with_grandchildren_and_exits_3() {
+    let mut d = Daemon::start(
+        r#"
+[daemon]
+shutdown_timeout = "300ms"
+
+[jobs.stubborn]
+every = "100ms"
+kill_grace = "300ms"
+shell = "trap '' TERM; sh -c 'echo $$ > grandchild.pid; exec sleep 1000' & echo $$ > child.pid; wait; sleep 1000"
+"#,
+    );
+    let child = read_pid_wait(&d, "child.pid");
+    let grandchild = read_pid_wait(&d, "grandchild.pid");
+    assert!(is_alive(child) && is_alive(grandchild));
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 3, "{}", d.log());
+    eventually("the job's process group is gone", || {
+        live_group_members(child).is_empty()
+    });
+    assert!(!is_alive(grandchild));
+    let log = d.log();
+    assert!(log.contains("sending SIGKILL"), "{log}");
+}
+
+fn read_pid_wait(d: &Daemon, name: &str) -> i32 {
+    d.wait_file(name).trim().parse().expect("a pid")
+}
+
+#[test]
+fn a_timeout_stops_the_whole_group_and_the_job_goes_on() {
+    let mut d = Daemon::start(
+        r#"
+[jobs.slow]
+every = "100ms"
+timeout = "200ms"
+kill_grace = "200ms"
+shell = "sleep 1000 & echo $! >> sleepers; wait"
+"#,
+    );
+    d.wait_log_n("outcome=timeout", 2);
+    let sleepers: Vec<i32> = fs::read_to_string(d.path("sleepers"))
+        .expect("sleepers")
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert!(sleepers.len() >= 2);
+    // Every run's background sleeper (in the run's group) was stopped with its run, except
+    // possibly the current one.
+    eventually("stopped runs left no process", || {
+        sleepers[..sleepers.len() - 1].iter().all(|&p| !is_alive(p))
+    });
+    d.signal(Signal::SIGTERM);
+    d.wait_exit();
+}
+
+#[test]
+fn a_sigkilled_daemon_takes_its_child_with_it() {
+    let mut d = Daemon::start(
+        r#"
+[jobs.sleeper]
+every = "100ms"
+shell = "echo $$ > child.pid; exec sleep 1000"
+"#,
+    );
+    let child = read_pid_wait(&d, "child.pid");
+    assert!(is_alive(child));
+    d.signal(Signal::SIGKILL);
+    d.wait_exit();
+    eventually("the child died with the daemon", || !is_alive(child));
+}
+
+#[test]
+fn sighup_with_a_broken_file_keeps_the_old_jobs_and_a_good_one_applies() {
+    let d = Daemon::start("[jobs.a]\nevery = \"100ms\"\nhandler = \"log\"\n");
+    d.wait_log("tick job=a");
+    d.rewrite("[jobs.a]\nevery = \"100ms\"\nhandler = \"log\"\n[jobs.b]\nevery = \"zero\"\nhandler = \"log\"\n");
+    d.signal(Signal::SIGHUP);
+    let log = d.wait_log("reload rejected");
+    assert!(
+        log.contains("jobs.toml:5:9: job \"b\", key \"every\": invalid duration"),
+        "{log}"
+    );
+    // Still firing, from the old config.
+    let before = log.matches("tick job=a").count();
+    d.wait_log_n("tick job=a", before + 3);
+
+    d.rewrite("[jobs.b]\nevery = \"100ms\"\nhandler = \"log\"\n");
+    d.signal(Signal::SIGHUP);
+    let log = d.wait_log("configuration reloaded");
+    assert!(
+        log.contains("added=1 removed=1 changed=0 unchanged=0"),
+        "{log}"
+    );
+    let reloaded_at = log.find("configuration reloaded").expect("reloaded");
+    d.wait_log_n("tick job=b", 5);
+    let log = d.log();
+    // At most one tick of `a` that was already under way when the reload happened.
+    assert!(
+        log[reloaded_at..].matches("tick job=a").count() <= 1,
+        "{log}"
+    );
+}
+
+#[test]
+fn a_bad_config_at_start_exits_2_before_anything_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("jobs.toml");
+    fs::write(
+        &path,
+        "[jobs.a]\nevery = \"1s\"\nshell = \"touch ran\"\n[jobs.b]\ncron = \"* * *\"\nshell = \"true\"\n",
+    )
+    .expect("write");
+    let out = tickd()
+        .args(["run", "jobs.toml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("run tickd");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("jobs.toml:5:8: job \"b\", key \"cron\""),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("ran").exists());
+
+    let out = tickd()
+        .args(["check", "jobs.toml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("check");
+    assert_eq!(out.status.code(), Some(2));
+    fs::write(&path, "[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\n").expect("write");
+    let out = tickd()
+        .args(["check", "jobs.toml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("check");
+    assert_eq!(out.status.code(), Some(0));
+    let out = tickd()
+        .args(["run", "missing.toml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let out = tickd().arg("frobnicate").output().expect("usage");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn next_prints_the_fire_times_the_daemon_uses() {
+    let out = tickd()
+        .args([
+            "next",
+            "--cron",
+            "30 2 * * *",
+            "--tz",
+            "Europe/Berlin",
+            "--after",
+            "2026-03-28T12:00:00Z",
+            "-n",
+            "2",
+        ])
+        .output()
+        .expect("next");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "2026-03-29T03:00:00+02:00\n2026-03-30T02:30:00+02:00\n"
+    );
+    let out = tickd()
+        .args([
+            "next",
+            "--cron",
+            "*/10 * * * * *",
+            "--after",
+            "2026-01-01T00:00:03Z",
+            "-n",
+            "2",
+        ])
+        .output()
+        .expect("next");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "2026-01-01T00:00:10Z\n2026-01-01T00:00:20Z\n"
+    );
+    let out = tickd()
+        .args(["next", "--cron", "61 * * * *"])
+        .output()
+        .expect("next");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn the_shipped_jobs_toml_is_valid() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs.toml");
+    let out = tickd().arg("check").arg(&shipped).output().expect("check");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -35,7 +35,10 @@ async fn every_fires_on_a_drift_free_grid() {
 
 #[tokio::test(start_paused = true)]
 async fn a_stall_skips_missed_fires_without_a_burst() {
-    let d = InProcess::start("[jobs.tick]\nevery = \"200ms\"\nhandler = \"record\"\n", t0());
+    let d = InProcess::start(
+        "[jobs.tick]\nevery = \"200ms\"\nhandler = \"record\"\n",
+        t0(),
+    );
     d.run_for(450).await;
     assert_eq!(d.times("tick", "run"), vec![200, 400]);
     // The whole runtime stalls for 2 s: the fires due at 600..2400 are missed.

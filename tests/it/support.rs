@@ -39,7 +39,9 @@ pub struct InProcess {
 }
 
 pub fn wall(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(y, mo, d, h, mi, s).single().expect("valid time")
+    Utc.with_ymd_and_hms(y, mo, d, h, mi, s)
+        .single()
+        .expect("valid time")
 }
 
 fn recording_handlers(events: &Arc<Mutex<Vec<Event>>>, start: Instant) -> Handlers {
@@ -125,7 +127,10 @@ impl InProcess {
     }
 
     pub async fn send(&self, control: Control) {
-        self.controls.send(control).await.expect("daemon is running");
+        self.controls
+            .send(control)
+            .await
+            .expect("daemon is running");
     }
 
     /// Rewrites the config file.
