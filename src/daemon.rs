@@ -16,6 +16,7 @@ use crate::clock::Clock;
 use crate::config::{self, Config};
 use crate::handler::Handlers;
 use crate::job::JobHandle;
+use crate::process::GroupKeeper;
 use crate::run::RunEnv;
 
 /// What the outside world asks of a running daemon.
@@ -42,6 +43,9 @@ pub enum DaemonError {
     /// The thread that spawns child processes could not be started.
     #[error("cannot start the process spawner: {0}")]
     Spawner(#[source] std::io::Error),
+    /// The group keeper process could not be started.
+    #[error("cannot start the group keeper: {0}")]
+    Keeper(#[source] std::io::Error),
 }
 
 /// What the daemon needs besides its first configuration.
@@ -53,6 +57,10 @@ pub struct DaemonOptions {
     pub handlers: Handlers,
     /// The source of time.
     pub clock: Clock,
+    /// The `tickd` binary, run as `tickd __keeper` to kill the jobs' process groups should the
+    /// daemon be killed (see [`crate::process::GroupKeeper`]). `None`: only each run's first
+    /// process dies with the daemon.
+    pub group_keeper: Option<PathBuf>,
 }
 
 /// Runs the daemon with an already validated `config` until a [`Control::Shutdown`] arrives or
@@ -63,8 +71,12 @@ pub async fn run(
     options: DaemonOptions,
     mut controls: mpsc::Receiver<Control>,
 ) -> Result<Stopped, DaemonError> {
+    let keeper = match &options.group_keeper {
+        Some(program) => Some(GroupKeeper::start(program).map_err(DaemonError::Keeper)?),
+        None => None,
+    };
     let env = Arc::new(
-        RunEnv::new(options.clock.clone(), options.handlers.clone())
+        RunEnv::new(options.clock.clone(), options.handlers.clone(), keeper)
             .map_err(DaemonError::Spawner)?,
     );
     let mut supervisor = Supervisor {

@@ -33,6 +33,7 @@ mod os;
 pub mod process;
 pub mod run;
 pub mod schedule;
+pub mod signals;
 
 pub use clock::Clock;
 pub use config::{load, Config, ConfigError};

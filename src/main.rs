@@ -4,16 +4,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
 use chrono_tz::Tz;
 use clap::{Parser, Subcommand, ValueEnum};
-use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
 
 use tickd::config::{Config, JobSpec};
 use tickd::schedule::{CronSchedule, Schedule};
-use tickd::{Clock, Control, DaemonOptions, Handlers, Stopped};
+use tickd::{Clock, DaemonOptions, Handlers, Stopped};
 
 /// Exit codes, documented in README.md.
 mod exit {
@@ -82,6 +79,9 @@ enum Command {
         #[arg(long)]
         after: Option<String>,
     },
+    /// Internal: the group keeper a daemon starts (kills its jobs' process groups if it dies).
+    #[command(name = "__keeper", hide = true)]
+    Keeper,
 }
 
 fn main() -> ExitCode {
@@ -105,6 +105,10 @@ fn main() -> ExitCode {
             &tz,
             after.as_deref(),
         ),
+        Command::Keeper => {
+            tickd::process::keeper_main(std::io::stdin().lock());
+            exit::OK
+        }
     };
     ExitCode::from(code)
 }
@@ -150,10 +154,10 @@ fn run_daemon(file: &Path) -> u8 {
     runtime.block_on(async {
         // Signal handlers go in before anything else, so an early SIGHUP or SIGTERM is never
         // fatal by default disposition.
-        let controls = match forward_signals() {
+        let controls = match tickd::signals::os_controls() {
             Ok(controls) => controls,
             Err(err) => {
-                tracing::error!("{err:#}");
+                tracing::error!("cannot install signal handlers: {err}");
                 return exit::FATAL;
             }
         };
@@ -164,6 +168,7 @@ fn run_daemon(file: &Path) -> u8 {
             config_path: file.to_owned(),
             handlers: Handlers::with_builtins(),
             clock: Clock::system(),
+            group_keeper: keeper_program(),
         };
         match tickd::run(config, options, controls).await {
             Ok(Stopped::Drained) => exit::OK,
@@ -176,26 +181,16 @@ fn run_daemon(file: &Path) -> u8 {
     })
 }
 
-/// Maps SIGTERM/SIGINT to [`Control::Shutdown`] and SIGHUP to [`Control::Reload`].
-fn forward_signals() -> anyhow::Result<mpsc::Receiver<Control>> {
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let control = tokio::select! {
-                _ = term.recv() => Control::Shutdown,
-                _ = int.recv() => Control::Shutdown,
-                _ = hup.recv() => Control::Reload,
-            };
-            tracing::debug!(?control, "signal received");
-            if tx.send(control).await.is_err() {
-                break;
-            }
+/// This binary, for the group keeper; without it (no /proc?) only each run's first process is
+/// tied to the daemon's life.
+fn keeper_program() -> Option<PathBuf> {
+    match std::env::current_exe() {
+        Ok(path) => Some(path),
+        Err(err) => {
+            tracing::warn!("cannot find my own binary, running without a group keeper: {err}");
+            None
         }
-    });
-    Ok(rx)
+    }
 }
 
 fn check(file: &Path) -> u8 {

@@ -6,10 +6,13 @@
 //! process exits, not when its pipes close (a backgrounded grandchild may hold them forever);
 //! processes left in its group after that are stopped the same way, so nothing outlives its run.
 
-use std::io;
-use std::os::unix::process::ExitStatusExt;
+use std::collections::BTreeSet;
+use std::io::{self, BufRead, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
 use std::process::{ExitStatus, Stdio};
-use std::sync::mpsc as std_mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc as std_mpsc, Mutex, PoisonError};
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
@@ -74,6 +77,78 @@ impl Spawner {
     }
 }
 
+/// A helper process that SIGKILLs the process groups of runs in flight if the daemon dies
+/// without stopping them (SIGKILL, OOM kill, crash).
+///
+/// `PR_SET_PDEATHSIG` reaches only a run's first process; whatever it started (in the same process
+/// group) would survive. The keeper is the daemon's own binary run as `tickd __keeper`, in a process
+/// group of its own, reading `+PGID` / `-PGID` lines on a pipe. When the pipe reaches EOF, the
+/// daemon is gone, and the keeper kills every group still registered, then exits. Groups are
+/// unregistered as soon as their run ends, so a recycled process-group id is never hit.
+#[derive(Debug)]
+pub struct GroupKeeper {
+    /// A std mutex: held only for one short write, never across an `.await`.
+    pipe: Mutex<std::process::ChildStdin>,
+    /// Set after the first failed write, so a dead keeper is reported once.
+    broken: AtomicBool,
+}
+
+impl GroupKeeper {
+    /// Starts `program __keeper`.
+    pub fn start(program: &Path) -> io::Result<Self> {
+        let mut child = std::process::Command::new(program)
+            .arg("__keeper")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            // Its own group: a Ctrl-C or a group kill aimed at the daemon must not take it along.
+            .process_group(0)
+            .spawn()?;
+        let pipe = child
+            .stdin
+            .take()
+            .ok_or_else(|| io::Error::other("the keeper has no stdin"))?;
+        // The keeper outlives us by design; it exits on EOF. Not waiting for it is deliberate
+        // (it is reparented and reaped by init when we are gone).
+        drop(child);
+        Ok(GroupKeeper {
+            pipe: Mutex::new(pipe),
+            broken: AtomicBool::new(false),
+        })
+    }
+
+    fn tell(&self, sign: char, group: Pid) {
+        let mut pipe = self.pipe.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(err) = writeln!(pipe, "{sign}{}", group.as_raw()) {
+            if !self.broken.swap(true, Ordering::Relaxed) {
+                tracing::warn!("the group keeper is gone ({err}); a killed daemon may leave job processes behind");
+            }
+        }
+    }
+}
+
+/// The body of `tickd __keeper`: see [`GroupKeeper`]. Reads `input` to EOF, then kills the groups
+/// still registered.
+pub fn keeper_main(input: impl BufRead) {
+    let mut groups = BTreeSet::new();
+    for line in input.lines() {
+        let Ok(line) = line else { break };
+        let (sign, pgid) = line.split_at(line.len().min(1));
+        match (sign, pgid.parse::<i32>()) {
+            ("+", Ok(pgid)) if pgid > 1 => {
+                groups.insert(pgid);
+            }
+            ("-", Ok(pgid)) => {
+                groups.remove(&pgid);
+            }
+            _ => {}
+        }
+    }
+    for pgid in groups {
+        signal_group(Pid::from_raw(pgid), Signal::SIGKILL);
+    }
+}
+
 /// Everything a child run needs besides the process spec.
 #[derive(Debug)]
 pub struct ChildRun<'a> {
@@ -93,6 +168,8 @@ pub struct ChildRun<'a> {
     pub clock: &'a Clock,
     /// Forks the child.
     pub spawner: &'a Spawner,
+    /// Told about the run's process group, if the daemon runs one.
+    pub keeper: Option<&'a GroupKeeper>,
 }
 
 /// How a child run ended.
@@ -145,6 +222,9 @@ pub async fn run_child(spec: &ProcessSpec, run: ChildRun<'_>) -> ChildEnd {
     // The child is the leader of its own group, so its pid is the group id.
     let group = Pid::from_raw(pid as i32);
     tracing::debug!(job = run.job, run = %run.run_id, pid, "process started");
+    if let Some(keeper) = run.keeper {
+        keeper.tell('+', group);
+    }
 
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -172,6 +252,9 @@ pub async fn run_child(spec: &ProcessSpec, run: ChildRun<'_>) -> ChildEnd {
         }
     }
     stop_leftovers(group, &run).await;
+    if let Some(keeper) = run.keeper {
+        keeper.tell('-', group);
+    }
     end
 }
 

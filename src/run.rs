@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::config::{Action, HttpSpec, JobSpec};
 use crate::handler::{Handlers, RunContext, RunId};
-use crate::process::{self, ChildEnd, ChildRun, Spawner};
+use crate::process::{self, ChildEnd, ChildRun, GroupKeeper, Spawner};
 
 /// What every run needs from the daemon, shared by all jobs.
 #[derive(Debug)]
@@ -21,6 +21,8 @@ pub struct RunEnv {
     pub handlers: Handlers,
     /// Forks child processes.
     pub spawner: Spawner,
+    /// Kills runs' process groups if the daemon dies; `None` when not configured.
+    pub keeper: Option<GroupKeeper>,
     /// Shared HTTP client (connection pool) for `http` jobs.
     pub http: reqwest::Client,
     /// Parent of every run's cancellation token: cancelled when shutdown stops the runs that
@@ -31,11 +33,16 @@ pub struct RunEnv {
 
 impl RunEnv {
     /// A run environment; must be created inside a tokio runtime (it starts the spawner thread).
-    pub fn new(clock: Clock, handlers: Handlers) -> std::io::Result<Self> {
+    pub fn new(
+        clock: Clock,
+        handlers: Handlers,
+        keeper: Option<GroupKeeper>,
+    ) -> std::io::Result<Self> {
         Ok(RunEnv {
             clock,
             handlers,
             spawner: Spawner::start()?,
+            keeper,
             http: reqwest::Client::builder()
                 .user_agent(concat!("tickd/", env!("CARGO_PKG_VERSION")))
                 .build()
@@ -138,6 +145,7 @@ pub async fn execute(spec: &JobSpec, ctx: RunContext, env: &RunEnv) -> RunReport
                     cancel: &ctx.cancel,
                     clock: &env.clock,
                     spawner: &env.spawner,
+                    keeper: env.keeper.as_ref(),
                 },
             )
             .await;

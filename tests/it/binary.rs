@@ -2,6 +2,7 @@
 //! things to happen (polling with generous deadlines) and never assert how long anything took.
 
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -446,5 +447,139 @@ fn the_shipped_jobs_toml_is_valid() {
         Some(0),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A loopback HTTP/1.1 server for `http` jobs: answers `/ok` with 200 and anything else with
+/// 500, closes each connection, and hands every request's text to the test.
+fn http_server() -> (u16, std::sync::mpsc::Receiver<String>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let port = listener.local_addr().expect("addr").port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Bounded: the test needs a handful of requests.
+        for stream in listener.incoming().take(200) {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Read the head, then the body announced by Content-Length.
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request);
+                if let Some(head_end) = text.find("\r\n\r\n") {
+                    let length = text[..head_end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if request.len() >= head_end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            let text = String::from_utf8_lossy(&request).into_owned();
+            let status = if text.starts_with("POST /ok ") || text.starts_with("GET /ok ") {
+                "200 OK"
+            } else {
+                "500 Internal Server Error"
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            if tx.send(text).is_err() {
+                break;
+            }
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn http_jobs_call_the_url_and_judge_the_status() {
+    let (port, requests) = http_server();
+    let mut d = Daemon::start(&format!(
+        r#"
+[jobs.cron-php]
+every = "200ms"
+http = {{ url = "http://127.0.0.1:{port}/ok", method = "POST", headers = {{ X-Token = "s3cret" }}, body = "from=tickd", timeout = "5s" }}
+
+[jobs.broken]
+every = "200ms"
+http = {{ url = "http://127.0.0.1:{port}/fail" }}
+"#
+    ));
+    let request = requests
+        .iter()
+        .find(|r| r.starts_with("POST /ok "))
+        .expect("a request");
+    assert!(
+        request.to_ascii_lowercase().contains("x-token: s3cret"),
+        "{request}"
+    );
+    assert!(request.ends_with("from=tickd"), "{request}");
+    let log = d.wait_log("HTTP 500");
+    assert!(log.contains("job=broken"), "{log}");
+    assert!(log.contains("outcome=failure"), "{log}");
+    let log = d.wait_log("exit_code=200");
+    assert!(log.contains("job=cron-php"), "{log}");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0);
+}
+
+#[test]
+fn a_sigkilled_daemon_takes_grandchildren_in_the_job_group_with_it() {
+    let mut d = Daemon::start(
+        r#"
+[jobs.family]
+every = "100ms"
+shell = "sh -c 'echo $$ > grandchild.pid; exec sleep 1000' & echo $$ > child.pid; wait"
+"#,
+    );
+    let child = read_pid_wait(&d, "child.pid");
+    let grandchild = read_pid_wait(&d, "grandchild.pid");
+    assert!(is_alive(grandchild));
+    d.signal(Signal::SIGKILL);
+    d.wait_exit();
+    eventually("the whole job group died with the daemon", || {
+        live_group_members(child).is_empty()
+    });
+    assert!(!is_alive(grandchild));
+}
+
+#[test]
+fn the_group_keeper_kills_registered_groups_at_eof_only() {
+    // A stand-in job group: a process in a group of its own.
+    let mut job = Command::new("sleep")
+        .arg("1000")
+        .process_group(0)
+        .spawn()
+        .expect("sleep");
+    let pgid = job.id() as i32;
+    let mut keeper = tickd()
+        .arg("__keeper")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("keeper");
+    {
+        use std::io::Write;
+        let mut pipe = keeper.stdin.take().expect("stdin");
+        // Registered, unregistered, registered again: alive until EOF.
+        writeln!(pipe, "+{pgid}\n-{pgid}\n+{pgid}\ngarbage").expect("write");
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(is_alive(pgid));
+    } // EOF: the daemon is "gone".
+    assert!(keeper.wait().expect("keeper exit").success());
+    let status = job.wait().expect("job");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
     );
 }

@@ -108,6 +108,7 @@ impl InProcess {
             config_path: path.clone(),
             handlers,
             clock: clock.clone(),
+            group_keeper: None,
         };
         let daemon = tokio::spawn(tickd::run(config, options, rx));
         InProcess {
