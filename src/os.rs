@@ -26,9 +26,20 @@ pub fn harden_child(command: &mut tokio::process::Command) {
                 // The daemon is already gone: do not run a job nobody will reap or stop.
                 libc::_exit(111);
             }
-            for signal in 1..libc::SIGRTMAX() {
+            // The raw syscall, not libc's `signal()`: glibc refuses to touch signals 32 and 33
+            // (reserved for its threads), yet a parent may have left them ignored. An all-zero
+            // kernel `struct sigaction` is SIG_DFL with no flags and an empty mask (large enough
+            // for every architecture's layout).
+            let default_action = [0u64; 4];
+            for signal in 1..=64 {
                 if signal != libc::SIGKILL && signal != libc::SIGSTOP {
-                    libc::signal(signal, libc::SIG_DFL);
+                    libc::syscall(
+                        libc::SYS_rt_sigaction,
+                        signal,
+                        default_action.as_ptr(),
+                        std::ptr::null_mut::<libc::c_void>(),
+                        8usize,
+                    );
                 }
             }
             let mut empty: libc::sigset_t = std::mem::zeroed();

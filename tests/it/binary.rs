@@ -25,22 +25,32 @@ fn tickd() -> Command {
 }
 
 impl Daemon {
+    /// `tickd run jobs.toml` on `config`, logging to a file; returns once it is scheduling.
     fn start(config: &str) -> Daemon {
+        let daemon = Daemon::launch(config, |command, log| {
+            command
+                .args(["run", "jobs.toml"])
+                .stderr(fs::File::create(log).expect("log file"));
+        });
+        daemon.wait_log("scheduler started");
+        daemon
+    }
+
+    /// Starts `tickd` in a temp dir holding `config` as `jobs.toml`; `prepare` sets the arguments
+    /// and stderr (given the log file's path).
+    fn launch(config: &str, prepare: impl FnOnce(&mut Command, &Path)) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::write(dir.path().join("jobs.toml"), config).expect("write config");
         let log = dir.path().join("tickd.log");
-        let child = tickd()
-            .args(["run", "jobs.toml"])
+        let mut command = tickd();
+        command
             .current_dir(dir.path())
             .env("TICKD_LOG", "debug")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start tickd");
-        let daemon = Daemon { child, dir, log };
-        daemon.wait_log("scheduler started");
-        daemon
+            .stdout(Stdio::null());
+        prepare(&mut command, &log);
+        let child = command.spawn().expect("start tickd");
+        Daemon { child, dir, log }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -582,4 +592,113 @@ fn the_group_keeper_kills_registered_groups_at_eof_only() {
         std::os::unix::process::ExitStatusExt::signal(&status),
         Some(9)
     );
+}
+
+#[test]
+fn children_get_only_stdio_descriptors_and_clean_signal_state() {
+    let mut d = Daemon::launch(
+        r#"
+[jobs.inspect]
+every = "100ms"
+shell = "echo $$ > child.pid; exec sleep 1000"
+"#,
+        |command, log| {
+            // The daemon itself inherits an ignored signal and a descriptor without close-on-exec.
+            command
+                .env("TICKD", env!("CARGO_BIN_EXE_tickd"))
+                .stderr(fs::File::create(log).expect("log file"));
+            let shell = "trap '' USR1 USR2; exec 7</dev/null; exec \"$TICKD\" run jobs.toml";
+            let mut wrapped = Command::new("/bin/sh");
+            wrapped.arg("-c").arg(shell);
+            std::mem::swap(command, &mut wrapped);
+            // `wrapped` is now the original: carry its settings over.
+            command
+                .current_dir(wrapped.get_current_dir().expect("cwd"))
+                .envs(wrapped.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(fs::File::create(log).expect("log file"));
+        },
+    );
+    let child = read_pid_wait(&d, "child.pid");
+    eventually("the job exec'd sleep", || {
+        fs::read_to_string(format!("/proc/{child}/comm")).is_ok_and(|c| c == "sleep\n")
+    });
+    let mut fds: Vec<String> = fs::read_dir(format!("/proc/{child}/fd"))
+        .expect("child fds")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    fds.sort();
+    assert_eq!(fds, ["0", "1", "2"]);
+    let status = fs::read_to_string(format!("/proc/{child}/status")).expect("status");
+    assert!(status.contains("SigBlk:\t0000000000000000\n"), "{status}");
+    assert!(status.contains("SigIgn:\t0000000000000000\n"), "{status}");
+    // The daemon really did have the extra descriptor and the ignored signals.
+    let daemon_pid = d.child.id();
+    let fds: Vec<String> = fs::read_dir(format!("/proc/{daemon_pid}/fd"))
+        .expect("daemon fds")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(fds.contains(&"7".to_owned()), "{fds:?}");
+    let status = fs::read_to_string(format!("/proc/{daemon_pid}/status")).expect("status");
+    assert!(!status.contains("SigIgn:\t0000000000000000"), "{status}");
+    // A second SIGTERM during the drain skips the (default, 30 s) wait.
+    d.signal(Signal::SIGTERM);
+    d.wait_log("waiting for runs in flight");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 3);
+    assert!(d.log().contains("second stop request"));
+}
+
+#[test]
+fn a_closed_stderr_does_not_stop_scheduling() {
+    let mut d = Daemon::launch(
+        r#"
+[jobs.count]
+every = "50ms"
+shell = "echo tick >> ticks; echo some output"
+"#,
+        |command, _| {
+            command.args(["run", "jobs.toml"]).stderr(Stdio::piped());
+        },
+    );
+    // Close the read end of the daemon's stderr: every log line now fails with EPIPE.
+    drop(d.child.stderr.take());
+    eventually("20 runs after stderr was closed", || {
+        fs::read_to_string(d.path("ticks")).is_ok_and(|t| t.lines().count() >= 20)
+    });
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0);
+}
+
+#[test]
+fn json_logs_carry_the_same_fields() {
+    let d = Daemon::launch(
+        "[jobs.hello]\nevery = \"100ms\"\nshell = \"printf 'bin\\\\377ary\\\\n'\"\n",
+        |command, log| {
+            command
+                .args(["--log-format", "json", "run", "jobs.toml"])
+                .stderr(fs::File::create(log).expect("log file"));
+        },
+    );
+    let log = d.wait_log("run finished");
+    let finished: serde_json::Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "run finished")
+        .expect("a JSON line for a finished run");
+    assert_eq!(finished["job"], "hello");
+    assert_eq!(finished["outcome"], "success");
+    assert_eq!(finished["exit_code"], 0);
+    assert!(finished["run"].is_string() || finished["run"].is_number());
+    let output: serde_json::Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["stream"] == "stdout")
+        .expect("an output line");
+    // Not UTF-8: shown lossily.
+    assert_eq!(output["message"], "bin\u{FFFD}ary");
+    assert_eq!(output["job"], "hello");
 }
