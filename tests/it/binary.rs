@@ -702,3 +702,45 @@ fn json_logs_carry_the_same_fields() {
     assert_eq!(output["message"], "bin\u{FFFD}ary");
     assert_eq!(output["job"], "hello");
 }
+
+#[test]
+fn a_run_ends_when_its_process_exits_even_if_a_grandchild_holds_the_pipe() {
+    let mut d = Daemon::start(
+        r#"
+[jobs.bg]
+every = "100ms"
+shell = "sleep 1000 & echo $! > sleeper.pid; echo started"
+kill_grace = "200ms"
+"#,
+    );
+    let sleeper = read_pid_wait(&d, "sleeper.pid");
+    let log = d.wait_log("outcome=success");
+    assert!(log.contains("job=bg"), "{log}");
+    // The background process left in the run's group was stopped when the run ended.
+    assert!(
+        log.contains("processes are left in the run's process group"),
+        "{log}"
+    );
+    eventually("the leftover sleeper was stopped", || !is_alive(sleeper));
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0);
+}
+
+#[test]
+fn a_stopped_job_is_continued_so_it_sees_sigterm() {
+    let mut d = Daemon::start(
+        r#"
+[jobs.frozen]
+every = "100ms"
+timeout = "200ms"
+kill_grace = "60s"
+shell = "kill -STOP $$; sleep 1000"
+"#,
+    );
+    let log = d.wait_log("outcome=timeout");
+    // SIGTERM alone would never reach a stopped process; without the SIGCONT this would wait for
+    // the 60 s grace and need SIGKILL.
+    assert!(!log.contains("sending SIGKILL"), "{log}");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0);
+}
