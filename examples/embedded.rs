@@ -56,5 +56,6 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     Ok(match stopped {
         Stopped::Drained => std::process::ExitCode::SUCCESS,
         Stopped::RunsStopped => std::process::ExitCode::from(3),
+        Stopped::Recycled { .. } => std::process::ExitCode::from(75),
     })
 }

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::handler::Handlers;
-use crate::schedule::{CronSchedule, Schedule};
+use crate::schedule::{CronSchedule, EveryMode, EverySchedule, Schedule};
 
 /// Default for `[daemon] shutdown_timeout`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,6 +46,12 @@ pub struct DaemonSettings {
     pub shutdown_timeout: Duration,
     /// The default zone for cron schedules.
     pub timezone: Tz,
+    /// After this long, drain and exit with the recycle code (75) so the process manager starts
+    /// a fresh daemon.
+    pub max_uptime: Option<Duration>,
+    /// Where the last fire time of `on_missed = "once"` jobs is kept across restarts (a relative
+    /// path is relative to the configuration file's directory).
+    pub state_file: Option<PathBuf>,
 }
 
 /// One validated job.
@@ -65,6 +71,32 @@ pub struct JobSpec {
     pub kill_grace: Duration,
     /// Where a child's stdout/stderr go.
     pub output: OutputMode,
+    /// A delay added before each run.
+    pub jitter: Option<Jitter>,
+    /// Run once right after the job is scheduled (daemon start, or the reload that adds it).
+    pub run_on_start: bool,
+    /// What to do about fires missed while the daemon was down, stopped or the clock jumped.
+    pub on_missed: OnMissed,
+}
+
+/// A delay added before each run, so a fleet does not hit the same backend at :00.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Jitter {
+    /// Delays are in `[0, max)`.
+    pub max: Duration,
+    /// A stable delay per job and machine (`spread = true`) instead of a random one per run.
+    pub spread: bool,
+}
+
+/// What happens to fires that were missed (daemon down, stopped, stalled, wall clock jumped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnMissed {
+    /// Missed fires are dropped; the next fire is the next one in the future.
+    #[default]
+    Skip,
+    /// One catch-up run for any number of missed fires (never a burst).
+    Once,
 }
 
 /// What a run does.
@@ -257,6 +289,8 @@ struct RawConfig {
 struct RawDaemon {
     shutdown_timeout: Option<Spanned<String>>,
     timezone: Option<Spanned<String>>,
+    max_uptime: Option<Spanned<String>>,
+    state_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -276,6 +310,12 @@ struct RawJob {
     cwd: Option<Spanned<String>>,
     env: Option<Spanned<BTreeMap<String, String>>>,
     output: Option<Spanned<OutputMode>>,
+    mode: Option<Spanned<EveryMode>>,
+    align: Option<Spanned<bool>>,
+    jitter: Option<Spanned<String>>,
+    spread: Option<Spanned<bool>>,
+    run_on_start: Option<bool>,
+    on_missed: Option<Spanned<OnMissed>>,
 }
 
 #[derive(Deserialize)]
@@ -387,9 +427,20 @@ impl Validator<'_> {
             .as_ref()
             .and_then(|v| self.timezone(v, daemon_at("daemon.timezone")))
             .unwrap_or(Tz::UTC);
+        let max_uptime = raw
+            .daemon
+            .max_uptime
+            .as_ref()
+            .and_then(|v| self.duration(v, daemon_at("daemon.max_uptime"), false));
+        let state_file = raw.daemon.state_file.as_ref().map(|v| {
+            let base = self.locator.path.parent().unwrap_or(Path::new("."));
+            base.join(v.get_ref())
+        });
         let daemon = DaemonSettings {
             shutdown_timeout,
             timezone,
+            max_uptime,
+            state_file,
         };
         let mut jobs = BTreeMap::new();
         for (name, job) in raw.jobs {
@@ -446,10 +497,44 @@ impl Validator<'_> {
                         "\"timezone\" applies to cron schedules only, not to \"every\"".to_owned(),
                     );
                 }
-                self.duration(every, at("every"), false)
-                    .map(Schedule::Every)
+                let mode = raw
+                    .mode
+                    .as_ref()
+                    .map_or(EveryMode::FixedRate, |m| *m.get_ref());
+                let align = raw.align.as_ref().is_some_and(|a| *a.get_ref());
+                if let (Some(a), EveryMode::FixedDelay) = (&raw.align, mode) {
+                    if *a.get_ref() {
+                        self.report(
+                            a.span().start,
+                            Some(name),
+                            Some("align"),
+                            "\"align\" needs mode = \"fixed-rate\": a fixed-delay schedule has no grid"
+                                .to_owned(),
+                        );
+                    }
+                }
+                self.duration(every, at("every"), false).map(|period| {
+                    Schedule::Every(EverySchedule {
+                        period,
+                        mode,
+                        align,
+                    })
+                })
             }
             (None, Some(cron)) => timezone.and_then(|tz| {
+                for (key, offset) in [
+                    ("mode", raw.mode.as_ref().map(|v| v.span().start)),
+                    ("align", raw.align.as_ref().map(|v| v.span().start)),
+                ] {
+                    if let Some(offset) = offset {
+                        self.report(
+                            offset,
+                            Some(name),
+                            Some(key),
+                            format!("\"{key}\" applies to \"every\" schedules only"),
+                        );
+                    }
+                }
                 CronSchedule::parse(cron.get_ref(), tz)
                     .map_err(|e| {
                         self.report(cron.span().start, Some(name), Some("cron"), e.to_string())
@@ -634,6 +719,37 @@ impl Validator<'_> {
             .map(|v| *v.get_ref())
             .unwrap_or_default();
 
+        let jitter = raw
+            .jitter
+            .as_ref()
+            .and_then(|v| self.duration(v, at("jitter"), false))
+            .map(|max| Jitter {
+                max,
+                spread: raw.spread.as_ref().is_some_and(|s| *s.get_ref()),
+            });
+        if let (Some(spread), None) = (&raw.spread, &raw.jitter) {
+            self.report(
+                spread.span().start,
+                Some(name),
+                Some("spread"),
+                "\"spread\" needs \"jitter\", the range to spread over (e.g. jitter = \"30s\")"
+                    .to_owned(),
+            );
+        }
+        let on_missed = raw
+            .on_missed
+            .as_ref()
+            .map_or(OnMissed::Skip, |v| *v.get_ref());
+        if let (Some(v), OnMissed::Once, None) = (&raw.on_missed, on_missed, &daemon.state_file) {
+            self.report(
+                v.span().start,
+                Some(name),
+                Some("on_missed"),
+                "on_missed = \"once\" needs [daemon] state_file, where the last fire times are kept"
+                    .to_owned(),
+            );
+        }
+
         if self.problems.len() != problems_before {
             return None;
         }
@@ -645,6 +761,9 @@ impl Validator<'_> {
             timeout,
             kill_grace,
             output,
+            jitter,
+            run_on_start: raw.run_on_start.unwrap_or(false),
+            on_missed,
         })
     }
 
@@ -805,7 +924,7 @@ output = "discard"
         let heartbeat = &config.jobs["heartbeat"];
         assert_eq!(
             heartbeat.schedule,
-            Schedule::Every(Duration::from_millis(200))
+            Schedule::Every(EverySchedule::fixed_rate(Duration::from_millis(200)))
         );
         assert_eq!(heartbeat.action, Action::Handler("log".to_owned()));
         assert_eq!(heartbeat.overlap, Overlap::Skip);
@@ -837,13 +956,101 @@ output = "discard"
         );
         assert_eq!(
             config.jobs["sh"].schedule,
-            Schedule::Every(Duration::from_secs(5400))
+            Schedule::Every(EverySchedule::fixed_rate(Duration::from_secs(5400)))
         );
         // A job that names no zone takes the daemon's.
         match &config.jobs["ping"].schedule {
             Schedule::Cron(c) => assert_eq!(c.timezone(), chrono_tz::Europe::Berlin),
             other => panic!("unexpected schedule {other:?}"),
         }
+    }
+
+    #[test]
+    fn schedule_options_validate() {
+        let config = check(
+            r#"
+[daemon]
+max_uptime = "12h"
+state_file = "state/tickd.state"
+[jobs.a]
+every = "10s"
+align = true
+jitter = "2s"
+spread = true
+run_on_start = true
+on_missed = "once"
+handler = "log"
+[jobs.b]
+every = "10s"
+mode = "fixed-delay"
+handler = "log"
+"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            config.daemon.max_uptime,
+            Some(Duration::from_secs(12 * 3600))
+        );
+        assert_eq!(
+            config.daemon.state_file.as_deref(),
+            Some(Path::new("state/tickd.state"))
+        );
+        let a = &config.jobs["a"];
+        assert_eq!(
+            a.schedule,
+            Schedule::Every(EverySchedule {
+                period: Duration::from_secs(10),
+                mode: EveryMode::FixedRate,
+                align: true
+            })
+        );
+        assert_eq!(
+            a.jitter,
+            Some(Jitter {
+                max: Duration::from_secs(2),
+                spread: true
+            })
+        );
+        assert!(a.run_on_start);
+        assert_eq!(a.on_missed, OnMissed::Once);
+        match &config.jobs["b"].schedule {
+            Schedule::Every(e) => assert_eq!(e.mode, EveryMode::FixedDelay),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn schedule_option_errors() {
+        let msg = error("[jobs.a]\ncron = \"* * * * *\"\nalign = true\nhandler = \"log\"\n");
+        assert!(
+            msg.contains("job \"a\", key \"align\": \"align\" applies to \"every\""),
+            "{msg}"
+        );
+        let msg = error(
+            "[jobs.a]\nevery = \"1s\"\nmode = \"fixed-delay\"\nalign = true\nhandler = \"log\"\n",
+        );
+        assert!(msg.contains("key \"align\": \"align\" needs mode"), "{msg}");
+        let msg = error("[jobs.a]\nevery = \"1s\"\nmode = \"sometimes\"\nhandler = \"log\"\n");
+        assert!(msg.contains("key \"mode\""), "{msg}");
+        let msg = error("[jobs.a]\nevery = \"1s\"\nspread = true\nhandler = \"log\"\n");
+        assert!(
+            msg.contains("key \"spread\": \"spread\" needs \"jitter\""),
+            "{msg}"
+        );
+        let msg = error("[jobs.a]\nevery = \"1s\"\njitter = \"0s\"\nhandler = \"log\"\n");
+        assert!(
+            msg.contains("key \"jitter\": must be greater than zero"),
+            "{msg}"
+        );
+        let msg = error("[jobs.a]\nevery = \"1s\"\non_missed = \"once\"\nhandler = \"log\"\n");
+        assert!(msg.contains("jobs.toml:3:13: job \"a\", key \"on_missed\": on_missed = \"once\" needs [daemon] state_file"), "{msg}");
+        let msg = error("[jobs.a]\nevery = \"1s\"\non_missed = \"twice\"\nhandler = \"log\"\n");
+        assert!(msg.contains("key \"on_missed\""), "{msg}");
+        let msg = error("[daemon]\nmax_uptime = \"0s\"\n");
+        assert!(
+            msg.contains("key \"daemon.max_uptime\": must be greater than zero"),
+            "{msg}"
+        );
     }
 
     #[test]

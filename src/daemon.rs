@@ -18,6 +18,7 @@ use crate::handler::Handlers;
 use crate::job::JobHandle;
 use crate::process::GroupKeeper;
 use crate::run::RunEnv;
+use crate::state::StateStore;
 
 /// What the outside world asks of a running daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,10 +32,17 @@ pub enum Control {
 /// How the daemon stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stopped {
-    /// Every run in flight finished on its own.
+    /// Stop requested; every run in flight finished on its own.
     Drained,
-    /// Runs were still going after the drain timeout (or a second stop request) and were stopped.
+    /// Stop requested; runs were still going after the drain timeout (or a second stop request)
+    /// and were stopped.
     RunsStopped,
+    /// The daemon recycled itself (`max_uptime` reached) so that its process manager starts a
+    /// fresh one; `runs_stopped` as for [`Stopped::RunsStopped`].
+    Recycled {
+        /// Whether runs had to be stopped after the drain timeout.
+        runs_stopped: bool,
+    },
 }
 
 /// A fatal error of the daemon itself (never of a job).
@@ -75,10 +83,25 @@ pub async fn run(
         Some(program) => Some(GroupKeeper::start(program).map_err(DaemonError::Keeper)?),
         None => None,
     };
+    let state = config
+        .daemon
+        .state_file
+        .as_deref()
+        .map(|path| Arc::new(StateStore::open(path)));
     let env = Arc::new(
-        RunEnv::new(options.clock.clone(), options.handlers.clone(), keeper)
-            .map_err(DaemonError::Spawner)?,
+        RunEnv::new(
+            options.clock.clone(),
+            options.handlers.clone(),
+            keeper,
+            state.clone(),
+        )
+        .map_err(DaemonError::Spawner)?,
     );
+    let state_writer_stop = CancellationToken::new();
+    let state_writer = state.map(|state| {
+        tokio::spawn(state.write_until(options.clock.clone(), state_writer_stop.clone()))
+    });
+    let started = options.clock.now();
     let mut supervisor = Supervisor {
         env,
         runs: TaskTracker::new(),
@@ -96,11 +119,35 @@ pub async fn run(
         config = %supervisor.options.config_path.display(),
         "scheduler started"
     );
-    // A closed control channel means nobody can ask us to stop any more: treat it as a stop.
-    while let Some(Control::Reload) = controls.recv().await {
-        supervisor.reload();
+    let recycle = loop {
+        let max_uptime = supervisor.config.daemon.max_uptime;
+        let recycle_at = max_uptime.map(|uptime| started + uptime);
+        let clock = supervisor.env.clock.clone();
+        tokio::select! {
+            control = controls.recv() => match control {
+                Some(Control::Reload) => supervisor.reload(),
+                // A closed control channel means nobody can ask us to stop any more.
+                Some(Control::Shutdown) | None => break false,
+            },
+            _ = async { match recycle_at {
+                Some(at) => clock.sleep_until(at).await,
+                None => std::future::pending().await,
+            } } => {
+                tracing::info!(max_uptime = %humantime::format_duration(max_uptime.unwrap_or_default()), "max_uptime reached; draining and exiting to be restarted fresh");
+                break true;
+            }
+        }
+    };
+    let runs_stopped = supervisor.shut_down(controls).await;
+    state_writer_stop.cancel();
+    if let Some(writer) = state_writer {
+        let _ = writer.await;
     }
-    Ok(supervisor.shut_down(controls).await)
+    Ok(match (recycle, runs_stopped) {
+        (true, runs_stopped) => Stopped::Recycled { runs_stopped },
+        (false, false) => Stopped::Drained,
+        (false, true) => Stopped::RunsStopped,
+    })
 }
 
 struct Supervisor {
@@ -173,7 +220,8 @@ impl Supervisor {
         tracing::info!(added, removed, changed, unchanged, "configuration reloaded");
     }
 
-    async fn shut_down(self, mut controls: mpsc::Receiver<Control>) -> Stopped {
+    /// Returns whether runs had to be stopped.
+    async fn shut_down(self, mut controls: mpsc::Receiver<Control>) -> bool {
         // 1. Stop firing.
         self.firing.cancel();
         for (_, job) in self.jobs {
@@ -196,14 +244,14 @@ impl Supervisor {
         };
         if drained {
             tracing::info!("shut down: every run finished");
-            return Stopped::Drained;
+            return false;
         }
         // 3. Stop what is left: cancel handlers, TERM process groups, KILL after the grace.
         tracing::warn!(runs = self.runs.len(), "runs still going; stopping them");
         self.env.stop_runs.cancel();
         self.runs.wait().await;
         tracing::warn!("shut down: runs had to be stopped");
-        Stopped::RunsStopped
+        true
     }
 }
 

@@ -17,10 +17,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::Instant;
-use crate::config::{JobSpec, Overlap};
+use crate::config::{JobSpec, OnMissed, Overlap};
 use crate::handler::{RunContext, RunId};
 use crate::run::{self, Outcome, RunEnv};
-use crate::schedule::{grid_offset, next_grid_index, Schedule};
+use crate::schedule::{
+    grid_offset, next_grid_index, offset_past_alignment, stable_delay, EveryMode, Schedule,
+};
 
 /// The daemon's handle on a job task.
 #[derive(Debug)]
@@ -67,12 +69,22 @@ impl JobHandle {
     }
 }
 
-/// A fire that is due: when on the monotonic clock, and (for calendar schedules) on the wall clock.
+/// A fire that is due.
 #[derive(Debug, Clone, Copy)]
 struct Due {
+    /// The fire's monotonic instant (grid point, or calendar time converted), before jitter.
     instant: Instant,
-    /// The calendar time, for `cron` schedules; `None` for `every` grids.
+    /// The fire's calendar time: set for `cron` schedules and for catch-up runs.
     wall: Option<DateTime<Utc>>,
+    /// The jitter delay added before the run starts.
+    delay: Duration,
+}
+
+impl Due {
+    /// When the run should start.
+    fn start_at(&self) -> Instant {
+        self.instant + self.delay
+    }
 }
 
 /// A message from a run to its job.
@@ -87,9 +99,10 @@ struct JobActor {
     runs: TaskTracker,
     /// Where an `every` grid starts (grid point 0).
     anchor: Instant,
-    /// The next fire, or `None` when the schedule has no more.
+    /// The next fire, or `None` when there is none (a `fixed-delay` job with a run going, or a
+    /// cron expression with no future match).
     next: Option<Due>,
-    /// The grid index of `next` for `every` schedules.
+    /// The grid index of `next` for fixed-rate `every` schedules.
     next_index: u64,
     /// This job's runs in flight, with the tokens that stop them.
     running: HashMap<RunId, CancellationToken>,
@@ -118,7 +131,7 @@ impl JobActor {
             ended_rx,
             skipped: 0,
         };
-        actor.next = actor.first_due();
+        actor.restart_schedule();
         actor
     }
 
@@ -128,18 +141,19 @@ impl JobActor {
         stop: CancellationToken,
     ) {
         tracing::debug!(job = %self.spec.name, schedule = %self.spec.schedule, "job scheduled");
+        if let Some(due) = self.startup_fire() {
+            self.fire(due);
+        }
         loop {
             let next = self.next;
+            let env = self.env.clone();
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
                 Some(spec) = updates.recv() => self.update(spec),
                 Some(ended) = self.ended_rx.recv() => self.run_ended(ended.run_id),
-                _ = self.env.clock.wall_clock_changed(), if matches!(next, Some(Due { wall: Some(_), .. })) => {
-                    tracing::info!(job = %self.spec.name, "wall clock changed; recomputing the next fire");
-                    self.next = self.calendar_due_after(self.env.clock.wall_now());
-                }
-                _ = sleep_until_due(&self.env, next) => {
+                _ = env.clock.wall_clock_changed(), if self.is_calendar() => self.wall_clock_stepped(),
+                _ = sleep_until_due(&env, next) => {
                     if let Some(due) = next {
                         self.due(due);
                     }
@@ -152,60 +166,185 @@ impl JobActor {
         tracing::debug!(job = %self.spec.name, skipped = self.skipped, "job stopped firing");
     }
 
+    fn is_calendar(&self) -> bool {
+        matches!(self.spec.schedule, Schedule::Cron(_))
+    }
+
+    /// (Re)starts the schedule from now: a new grid anchor and the first due fire.
+    fn restart_schedule(&mut self) {
+        let clock = &self.env.clock;
+        let now = clock.now();
+        self.next = match &self.spec.schedule {
+            Schedule::Every(every) => {
+                self.anchor = now;
+                if every.align {
+                    let since_epoch = clock.wall_now().signed_duration_since(DateTime::UNIX_EPOCH);
+                    let offset = offset_past_alignment(
+                        every.period,
+                        since_epoch.to_std().unwrap_or_default(),
+                    );
+                    self.anchor = now.checked_sub(offset).unwrap_or(now);
+                }
+                self.next_index = next_grid_index(every.period, now - self.anchor);
+                Some(self.with_delay(Due {
+                    instant: self.anchor + grid_offset(every.period, self.next_index),
+                    wall: None,
+                    delay: Duration::ZERO,
+                }))
+            }
+            Schedule::Cron(_) => self.calendar_due_after(clock.wall_now()),
+        };
+    }
+
+    /// The run to start as soon as the job is scheduled, if any: one catch-up for fires missed
+    /// while the daemon was down (`on_missed = "once"`), or the `run_on_start` run.
+    fn startup_fire(&self) -> Option<Due> {
+        let clock = &self.env.clock;
+        let now = Due {
+            instant: clock.now(),
+            wall: None,
+            delay: Duration::ZERO,
+        };
+        if let Some(missed) = self.missed_while_down() {
+            tracing::info!(
+                job = %self.spec.name,
+                missed = %missed.to_rfc3339(),
+                "a fire was missed while the daemon was down; running one catch-up"
+            );
+            return Some(Due {
+                wall: Some(missed),
+                ..now
+            });
+        }
+        self.spec.run_on_start.then_some(now)
+    }
+
+    /// The latest fire missed since the last one recorded in the state file.
+    fn missed_while_down(&self) -> Option<DateTime<Utc>> {
+        if self.spec.on_missed != OnMissed::Once {
+            return None;
+        }
+        let last = self.env.state.as_ref()?.last_fire(&self.spec.name)?;
+        let now = self.env.clock.wall_now();
+        match &self.spec.schedule {
+            Schedule::Every(every) => {
+                let period = chrono::Duration::from_std(every.period).ok()?;
+                let since = now.signed_duration_since(last);
+                (since >= period).then(|| {
+                    let periods = since.num_nanoseconds().unwrap_or(i64::MAX)
+                        / period.num_nanoseconds().unwrap_or(i64::MAX).max(1);
+                    last + period * i32::try_from(periods).unwrap_or(i32::MAX)
+                })
+            }
+            Schedule::Cron(cron) => {
+                let next = cron.next_after(last)?;
+                (next <= now).then(|| cron.last_at_or_before(now).unwrap_or(next))
+            }
+        }
+    }
+
+    /// Adds this job's jitter to a due fire.
+    fn with_delay(&self, due: Due) -> Due {
+        let delay = match self.spec.jitter {
+            None => Duration::ZERO,
+            Some(jitter) if jitter.spread => {
+                stable_delay(&self.env.machine_id, &self.spec.name, jitter.max)
+            }
+            Some(jitter) => {
+                let max_ns = u64::try_from(jitter.max.as_nanos()).unwrap_or(u64::MAX);
+                Duration::from_nanos(fastrand::u64(..max_ns))
+            }
+        };
+        Due { delay, ..due }
+    }
+
     /// The timer went off for `due`.
     fn due(&mut self, due: Due) {
-        if let Some(wall) = due.wall {
+        let clock = &self.env.clock;
+        if let (Some(wall), true) = (due.wall, self.is_calendar()) {
             // Calendar deadlines are converted to monotonic ones when computed; if the wall clock
             // went back since, it is not time yet: sleep again instead of firing early.
-            if self.env.clock.wall_now() < wall {
+            if clock.wall_now() < wall + due.delay {
                 self.next = Some(Due {
-                    instant: self.env.clock.instant_for_wall(wall),
-                    wall: Some(wall),
+                    instant: clock.instant_for_wall(wall),
+                    ..due
                 });
                 return;
             }
         }
-        self.fire(due);
+        let lateness = clock.now().saturating_duration_since(due.start_at());
+        match self.gap_after(&due) {
+            // Superseded: the fire after this one is due too. The daemon was stalled (stopped,
+            // suspended, starved): never a burst, at most one catch-up.
+            Some(gap) if lateness >= gap => {
+                let missed = (lateness.as_nanos() / gap.as_nanos().max(1)) + 1;
+                match self.spec.on_missed {
+                    OnMissed::Skip => tracing::warn!(
+                        job = %self.spec.name,
+                        missed = u64::try_from(missed).unwrap_or(u64::MAX),
+                        "fires missed (the daemon was stalled); skipping to the next one"
+                    ),
+                    OnMissed::Once => {
+                        tracing::warn!(
+                            job = %self.spec.name,
+                            missed = u64::try_from(missed).unwrap_or(u64::MAX),
+                            "fires missed (the daemon was stalled); running one catch-up"
+                        );
+                        self.fire(due);
+                    }
+                }
+            }
+            _ => self.fire(due),
+        }
         self.next = self.due_after(due);
     }
 
-    /// The first fire after the job is (re)scheduled.
-    fn first_due(&mut self) -> Option<Due> {
+    /// The time from `due` to the fire after it; `None` for fixed-delay schedules, which have no
+    /// "next" until the run ends.
+    fn gap_after(&self, due: &Due) -> Option<Duration> {
         match &self.spec.schedule {
-            Schedule::Every(period) => {
-                self.next_index = 1;
-                Some(Due {
-                    instant: self.anchor + *period,
-                    wall: None,
-                })
+            Schedule::Every(every) if every.mode == EveryMode::FixedRate => Some(every.period),
+            Schedule::Every(_) => None,
+            Schedule::Cron(cron) => {
+                let wall = due.wall?;
+                (cron.next_after(wall)? - wall).to_std().ok()
             }
-            Schedule::Cron(_) => self.calendar_due_after(self.env.clock.wall_now()),
         }
     }
 
     /// The fire after `fired`: the next grid point or calendar time in the future. Points missed
     /// while the daemon was stalled or the run was going are skipped, never caught up.
     fn due_after(&mut self, fired: Due) -> Option<Due> {
+        let clock = &self.env.clock;
         match &self.spec.schedule {
-            Schedule::Every(period) => {
-                let now = self.env.clock.now();
-                let index = next_grid_index(*period, now.saturating_duration_since(self.anchor))
-                    .max(self.next_index + 1);
-                let missed = index - self.next_index - 1;
-                if missed > 0 {
-                    tracing::warn!(job = %self.spec.name, missed, "fires missed (the daemon was stalled); skipping to the next one");
-                }
-                self.next_index = index;
-                Some(Due {
-                    instant: self.anchor + grid_offset(*period, index),
+            Schedule::Every(every) if every.mode == EveryMode::FixedRate => {
+                let elapsed = clock.now().saturating_duration_since(self.anchor);
+                self.next_index = next_grid_index(every.period, elapsed).max(self.next_index + 1);
+                Some(self.with_delay(Due {
+                    instant: self.anchor + grid_offset(every.period, self.next_index),
                     wall: None,
-                })
+                    delay: Duration::ZERO,
+                }))
             }
+            // Fixed delay: the next fire is set when the run ends (see `run_ended`); if the fire
+            // started no run, count from now.
+            Schedule::Every(every) => self
+                .running
+                .is_empty()
+                .then(|| self.fixed_delay_due(every.period)),
             Schedule::Cron(_) => {
-                let fired_wall = fired.wall.unwrap_or_else(|| self.env.clock.wall_now());
-                self.calendar_due_after(fired_wall.max(self.env.clock.wall_now()))
+                let fired_wall = fired.wall.unwrap_or_else(|| clock.wall_now());
+                self.calendar_due_after(fired_wall.max(clock.wall_now()))
             }
         }
+    }
+
+    fn fixed_delay_due(&self, period: Duration) -> Due {
+        self.with_delay(Due {
+            instant: self.env.clock.now() + period,
+            wall: None,
+            delay: Duration::ZERO,
+        })
     }
 
     fn calendar_due_after(&self, after: DateTime<Utc>) -> Option<Due> {
@@ -216,14 +355,49 @@ impl JobActor {
         if next.is_none() {
             tracing::warn!(job = %self.spec.name, "the cron expression has no future fire time; the job will not run again");
         }
-        next.map(|wall| Due {
-            instant: self.env.clock.instant_for_wall(wall),
-            wall: Some(wall),
+        next.map(|wall| {
+            self.with_delay(Due {
+                instant: self.env.clock.instant_for_wall(wall),
+                wall: Some(wall),
+                delay: Duration::ZERO,
+            })
         })
+    }
+
+    /// The wall clock was stepped: recompute the calendar fire from the new time. A step forward
+    /// past the due fire is a miss: one catch-up with `on_missed = "once"`, none otherwise.
+    fn wall_clock_stepped(&mut self) {
+        let wall_now = self.env.clock.wall_now();
+        if let Some(
+            due @ Due {
+                wall: Some(wall), ..
+            },
+        ) = self.next
+        {
+            if wall_now >= wall {
+                match self.spec.on_missed {
+                    OnMissed::Skip => {
+                        tracing::warn!(job = %self.spec.name, "the wall clock jumped past a fire; skipping it")
+                    }
+                    OnMissed::Once => {
+                        tracing::warn!(job = %self.spec.name, "the wall clock jumped past a fire; running one catch-up");
+                        self.fire(due);
+                    }
+                }
+            } else {
+                tracing::info!(job = %self.spec.name, "wall clock changed; recomputing the next fire");
+            }
+        }
+        self.next = self.calendar_due_after(wall_now);
     }
 
     /// A fire: start a run, or apply the overlap policy.
     fn fire(&mut self, due: Due) {
+        if self.spec.on_missed == OnMissed::Once {
+            if let Some(state) = &self.env.state {
+                state.record(&self.spec.name, self.scheduled_wall(&due));
+            }
+        }
         let busy = !self.running.is_empty();
         match self.spec.overlap {
             Overlap::Skip if busy => self.skip("the previous run is still going"),
@@ -256,10 +430,25 @@ impl JobActor {
 
     fn run_ended(&mut self, run_id: RunId) {
         self.running.remove(&run_id);
-        if self.running.is_empty() {
-            if let Some(due) = self.pending.take() {
-                self.start_run(due);
+        if !self.running.is_empty() {
+            return;
+        }
+        if let Some(due) = self.pending.take() {
+            self.start_run(due);
+        } else if let Schedule::Every(every) = &self.spec.schedule {
+            if every.mode == EveryMode::FixedDelay && self.next.is_none() {
+                self.next = Some(self.fixed_delay_due(every.period));
             }
+        }
+    }
+
+    /// The calendar time a fire stands for: its own for cron and catch-ups, else the wall time of
+    /// its start instant.
+    fn scheduled_wall(&self, due: &Due) -> DateTime<Utc> {
+        let delay = chrono::Duration::from_std(due.delay).unwrap_or_default();
+        match due.wall {
+            Some(wall) => wall + delay,
+            None => self.env.clock.wall_for_instant(due.start_at()),
         }
     }
 
@@ -270,10 +459,8 @@ impl JobActor {
         let cancel = env.stop_runs.child_token();
         self.running.insert(run_id, cancel.clone());
         let started = clock.now();
-        let scheduled = due
-            .wall
-            .unwrap_or_else(|| clock.wall_for_instant(due.instant));
-        let lateness = started.saturating_duration_since(due.instant);
+        let scheduled = self.scheduled_wall(&due);
+        let lateness = started.saturating_duration_since(due.start_at());
         let spec = self.spec.clone();
         tracing::info!(
             job = %spec.name,
@@ -309,17 +496,24 @@ impl JobActor {
         self.spec = spec;
         if schedule_changed {
             tracing::info!(job = %self.spec.name, schedule = %self.spec.schedule, "schedule changed; the grid restarts now");
-            self.anchor = self.env.clock.now();
-            self.next = self.first_due();
+            self.restart_schedule();
+            // A fixed-delay job with a run going waits for its end.
+            if !self.running.is_empty() && self.is_fixed_delay() {
+                self.next = None;
+            }
         } else {
             tracing::info!(job = %self.spec.name, "definition changed; effective from the next fire");
         }
+    }
+
+    fn is_fixed_delay(&self) -> bool {
+        matches!(&self.spec.schedule, Schedule::Every(e) if e.mode == EveryMode::FixedDelay)
     }
 }
 
 async fn sleep_until_due(env: &RunEnv, due: Option<Due>) {
     match due {
-        Some(due) => env.clock.sleep_until(due.instant).await,
+        Some(due) => env.clock.sleep_until(due.start_at()).await,
         None => std::future::pending().await,
     }
 }

@@ -34,6 +34,7 @@ pub mod process;
 pub mod run;
 pub mod schedule;
 pub mod signals;
+pub mod state;
 
 pub use clock::Clock;
 pub use config::{load, Config, ConfigError};

@@ -22,6 +22,8 @@ mod exit {
     pub const INVALID: u8 = 2;
     /// Stopped, but runs had to be stopped after the drain timeout.
     pub const RUNS_STOPPED: u8 = 3;
+    /// Recycled (`max_uptime`): the process manager should start a fresh daemon (EX_TEMPFAIL).
+    pub const RECYCLE: u8 = 75;
 }
 
 #[derive(Parser)]
@@ -173,6 +175,7 @@ fn run_daemon(file: &Path) -> u8 {
         match tickd::run(config, options, controls).await {
             Ok(Stopped::Drained) => exit::OK,
             Ok(Stopped::RunsStopped) => exit::RUNS_STOPPED,
+            Ok(Stopped::Recycled { .. }) => exit::RECYCLE,
             Err(err) => {
                 tracing::error!("{err}");
                 exit::FATAL
@@ -255,17 +258,46 @@ fn next(
         },
         None => config.jobs.values().map(|s| s.as_ref()).collect(),
     };
+    let machine_id = tickd::run::machine_id();
     for spec in jobs {
         let _ = writeln!(out, "{} ({}):", spec.name, spec.schedule);
+        // A stable (`spread`) delay is part of every fire time; a random one can only be told.
+        let delay = match spec.jitter {
+            Some(jitter) if jitter.spread => chrono::Duration::from_std(
+                tickd::schedule::stable_delay(&machine_id, &spec.name, jitter.max),
+            )
+            .unwrap_or_default(),
+            Some(jitter) => {
+                let _ = writeln!(
+                    out,
+                    "  (each run starts after a random delay of up to {})",
+                    humantime::format_duration(jitter.max)
+                );
+                chrono::Duration::zero()
+            }
+            None => chrono::Duration::zero(),
+        };
         match &spec.schedule {
-            Schedule::Every(period) => {
-                for k in 1..=count as u32 {
-                    let time = after + chrono::Duration::from_std(*period * k).unwrap_or_default();
+            Schedule::Every(every) => {
+                let period = chrono::Duration::from_std(every.period).unwrap_or_default();
+                let first = if every.align {
+                    let since_epoch = after.signed_duration_since(DateTime::UNIX_EPOCH);
+                    let offset = tickd::schedule::offset_past_alignment(
+                        every.period,
+                        since_epoch.to_std().unwrap_or_default(),
+                    );
+                    after - chrono::Duration::from_std(offset).unwrap_or_default() + period
+                } else {
+                    after + period
+                };
+                for k in 0..count {
+                    let time = first + period * i32::try_from(k).unwrap_or(i32::MAX) + delay;
                     let _ = writeln!(out, "  {}", rfc3339(&time));
                 }
             }
             Schedule::Cron(cron) => {
                 for time in upcoming_cron(cron, after, count) {
+                    let time = time + delay;
                     let local = time.with_timezone(&cron.timezone());
                     let _ = writeln!(out, "  {}  ({})", rfc3339(&local), rfc3339(&time));
                 }

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -11,6 +12,7 @@ use crate::clock::Clock;
 use crate::config::{Action, HttpSpec, JobSpec};
 use crate::handler::{Handlers, RunContext, RunId};
 use crate::process::{self, ChildEnd, ChildRun, GroupKeeper, Spawner};
+use crate::state::StateStore;
 
 /// What every run needs from the daemon, shared by all jobs.
 #[derive(Debug)]
@@ -23,6 +25,10 @@ pub struct RunEnv {
     pub spawner: Spawner,
     /// Kills runs' process groups if the daemon dies; `None` when not configured.
     pub keeper: Option<GroupKeeper>,
+    /// Last fire times of `on_missed = "once"` jobs; `None` without `[daemon] state_file`.
+    pub state: Option<Arc<StateStore>>,
+    /// This machine's identity (`/etc/machine-id`, else the host name): seeds `spread` delays.
+    pub machine_id: String,
     /// Shared HTTP client (connection pool) for `http` jobs.
     pub http: reqwest::Client,
     /// Parent of every run's cancellation token: cancelled when shutdown stops the runs that
@@ -37,12 +43,15 @@ impl RunEnv {
         clock: Clock,
         handlers: Handlers,
         keeper: Option<GroupKeeper>,
+        state: Option<Arc<StateStore>>,
     ) -> std::io::Result<Self> {
         Ok(RunEnv {
             clock,
             handlers,
             spawner: Spawner::start()?,
             keeper,
+            state,
+            machine_id: machine_id(),
             http: reqwest::Client::builder()
                 .user_agent(concat!("tickd/", env!("CARGO_PKG_VERSION")))
                 .build()
@@ -56,6 +65,19 @@ impl RunEnv {
     pub fn next_run_id(&self) -> RunId {
         RunId(self.next_run_id.fetch_add(1, Ordering::Relaxed))
     }
+}
+
+/// `/etc/machine-id` (stable per installation, as systemd uses it), else the host name.
+pub fn machine_id() -> String {
+    ["/etc/machine-id", "/proc/sys/kernel/hostname"]
+        .iter()
+        .find_map(|path| {
+            std::fs::read_to_string(path)
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or_default()
 }
 
 /// How a run ended.

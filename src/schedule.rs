@@ -14,28 +14,60 @@ use croner::parser::{CronParser, Seconds};
 use croner::Cron;
 
 /// When a job fires.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Schedule {
-    /// A fixed period on a drift-free grid that starts when the job is scheduled.
-    Every(Duration),
+    /// A fixed period.
+    Every(EverySchedule),
     /// A calendar schedule (boxed: the parsed expression is large and `every` jobs are common).
     Cron(Box<CronSchedule>),
 }
 
-impl PartialEq for Schedule {
-    fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (Schedule::Every(a), Schedule::Every(b)) => a == b,
-            (Schedule::Cron(a), Schedule::Cron(b)) => a == b,
-            _ => false,
+/// An `every` schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EverySchedule {
+    /// The period.
+    pub period: Duration,
+    /// Fixed rate (a grid) or fixed delay (after each run ends).
+    pub mode: EveryMode,
+    /// Put the grid on multiples of the period since the Unix epoch (`every = "10s"` fires at
+    /// :00, :10, ...) instead of starting it when the job is scheduled.
+    pub align: bool,
+}
+
+impl EverySchedule {
+    /// A fixed-rate, unaligned schedule: the common case.
+    pub fn fixed_rate(period: Duration) -> Self {
+        EverySchedule {
+            period,
+            mode: EveryMode::FixedRate,
+            align: false,
         }
     }
+}
+
+/// How an `every` schedule places its fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EveryMode {
+    /// The k-th fire is due at `anchor + k * period`, however long runs take (drift-free).
+    FixedRate,
+    /// The next fire is due `period` after the previous run ended.
+    FixedDelay,
 }
 
 impl fmt::Display for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Schedule::Every(period) => write!(f, "every {}", humantime::format_duration(*period)),
+            Schedule::Every(every) => {
+                write!(f, "every {}", humantime::format_duration(every.period))?;
+                if every.mode == EveryMode::FixedDelay {
+                    f.write_str(" after each run")?;
+                }
+                if every.align {
+                    f.write_str(", aligned")?;
+                }
+                Ok(())
+            }
             Schedule::Cron(cron) => write!(f, "cron \"{}\" ({})", cron.expression, cron.timezone),
         }
     }
@@ -106,6 +138,15 @@ impl CronSchedule {
         self.timezone
     }
 
+    /// The last fire time at or before `at`, or `None` if there is none.
+    pub fn last_at_or_before(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = at.with_timezone(&self.timezone);
+        self.cron
+            .find_previous_occurrence(&local, true)
+            .ok()
+            .map(|last| last.with_timezone(&Utc))
+    }
+
     /// The first fire time strictly after `after`, or `None` if there is none (searches give up
     /// after several years).
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
@@ -129,6 +170,32 @@ pub fn next_grid_index(period: Duration, elapsed: Duration) -> u64 {
 pub fn grid_offset(period: Duration, index: u64) -> Duration {
     let nanos = period.as_nanos().saturating_mul(u128::from(index));
     Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
+/// How far past the last multiple of `period` since the Unix epoch the time `since_epoch` is:
+/// subtracting it from "now" gives the anchor of an aligned grid.
+pub fn offset_past_alignment(period: Duration, since_epoch: Duration) -> Duration {
+    let period_ns = period.as_nanos().max(1);
+    let offset = since_epoch.as_nanos() % period_ns;
+    Duration::from_nanos(u64::try_from(offset).unwrap_or(0))
+}
+
+/// A delay in `[0, max)` that is stable for one job on one machine (systemd's
+/// `FixedRandomDelay`): the same job fires at the same offset on every run, different machines
+/// spread out.
+///
+/// Hand-written FNV-1a: std's `DefaultHasher` may change between Rust releases, which would
+/// move every job's offset on upgrade; this must stay put.
+pub fn stable_delay(machine: &str, job: &str, max: Duration) -> Duration {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0100_0000_01b3;
+    let mut hash = FNV_OFFSET;
+    for byte in machine.bytes().chain([0u8]).chain(job.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(FNV_PRIME);
+    }
+    let max_ns = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX).max(1);
+    Duration::from_nanos(hash % max_ns)
 }
 
 #[cfg(test)]
@@ -163,6 +230,46 @@ mod tests {
         // A stall of 10 periods lands on the next future point, not on the 10 missed ones.
         assert_eq!(next_grid_index(p, Duration::from_millis(2050)), 11);
         assert_eq!(grid_offset(p, 11), Duration::from_millis(2200));
+    }
+
+    #[test]
+    fn alignment_offset_puts_the_grid_on_epoch_multiples() {
+        let p = Duration::from_secs(10);
+        assert_eq!(
+            offset_past_alignment(p, Duration::from_millis(1_700_000_003_250)),
+            Duration::from_millis(3_250)
+        );
+        assert_eq!(
+            offset_past_alignment(p, Duration::from_secs(1_700_000_000)),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn stable_delay_is_stable_bounded_and_spread() {
+        let max = Duration::from_secs(2);
+        let a = stable_delay("machine-1", "backup", max);
+        assert_eq!(a, stable_delay("machine-1", "backup", max));
+        assert!(a < max);
+        // Different machines and jobs land at different offsets.
+        let offsets: std::collections::BTreeSet<Duration> = (0..50)
+            .map(|i| stable_delay(&format!("machine-{i}"), "backup", max))
+            .collect();
+        assert!(offsets.len() > 45, "{offsets:?}");
+        assert_ne!(a, stable_delay("machine-1", "reports", max));
+    }
+
+    #[test]
+    fn last_at_or_before_finds_the_previous_fire() {
+        let c = CronSchedule::parse("0 */15 * * * *", Tz::UTC).expect("valid");
+        assert_eq!(
+            c.last_at_or_before(utc(2026, 1, 1, 10, 7, 0)),
+            Some(utc(2026, 1, 1, 10, 0, 0))
+        );
+        assert_eq!(
+            c.last_at_or_before(utc(2026, 1, 1, 10, 15, 0)),
+            Some(utc(2026, 1, 1, 10, 15, 0))
+        );
     }
 
     #[test]

@@ -744,3 +744,67 @@ shell = "kill -STOP $$; sleep 1000"
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(), 0);
 }
+
+#[test]
+fn max_uptime_exits_75_for_the_process_manager_to_restart() {
+    let mut d = Daemon::start(
+        "[daemon]\nmax_uptime = \"300ms\"\n[jobs.a]\nevery = \"100ms\"\nhandler = \"log\"\n",
+    );
+    assert_eq!(d.wait_exit(), 75, "{}", d.log());
+    assert!(d.log().contains("max_uptime reached"));
+}
+
+#[test]
+fn next_shows_aligned_and_spread_fire_times() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(
+        dir.path().join("jobs.toml"),
+        r#"
+[jobs.aligned]
+every = "10s"
+align = true
+handler = "log"
+
+[jobs.spread]
+every = "10s"
+align = true
+jitter = "5s"
+spread = true
+handler = "log"
+
+[jobs.random]
+cron = "0 * * * *"
+timezone = "Europe/Berlin"
+jitter = "30s"
+handler = "log"
+"#,
+    )
+    .expect("write");
+    let out = tickd()
+        .args(["next", "--after", "2026-01-01T00:00:03Z", "-n", "2"])
+        .current_dir(dir.path())
+        .output()
+        .expect("next");
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "aligned (every 10s, aligned):\n  2026-01-01T00:00:10Z\n  2026-01-01T00:00:20Z\n"
+        ),
+        "{stdout}"
+    );
+    let delay =
+        tickd::schedule::stable_delay(&tickd::run::machine_id(), "spread", Duration::from_secs(5));
+    let first = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:10Z").expect("time")
+        + chrono::Duration::from_std(delay).expect("delay");
+    let expected = first.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+    assert!(
+        stdout.contains(&format!("spread (every 10s, aligned):\n  {expected}\n")),
+        "{stdout}"
+    );
+    // Cron jobs show the job's zone and UTC; a random delay is announced.
+    assert!(
+        stdout.contains("random (cron \"0 * * * *\" (Europe/Berlin)):\n  (each run starts after a random delay of up to 30s)\n  2026-01-01T02:00:00+01:00  (2026-01-01T01:00:00Z)\n"),
+        "{stdout}"
+    );
+}

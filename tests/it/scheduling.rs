@@ -45,8 +45,22 @@ async fn a_stall_skips_missed_fires_without_a_burst() {
     tokio::time::advance(Duration::from_millis(2000)).await;
     d.run_for(500).await;
     let times = d.times("tick", "run");
-    // One late fire for the missed ones, then back on the grid: 2600, 2800.
-    assert_eq!(times, vec![200, 400, 2450, 2600, 2800], "{times:?}");
+    // The missed fires are dropped (on_missed = "skip", the default); next on the grid: 2600.
+    assert_eq!(times, vec![200, 400, 2600, 2800], "{times:?}");
+    d.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stall_with_on_missed_once_runs_a_single_catch_up() {
+    let d = InProcess::start(
+        "[daemon]\nstate_file = \"state\"\n[jobs.tick]\nevery = \"200ms\"\nhandler = \"record\"\non_missed = \"once\"\n",
+        t0(),
+    );
+    d.run_for(450).await;
+    tokio::time::advance(Duration::from_millis(2000)).await;
+    d.run_for(500).await;
+    // One catch-up for the ten missed fires, at once, then back on the grid.
+    assert_eq!(d.times("tick", "run"), vec![200, 400, 2450, 2600, 2800]);
     d.shut_down().await;
 }
 
@@ -297,5 +311,182 @@ async fn reload_applies_added_removed_and_changed_jobs() {
     assert_eq!(d.times("retimed", "run"), vec![1000, 2000, 2800, 3500]);
     // Added: starts from the reload.
     assert_eq!(d.times("new", "run"), vec![2600, 3100, 3600]);
+    d.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn jitter_delays_each_run_within_its_range_without_moving_the_grid() {
+    let d = InProcess::start(
+        "[jobs.j]\nevery = \"1s\"\njitter = \"300ms\"\nhandler = \"record\"\n",
+        t0(),
+    );
+    d.run_for(20_500).await;
+    let times = d.times("j", "run");
+    assert_eq!(times.len(), 20, "{times:?}");
+    for (k, at) in times.iter().enumerate() {
+        let grid = (k as u128 + 1) * 1000;
+        // Within the range; tokio's timer rounds a deadline up to the next millisecond.
+        assert!(
+            (grid..=grid + 300).contains(at),
+            "fire {k} at {at}: {times:?}"
+        );
+    }
+    // Random: not all the same delay.
+    let delays: std::collections::BTreeSet<u128> = times
+        .iter()
+        .enumerate()
+        .map(|(k, at)| at - (k as u128 + 1) * 1000)
+        .collect();
+    assert!(delays.len() > 5, "{delays:?}");
+    d.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn spread_gives_a_stable_delay_per_job_and_machine() {
+    let d = InProcess::start(
+        "[jobs.s]\nevery = \"1s\"\njitter = \"500ms\"\nspread = true\nhandler = \"record\"\n",
+        t0(),
+    );
+    d.run_for(5_600).await;
+    let delay =
+        tickd::schedule::stable_delay(&tickd::run::machine_id(), "s", Duration::from_millis(500))
+            .as_micros()
+            .div_ceil(1000); // tokio's timer rounds a deadline up to the next millisecond
+    let expected: Vec<u128> = (1..=5).map(|k| k * 1000 + delay).collect();
+    assert_eq!(d.times("s", "run"), expected);
+    d.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_on_start_runs_once_at_start_and_when_a_reload_adds_the_job() {
+    let d = InProcess::start(
+        "[jobs.a]\nevery = \"1s\"\nhandler = \"record\"\nrun_on_start = true\n\
+         [jobs.slow]\nevery = \"100ms\"\nhandler = \"slow\"\nrun_on_start = true\n",
+        t0(),
+    );
+    d.run_for(2_500).await;
+    assert_eq!(d.times("a", "run"), vec![0, 1000, 2000]);
+    // Subject to the overlap policy: the start-up run blocks the fires at 100 and 200.
+    assert_eq!(d.times("slow", "run")[..2], [0, 300]);
+    d.rewrite(
+        "[jobs.a]\nevery = \"1s\"\nhandler = \"record\"\nrun_on_start = true\n\
+         [jobs.b]\nevery = \"1s\"\nhandler = \"record\"\nrun_on_start = true\n",
+    );
+    d.send(Control::Reload).await;
+    d.run_for(1_200).await;
+    // `a` was unchanged: no extra run; `b` was added: one right away.
+    assert_eq!(d.times("a", "run"), vec![0, 1000, 2000, 3000]);
+    assert_eq!(d.times("b", "run"), vec![2500, 3500]);
+    d.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn fixed_delay_counts_from_the_end_of_each_run() {
+    let d = InProcess::start(
+        "[jobs.d]\nevery = \"1s\"\nmode = \"fixed-delay\"\nhandler = \"slow\"\n",
+        t0(),
+    );
+    d.run_for(4_000).await;
+    // Runs take 250 ms: 1000-1250, then 1 s after the end, and so on.
+    assert_eq!(d.times("d", "run"), vec![1000, 2250, 3500]);
+    d.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn align_puts_the_grid_on_multiples_of_the_period() {
+    let d = InProcess::start(
+        "[jobs.a]\nevery = \"10s\"\nalign = true\nhandler = \"record\"\n",
+        wall(2026, 1, 1, 0, 0, 3) + ChronoDuration::milliseconds(250),
+    );
+    d.run_for(27_000).await;
+    assert_eq!(d.times("a", "run"), vec![6_750, 16_750, 26_750]);
+    assert_eq!(
+        d.scheduled("a"),
+        vec![
+            wall(2026, 1, 1, 0, 0, 10),
+            wall(2026, 1, 1, 0, 0, 20),
+            wall(2026, 1, 1, 0, 0, 30)
+        ]
+    );
+    d.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_uptime_drains_and_recycles() {
+    let d = InProcess::start(
+        "[daemon]\nmax_uptime = \"5100ms\"\n[jobs.s]\nevery = \"1s\"\nhandler = \"slow\"\n",
+        t0(),
+    );
+    let start = d.start;
+    let events = d.events.clone();
+    assert_eq!(
+        d.stopped().await,
+        Stopped::Recycled {
+            runs_stopped: false
+        }
+    );
+    // Recycled at 5.1 s, once the run started at 5 s had finished (drained, not killed).
+    assert_eq!(start.elapsed(), Duration::from_millis(5250));
+    let done = events
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|e| e.what == "done")
+        .count();
+    assert_eq!(done, 5);
+}
+
+const CRON_ONCE: &str = "[daemon]\nstate_file = \"tickd.state\"\n\
+    [jobs.m]\ncron = \"0 * * * * *\"\nhandler = \"record\"\non_missed = \"once\"\n\
+    [jobs.plain]\ncron = \"0 * * * * *\"\nhandler = \"record\"\n";
+
+#[tokio::test(start_paused = true)]
+async fn on_missed_once_catches_up_once_after_downtime() {
+    // First life: fires at 00:01:00, recorded in the state file.
+    let d = InProcess::start(CRON_ONCE, wall(2026, 1, 1, 0, 0, 30));
+    d.run_for(31_000).await;
+    let ((_, events), dir) = d.shut_down_keeping_dir().await;
+    assert_eq!(events.len(), 2);
+    assert!(dir.path().join("tickd.state").exists());
+
+    // Down for four minutes: one catch-up for the four missed fires, right away, standing for the
+    // latest one (00:05:00); then the normal 00:06:00. The job without on_missed does not catch up.
+    let d = InProcess::start_in(dir, CRON_ONCE, wall(2026, 1, 1, 0, 5, 10));
+    d.run_for(51_000).await;
+    assert_eq!(d.times("m", "run"), vec![0, 50_000]);
+    assert_eq!(
+        d.scheduled("m"),
+        vec![wall(2026, 1, 1, 0, 5, 0), wall(2026, 1, 1, 0, 6, 0)]
+    );
+    assert_eq!(d.times("plain", "run"), vec![50_000]);
+    let ((_, _), dir) = d.shut_down_keeping_dir().await;
+
+    // Restarted before the next fire was due: nothing was missed, no catch-up.
+    let d = InProcess::start_in(dir, CRON_ONCE, wall(2026, 1, 1, 0, 6, 30));
+    d.run_for(1_000).await;
+    assert!(d.times("m", "run").is_empty());
+    let ((_, _), dir) = d.shut_down_keeping_dir().await;
+
+    // A corrupt state file is a warning: the daemon runs, without a catch-up.
+    std::fs::write(dir.path().join("tickd.state"), "\u{0}garbage[[").expect("corrupt");
+    let d = InProcess::start_in(dir, CRON_ONCE, wall(2026, 1, 1, 0, 9, 30));
+    d.run_for(31_000).await;
+    assert_eq!(d.times("m", "run"), vec![30_000]);
+    d.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_missed_once_catches_up_once_after_a_wall_clock_jump() {
+    let d = InProcess::start(CRON_ONCE, wall(2026, 1, 1, 0, 0, 30));
+    d.run_for(31_000).await; // both fire at 00:01:00
+    d.clock.step_wall(ChronoDuration::hours(3)); // to 03:01:01: 180 fires skipped
+    d.run_for(100).await;
+    // `m`: one catch-up at the jump; `plain`: none.
+    assert_eq!(d.times("m", "run"), vec![30_000, 31_000]);
+    assert_eq!(d.times("plain", "run"), vec![30_000]);
+    d.run_for(60_000).await;
+    // Then both on the minute of the new time: 03:02:00, 59 s after the jump.
+    assert_eq!(d.times("m", "run"), vec![30_000, 31_000, 90_000]);
+    assert_eq!(d.times("plain", "run"), vec![30_000, 90_000]);
     d.shut_down().await;
 }

@@ -95,7 +95,11 @@ impl InProcess {
     /// Starts the daemon on `config` with the wall clock at `wall_start`. Call from a
     /// `#[tokio::test(start_paused = true)]`.
     pub fn start(config: &str, wall_start: DateTime<Utc>) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(tempfile::tempdir().expect("tempdir"), config, wall_start)
+    }
+
+    /// Like [`InProcess::start`], in a given directory (to share a state file between daemons).
+    pub fn start_in(dir: TempDir, config: &str, wall_start: DateTime<Utc>) -> Self {
         let path = dir.path().join("jobs.toml");
         std::fs::write(&path, config).expect("write config");
         let events = Arc::new(Mutex::new(Vec::new()));
@@ -161,8 +165,21 @@ impl InProcess {
             .collect()
     }
 
+    /// Waits for the daemon to stop on its own.
+    pub async fn stopped(self) -> Stopped {
+        self.daemon
+            .await
+            .expect("daemon task")
+            .expect("daemon result")
+    }
+
     /// Sends Shutdown and returns how the daemon stopped.
     pub async fn shut_down(self) -> (Stopped, Vec<Event>) {
+        self.shut_down_keeping_dir().await.0
+    }
+
+    /// Like [`InProcess::shut_down`], handing back the directory.
+    pub async fn shut_down_keeping_dir(self) -> ((Stopped, Vec<Event>), TempDir) {
         self.send(Control::Shutdown).await;
         let stopped = self
             .daemon
@@ -170,6 +187,6 @@ impl InProcess {
             .expect("daemon task")
             .expect("daemon result");
         let events = self.events.lock().expect("lock").clone();
-        (stopped, events)
+        ((stopped, events), self._dir)
     }
 }
