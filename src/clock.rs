@@ -13,7 +13,9 @@
 //! Tests use [`Clock::manual`] together with `tokio::time::pause()`: tokio's paused time drives the
 //! monotonic side, and the manual wall clock follows it and can be stepped by hand.
 
-use std::sync::{Arc, Mutex, PoisonError};
+mod precise;
+
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -27,10 +29,12 @@ pub struct Clock {
     kind: Arc<ClockKind>,
 }
 
-#[derive(Debug)]
 enum ClockKind {
-    /// The operating system's clocks.
-    System,
+    /// The operating system's clocks, with sub-millisecond timers (see `precise`). The
+    /// wall-clock watch starts on first use, inside the runtime that uses it.
+    System {
+        wall_watch: OnceLock<Option<Arc<precise::WallWatch>>>,
+    },
     /// A wall clock that advances with tokio's (possibly paused) monotonic time and can be stepped.
     Manual {
         /// A std mutex: held only for a few arithmetic operations, never across an `.await`.
@@ -38,6 +42,15 @@ enum ClockKind {
         /// Woken when the wall clock is stepped, like a `TFD_TIMER_CANCEL_ON_SET` timer would be.
         stepped: Notify,
     },
+}
+
+impl std::fmt::Debug for ClockKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClockKind::System { .. } => f.write_str("System"),
+            ClockKind::Manual { anchor, .. } => f.debug_tuple("Manual").field(anchor).finish(),
+        }
+    }
 }
 
 /// The manual wall clock: `wall = anchor.wall + (Instant::now() - anchor.instant)`.
@@ -48,10 +61,13 @@ struct WallAnchor {
 }
 
 impl Clock {
-    /// The real clocks of the machine.
+    /// The real clocks of the machine. Sleeps are precise to the kernel's timer resolution; a
+    /// clock (and its clones) must be used within one tokio runtime.
     pub fn system() -> Self {
         Clock {
-            kind: Arc::new(ClockKind::System),
+            kind: Arc::new(ClockKind::System {
+                wall_watch: OnceLock::new(),
+            }),
         }
     }
 
@@ -78,7 +94,7 @@ impl Clock {
     /// The current wall-clock time.
     pub fn wall_now(&self) -> DateTime<Utc> {
         match &*self.kind {
-            ClockKind::System => Utc::now(),
+            ClockKind::System { .. } => Utc::now(),
             ClockKind::Manual { anchor, .. } => {
                 let anchor = *anchor.lock().unwrap_or_else(PoisonError::into_inner);
                 anchor.wall + to_chrono(Instant::now().saturating_duration_since(anchor.instant))
@@ -110,7 +126,13 @@ impl Clock {
 
     /// Sleeps until the monotonic `deadline`.
     pub async fn sleep_until(&self, deadline: Instant) {
-        tokio::time::sleep_until(deadline).await
+        match &*self.kind {
+            ClockKind::System { .. } => match precise::PreciseTimer::get() {
+                Some(timer) => timer.sleep_until(deadline).await,
+                None => tokio::time::sleep_until(deadline).await,
+            },
+            ClockKind::Manual { .. } => tokio::time::sleep_until(deadline).await,
+        }
     }
 
     /// Sleeps for `duration` of monotonic time.
@@ -120,13 +142,15 @@ impl Clock {
 
     /// Resolves when the wall clock is stepped (not when it merely advances).
     ///
-    /// For the manual clock this follows [`Clock::step_wall`]. For the system clock it currently
-    /// never resolves; calendar deadlines are re-checked against the wall clock when they fire, so
-    /// a step back never fires early. Detecting steps forward belongs to a realtime `timerfd` with
-    /// `TFD_TIMER_CANCEL_ON_SET`, which will live here.
+    /// For the manual clock this follows [`Clock::step_wall`]; for the system clock, a realtime
+    /// `timerfd` with `TFD_TIMER_CANCEL_ON_SET` reports every step of `CLOCK_REALTIME`.
     pub async fn wall_clock_changed(&self) {
         match &*self.kind {
-            ClockKind::System => std::future::pending().await,
+            ClockKind::System { wall_watch, .. } => match precise::WallWatch::get(wall_watch) {
+                Some(watch) => watch.stepped.notified().await,
+                // Without a watch, steps are noticed when calendar deadlines fire.
+                None => std::future::pending().await,
+            },
             ClockKind::Manual { stepped, .. } => stepped.notified().await,
         }
     }

@@ -1,12 +1,43 @@
-//! The only module with `unsafe` code: what a child process does between `fork` and `exec`.
-//!
-//! Everything here runs in the forked child before `exec`, so it may only call async-signal-safe
-//! functions (raw syscalls through `libc`): no allocation, no locks.
+//! The only module with `unsafe` code: what a child process does between `fork` and `exec`, and
+//! handing a timerfd to tokio's reactor.
 #![allow(unsafe_code)]
 
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 
-/// Arranges for `command`'s child to:
+use nix::sys::timerfd::TimerFd;
+use tokio::io::unix::AsyncFd;
+
+/// A timerfd owned by its `AsyncFd`, so the descriptor stays open and the same for as long as
+/// the reactor watches it.
+#[derive(Debug)]
+pub struct OwnedTimerFd(TimerFd);
+
+impl OwnedTimerFd {
+    /// The timer itself.
+    pub fn timer(&self) -> &TimerFd {
+        &self.0
+    }
+}
+
+impl AsRawFd for OwnedTimerFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+/// Registers a timerfd with the current tokio reactor (read interest only).
+pub fn watch_timerfd(fd: TimerFd) -> io::Result<AsyncFd<OwnedTimerFd>> {
+    // SAFETY: `OwnedTimerFd` owns the descriptor (an `OwnedFd` inside `TimerFd`) and never
+    // replaces it, so it stays valid and the same until the `AsyncFd` is dropped.
+    unsafe {
+        AsyncFd::register_with_interest(OwnedTimerFd(fd), tokio::io::Interest::READABLE)
+            .map_err(|e| e.into_parts().1)
+    }
+}
+
+/// Runs in the forked child before `exec`, so it may only call async-signal-safe functions (raw
+/// syscalls through `libc`): no allocation, no locks. Arranges for `command`'s child to:
 /// - receive SIGKILL when the thread that forked it exits (`PR_SET_PDEATHSIG`). The caller forks
 ///   only from a thread that lives as long as the daemon (see `process::Spawner`), so this means
 ///   "when the daemon dies"; a daemon that died before the `prctl` is caught by the `getppid` check;
