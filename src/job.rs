@@ -112,12 +112,16 @@ struct JobActor {
     ended_rx: mpsc::UnboundedReceiver<RunEnded>,
     /// Fires not run because of the overlap policy.
     skipped: u64,
+    /// Parent of this job's run tokens (a child of the daemon's stop-runs token): creating a
+    /// run's token locks this node, not the root that every job shares.
+    runs_cancel: CancellationToken,
 }
 
 impl JobActor {
     fn new(spec: Arc<JobSpec>, env: Arc<RunEnv>, runs: TaskTracker) -> Self {
         let (ended_tx, ended_rx) = mpsc::unbounded_channel();
         let anchor = env.clock.now();
+        let runs_cancel = env.stop_runs.child_token();
         let mut actor = JobActor {
             spec,
             env,
@@ -130,6 +134,7 @@ impl JobActor {
             ended_tx,
             ended_rx,
             skipped: 0,
+            runs_cancel,
         };
         actor.restart_schedule();
         actor
@@ -456,7 +461,7 @@ impl JobActor {
         let env = self.env.clone();
         let clock = &env.clock;
         let run_id = env.next_run_id();
-        let cancel = env.stop_runs.child_token();
+        let cancel = self.runs_cancel.child_token();
         self.running.insert(run_id, cancel.clone());
         let started = clock.now();
         let scheduled = self.scheduled_wall(&due);

@@ -2,7 +2,11 @@
 //! reports how it ended. A run's failure is a report, never an error of the daemon.
 
 use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::{Action, HttpSpec, JobSpec};
-use crate::handler::{Handlers, RunContext, RunId};
+use crate::handler::{HandlerFuture, Handlers, RunContext, RunId};
 use crate::process::{self, ChildEnd, ChildRun, GroupKeeper, Spawner};
 use crate::state::StateStore;
 
@@ -177,8 +181,13 @@ pub async fn execute(spec: &JobSpec, ctx: RunContext, env: &RunEnv) -> RunReport
         Action::Handler(name) => match env.handlers.get(name) {
             Some(handler) => {
                 let cancel = ctx.cancel.clone();
-                let task = tokio::spawn(handler(ctx));
-                run_handler(task, cancel, spec.timeout, spec.kill_grace, &env.clock).await
+                // Run inline in the run's task (one task per run, not two: this is the hot path
+                // of in-process jobs); a panic is caught by `CatchUnwind`.
+                let future = CatchUnwind(
+                    std::panic::catch_unwind(AssertUnwindSafe(|| handler(ctx)))
+                        .map_err(|panic| panic_message(&*panic)),
+                );
+                run_handler(future, cancel, spec.timeout, spec.kill_grace, &env.clock).await
             }
             None => RunReport::failure(None, format!("handler \"{name}\" is not registered")),
         },
@@ -254,45 +263,59 @@ async fn run_http(
     }
 }
 
-/// Waits for a handler task; on timeout or cancellation, cancels its token and gives it
-/// `kill_grace` to return before aborting it. A panic is a failed run.
+/// A handler's future with its panics caught: a panic is a failed run, not a dead daemon.
+struct CatchUnwind(Result<HandlerFuture, String>);
+
+impl Future for CatchUnwind {
+    type Output = Result<(), String>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            Err(panic) => Poll::Ready(Err(format!("handler panicked: {panic}"))),
+            Ok(future) => {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+                    Ok(Poll::Pending) => Poll::Pending,
+                    Ok(Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
+                    Ok(Poll::Ready(Err(err))) => Poll::Ready(Err(err.to_string())),
+                    Err(panic) => {
+                        let message = panic_message(&*panic);
+                        self.0 = Err(message.clone());
+                        Poll::Ready(Err(format!("handler panicked: {message}")))
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
+}
+
+/// Drives a handler; on timeout or cancellation, cancels its token and gives it `kill_grace` to
+/// return before dropping it (the in-process equivalent of SIGKILL).
 async fn run_handler(
-    mut task: tokio::task::JoinHandle<Result<(), crate::handler::HandlerError>>,
+    mut future: CatchUnwind,
     cancel: CancellationToken,
     timeout: Option<Duration>,
     kill_grace: Duration,
     clock: &Clock,
 ) -> RunReport {
     let timed_out = tokio::select! {
-        joined = &mut task => return handler_report(joined),
+        result = &mut future => return match result {
+            Ok(()) => RunReport::success(None),
+            Err(reason) => RunReport::failure(None, reason),
+        },
         _ = cancel.cancelled() => false,
         _ = timeout_elapsed(clock, timeout) => true,
     };
     cancel.cancel();
     tokio::select! {
-        _ = &mut task => RunReport::stopped(timed_out, false, None),
-        _ = clock.sleep(kill_grace) => {
-            task.abort();
-            RunReport::stopped(timed_out, true, None)
-        }
-    }
-}
-
-fn handler_report(
-    joined: Result<Result<(), crate::handler::HandlerError>, tokio::task::JoinError>,
-) -> RunReport {
-    match joined {
-        Ok(Ok(())) => RunReport::success(None),
-        Ok(Err(err)) => RunReport::failure(None, err.to_string()),
-        Err(err) if err.is_panic() => {
-            let panic = err.into_panic();
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "(no message)".to_owned());
-            RunReport::failure(None, format!("handler panicked: {message}"))
-        }
-        Err(err) => RunReport::failure(None, format!("handler task failed: {err}")),
+        _ = &mut future => RunReport::stopped(timed_out, false, None),
+        _ = clock.sleep(kill_grace) => RunReport::stopped(timed_out, true, None),
     }
 }

@@ -1,0 +1,689 @@
+//! Precision and scale benchmark: tickd against tokio-cron-scheduler and a plain tokio
+//! `sleep_until` loop, on the same machine, in the same run.
+//!
+//! ```sh
+//! cargo bench --bench precision                  # every scenario, ~6 minutes
+//! cargo bench --bench precision -- --quick       # shorter runs, for a smoke test
+//! cargo bench --bench precision -- --long        # + the 1,000,000 / 100,000 run memory soak
+//! cargo bench --bench precision -- --only inproc-1x5hz
+//! ```
+//!
+//! Every (scenario, system) pair runs in a fresh child process (this binary re-executed with
+//! `--child SCENARIO SYSTEM`), so CPU time and peak RSS belong to that pair alone. Results are
+//! printed as a table and written to `target/bench/precision.json`.
+//!
+//! Lateness is the time from the due instant (grid point, or the wall-clock second for cron) to
+//! the moment the job's own code runs, in milliseconds.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+/// Scale of a run.
+#[derive(Clone, Copy)]
+struct Scale {
+    /// Seconds each timing scenario observes.
+    seconds: u64,
+    /// Runs for the memory soak (in-process, child).
+    soak_runs: (u64, u64),
+}
+
+const SCENARIOS: &[(&str, &[&str])] = &[
+    ("inproc-1x5hz", &["tickd", "tokio-sleep", "tcs-repeated-200ms"]),
+    ("inproc-1x1hz-cron", &["tickd", "tokio-sleep", "tcs"]),
+    ("inproc-1000x5hz", &["tickd", "tokio-sleep"]),
+    ("inproc-1000x1hz-cron", &["tickd", "tokio-sleep", "tcs"]),
+    ("inproc-10000x1hz", &["tickd", "tokio-sleep", "tcs"]),
+    ("child-5hz", &["tickd", "bare-spawn"]),
+    ("idle-10x10s", &["tickd"]),
+    ("startup-reload-10000", &["tickd"]),
+    ("memory-soak", &["tickd"]),
+];
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--child") {
+        let scenario = args[i + 1].clone();
+        let system = args[i + 2].clone();
+        let scale = scale_from(&args);
+        let result = run_child(&scenario, &system, scale);
+        println!("RESULT {}", result);
+        return;
+    }
+    // `cargo bench` passes `--bench`; ignore it and libtest-style filters.
+    let only: Option<String> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
+    let scale_flag = if args.iter().any(|a| a == "--quick") {
+        "--quick"
+    } else if args.iter().any(|a| a == "--long") {
+        "--long"
+    } else {
+        "--normal"
+    };
+    let me = std::env::current_exe().expect("own path");
+    let mut results = Vec::new();
+    println!("machine: {}", machine());
+    for (scenario, systems) in SCENARIOS {
+        if only.as_deref().is_some_and(|o| o != *scenario) {
+            continue;
+        }
+        for system in *systems {
+            eprintln!("running {scenario} on {system} ...");
+            let output = Command::new(&me)
+                .args(["--child", scenario, system, scale_flag])
+                .output()
+                .expect("run child");
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            match stdout.lines().find_map(|l| l.strip_prefix("RESULT ")) {
+                Some(line) => {
+                    let value: Value = serde_json::from_str(line).expect("child JSON");
+                    results.push(value);
+                }
+                None => {
+                    eprintln!(
+                        "  {scenario}/{system} failed: {}",
+                        String::from_utf8_lossy(&output.stderr)
+                    );
+                    results.push(json!({"scenario": scenario, "system": system, "error": "failed"}));
+                }
+            }
+        }
+    }
+    print_table(&results);
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&out).expect("target/bench");
+    let file = out.join("precision.json");
+    let doc = json!({ "machine": machine(), "date": Utc::now().to_rfc3339(), "results": results });
+    std::fs::write(&file, serde_json::to_string_pretty(&doc).expect("json")).expect("write");
+    println!("\nwritten to {}", file.display());
+}
+
+fn scale_from(args: &[String]) -> Scale {
+    if args.iter().any(|a| a == "--quick") {
+        Scale {
+            seconds: 5,
+            soak_runs: (50_000, 2_000),
+        }
+    } else if args.iter().any(|a| a == "--long") {
+        Scale {
+            seconds: 60,
+            soak_runs: (1_000_000, 100_000),
+        }
+    } else {
+        Scale {
+            seconds: 20,
+            soak_runs: (200_000, 10_000),
+        }
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} cores, {cpu}, Linux {}", kernel.trim())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurements shared by every child.
+
+/// Lateness samples (ns) and a fire counter.
+#[derive(Default)]
+struct Recorder {
+    samples: Mutex<Vec<u64>>,
+    fires: AtomicU64,
+}
+
+impl Recorder {
+    fn record(&self, lateness_ns: i64) {
+        self.fires.fetch_add(1, Ordering::Relaxed);
+        self.samples
+            .lock()
+            .expect("lock")
+            .push(u64::try_from(lateness_ns.max(0)).unwrap_or(0));
+    }
+}
+
+/// User + system CPU seconds of this process, from /proc/self/stat (USER_HZ = 100).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return f64::NAN;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn status_kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn summary(
+    scenario: &str,
+    system: &str,
+    jobs: u64,
+    expected: u64,
+    samples: &mut [u64],
+    cpu: f64,
+) -> Value {
+    samples.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if samples.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+        samples[i] as f64 / 1e6
+    };
+    json!({
+        "scenario": scenario,
+        "system": system,
+        "jobs": jobs,
+        "expected": expected,
+        "observed": samples.len(),
+        "p50_ms": pct(0.5),
+        "p99_ms": pct(0.99),
+        "max_ms": pct(1.0),
+        "cpu_s": cpu,
+        "peak_rss_mb": status_kb("VmHWM:") as f64 / 1024.0,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The children.
+
+fn run_child(scenario: &str, system: &str, scale: Scale) -> Value {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        match scenario {
+            "inproc-1x5hz" => periodic(scenario, system, 1, Duration::from_millis(200), scale).await,
+            "inproc-1x1hz-cron" => periodic(scenario, system, 1, Duration::from_secs(1), scale).await,
+            "inproc-1000x5hz" => {
+                periodic(scenario, system, 1000, Duration::from_millis(200), scale).await
+            }
+            "inproc-1000x1hz-cron" => {
+                periodic(scenario, system, 1000, Duration::from_secs(1), scale).await
+            }
+            "inproc-10000x1hz" => {
+                periodic(scenario, system, 10_000, Duration::from_secs(1), scale).await
+            }
+            "child-5hz" => child_start(system, scale).await,
+            "idle-10x10s" => idle(scale).await,
+            "startup-reload-10000" => startup_reload().await,
+            "memory-soak" => memory_soak(scale).await,
+            other => json!({"error": format!("unknown scenario {other}")}),
+        }
+    })
+}
+
+/// A temp dir with a jobs file; kept for the life of the child.
+fn jobs_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("jobs.toml");
+    std::fs::write(&path, text).expect("write jobs");
+    (dir, path)
+}
+
+fn recording_handlers(recorder: &Arc<Recorder>) -> tickd::Handlers {
+    let mut handlers = tickd::Handlers::new();
+    let rec = recorder.clone();
+    handlers.register("measure", move |ctx: tickd::RunContext| {
+        let lateness = Utc::now() - ctx.scheduled;
+        rec.record(lateness.num_nanoseconds().unwrap_or(i64::MAX));
+        async { Ok(()) }
+    });
+    handlers
+}
+
+/// Runs tickd on `config` for `seconds`, then stops it.
+async fn run_tickd(path: &Path, handlers: tickd::Handlers, seconds: Duration) {
+    let config = tickd::load(path, &handlers).expect("valid config");
+    let (controls, rx) = mpsc::channel(4);
+    let options = tickd::DaemonOptions {
+        config_path: path.to_owned(),
+        handlers,
+        clock: tickd::Clock::system(),
+        group_keeper: None,
+    };
+    let daemon = tokio::spawn(tickd::run(config, options, rx));
+    tokio::time::sleep(seconds).await;
+    controls
+        .send(tickd::Control::Shutdown)
+        .await
+        .expect("daemon alive");
+    daemon.await.expect("daemon task").expect("daemon");
+}
+
+/// `jobs` jobs every `period` (a cron every second when the scenario says `cron` and
+/// `period` is 1 s), observed for `scale.seconds`.
+async fn periodic(scenario: &str, system: &str, jobs: u64, period: Duration, scale: Scale) -> Value {
+    let cron = scenario.ends_with("cron");
+    let window = Duration::from_secs(scale.seconds);
+    let recorder = Arc::new(Recorder::default());
+    let cpu0 = cpu_seconds();
+    // The first fire is due one period in; fires due in (start, start + window] count.
+    let expected = jobs * (window.as_nanos() / period.as_nanos()) as u64;
+    match system {
+        "tickd" => {
+            let mut text = String::new();
+            for i in 0..jobs {
+                if cron {
+                    text.push_str(&format!(
+                        "[jobs.j{i}]\ncron = \"* * * * * *\"\nhandler = \"measure\"\n"
+                    ));
+                } else {
+                    text.push_str(&format!(
+                        "[jobs.j{i}]\nevery = \"{}ms\"\nhandler = \"measure\"\n",
+                        period.as_millis()
+                    ));
+                }
+            }
+            let (_dir, path) = jobs_file(&text);
+            // Stop half a period after the window, so the last due fire is in.
+            run_tickd(&path, recording_handlers(&recorder), window + period / 2).await;
+        }
+        "tokio-sleep" => {
+            let start = tokio::time::Instant::now();
+            let mut tasks = Vec::new();
+            for _ in 0..jobs {
+                let rec = recorder.clone();
+                tasks.push(tokio::spawn(async move {
+                    // Cron: due at each whole wall-clock second.
+                    let mut k = 1u32;
+                    loop {
+                        let due = if cron {
+                            let now = Utc::now();
+                            let next = now.timestamp() + 1;
+                            let wait = (next * 1_000_000_000
+                                - now.timestamp_nanos_opt().unwrap_or(0))
+                            .max(0);
+                            tokio::time::Instant::now() + Duration::from_nanos(wait as u64)
+                        } else {
+                            start + period * k
+                        };
+                        if due > start + window + period / 2 {
+                            break;
+                        }
+                        tokio::time::sleep_until(due).await;
+                        let late = tokio::time::Instant::now().saturating_duration_since(due);
+                        rec.record(late.as_nanos() as i64);
+                        k += 1;
+                    }
+                }));
+            }
+            for task in tasks {
+                let _ = task.await;
+            }
+        }
+        "tcs" | "tcs-repeated-200ms" => {
+            use tokio_cron_scheduler::{Job, JobScheduler};
+            let sched = JobScheduler::new().await.expect("tcs");
+            for _ in 0..jobs {
+                let rec = recorder.clone();
+                let job = if system == "tcs" {
+                    Job::new_async("* * * * * *", move |_id, _lock| {
+                        let rec = rec.clone();
+                        Box::pin(async move {
+                            let now = Utc::now();
+                            let due_ns = now.timestamp() * 1_000_000_000;
+                            rec.record(now.timestamp_nanos_opt().unwrap_or(0) - due_ns);
+                        })
+                    })
+                } else {
+                    let start = Utc::now();
+                    let fired = Arc::new(AtomicU64::new(0));
+                    Job::new_repeated_async(period, move |_id, _lock| {
+                        let rec = rec.clone();
+                        let fired = fired.clone();
+                        Box::pin(async move {
+                            let k = fired.fetch_add(1, Ordering::Relaxed) + 1;
+                            let due = start
+                                + chrono::Duration::from_std(period * k as u32).unwrap_or_default();
+                            rec.record((Utc::now() - due).num_nanoseconds().unwrap_or(0));
+                        })
+                    })
+                }
+                .expect("job");
+                sched.add(job).await.expect("add");
+            }
+            sched.start().await.expect("start");
+            tokio::time::sleep(window + period / 2).await;
+            let mut sched = sched;
+            let _ = sched.shutdown().await;
+        }
+        other => return json!({"error": format!("unknown system {other}")}),
+    }
+    let cpu = cpu_seconds() - cpu0;
+    let mut samples = recorder.samples.lock().expect("lock").clone();
+    // Count only fires due within the window (a few may land in the extra half period).
+    samples.truncate(expected.min(samples.len() as u64) as usize);
+    summary(scenario, system, jobs, expected, &mut samples, cpu)
+}
+
+/// Child-process start: from the due time to the child's first instruction (the child records
+/// its own start with `date +%s%N`), against the bare `fork`/`exec` of the same command.
+async fn child_start(system: &str, scale: Scale) -> Value {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stamps = dir.path().join("stamps");
+    let script = format!("date +%s%N >> {}", stamps.display());
+    let window = Duration::from_secs(scale.seconds);
+    let period = Duration::from_millis(200);
+    let cpu0 = cpu_seconds();
+    let mut samples = Vec::new();
+    match system {
+        "tickd" => {
+            // Aligned: the grid points are multiples of 200 ms since the epoch, so each child's
+            // due time follows from its own start stamp.
+            let text = format!(
+                "[jobs.child]\nevery = \"200ms\"\nalign = true\ncommand = [\"sh\", \"-c\", {script:?}]\n"
+            );
+            let (_d, path) = jobs_file(&text);
+            run_tickd(&path, tickd::Handlers::new(), window + period / 2).await;
+            let period_ns = period.as_nanos() as i64;
+            for start in read_stamps(&stamps) {
+                samples.push((start % period_ns) as u64);
+            }
+        }
+        "bare-spawn" => {
+            let end = Instant::now() + window;
+            while Instant::now() < end {
+                let t0 = Utc::now().timestamp_nanos_opt().unwrap_or(0);
+                let status = tokio::process::Command::new("sh")
+                    .args(["-c", &script])
+                    .status()
+                    .await
+                    .expect("spawn");
+                assert!(status.success());
+                if let Some(last) = read_stamps(&stamps).last() {
+                    samples.push((last - t0).max(0) as u64);
+                }
+                tokio::time::sleep(period).await;
+            }
+        }
+        other => return json!({"error": format!("unknown system {other}")}),
+    }
+    let cpu = cpu_seconds() - cpu0;
+    let expected = (window.as_nanos() / period.as_nanos()) as u64;
+    summary("child-5hz", system, 1, expected, &mut samples, cpu)
+}
+
+fn read_stamps(path: &Path) -> Vec<i64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// 10 jobs every 10 s: CPU spent over the window, extrapolated to 10 minutes.
+async fn idle(scale: Scale) -> Value {
+    let mut text = String::new();
+    for i in 0..10 {
+        text.push_str(&format!("[jobs.j{i}]\nevery = \"10s\"\nhandler = \"measure\"\n"));
+    }
+    let (_d, path) = jobs_file(&text);
+    let recorder = Arc::new(Recorder::default());
+    let window = Duration::from_secs(scale.seconds.max(20) * 3);
+    let cpu0 = cpu_seconds();
+    run_tickd(&path, recording_handlers(&recorder), window).await;
+    let cpu = cpu_seconds() - cpu0;
+    let mut samples = recorder.samples.lock().expect("lock").clone();
+    let mut v = summary("idle-10x10s", "tickd", 10, 10 * (window.as_secs() / 10), &mut samples, cpu);
+    v["cpu_s_per_10min"] = json!(cpu * 600.0 / window.as_secs_f64());
+    v["window_s"] = json!(window.as_secs());
+    v
+}
+
+/// Start-up with 10,000 jobs (load + schedule until every job's start-up run ran) and a SIGHUP
+/// reload of the same 10,000 jobs, counting fires of the unchanged jobs across it.
+async fn startup_reload() -> Value {
+    let mut text = String::new();
+    for i in 0..10_000 {
+        text.push_str(&format!(
+            "[jobs.j{i}]\nevery = \"1s\"\nrun_on_start = true\nhandler = \"measure\"\n"
+        ));
+    }
+    let (_d, path) = jobs_file(&text);
+    let recorder = Arc::new(Recorder::default());
+    let handlers = recording_handlers(&recorder);
+    let reloaded = Arc::new(Mutex::new(None::<Instant>));
+    let _guard = capture_reload(reloaded.clone());
+    let t0 = Instant::now();
+    let config = tickd::load(&path, &handlers).expect("valid config");
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let (controls, rx) = mpsc::channel(4);
+    let options = tickd::DaemonOptions {
+        config_path: path.clone(),
+        handlers,
+        clock: tickd::Clock::system(),
+        group_keeper: None,
+    };
+    let daemon = tokio::spawn(tickd::run(config, options, rx));
+    while recorder.fires.load(Ordering::Relaxed) < 10_000 {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let startup_ms = t0.elapsed().as_secs_f64() * 1e3;
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let before = recorder.fires.load(Ordering::Relaxed);
+    let t1 = Instant::now();
+    controls.send(tickd::Control::Reload).await.expect("alive");
+    while reloaded.lock().expect("lock").is_none() {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let reload_ms = reloaded
+        .lock()
+        .expect("lock")
+        .map_or(f64::NAN, |at| at.duration_since(t1).as_secs_f64() * 1e3);
+    // Fires across the reload: from 2.3 s to 6.3 s after start, 4 per job.
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    let across = recorder.fires.load(Ordering::Relaxed) - before;
+    controls.send(tickd::Control::Shutdown).await.expect("alive");
+    daemon.await.expect("task").expect("daemon");
+    json!({
+        "scenario": "startup-reload-10000",
+        "system": "tickd",
+        "jobs": 10_000,
+        "load_ms": load_ms,
+        "startup_ms": startup_ms,
+        "reload_ms": reload_ms,
+        "expected": 40_000,
+        "observed": across,
+        "peak_rss_mb": status_kb("VmHWM:") as f64 / 1024.0,
+    })
+}
+
+/// Records when tickd logs "configuration reloaded".
+fn capture_reload(slot: Arc<Mutex<Option<Instant>>>) -> tracing::subscriber::DefaultGuard {
+    use tracing_subscriber::layer::SubscriberExt;
+    struct Capture(Arc<Mutex<Option<Instant>>>);
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+        fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            struct Msg(bool);
+            impl tracing::field::Visit for Msg {
+                fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                    if field.name() == "message" && format!("{value:?}") == "configuration reloaded" {
+                        self.0 = true;
+                    }
+                }
+            }
+            if event.metadata().level() == &tracing::Level::INFO {
+                let mut msg = Msg(false);
+                event.record(&mut msg);
+                if msg.0 {
+                    *self.0.lock().expect("lock") = Some(Instant::now());
+                }
+            }
+        }
+    }
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::filter::LevelFilter::INFO)
+        .with(Capture(slot));
+    // The daemon's tasks run on worker threads: install globally for this child process.
+    let _ = tracing::subscriber::set_global_default(subscriber);
+    tracing::subscriber::set_default(tracing_subscriber::registry())
+}
+
+/// RSS over many runs: in-process runs first, then child runs; growth is measured after a
+/// warm-up of a tenth of each.
+async fn memory_soak(scale: Scale) -> Value {
+    let (inproc_runs, child_runs) = scale.soak_runs;
+    let recorder = Arc::new(Recorder::default());
+    // 1000 jobs at 20 ms: 50,000 runs a second.
+    let mut text = String::new();
+    for i in 0..1000 {
+        text.push_str(&format!("[jobs.j{i}]\nevery = \"20ms\"\nhandler = \"measure\"\n"));
+    }
+    let (_d, path) = jobs_file(&text);
+    let handlers = recording_handlers(&recorder);
+    let config = tickd::load(&path, &handlers).expect("config");
+    let (controls, rx) = mpsc::channel(4);
+    let options = tickd::DaemonOptions {
+        config_path: path.clone(),
+        handlers,
+        clock: tickd::Clock::system(),
+        group_keeper: None,
+    };
+    let daemon = tokio::spawn(tickd::run(config, options, rx));
+    let wait_for = |n: u64| {
+        let recorder = recorder.clone();
+        async move {
+            while recorder.fires.load(Ordering::Relaxed) < n {
+                // Keep the sample vector from growing: this measures tickd, not the recorder.
+                recorder.samples.lock().expect("lock").clear();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait_for(inproc_runs / 10).await;
+    let rss_warm = status_kb("VmRSS:");
+    wait_for(inproc_runs).await;
+    let rss_end = status_kb("VmRSS:");
+    controls.send(tickd::Control::Shutdown).await.expect("alive");
+    daemon.await.expect("task").expect("daemon");
+
+    // Child runs: 20 jobs at 100 ms each start `true`.
+    let mut text = String::new();
+    for i in 0..20 {
+        text.push_str(&format!(
+            "[jobs.c{i}]\nevery = \"100ms\"\ncommand = [\"true\"]\n[jobs.m{i}]\nevery = \"100ms\"\nhandler = \"measure\"\n"
+        ));
+    }
+    let (_d2, path) = jobs_file(&text);
+    recorder.fires.store(0, Ordering::Relaxed);
+    let handlers = recording_handlers(&recorder);
+    let config = tickd::load(&path, &handlers).expect("config");
+    let (controls, rx) = mpsc::channel(4);
+    let options = tickd::DaemonOptions {
+        config_path: path.clone(),
+        handlers,
+        clock: tickd::Clock::system(),
+        group_keeper: None,
+    };
+    let daemon = tokio::spawn(tickd::run(config, options, rx));
+    // `measure` fires as often as the child jobs: use it as the child-run counter.
+    wait_for(child_runs / 10).await;
+    let rss_child_warm = status_kb("VmRSS:");
+    wait_for(child_runs).await;
+    let rss_child_end = status_kb("VmRSS:");
+    controls.send(tickd::Control::Shutdown).await.expect("alive");
+    daemon.await.expect("task").expect("daemon");
+    json!({
+        "scenario": "memory-soak",
+        "system": "tickd",
+        "inproc_runs": inproc_runs,
+        "child_runs": child_runs,
+        "rss_inproc_warm_mb": rss_warm as f64 / 1024.0,
+        "rss_inproc_end_mb": rss_end as f64 / 1024.0,
+        "rss_inproc_growth_mb": (rss_end as f64 - rss_warm as f64) / 1024.0,
+        "rss_child_warm_mb": rss_child_warm as f64 / 1024.0,
+        "rss_child_end_mb": rss_child_end as f64 / 1024.0,
+        "rss_child_growth_mb": (rss_child_end as f64 - rss_child_warm as f64) / 1024.0,
+        "peak_rss_mb": status_kb("VmHWM:") as f64 / 1024.0,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn print_table(results: &[Value]) {
+    println!(
+        "\n{:<22} {:<20} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "scenario", "system", "jobs", "expected", "observed", "p50 ms", "p99 ms", "max ms", "cpu s", "rss MB"
+    );
+    let mut tickd_p99: BTreeMap<String, f64> = BTreeMap::new();
+    for r in results {
+        let f = |k: &str| r.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+        let s = |k: &str| r.get(k).map(|v| v.to_string()).unwrap_or_default();
+        println!(
+            "{:<22} {:<20} {:>6} {:>9} {:>9} {:>9.3} {:>9.3} {:>9.3} {:>8.2} {:>8.1}",
+            s("scenario").trim_matches('"'),
+            s("system").trim_matches('"'),
+            s("jobs"),
+            s("expected"),
+            s("observed"),
+            f("p50_ms"),
+            f("p99_ms"),
+            f("max_ms"),
+            f("cpu_s"),
+            f("peak_rss_mb"),
+        );
+        if r["system"] == "tickd" {
+            tickd_p99.insert(s("scenario"), f("p50_ms"));
+        }
+    }
+    println!("\nratios (p50 lateness of the system / tickd's, same scenario):");
+    for r in results {
+        if r["system"] != "tickd" {
+            let scenario = r["scenario"].to_string();
+            if let (Some(base), Some(p50)) = (tickd_p99.get(&scenario), r["p50_ms"].as_f64()) {
+                println!(
+                    "  {:<22} {:<20} {:>8.1}x",
+                    scenario.trim_matches('"'),
+                    r["system"].as_str().unwrap_or(""),
+                    p50 / base
+                );
+            }
+        }
+    }
+    for r in results {
+        for key in [
+            "cpu_s_per_10min",
+            "load_ms",
+            "startup_ms",
+            "reload_ms",
+            "rss_inproc_growth_mb",
+            "rss_child_growth_mb",
+        ] {
+            if let Some(v) = r.get(key) {
+                println!("  {} {}: {}", r["scenario"].as_str().unwrap_or(""), key, v);
+            }
+        }
+    }
+}
