@@ -10,6 +10,11 @@
 //!   spins out the rest with `spin_loop` and wakes the due sleeps at their nanosecond;
 //! - the waker hands the task to a tokio worker, which takes a few tens of µs more.
 //!
+//! While the thread is awake it serves every deadline that comes due within `LEAD` without going
+//! back to the kernel, and the timerfd is re-armed only when it goes back to sleep: programming a
+//! timer is a VM exit on virtual machines, far dearer than the spin. New deadlines are published
+//! in an atomic that the spinning thread watches.
+//!
 //! The spin is bounded by `LEAD` per wake-up and costs nothing between deadlines. No crate offers
 //! such a timer for tokio (tokio-timerfd uses one descriptor per sleep and tokio's own reactor
 //! hop), so it is written here, in the module that owns time.
@@ -37,6 +42,8 @@ use super::Instant;
 
 /// How long before a deadline the timer thread asks the kernel to wake it; the rest is spun.
 const LEAD: Duration = Duration::from_micros(120);
+/// Below this, the timer thread spins without yielding the CPU.
+const SPIN: Duration = Duration::from_micros(20);
 
 /// Where a sleep sits in the deadline map: its deadline, then a tie-breaking id.
 type Key = (StdInstant, u64);
@@ -45,6 +52,11 @@ type Key = (StdInstant, u64);
 struct Deadlines {
     wakers: BTreeMap<Key, Waker>,
     next_id: u64,
+    /// The timer thread is awake (spinning or waking): it will see any new deadline through
+    /// `earliest_ns`, so nobody needs to touch the timerfd.
+    awake: bool,
+    /// The deadline the timerfd is armed for while the thread sleeps.
+    armed: Option<StdInstant>,
 }
 
 /// The monotonic timer service: one thread per process, started on first use.
@@ -86,6 +98,8 @@ impl PreciseTimer {
             deadlines: Mutex::new(Deadlines {
                 wakers: BTreeMap::new(),
                 next_id: 0,
+                awake: false,
+                armed: None,
             }),
             earliest_ns: AtomicU64::new(u64::MAX),
             fd,
@@ -107,69 +121,99 @@ impl PreciseTimer {
         u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX - 1)
     }
 
-    /// Publishes the earliest deadline and arms the timerfd `LEAD` before it (or disarms it).
-    fn rearm(&self, deadlines: &Deadlines) {
+    /// Publishes the earliest deadline to the timer thread; if it sleeps and the new earliest
+    /// deadline is before the one its timerfd is armed for, re-arms it. Call with the lock held.
+    fn publish(&self, deadlines: &mut Deadlines) {
         let earliest = deadlines.wakers.keys().next().map(|(at, _)| *at);
         let ns = earliest.map_or(u64::MAX, |at| self.ns_after_base(at));
-        if self.earliest_ns.swap(ns, Ordering::AcqRel) == ns {
+        self.earliest_ns.store(ns, Ordering::Release);
+        if deadlines.awake {
             return;
         }
-        let result = match earliest {
-            Some(at) => {
-                let wake = self.base_monotonic + at.saturating_duration_since(self.base);
-                // A zero timespec would disarm; the earliest possible instant is 1 ns.
-                let wake = wake.saturating_sub(LEAD).max(Duration::from_nanos(1));
-                self.fd.set(
-                    Expiration::OneShot(TimeSpec::from_duration(wake)),
-                    TimerSetTimeFlags::TFD_TIMER_ABSTIME,
-                )
+        // A deadline that went away leaves the timerfd armed: the thread wakes, finds nothing
+        // due and sleeps again, which is cheaper than a disarm every time a sleep is dropped.
+        if let Some(at) = earliest {
+            if deadlines.armed.is_none_or(|armed| at < armed) {
+                self.arm(at);
+                deadlines.armed = Some(at);
             }
-            None => self.fd.unset(),
-        };
+        }
+    }
+
+    /// Arms the timerfd `LEAD` before `at`.
+    fn arm(&self, at: StdInstant) {
+        let wake = self.base_monotonic + at.saturating_duration_since(self.base);
+        // A zero timespec would disarm; the earliest possible instant is 1 ns.
+        let wake = wake.saturating_sub(LEAD).max(Duration::from_nanos(1));
+        let result = self.fd.set(
+            Expiration::OneShot(TimeSpec::from_duration(wake)),
+            TimerSetTimeFlags::TFD_TIMER_ABSTIME,
+        );
         if let Err(err) = result {
             tracing::error!("cannot arm the timerfd: {err}");
         }
     }
 
-    /// The timer thread: wait for the kernel, spin to the deadline, wake what is due.
+    /// The timer thread: wait for the kernel, then serve every deadline that comes due within
+    /// the lead (spinning, yielding the CPU while the wait is long), then sleep again.
     fn drive(&self) {
         loop {
             if let Err(err) = self.fd.wait() {
                 tracing::error!("the timer thread stops: {err}");
                 return;
             }
+            {
+                let mut deadlines = self.lock();
+                deadlines.awake = true;
+                deadlines.armed = None;
+            }
             loop {
-                // Spin out the rest of the lead; a new, earlier deadline is seen at once.
-                let target = loop {
-                    let ns = self.earliest_ns.load(Ordering::Acquire);
-                    if ns == u64::MAX {
-                        break None;
+                let ns = self.earliest_ns.load(Ordering::Acquire);
+                let now = StdInstant::now();
+                let due_at = (ns != u64::MAX).then(|| self.base + Duration::from_nanos(ns));
+                match due_at {
+                    Some(at) if now >= at => {
+                        let due = {
+                            let mut deadlines = self.lock();
+                            let later = deadlines.wakers.split_off(&(now, u64::MAX));
+                            let due = std::mem::replace(&mut deadlines.wakers, later);
+                            self.publish(&mut deadlines);
+                            due
+                        };
+                        for waker in due.into_values() {
+                            waker.wake();
+                        }
                     }
-                    let at = self.base + Duration::from_nanos(ns);
-                    let now = StdInstant::now();
-                    if now >= at {
-                        break Some(now);
+                    Some(at) if at - now <= LEAD => {
+                        // Close: spin. Further out: let the workers have the CPU meanwhile (two
+                        // cores are common, and they are the ones running the jobs).
+                        if at - now > SPIN {
+                            std::thread::yield_now();
+                        } else {
+                            std::hint::spin_loop();
+                        }
                     }
-                    if at - now > LEAD {
-                        // Not due within the lead (the deadline went away): sleep again.
-                        break None;
+                    _ => {
+                        let mut deadlines = self.lock();
+                        // Re-check under the lock: a deadline may have been added meanwhile.
+                        let earliest = deadlines.wakers.keys().next().map(|(at, _)| *at);
+                        if earliest.is_some_and(|at| at.saturating_duration_since(StdInstant::now()) <= LEAD) {
+                            continue;
+                        }
+                        deadlines.awake = false;
+                        match earliest {
+                            Some(at) => {
+                                self.arm(at);
+                                deadlines.armed = Some(at);
+                            }
+                            None => {
+                                if let Err(err) = self.fd.unset() {
+                                    tracing::error!("cannot disarm the timerfd: {err}");
+                                }
+                            }
+                        }
+                        break;
                     }
-                    std::hint::spin_loop();
-                };
-                let Some(now) = target else {
-                    break;
-                };
-                let due: Vec<Waker> = {
-                    let mut deadlines = self.lock();
-                    let later = deadlines.wakers.split_off(&(now, u64::MAX));
-                    let due = std::mem::replace(&mut deadlines.wakers, later);
-                    // Force a re-arm: the timerfd has expired.
-                    self.earliest_ns.store(u64::MAX - 1, Ordering::Release);
-                    self.rearm(&deadlines);
-                    due.into_values().collect()
-                };
-                for waker in due {
-                    waker.wake();
                 }
             }
         }
@@ -214,14 +258,14 @@ impl Future for PreciseSleep {
                 // handle): register again.
                 None => {
                     deadlines.wakers.insert(key, cx.waker().clone());
-                    timer.rearm(&deadlines);
+                    timer.publish(&mut deadlines);
                 }
             },
             None => {
                 let key = (self.deadline, deadlines.next_id);
                 deadlines.next_id += 1;
                 deadlines.wakers.insert(key, cx.waker().clone());
-                timer.rearm(&deadlines);
+                timer.publish(&mut deadlines);
                 self.key = Some(key);
             }
         }
@@ -234,7 +278,7 @@ impl PreciseSleep {
         if let Some(key) = self.key.take() {
             let mut deadlines = self.timer.lock();
             if deadlines.wakers.remove(&key).is_some() {
-                self.timer.rearm(&deadlines);
+                self.timer.publish(&mut deadlines);
             }
         }
     }
