@@ -36,9 +36,13 @@ struct Scale {
 }
 
 const SCENARIOS: &[(&str, &[&str])] = &[
-    ("inproc-1x5hz", &["tickd", "tokio-sleep", "tcs-repeated-200ms"]),
+    (
+        "inproc-1x5hz",
+        &["tickd", "tokio-sleep", "tcs-repeated-200ms"],
+    ),
     ("inproc-1x1hz-cron", &["tickd", "tokio-sleep", "tcs"]),
     ("inproc-1000x5hz", &["tickd", "tokio-sleep"]),
+    ("inproc-1000x5hz-spread", &["tickd"]),
     ("inproc-1000x1hz-cron", &["tickd", "tokio-sleep", "tcs"]),
     ("inproc-10000x1hz", &["tickd", "tokio-sleep", "tcs"]),
     ("child-5hz", &["tickd", "bare-spawn"]),
@@ -93,7 +97,8 @@ fn main() {
                         "  {scenario}/{system} failed: {}",
                         String::from_utf8_lossy(&output.stderr)
                     );
-                    results.push(json!({"scenario": scenario, "system": system, "error": "failed"}));
+                    results
+                        .push(json!({"scenario": scenario, "system": system, "error": "failed"}));
                 }
             }
         }
@@ -168,7 +173,12 @@ fn cpu_seconds() -> f64 {
         return f64::NAN;
     };
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (ticks(11) + ticks(12)) / 100.0
 }
 
@@ -224,9 +234,13 @@ fn run_child(scenario: &str, system: &str, scale: Scale) -> Value {
         .expect("runtime");
     runtime.block_on(async move {
         match scenario {
-            "inproc-1x5hz" => periodic(scenario, system, 1, Duration::from_millis(200), scale).await,
-            "inproc-1x1hz-cron" => periodic(scenario, system, 1, Duration::from_secs(1), scale).await,
-            "inproc-1000x5hz" => {
+            "inproc-1x5hz" => {
+                periodic(scenario, system, 1, Duration::from_millis(200), scale).await
+            }
+            "inproc-1x1hz-cron" => {
+                periodic(scenario, system, 1, Duration::from_secs(1), scale).await
+            }
+            "inproc-1000x5hz" | "inproc-1000x5hz-spread" => {
                 periodic(scenario, system, 1000, Duration::from_millis(200), scale).await
             }
             "inproc-1000x1hz-cron" => {
@@ -284,8 +298,20 @@ async fn run_tickd(path: &Path, handlers: tickd::Handlers, seconds: Duration) {
 
 /// `jobs` jobs every `period` (a cron every second when the scenario says `cron` and
 /// `period` is 1 s), observed for `scale.seconds`.
-async fn periodic(scenario: &str, system: &str, jobs: u64, period: Duration, scale: Scale) -> Value {
+async fn periodic(
+    scenario: &str,
+    system: &str,
+    jobs: u64,
+    period: Duration,
+    scale: Scale,
+) -> Value {
     let cron = scenario.ends_with("cron");
+    // `spread = true` over the whole period: each job keeps its own stable slot in it.
+    let spread = if scenario.ends_with("spread") {
+        format!("jitter = \"{}ms\"\nspread = true\n", period.as_millis())
+    } else {
+        String::new()
+    };
     let window = Duration::from_secs(scale.seconds);
     let recorder = Arc::new(Recorder::default());
     let cpu0 = cpu_seconds();
@@ -301,14 +327,19 @@ async fn periodic(scenario: &str, system: &str, jobs: u64, period: Duration, sca
                     ));
                 } else {
                     text.push_str(&format!(
-                        "[jobs.j{i}]\nevery = \"{}ms\"\nhandler = \"measure\"\n",
+                        "[jobs.j{i}]\nevery = \"{}ms\"\nhandler = \"measure\"\n{spread}",
                         period.as_millis()
                     ));
                 }
             }
             let (_dir, path) = jobs_file(&text);
-            // Stop half a period after the window, so the last due fire is in.
-            run_tickd(&path, recording_handlers(&recorder), window + period / 2).await;
+            // Stop after the window plus the largest delay, so the last due fire is in.
+            let extra = if spread.is_empty() {
+                period / 2
+            } else {
+                period * 3 / 2
+            };
+            run_tickd(&path, recording_handlers(&recorder), window + extra).await;
         }
         "tokio-sleep" => {
             let start = tokio::time::Instant::now();
@@ -447,7 +478,9 @@ fn read_stamps(path: &Path) -> Vec<i64> {
 async fn idle(scale: Scale) -> Value {
     let mut text = String::new();
     for i in 0..10 {
-        text.push_str(&format!("[jobs.j{i}]\nevery = \"10s\"\nhandler = \"measure\"\n"));
+        text.push_str(&format!(
+            "[jobs.j{i}]\nevery = \"10s\"\nhandler = \"measure\"\n"
+        ));
     }
     let (_d, path) = jobs_file(&text);
     let recorder = Arc::new(Recorder::default());
@@ -456,7 +489,14 @@ async fn idle(scale: Scale) -> Value {
     run_tickd(&path, recording_handlers(&recorder), window).await;
     let cpu = cpu_seconds() - cpu0;
     let mut samples = recorder.samples.lock().expect("lock").clone();
-    let mut v = summary("idle-10x10s", "tickd", 10, 10 * (window.as_secs() / 10), &mut samples, cpu);
+    let mut v = summary(
+        "idle-10x10s",
+        "tickd",
+        10,
+        10 * (window.as_secs() / 10),
+        &mut samples,
+        cpu,
+    );
     v["cpu_s_per_10min"] = json!(cpu * 600.0 / window.as_secs_f64());
     v["window_s"] = json!(window.as_secs());
     v
@@ -505,7 +545,10 @@ async fn startup_reload() -> Value {
     // Fires across the reload: from 2.3 s to 6.3 s after start, 4 per job.
     tokio::time::sleep(Duration::from_millis(4000)).await;
     let across = recorder.fires.load(Ordering::Relaxed) - before;
-    controls.send(tickd::Control::Shutdown).await.expect("alive");
+    controls
+        .send(tickd::Control::Shutdown)
+        .await
+        .expect("alive");
     daemon.await.expect("task").expect("daemon");
     json!({
         "scenario": "startup-reload-10000",
@@ -525,11 +568,20 @@ fn capture_reload(slot: Arc<Mutex<Option<Instant>>>) -> tracing::subscriber::Def
     use tracing_subscriber::layer::SubscriberExt;
     struct Capture(Arc<Mutex<Option<Instant>>>);
     impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
-        fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
             struct Msg(bool);
             impl tracing::field::Visit for Msg {
-                fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                    if field.name() == "message" && format!("{value:?}") == "configuration reloaded" {
+                fn record_debug(
+                    &mut self,
+                    field: &tracing::field::Field,
+                    value: &dyn std::fmt::Debug,
+                ) {
+                    if field.name() == "message" && format!("{value:?}") == "configuration reloaded"
+                    {
                         self.0 = true;
                     }
                 }
@@ -559,7 +611,9 @@ async fn memory_soak(scale: Scale) -> Value {
     // 1000 jobs at 20 ms: 50,000 runs a second.
     let mut text = String::new();
     for i in 0..1000 {
-        text.push_str(&format!("[jobs.j{i}]\nevery = \"20ms\"\nhandler = \"measure\"\n"));
+        text.push_str(&format!(
+            "[jobs.j{i}]\nevery = \"20ms\"\nhandler = \"measure\"\n"
+        ));
     }
     let (_d, path) = jobs_file(&text);
     let handlers = recording_handlers(&recorder);
@@ -586,7 +640,10 @@ async fn memory_soak(scale: Scale) -> Value {
     let rss_warm = status_kb("VmRSS:");
     wait_for(inproc_runs).await;
     let rss_end = status_kb("VmRSS:");
-    controls.send(tickd::Control::Shutdown).await.expect("alive");
+    controls
+        .send(tickd::Control::Shutdown)
+        .await
+        .expect("alive");
     daemon.await.expect("task").expect("daemon");
 
     // Child runs: 20 jobs at 100 ms each start `true`.
@@ -613,7 +670,10 @@ async fn memory_soak(scale: Scale) -> Value {
     let rss_child_warm = status_kb("VmRSS:");
     wait_for(child_runs).await;
     let rss_child_end = status_kb("VmRSS:");
-    controls.send(tickd::Control::Shutdown).await.expect("alive");
+    controls
+        .send(tickd::Control::Shutdown)
+        .await
+        .expect("alive");
     daemon.await.expect("task").expect("daemon");
     json!({
         "scenario": "memory-soak",
@@ -635,7 +695,16 @@ async fn memory_soak(scale: Scale) -> Value {
 fn print_table(results: &[Value]) {
     println!(
         "\n{:<22} {:<20} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
-        "scenario", "system", "jobs", "expected", "observed", "p50 ms", "p99 ms", "max ms", "cpu s", "rss MB"
+        "scenario",
+        "system",
+        "jobs",
+        "expected",
+        "observed",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "cpu s",
+        "rss MB"
     );
     let mut tickd_p99: BTreeMap<String, f64> = BTreeMap::new();
     for r in results {

@@ -124,20 +124,24 @@ impl Clock {
         }
     }
 
-    /// Sleeps until the monotonic `deadline`.
-    pub async fn sleep_until(&self, deadline: Instant) {
-        match &*self.kind {
+    /// A future that completes at the monotonic `deadline`. It registers its deadline when first
+    /// polled and keeps it across polls, so a long-lived sleep costs nothing per poll.
+    pub fn sleep_until(&self, deadline: Instant) -> Sleep {
+        let inner = match &*self.kind {
             ClockKind::System { .. } => match precise::PreciseTimer::get() {
-                Some(timer) => timer.sleep_until(deadline).await,
-                None => tokio::time::sleep_until(deadline).await,
+                Some(timer) => SleepInner::Precise(timer.sleep_until(deadline)),
+                None => SleepInner::Tokio(Box::pin(tokio::time::sleep_until(deadline))),
             },
-            ClockKind::Manual { .. } => tokio::time::sleep_until(deadline).await,
-        }
+            ClockKind::Manual { .. } => {
+                SleepInner::Tokio(Box::pin(tokio::time::sleep_until(deadline)))
+            }
+        };
+        Sleep { inner }
     }
 
-    /// Sleeps for `duration` of monotonic time.
-    pub async fn sleep(&self, duration: Duration) {
-        self.sleep_until(self.now() + duration).await
+    /// A future that completes after `duration` of monotonic time.
+    pub fn sleep(&self, duration: Duration) -> Sleep {
+        self.sleep_until(self.now() + duration)
     }
 
     /// Resolves when the wall clock is stepped (not when it merely advances).
@@ -161,6 +165,37 @@ impl Clock {
         if let ClockKind::Manual { anchor, stepped } = &*self.kind {
             anchor.lock().unwrap_or_else(PoisonError::into_inner).wall += by;
             stepped.notify_waiters();
+        }
+    }
+}
+
+/// A sleep on a [`Clock`]; see [`Clock::sleep_until`].
+#[must_use = "a sleep does nothing unless awaited"]
+pub struct Sleep {
+    inner: SleepInner,
+}
+
+enum SleepInner {
+    Precise(precise::PreciseSleep),
+    Tokio(std::pin::Pin<Box<tokio::time::Sleep>>),
+}
+
+impl std::fmt::Debug for Sleep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sleep")
+    }
+}
+
+impl std::future::Future for Sleep {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        match &mut self.inner {
+            SleepInner::Precise(sleep) => std::pin::Pin::new(sleep).poll(cx),
+            SleepInner::Tokio(sleep) => sleep.as_mut().poll(cx),
         }
     }
 }

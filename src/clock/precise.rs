@@ -40,8 +40,12 @@ use tokio::sync::Notify;
 
 use super::Instant;
 
-/// How long before a deadline the timer thread asks the kernel to wake it; the rest is spun.
-const LEAD: Duration = Duration::from_micros(120);
+/// The longest lead: how long before a deadline the timer thread asks the kernel to wake it at
+/// most; the rest is spun. The lead in use adapts to the kernel's measured wake-up latency
+/// (plus [`LEAD_MARGIN`]), so the spin stays short where wake-ups are prompt.
+const LEAD: Duration = Duration::from_micros(200);
+/// Added to the measured wake-up latency to make the lead.
+const LEAD_MARGIN: Duration = Duration::from_micros(10);
 /// Below this, the timer thread spins without yielding the CPU.
 const SPIN: Duration = Duration::from_micros(20);
 
@@ -66,6 +70,10 @@ pub(super) struct PreciseTimer {
     /// The earliest deadline, in ns after `base` (`u64::MAX`: none), read by the spinning thread
     /// without the lock so that a new, earlier deadline interrupts a spin.
     earliest_ns: AtomicU64,
+    /// The lead in use (ns): a moving average of the kernel's wake-up latency plus a margin.
+    lead_ns: AtomicU64,
+    /// When the timerfd was last asked to wake the thread (ns after `base`).
+    armed_wake_ns: AtomicU64,
     fd: TimerFd,
     /// `CLOCK_MONOTONIC` at `base`, to turn an `Instant` (opaque, but `CLOCK_MONOTONIC` on Linux)
     /// into the absolute timespec the timerfd wants.
@@ -82,7 +90,9 @@ impl PreciseTimer {
             .get_or_init(|| match PreciseTimer::start() {
                 Ok(timer) => Some(timer),
                 Err(err) => {
-                    tracing::warn!("no precise timer ({err}); timers fall back to millisecond precision");
+                    tracing::warn!(
+                        "no precise timer ({err}); timers fall back to millisecond precision"
+                    );
                     None
                 }
             })
@@ -102,6 +112,8 @@ impl PreciseTimer {
                 armed: None,
             }),
             earliest_ns: AtomicU64::new(u64::MAX),
+            lead_ns: AtomicU64::new(LEAD.as_nanos() as u64 / 2),
+            armed_wake_ns: AtomicU64::new(0),
             fd,
             base,
             base_monotonic,
@@ -114,7 +126,9 @@ impl PreciseTimer {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Deadlines> {
-        self.deadlines.lock().unwrap_or_else(PoisonError::into_inner)
+        self.deadlines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn ns_after_base(&self, at: StdInstant) -> u64 {
@@ -140,11 +154,37 @@ impl PreciseTimer {
         }
     }
 
-    /// Arms the timerfd `LEAD` before `at`.
+    fn lead(&self) -> Duration {
+        Duration::from_nanos(self.lead_ns.load(Ordering::Relaxed))
+    }
+
+    /// Learns the kernel's wake-up latency from a wake-up that was due at `armed` (ns after
+    /// `base`) and came at `now`: an exponential moving average (1/8), plus the margin, capped.
+    fn learn_latency(&self, now: StdInstant) {
+        let armed = self.armed_wake_ns.load(Ordering::Relaxed);
+        let late = self.ns_after_base(now).saturating_sub(armed);
+        // A wake-up much later than any lead is an outlier (a stalled VM), not the norm.
+        if late == 0 || late > 4 * LEAD.as_nanos() as u64 {
+            return;
+        }
+        let margin = LEAD_MARGIN.as_nanos() as u64;
+        let old = self.lead_ns.load(Ordering::Relaxed).saturating_sub(margin);
+        let average = old - old / 8 + late / 8;
+        let lead = (average + margin).min(LEAD.as_nanos() as u64);
+        self.lead_ns.store(lead, Ordering::Relaxed);
+    }
+
+    /// Arms the timerfd the current lead before `at`.
     fn arm(&self, at: StdInstant) {
+        let lead = self.lead();
+        self.armed_wake_ns.store(
+            self.ns_after_base(at)
+                .saturating_sub(lead.as_nanos() as u64),
+            Ordering::Relaxed,
+        );
         let wake = self.base_monotonic + at.saturating_duration_since(self.base);
         // A zero timespec would disarm; the earliest possible instant is 1 ns.
-        let wake = wake.saturating_sub(LEAD).max(Duration::from_nanos(1));
+        let wake = wake.saturating_sub(lead).max(Duration::from_nanos(1));
         let result = self.fd.set(
             Expiration::OneShot(TimeSpec::from_duration(wake)),
             TimerSetTimeFlags::TFD_TIMER_ABSTIME,
@@ -162,6 +202,7 @@ impl PreciseTimer {
                 tracing::error!("the timer thread stops: {err}");
                 return;
             }
+            self.learn_latency(StdInstant::now());
             {
                 let mut deadlines = self.lock();
                 deadlines.awake = true;
@@ -184,7 +225,7 @@ impl PreciseTimer {
                             waker.wake();
                         }
                     }
-                    Some(at) if at - now <= LEAD => {
+                    Some(at) if at - now <= self.lead() => {
                         // Close: spin. Further out: let the workers have the CPU meanwhile (two
                         // cores are common, and they are the ones running the jobs).
                         if at - now > SPIN {
@@ -197,7 +238,9 @@ impl PreciseTimer {
                         let mut deadlines = self.lock();
                         // Re-check under the lock: a deadline may have been added meanwhile.
                         let earliest = deadlines.wakers.keys().next().map(|(at, _)| *at);
-                        if earliest.is_some_and(|at| at.saturating_duration_since(StdInstant::now()) <= LEAD) {
+                        if earliest.is_some_and(|at| {
+                            at.saturating_duration_since(StdInstant::now()) <= self.lead()
+                        }) {
                             continue;
                         }
                         deadlines.awake = false;
