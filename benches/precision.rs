@@ -273,23 +273,41 @@ fn recording_handlers(recorder: &Arc<Recorder>) -> tickd::Handlers {
     handlers
 }
 
-/// Runs tickd on `config` for `seconds`, then stops it.
+/// tickd running in this process on the system clock.
+struct Running {
+    controls: mpsc::Sender<tickd::Control>,
+    daemon: tokio::task::JoinHandle<Result<tickd::Stopped, tickd::DaemonError>>,
+}
+
+impl Running {
+    fn start(path: &Path, config: tickd::Config, handlers: tickd::Handlers) -> Running {
+        let (controls, rx) = mpsc::channel(4);
+        let options = tickd::DaemonOptions {
+            config_path: path.to_owned(),
+            handlers,
+            clock: tickd::Clock::system(),
+            group_keeper: None,
+        };
+        let daemon = tokio::spawn(tickd::run(config, options, rx));
+        Running { controls, daemon }
+    }
+
+    async fn send(&self, control: tickd::Control) {
+        self.controls.send(control).await.expect("daemon alive");
+    }
+
+    async fn stop(self) {
+        self.send(tickd::Control::Shutdown).await;
+        self.daemon.await.expect("daemon task").expect("daemon");
+    }
+}
+
+/// Runs tickd on the file at `path` for `seconds`, then stops it.
 async fn run_tickd(path: &Path, handlers: tickd::Handlers, seconds: Duration) {
     let config = tickd::load(path, &handlers).expect("valid config");
-    let (controls, rx) = mpsc::channel(4);
-    let options = tickd::DaemonOptions {
-        config_path: path.to_owned(),
-        handlers,
-        clock: tickd::Clock::system(),
-        group_keeper: None,
-    };
-    let daemon = tokio::spawn(tickd::run(config, options, rx));
+    let running = Running::start(path, config, handlers);
     tokio::time::sleep(seconds).await;
-    controls
-        .send(tickd::Control::Shutdown)
-        .await
-        .expect("daemon alive");
-    daemon.await.expect("daemon task").expect("daemon");
+    running.stop().await;
 }
 
 /// `jobs` jobs every `period` (a cron every second when the scenario says `cron` and
@@ -515,14 +533,7 @@ async fn startup_reload() -> Value {
     let t0 = Instant::now();
     let config = tickd::load(&path, &handlers).expect("valid config");
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let (controls, rx) = mpsc::channel(4);
-    let options = tickd::DaemonOptions {
-        config_path: path.clone(),
-        handlers,
-        clock: tickd::Clock::system(),
-        group_keeper: None,
-    };
-    let daemon = tokio::spawn(tickd::run(config, options, rx));
+    let running = Running::start(&path, config, handlers);
     while recorder.fires.load(Ordering::Relaxed) < 10_000 {
         tokio::time::sleep(Duration::from_micros(200)).await;
     }
@@ -530,7 +541,7 @@ async fn startup_reload() -> Value {
     tokio::time::sleep(Duration::from_millis(2300)).await;
     let before = recorder.fires.load(Ordering::Relaxed);
     let t1 = Instant::now();
-    controls.send(tickd::Control::Reload).await.expect("alive");
+    running.send(tickd::Control::Reload).await;
     while reloaded.lock().expect("lock").is_none() {
         tokio::time::sleep(Duration::from_micros(200)).await;
     }
@@ -541,11 +552,7 @@ async fn startup_reload() -> Value {
     // Fires across the reload: from 2.3 s to 6.3 s after start, 4 per job.
     tokio::time::sleep(Duration::from_millis(4000)).await;
     let across = recorder.fires.load(Ordering::Relaxed) - before;
-    controls
-        .send(tickd::Control::Shutdown)
-        .await
-        .expect("alive");
-    daemon.await.expect("task").expect("daemon");
+    running.stop().await;
     json!({
         "scenario": "startup-reload-10000",
         "system": "tickd",
@@ -614,14 +621,7 @@ async fn memory_soak(scale: Scale) -> Value {
     let (_d, path) = jobs_file(&text);
     let handlers = recording_handlers(&recorder);
     let config = tickd::load(&path, &handlers).expect("config");
-    let (controls, rx) = mpsc::channel(4);
-    let options = tickd::DaemonOptions {
-        config_path: path.clone(),
-        handlers,
-        clock: tickd::Clock::system(),
-        group_keeper: None,
-    };
-    let daemon = tokio::spawn(tickd::run(config, options, rx));
+    let running = Running::start(&path, config, handlers);
     let wait_for = |n: u64| {
         let recorder = recorder.clone();
         async move {
@@ -636,11 +636,7 @@ async fn memory_soak(scale: Scale) -> Value {
     let rss_warm = status_kb("VmRSS:");
     wait_for(inproc_runs).await;
     let rss_end = status_kb("VmRSS:");
-    controls
-        .send(tickd::Control::Shutdown)
-        .await
-        .expect("alive");
-    daemon.await.expect("task").expect("daemon");
+    running.stop().await;
 
     // Child runs: 20 jobs at 100 ms each start `true`.
     let mut text = String::new();
@@ -653,24 +649,13 @@ async fn memory_soak(scale: Scale) -> Value {
     recorder.fires.store(0, Ordering::Relaxed);
     let handlers = recording_handlers(&recorder);
     let config = tickd::load(&path, &handlers).expect("config");
-    let (controls, rx) = mpsc::channel(4);
-    let options = tickd::DaemonOptions {
-        config_path: path.clone(),
-        handlers,
-        clock: tickd::Clock::system(),
-        group_keeper: None,
-    };
-    let daemon = tokio::spawn(tickd::run(config, options, rx));
+    let running = Running::start(&path, config, handlers);
     // `measure` fires as often as the child jobs: use it as the child-run counter.
     wait_for(child_runs / 10).await;
     let rss_child_warm = status_kb("VmRSS:");
     wait_for(child_runs).await;
     let rss_child_end = status_kb("VmRSS:");
-    controls
-        .send(tickd::Control::Shutdown)
-        .await
-        .expect("alive");
-    daemon.await.expect("task").expect("daemon");
+    running.stop().await;
     json!({
         "scenario": "memory-soak",
         "system": "tickd",
