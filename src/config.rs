@@ -52,6 +52,11 @@ pub struct DaemonSettings {
     /// Where the last fire time of `on_missed = "once"` jobs is kept across restarts (a relative
     /// path is relative to the configuration file's directory).
     pub state_file: Option<PathBuf>,
+    /// After this many runs (all jobs together), drain and exit with the recycle code.
+    pub max_runs: Option<u64>,
+    /// When the daemon's own resident memory exceeds this many bytes, drain and exit with the
+    /// recycle code.
+    pub max_rss: Option<u64>,
 }
 
 /// One validated job.
@@ -77,6 +82,52 @@ pub struct JobSpec {
     pub run_on_start: bool,
     /// What to do about fires missed while the daemon was down, stopped or the clock jumped.
     pub on_missed: OnMissed,
+    /// A child run whose process group's resident memory exceeds this many bytes is stopped
+    /// like a timeout and fails.
+    pub max_rss: Option<u64>,
+    /// Retries of failed runs.
+    pub retry: Option<Retry>,
+    /// A command run (argv) when a run has failed for good, for alerting.
+    pub on_failure: Option<Vec<String>>,
+    /// The user (and groups) child processes run as; `None`: the daemon's own.
+    pub run_as: Option<RunAs>,
+}
+
+/// Retries of a failed run: up to `attempts` more runs, `backoff` after the failure and doubling
+/// each time up to `max_backoff`. A retry that would reach the next scheduled fire is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// How many retries at most after a failed run.
+    pub attempts: u32,
+    /// The delay before the first retry.
+    pub backoff: Duration,
+    /// The longest delay between retries.
+    pub max_backoff: Duration,
+}
+
+impl Retry {
+    /// The delay before retry number `attempt` (1-based).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = 1u32
+            .checked_shl(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        self.backoff.saturating_mul(factor).min(self.max_backoff)
+    }
+}
+
+/// Who a child process runs as, resolved from the user database at load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    /// The user's name.
+    pub user: String,
+    /// The user id.
+    pub uid: u32,
+    /// The primary group id.
+    pub gid: u32,
+    /// Every group id (primary and supplementary), as `initgroups` would set them.
+    pub groups: Vec<u32>,
+    /// The user's home directory.
+    pub home: PathBuf,
 }
 
 /// A delay added before each run, so a fleet does not hit the same backend at :00.
@@ -177,6 +228,15 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// The daemon runs as root and the file could be changed by someone else (as cron refuses
+    /// such crontabs): a symlink, a file not owned by root, or one writable by group or others.
+    #[error("refusing {}: {reason}", path.display())]
+    Unsafe {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
     /// The file was read but is not a valid configuration.
     #[error("{}", format_problems(problems))]
     Invalid {
@@ -223,6 +283,9 @@ impl fmt::Display for Problem {
 /// Reads and validates a configuration file. `handlers` names the in-process handlers a job may
 /// use.
 pub fn load(path: &Path, handlers: &Handlers) -> Result<Config, ConfigError> {
+    if nix::unistd::Uid::effective().is_root() {
+        check_owner_and_mode(path)?;
+    }
     let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
@@ -244,6 +307,40 @@ pub fn load(path: &Path, handlers: &Handlers) -> Result<Config, ConfigError> {
         }
     };
     parse(path, &text, handlers)
+}
+
+/// A root daemon runs what the file says as any user: only root may be able to change it.
+fn check_owner_and_mode(path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let unsafe_file = |reason: String| ConfigError::Unsafe {
+        path: path.to_owned(),
+        reason,
+    };
+    let meta = std::fs::symlink_metadata(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    if meta.file_type().is_symlink() {
+        return Err(unsafe_file(
+            "it is a symbolic link; tickd running as root loads only a regular file (point tickd at the target instead)".to_owned(),
+        ));
+    }
+    if meta.uid() != 0 {
+        return Err(unsafe_file(format!(
+            "it is owned by uid {}, not root; fix with: chown root {}",
+            meta.uid(),
+            path.display()
+        )));
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o022 != 0 {
+        return Err(unsafe_file(format!(
+            "it is writable by group or others (mode {:o}); fix with: chmod go-w {}",
+            mode & 0o7777,
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Validates configuration text; `path` is only used in messages and as [`Config::source`].
@@ -291,6 +388,8 @@ struct RawDaemon {
     timezone: Option<Spanned<String>>,
     max_uptime: Option<Spanned<String>>,
     state_file: Option<Spanned<String>>,
+    max_runs: Option<Spanned<i64>>,
+    max_rss: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -316,6 +415,19 @@ struct RawJob {
     spread: Option<Spanned<bool>>,
     run_on_start: Option<bool>,
     on_missed: Option<Spanned<OnMissed>>,
+    max_rss: Option<Spanned<String>>,
+    retry: Option<Spanned<RawRetry>>,
+    on_failure: Option<Spanned<Vec<String>>>,
+    user: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    attempts: Spanned<i64>,
+    backoff: Option<Spanned<String>>,
+    max_backoff: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -436,11 +548,34 @@ impl Validator<'_> {
             let base = self.locator.path.parent().unwrap_or(Path::new("."));
             base.join(v.get_ref())
         });
+        let max_runs =
+            raw.daemon
+                .max_runs
+                .as_ref()
+                .and_then(|v| match u64::try_from(*v.get_ref()) {
+                    Ok(n) if n > 0 => Some(n),
+                    _ => {
+                        self.report(
+                            v.span().start,
+                            None,
+                            Some("daemon.max_runs"),
+                            "must be a whole number of at least 1".to_owned(),
+                        );
+                        None
+                    }
+                });
+        let max_rss = raw
+            .daemon
+            .max_rss
+            .as_ref()
+            .and_then(|v| self.bytes(v, daemon_at("daemon.max_rss")));
         let daemon = DaemonSettings {
             shutdown_timeout,
             timezone,
             max_uptime,
             state_file,
+            max_runs,
+            max_rss,
         };
         let mut jobs = BTreeMap::new();
         for (name, job) in raw.jobs {
@@ -750,6 +885,58 @@ impl Validator<'_> {
             );
         }
 
+        // Process-only keys.
+        if !is_process {
+            for (key, offset) in [
+                ("max_rss", raw.max_rss.as_ref().map(|v| v.span().start)),
+                ("user", raw.user.as_ref().map(|v| v.span().start)),
+                ("group", raw.group.as_ref().map(|v| v.span().start)),
+            ] {
+                if let Some(offset) = offset {
+                    self.report(
+                        offset,
+                        Some(name),
+                        Some(key),
+                        format!("\"{key}\" applies to \"command\" and \"shell\" jobs only"),
+                    );
+                }
+            }
+        }
+        let max_rss = raw
+            .max_rss
+            .as_ref()
+            .and_then(|v| self.bytes(v, at("max_rss")));
+        let retry = raw
+            .retry
+            .as_ref()
+            .and_then(|v| self.retry(name, v.get_ref()));
+        let on_failure = match &raw.on_failure {
+            Some(v) if v.get_ref().first().is_none_or(|p| p.is_empty()) => {
+                self.report(
+                    v.span().start,
+                    Some(name),
+                    Some("on_failure"),
+                    "the on_failure command needs at least a program name".to_owned(),
+                );
+                None
+            }
+            Some(v) => Some(v.get_ref().clone()),
+            None => None,
+        };
+        let run_as = match (&raw.user, &raw.group) {
+            (Some(user), group) => self.run_as(name, user, group.as_ref()),
+            (None, Some(group)) => {
+                self.report(
+                    group.span().start,
+                    Some(name),
+                    Some("group"),
+                    "\"group\" needs \"user\"".to_owned(),
+                );
+                None
+            }
+            (None, None) => None,
+        };
+
         if self.problems.len() != problems_before {
             return None;
         }
@@ -764,7 +951,131 @@ impl Validator<'_> {
             jitter,
             run_on_start: raw.run_on_start.unwrap_or(false),
             on_missed,
+            max_rss,
+            retry,
+            on_failure,
+            run_as,
         })
+    }
+
+    fn retry(&mut self, job: &str, raw: &RawRetry) -> Option<Retry> {
+        let at = |key| At {
+            job: Some(job),
+            key,
+        };
+        let attempts = match u32::try_from(*raw.attempts.get_ref()) {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                self.report(
+                    raw.attempts.span().start,
+                    Some(job),
+                    Some("retry.attempts"),
+                    "must be a whole number of at least 1".to_owned(),
+                );
+                None
+            }
+        };
+        let backoff = match &raw.backoff {
+            Some(v) => self.duration(v, at("retry.backoff"), true)?,
+            None => Duration::from_secs(1),
+        };
+        let max_backoff = match &raw.max_backoff {
+            Some(v) => self.duration(v, at("retry.max_backoff"), true)?,
+            None => Duration::from_secs(60).max(backoff),
+        };
+        Some(Retry {
+            attempts: attempts?,
+            backoff,
+            max_backoff,
+        })
+    }
+
+    /// Resolves `user` (and `group`) in the user database. Running as another user needs root.
+    fn run_as(
+        &mut self,
+        job: &str,
+        user: &Spanned<String>,
+        group: Option<&Spanned<String>>,
+    ) -> Option<RunAs> {
+        use nix::unistd::{getgrouplist, Group, Uid, User};
+        let found = match User::from_name(user.get_ref()) {
+            Ok(Some(found)) => found,
+            Ok(None) | Err(_) => {
+                self.report(
+                    user.span().start,
+                    Some(job),
+                    Some("user"),
+                    format!("no such user \"{}\"", user.get_ref()),
+                );
+                return None;
+            }
+        };
+        if !Uid::effective().is_root() && found.uid != Uid::effective() {
+            self.report(
+                user.span().start,
+                Some(job),
+                Some("user"),
+                format!(
+                    "running jobs as \"{}\" needs tickd to run as root (it runs as uid {})",
+                    user.get_ref(),
+                    Uid::effective()
+                ),
+            );
+            return None;
+        }
+        let gid = match group {
+            Some(group) => match Group::from_name(group.get_ref()) {
+                Ok(Some(found)) => found.gid,
+                Ok(None) | Err(_) => {
+                    self.report(
+                        group.span().start,
+                        Some(job),
+                        Some("group"),
+                        format!("no such group \"{}\"", group.get_ref()),
+                    );
+                    return None;
+                }
+            },
+            None => found.gid,
+        };
+        let groups = std::ffi::CString::new(found.name.clone())
+            .ok()
+            .and_then(|name| getgrouplist(&name, gid).ok())
+            .unwrap_or_else(|| vec![gid]);
+        Some(RunAs {
+            user: found.name,
+            uid: found.uid.as_raw(),
+            gid: gid.as_raw(),
+            groups: groups.into_iter().map(|g| g.as_raw()).collect(),
+            home: found.dir,
+        })
+    }
+
+    fn bytes(&mut self, value: &Spanned<String>, at: At<'_>) -> Option<u64> {
+        match value.get_ref().trim().parse::<bytesize::ByteSize>() {
+            Ok(size) if size.as_u64() > 0 => Some(size.as_u64()),
+            Ok(_) => {
+                self.report(
+                    value.span().start,
+                    at.job,
+                    Some(at.key),
+                    "must be greater than zero".to_owned(),
+                );
+                None
+            }
+            Err(e) => {
+                self.report(
+                    value.span().start,
+                    at.job,
+                    Some(at.key),
+                    format!(
+                        "invalid size \"{}\": {e} (examples: \"50MB\", \"1GiB\")",
+                        value.get_ref()
+                    ),
+                );
+                None
+            }
+        }
     }
 
     fn http(&mut self, job: &str, raw: Spanned<RawHttp>) -> Option<HttpSpec> {

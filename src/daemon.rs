@@ -120,9 +120,13 @@ pub async fn run(
         "scheduler started"
     );
     let recycle = loop {
-        let max_uptime = supervisor.config.daemon.max_uptime;
-        let recycle_at = max_uptime.map(|uptime| started + uptime);
-        let clock = supervisor.env.clock.clone();
+        let settings = supervisor.config.daemon.clone();
+        supervisor.env.max_runs.store(
+            settings.max_runs.unwrap_or(0),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let recycle_at = settings.max_uptime.map(|uptime| started + uptime);
+        let env = supervisor.env.clone();
         tokio::select! {
             control = controls.recv() => match control {
                 Some(Control::Reload) => supervisor.reload(),
@@ -130,10 +134,18 @@ pub async fn run(
                 Some(Control::Shutdown) | None => break false,
             },
             _ = async { match recycle_at {
-                Some(at) => clock.sleep_until(at).await,
+                Some(at) => env.clock.sleep_until(at).await,
                 None => std::future::pending().await,
             } } => {
-                tracing::info!(max_uptime = %humantime::format_duration(max_uptime.unwrap_or_default()), "max_uptime reached; draining and exiting to be restarted fresh");
+                tracing::info!(max_uptime = %humantime::format_duration(settings.max_uptime.unwrap_or_default()), "max_uptime reached; draining and exiting to be restarted fresh");
+                break true;
+            }
+            _ = env.recycle.notified() => {
+                tracing::info!(max_runs = settings.max_runs.unwrap_or_default(), "max_runs reached; draining and exiting to be restarted fresh");
+                break true;
+            }
+            rss = own_rss_over(&env.clock, settings.max_rss) => {
+                tracing::info!(rss = %bytesize::ByteSize(rss), max_rss = %bytesize::ByteSize(settings.max_rss.unwrap_or_default()), "max_rss exceeded; draining and exiting to be restarted fresh");
                 break true;
             }
         }
@@ -252,6 +264,24 @@ impl Supervisor {
         self.runs.wait().await;
         tracing::warn!("shut down: runs had to be stopped");
         true
+    }
+}
+
+/// How often the daemon's own memory is checked against `[daemon] max_rss`.
+const OWN_RSS_SAMPLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Resolves with the daemon's resident size once it exceeds `limit` (checked every second);
+/// never without a limit.
+async fn own_rss_over(clock: &Clock, limit: Option<u64>) -> u64 {
+    let Some(limit) = limit else {
+        return std::future::pending().await;
+    };
+    loop {
+        clock.sleep(OWN_RSS_SAMPLE).await;
+        let rss = crate::process::own_rss();
+        if rss > limit {
+            return rss;
+        }
     }
 }
 

@@ -19,7 +19,10 @@ use tokio_util::task::TaskTracker;
 use crate::clock::{Instant, Sleep};
 use crate::config::{JobSpec, OnMissed, Overlap};
 use crate::handler::{RunContext, RunId};
-use crate::run::{self, Outcome, RunEnv};
+use crate::run::{self, Outcome, RunEnv, RunReport};
+
+/// The longest an `on_failure` hook may run.
+const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 use crate::schedule::{
     grid_offset, next_grid_index, offset_past_alignment, stable_delay, EveryMode, Schedule,
 };
@@ -91,6 +94,16 @@ impl Due {
 #[derive(Debug)]
 struct RunEnded {
     run_id: RunId,
+    /// Which attempt the run was: 0 for a scheduled run, n for the n-th retry.
+    attempt: u32,
+    report: RunReport,
+}
+
+/// A retry waiting for its time.
+#[derive(Debug, Clone, Copy)]
+struct PendingRetry {
+    at: Instant,
+    attempt: u32,
 }
 
 struct JobActor {
@@ -108,6 +121,8 @@ struct JobActor {
     running: HashMap<RunId, CancellationToken>,
     /// A run waiting for the current ones to end (`queue`, `replace`).
     pending: Option<Due>,
+    /// A retry of a failed run, waiting for its backoff.
+    retry: Option<PendingRetry>,
     ended_tx: mpsc::UnboundedSender<RunEnded>,
     ended_rx: mpsc::UnboundedReceiver<RunEnded>,
     /// Fires not run because of the overlap policy.
@@ -131,6 +146,7 @@ impl JobActor {
             next_index: 0,
             running: HashMap::new(),
             pending: None,
+            retry: None,
             ended_tx,
             ended_rx,
             skipped: 0,
@@ -154,18 +170,29 @@ impl JobActor {
         let stopped = stop.cancelled();
         tokio::pin!(stopped);
         let mut timer: Option<(Instant, Sleep)> = None;
+        let mut retry_timer: Option<(Instant, Sleep)> = None;
         loop {
             let next = self.next;
             let start_at = next.map(|due| due.start_at());
             if timer.as_ref().map(|(at, _)| *at) != start_at {
                 timer = start_at.map(|at| (at, self.env.clock.sleep_until(at)));
             }
+            let retry_at = self.retry.map(|r| r.at);
+            if retry_timer.as_ref().map(|(at, _)| *at) != retry_at {
+                retry_timer = retry_at.map(|at| (at, self.env.clock.sleep_until(at)));
+            }
             let env = self.env.clone();
             tokio::select! {
                 biased;
                 _ = &mut stopped => break,
                 Some(spec) = updates.recv() => self.update(spec),
-                Some(ended) = self.ended_rx.recv() => self.run_ended(ended.run_id),
+                Some(ended) = self.ended_rx.recv() => self.run_ended(ended),
+                _ = wait(&mut retry_timer) => {
+                    retry_timer = None;
+                    if let Some(retry) = self.retry.take() {
+                        self.start_retry(retry);
+                    }
+                }
                 _ = env.clock.wall_clock_changed(), if self.is_calendar() => self.wall_clock_stepped(),
                 _ = wait(&mut timer) => {
                     timer = None;
@@ -443,8 +470,11 @@ impl JobActor {
         tracing::debug!(job = %self.spec.name, skipped_total = self.skipped, "fire skipped: {why}");
     }
 
-    fn run_ended(&mut self, run_id: RunId) {
-        self.running.remove(&run_id);
+    fn run_ended(&mut self, ended: RunEnded) {
+        self.running.remove(&ended.run_id);
+        if matches!(ended.report.outcome, Outcome::Failure | Outcome::Timeout) {
+            self.run_failed(&ended);
+        }
         if !self.running.is_empty() {
             return;
         }
@@ -455,6 +485,104 @@ impl JobActor {
                 self.next = Some(self.fixed_delay_due(every.period));
             }
         }
+    }
+
+    /// A run failed: schedule a retry if the job has attempts left and it would come before the
+    /// next scheduled fire; otherwise the failure is final and the `on_failure` hook runs.
+    fn run_failed(&mut self, ended: &RunEnded) {
+        if let Some(policy) = self.spec.retry {
+            if ended.attempt < policy.attempts {
+                let attempt = ended.attempt + 1;
+                let at = self.env.clock.now() + policy.delay(attempt);
+                let next_fire = self.next.map(|due| due.start_at());
+                if next_fire.is_none_or(|next| at < next) {
+                    tracing::info!(
+                        job = %self.spec.name,
+                        run = %ended.run_id,
+                        attempt,
+                        delay = %humantime::format_duration(policy.delay(attempt)),
+                        "run failed; retrying"
+                    );
+                    self.retry = Some(PendingRetry { at, attempt });
+                    return;
+                }
+                self.skipped += 1;
+                tracing::warn!(job = %self.spec.name, run = %ended.run_id, attempt, "retry dropped: it would reach the next scheduled fire");
+            }
+        }
+        self.spawn_failure_hook(ended);
+    }
+
+    /// Starts a retry, unless a run of the job is going (then it is dropped, like an overlap).
+    fn start_retry(&mut self, retry: PendingRetry) {
+        if !self.running.is_empty() {
+            self.skipped += 1;
+            tracing::warn!(job = %self.spec.name, attempt = retry.attempt, "retry dropped: a run is still going");
+            return;
+        }
+        let due = Due {
+            instant: retry.at,
+            wall: None,
+            delay: Duration::ZERO,
+        };
+        self.start_attempt(due, retry.attempt);
+    }
+
+    /// Runs the job's `on_failure` command (with TICKD_JOB, TICKD_RUN_ID, TICKD_EXIT_CODE and
+    /// TICKD_REASON in its environment) on the run tracker, so a shutdown drains it too.
+    fn spawn_failure_hook(&self, ended: &RunEnded) {
+        let Some(argv) = self.spec.on_failure.clone() else {
+            return;
+        };
+        let env = self.env.clone();
+        let job = self.spec.name.clone();
+        let mut vars = match &self.spec.action {
+            crate::config::Action::Process(p) => p.env.clone(),
+            _ => Default::default(),
+        };
+        vars.insert("TICKD_JOB".to_owned(), job.clone());
+        vars.insert("TICKD_RUN_ID".to_owned(), ended.run_id.to_string());
+        vars.insert(
+            "TICKD_EXIT_CODE".to_owned(),
+            ended
+                .report
+                .exit_code
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
+        );
+        vars.insert(
+            "TICKD_REASON".to_owned(),
+            ended.report.reason.clone().unwrap_or_default(),
+        );
+        let spec = crate::config::ProcessSpec {
+            argv,
+            cwd: None,
+            env: vars,
+        };
+        let run_id = ended.run_id;
+        let cancel = self.runs_cancel.child_token();
+        let kill_grace = self.spec.kill_grace;
+        self.runs.spawn(async move {
+            let hook_job = format!("{job}/on_failure");
+            let end = crate::process::run_child(
+                &spec,
+                crate::process::ChildRun {
+                    job: &hook_job,
+                    run_id,
+                    output: crate::config::OutputMode::Log,
+                    timeout: Some(HOOK_TIMEOUT),
+                    kill_grace,
+                    cancel: &cancel,
+                    clock: &env.clock,
+                    spawner: &env.spawner,
+                    keeper: env.keeper.as_ref(),
+                    max_rss: None,
+                    run_as: None,
+                },
+            )
+            .await;
+            tracing::info!(job = %job, run = %run_id, "on_failure hook ended: {end:?}");
+        });
     }
 
     /// The calendar time a fire stands for: its own for cron and catch-ups, else the wall time of
@@ -468,9 +596,16 @@ impl JobActor {
     }
 
     fn start_run(&mut self, due: Due) {
+        // A scheduled run supersedes a retry still waiting.
+        self.retry = None;
+        self.start_attempt(due, 0);
+    }
+
+    fn start_attempt(&mut self, due: Due, attempt: u32) {
         let env = self.env.clone();
         let clock = &env.clock;
         let run_id = env.next_run_id();
+        env.count_run(run_id);
         let cancel = self.runs_cancel.child_token();
         self.running.insert(run_id, cancel.clone());
         let started = clock.now();
@@ -482,6 +617,7 @@ impl JobActor {
             run = %run_id,
             scheduled = %scheduled.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             lateness_ms = millis(lateness),
+            attempt,
             "run started"
         );
         let ctx = RunContext {
@@ -502,7 +638,11 @@ impl JobActor {
                 _ => tracing::warn!(job = %spec.name, run = %run_id, outcome = %report.outcome, duration_ms, exit_code, killed = report.killed, reason, "run finished"),
             }
             // The job may have been removed meanwhile; then nobody needs to know.
-            let _ = ended.send(RunEnded { run_id });
+            let _ = ended.send(RunEnded {
+                run_id,
+                attempt,
+                report,
+            });
         });
     }
 

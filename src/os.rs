@@ -45,11 +45,26 @@ pub fn watch_timerfd(fd: TimerFd) -> io::Result<AsyncFd<OwnedTimerFd>> {
 ///   daemon inherited (a `nohup`ed daemon ignores SIGHUP, which `exec` would otherwise pass on);
 /// - inherit no descriptor but 0, 1 and 2 (tickd opens everything close-on-exec, but a descriptor
 ///   the daemon itself inherited from its parent would otherwise leak into every job).
-pub fn harden_child(command: &mut tokio::process::Command) {
+///
+/// With `run_as`, it first takes that user's groups, group and user id (as `initgroups`,
+/// `setgid`, `setuid` would): the parent-death signal is cleared by a change of credentials, so
+/// it is set after.
+pub fn harden_child(command: &mut tokio::process::Command, run_as: Option<&crate::config::RunAs>) {
     let daemon_pid = std::process::id();
+    // Prepared before the fork: the child may not allocate.
+    let credentials: Option<(Vec<libc::gid_t>, libc::gid_t, libc::uid_t)> =
+        run_as.map(|r| (r.groups.clone(), r.gid, r.uid));
     let harden = move || -> io::Result<()> {
         // SAFETY: only async-signal-safe syscalls with valid arguments; no memory is allocated.
         unsafe {
+            if let Some((groups, gid, uid)) = &credentials {
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(*gid) != 0
+                    || libc::setuid(*uid) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }

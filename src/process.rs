@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::config::{OutputMode, ProcessSpec};
+use crate::config::{OutputMode, ProcessSpec, RunAs};
 use crate::handler::RunId;
 
 /// The longest output line logged whole; longer lines are cut and marked.
@@ -170,6 +170,10 @@ pub struct ChildRun<'a> {
     pub spawner: &'a Spawner,
     /// Told about the run's process group, if the daemon runs one.
     pub keeper: Option<&'a GroupKeeper>,
+    /// Stop the run when its process group's resident memory exceeds this many bytes.
+    pub max_rss: Option<u64>,
+    /// Run the process as this user.
+    pub run_as: Option<&'a RunAs>,
 }
 
 /// How a child run ended.
@@ -179,17 +183,31 @@ pub enum ChildEnd {
     SpawnFailed(String),
     /// The process exited on its own.
     Exited(ExitStatus),
-    /// The process was stopped by tickd: its timeout passed (`timed_out`) or the run was
-    /// cancelled. `killed` says whether SIGKILL was needed.
+    /// The process was stopped by tickd. `killed` says whether SIGKILL was needed.
     Stopped {
         /// The process's status.
         status: ExitStatus,
-        /// True for a timeout, false for a cancellation.
-        timed_out: bool,
+        /// Why it was stopped.
+        cause: StopCause,
         /// Whether the group had to be SIGKILLed after the grace period.
         killed: bool,
     },
 }
+
+/// Why tickd stopped a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopCause {
+    /// The job's `timeout` passed.
+    Timeout,
+    /// The run was cancelled (replaced, or shut down after the drain timeout).
+    Cancelled,
+    /// The run's process group used more memory than the job's `max_rss`; the figure is the
+    /// resident size seen, in bytes.
+    MaxRss(u64),
+}
+
+/// How often a run's memory is sampled when the job has `max_rss`.
+const RSS_SAMPLE: Duration = Duration::from_secs(1);
 
 /// Runs `spec` as a child process to its end.
 pub async fn run_child(spec: &ProcessSpec, run: ChildRun<'_>) -> ChildEnd {
@@ -210,7 +228,13 @@ pub async fn run_child(spec: &ProcessSpec, run: ChildRun<'_>) -> ChildEnd {
         OutputMode::Discard => (Stdio::null(), Stdio::null()),
     };
     command.stdout(stdout).stderr(stderr);
-    crate::os::harden_child(&mut command);
+    if let Some(run_as) = run.run_as {
+        command
+            .env("HOME", &run_as.home)
+            .env("USER", &run_as.user)
+            .env("LOGNAME", &run_as.user);
+    }
+    crate::os::harden_child(&mut command, run.run_as);
 
     let mut child = match run.spawner.spawn(command).await {
         Ok(child) => child,
@@ -258,23 +282,32 @@ pub async fn run_child(spec: &ProcessSpec, run: ChildRun<'_>) -> ChildEnd {
     end
 }
 
-/// Waits for the process, stopping it on timeout or cancellation.
+/// Waits for the process, stopping it on timeout, cancellation or too much memory.
 async fn supervise(child: &mut Child, group: Pid, run: &ChildRun<'_>) -> ChildEnd {
     let deadline = run.timeout.map(|t| run.clock.now() + t);
-    let timed_out = tokio::select! {
+    let cause = tokio::select! {
         status = child.wait() => return exited(status),
-        _ = run.cancel.cancelled() => false,
+        _ = run.cancel.cancelled() => StopCause::Cancelled,
         _ = async { match deadline {
             Some(at) => run.clock.sleep_until(at).await,
             None => std::future::pending().await,
-        } } => true,
+        } } => StopCause::Timeout,
+        rss = watch_memory(group, run) => StopCause::MaxRss(rss),
+    };
+    let why = match cause {
+        StopCause::Timeout => "timeout reached".to_owned(),
+        StopCause::Cancelled => "stopping run".to_owned(),
+        StopCause::MaxRss(rss) => format!(
+            "memory limit exceeded ({} > {})",
+            bytesize::ByteSize(rss),
+            bytesize::ByteSize(run.max_rss.unwrap_or_default())
+        ),
     };
     tracing::info!(
         job = run.job,
         run = %run.run_id,
         grace = %humantime::format_duration(run.kill_grace),
-        "{}; sending SIGTERM to the process group",
-        if timed_out { "timeout reached" } else { "stopping run" }
+        "{why}; sending SIGTERM to the process group"
     );
     terminate(group);
     let (status, killed) = tokio::select! {
@@ -288,11 +321,72 @@ async fn supervise(child: &mut Child, group: Pid, run: &ChildRun<'_>) -> ChildEn
     match status {
         Ok(status) => ChildEnd::Stopped {
             status,
-            timed_out,
+            cause,
             killed,
         },
         Err(err) => ChildEnd::SpawnFailed(format!("waiting for the process failed: {err}")),
     }
+}
+
+/// Resolves with the group's resident size once it exceeds the job's `max_rss` (sampled every
+/// second); never without one.
+async fn watch_memory(group: Pid, run: &ChildRun<'_>) -> u64 {
+    let Some(limit) = run.max_rss else {
+        return std::future::pending().await;
+    };
+    loop {
+        run.clock.sleep(RSS_SAMPLE).await;
+        let rss = group_rss(group);
+        if rss > limit {
+            return rss;
+        }
+    }
+}
+
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|p| u64::try_from(p).ok())
+        .unwrap_or(4096)
+}
+
+/// This process's resident memory, in bytes (from `/proc/self/statm`).
+pub fn own_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0)
+        * page_size()
+}
+
+/// The resident memory of every process in `group`, in bytes (from `/proc`).
+pub fn group_rss(group: Pid) -> u64 {
+    let page = page_size();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let group = group.as_raw().to_string();
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command name (which may hold spaces) start after the last ')':
+            // state is field 3 of the line, pgrp 5, rss 24.
+            let (_, rest) = stat.rsplit_once(')')?;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            (fields.get(2) == Some(&group.as_str()))
+                .then(|| fields.get(21)?.parse::<u64>().ok())
+                .flatten()
+        })
+        .sum::<u64>()
+        * page
 }
 
 fn exited(status: io::Result<ExitStatus>) -> ChildEnd {

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::config::{Action, HttpSpec, JobSpec};
 use crate::handler::{HandlerFuture, Handlers, RunContext, RunId};
-use crate::process::{self, ChildEnd, ChildRun, GroupKeeper, Spawner};
+use crate::process::{self, ChildEnd, ChildRun, GroupKeeper, Spawner, StopCause};
 use crate::state::StateStore;
 
 /// What every run needs from the daemon, shared by all jobs.
@@ -33,6 +33,10 @@ pub struct RunEnv {
     pub state: Option<Arc<StateStore>>,
     /// This machine's identity (`/etc/machine-id`, else the host name): seeds `spread` delays.
     pub machine_id: String,
+    /// `[daemon] max_runs` (0: none), kept current across reloads.
+    pub max_runs: AtomicU64,
+    /// Signalled when the daemon should recycle itself (`max_runs` reached).
+    pub recycle: tokio::sync::Notify,
     /// Shared HTTP client (connection pool) for `http` jobs.
     pub http: reqwest::Client,
     /// Parent of every run's cancellation token: cancelled when shutdown stops the runs that
@@ -56,6 +60,8 @@ impl RunEnv {
             keeper,
             state,
             machine_id: machine_id(),
+            max_runs: AtomicU64::new(0),
+            recycle: tokio::sync::Notify::new(),
             http: reqwest::Client::builder()
                 .user_agent(concat!("tickd/", env!("CARGO_PKG_VERSION")))
                 .build()
@@ -68,6 +74,14 @@ impl RunEnv {
     /// A fresh run id.
     pub fn next_run_id(&self) -> RunId {
         RunId(self.next_run_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Counts a started run (run ids count runs from 1) against `max_runs`.
+    pub fn count_run(&self, run_id: RunId) {
+        let max = self.max_runs.load(Ordering::Relaxed);
+        if max > 0 && run_id.0 == max {
+            self.recycle.notify_one();
+        }
     }
 }
 
@@ -172,6 +186,8 @@ pub async fn execute(spec: &JobSpec, ctx: RunContext, env: &RunEnv) -> RunReport
                     clock: &env.clock,
                     spawner: &env.spawner,
                     keeper: env.keeper.as_ref(),
+                    max_rss: spec.max_rss,
+                    run_as: spec.run_as.as_ref(),
                 },
             )
             .await;
@@ -207,9 +223,23 @@ fn child_report(end: ChildEnd) -> RunReport {
         },
         ChildEnd::Stopped {
             status,
-            timed_out,
+            cause: StopCause::MaxRss(rss),
             killed,
-        } => RunReport::stopped(timed_out, killed, status.code()),
+        } => RunReport {
+            killed,
+            ..RunReport::failure(
+                status.code(),
+                format!(
+                    "stopped: its processes used {} of memory, over max_rss",
+                    bytesize::ByteSize(rss)
+                ),
+            )
+        },
+        ChildEnd::Stopped {
+            status,
+            cause,
+            killed,
+        } => RunReport::stopped(cause == StopCause::Timeout, killed, status.code()),
     }
 }
 
