@@ -287,6 +287,7 @@ impl Running {
             handlers,
             clock: tickd::Clock::system(),
             group_keeper: None,
+            notifier: None,
         };
         let daemon = tokio::spawn(tickd::run(config, options, rx));
         Running { controls, daemon }

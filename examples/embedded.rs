@@ -50,6 +50,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         handlers,
         clock: Clock::system(),
         group_keeper: None,
+        notifier: None,
     };
     let stopped = tickd::run(config, options, controls).await?;
     tracing::info!(runs = processed.load(Ordering::Relaxed), "example stopped");

@@ -16,6 +16,7 @@ use crate::clock::Clock;
 use crate::config::{self, Config};
 use crate::handler::Handlers;
 use crate::job::JobHandle;
+use crate::notify::Notifier;
 use crate::process::GroupKeeper;
 use crate::run::RunEnv;
 use crate::state::StateStore;
@@ -69,6 +70,9 @@ pub struct DaemonOptions {
     /// daemon be killed (see [`crate::process::GroupKeeper`]). `None`: only each run's first
     /// process dies with the daemon.
     pub group_keeper: Option<PathBuf>,
+    /// The service manager to tell about readiness, reloads, stopping and liveness (systemd's
+    /// notify protocol); `None` when not run under one.
+    pub notifier: Option<Notifier>,
 }
 
 /// Runs the daemon with an already validated `config` until a [`Control::Shutdown`] arrives or
@@ -119,6 +123,7 @@ pub async fn run(
         config = %supervisor.options.config_path.display(),
         "scheduler started"
     );
+    supervisor.notify(&format!("READY=1\nSTATUS={}", supervisor.status()));
     let recycle = loop {
         let settings = supervisor.config.daemon.clone();
         supervisor.env.max_runs.store(
@@ -127,9 +132,18 @@ pub async fn run(
         );
         let recycle_at = settings.max_uptime.map(|uptime| started + uptime);
         let env = supervisor.env.clone();
+        let watchdog = supervisor
+            .options
+            .notifier
+            .as_ref()
+            .and_then(Notifier::watchdog_interval);
         tokio::select! {
             control = controls.recv() => match control {
-                Some(Control::Reload) => supervisor.reload(),
+                Some(Control::Reload) => {
+                    supervisor.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", crate::notify::monotonic_usec()));
+                    supervisor.reload();
+                    supervisor.notify(&format!("READY=1\nSTATUS={}", supervisor.status()));
+                }
                 // A closed control channel means nobody can ask us to stop any more.
                 Some(Control::Shutdown) | None => break false,
             },
@@ -144,6 +158,11 @@ pub async fn run(
                 tracing::info!(max_runs = settings.max_runs.unwrap_or_default(), "max_runs reached; draining and exiting to be restarted fresh");
                 break true;
             }
+            // Pinged from this loop itself, so a stuck scheduler stops pinging.
+            _ = async { match watchdog {
+                Some(interval) => env.clock.sleep(interval).await,
+                None => std::future::pending().await,
+            } } => supervisor.notify(&format!("WATCHDOG=1\nSTATUS={}", supervisor.status())),
             rss = own_rss_over(&env.clock, settings.max_rss) => {
                 tracing::info!(rss = %bytesize::ByteSize(rss), max_rss = %bytesize::ByteSize(settings.max_rss.unwrap_or_default()), "max_rss exceeded; draining and exiting to be restarted fresh");
                 break true;
@@ -174,6 +193,21 @@ struct Supervisor {
 }
 
 impl Supervisor {
+    fn notify(&self, message: &str) {
+        if let Some(notifier) = &self.options.notifier {
+            notifier.send(message);
+        }
+    }
+
+    /// A one-line status for the service manager.
+    fn status(&self) -> String {
+        format!(
+            "{} jobs, {} runs in flight",
+            self.jobs.len(),
+            self.runs.len()
+        )
+    }
+
     fn spawn_job(&self, spec: Arc<config::JobSpec>) -> JobHandle {
         JobHandle::spawn(
             spec,
@@ -234,6 +268,10 @@ impl Supervisor {
 
     /// Returns whether runs had to be stopped.
     async fn shut_down(self, mut controls: mpsc::Receiver<Control>) -> bool {
+        self.notify(&format!(
+            "STOPPING=1\nSTATUS=stopping: {} runs in flight",
+            self.runs.len()
+        ));
         // 1. Stop firing.
         self.firing.cancel();
         for (_, job) in self.jobs {

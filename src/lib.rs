@@ -29,6 +29,7 @@ pub mod config;
 pub mod daemon;
 pub mod handler;
 mod job;
+pub mod notify;
 mod os;
 pub mod process;
 pub mod run;

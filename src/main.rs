@@ -171,6 +171,13 @@ fn run_daemon(file: &Path) -> u8 {
             handlers: Handlers::with_builtins(),
             clock: Clock::system(),
             group_keeper: keeper_program(),
+            notifier: match tickd::notify::Notifier::from_env() {
+                Ok(notifier) => notifier,
+                Err(err) => {
+                    tracing::warn!("NOTIFY_SOCKET is set but unusable, not notifying: {err}");
+                    None
+                }
+            },
         };
         match tickd::run(config, options, controls).await {
             Ok(Stopped::Drained) => exit::OK,

@@ -808,3 +808,319 @@ handler = "log"
         "{stdout}"
     );
 }
+
+fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+#[test]
+fn systemd_notify_protocol_ready_reloading_watchdog_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let sock_dir = tempfile::tempdir().expect("tempdir");
+    let sock_path = sock_dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut d = Daemon::launch(
+        "[jobs.a]\nevery = \"100ms\"\nhandler = \"log\"\n",
+        |command, log| {
+            command
+                .args(["run", "jobs.toml"])
+                .env("NOTIFY_SOCKET", &sock_path)
+                .env("WATCHDOG_USEC", "300000")
+                .stderr(fs::File::create(log).expect("log file"));
+        },
+    );
+    let mut messages: Vec<String> = Vec::new();
+    let wait_for = |prefix: &str, messages: &mut Vec<String>| {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(found) = messages.iter().find(|m| m.starts_with(prefix)) {
+                return found.clone();
+            }
+            assert!(Instant::now() < deadline, "no {prefix:?} in {messages:?}");
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = socket.recv(&mut buf) {
+                messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    };
+    let ready = wait_for("READY=1", &mut messages);
+    assert!(ready.contains("STATUS=1 jobs, 0 runs in flight"), "{ready}");
+    // Pings at half WATCHDOG_USEC, from the scheduler loop.
+    wait_for("WATCHDOG=1", &mut messages);
+    messages.clear();
+    d.signal(Signal::SIGHUP);
+    let reloading = wait_for("RELOADING=1", &mut messages);
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    // READY=1 again, after the RELOADING=1.
+    messages.retain(|m| !m.starts_with("WATCHDOG"));
+    let reloading_at = messages.iter().position(|m| m.starts_with("RELOADING=1"));
+    messages.drain(..=reloading_at.unwrap_or(0));
+    wait_for("READY=1", &mut messages);
+    d.signal(Signal::SIGTERM);
+    wait_for("STOPPING=1", &mut messages);
+    assert_eq!(d.wait_exit(), 0);
+}
+
+#[test]
+fn max_runs_exits_75() {
+    let mut d =
+        Daemon::start("[daemon]\nmax_runs = 5\n[jobs.a]\nevery = \"50ms\"\nshell = \"true\"\n");
+    assert_eq!(d.wait_exit(), 75, "{}", d.log());
+    assert!(d.log().contains("max_runs reached"));
+}
+
+#[test]
+fn on_failure_hook_gets_the_job_run_exit_code_and_reason() {
+    let mut d = Daemon::start(
+        r#"
+[jobs.failing]
+every = "100ms"
+shell = "exit 3"
+on_failure = ["sh", "-c", "echo \"$TICKD_JOB $TICKD_RUN_ID $TICKD_EXIT_CODE $TICKD_REASON\" >> hook.txt"]
+"#,
+    );
+    let text = d.wait_file("hook.txt");
+    let line = text.lines().next().expect("a line");
+    let fields: Vec<&str> = line.splitn(4, ' ').collect();
+    assert_eq!(fields[0], "failing");
+    assert!(fields[1].parse::<u64>().is_ok(), "{line}");
+    assert_eq!(fields[2], "3");
+    assert_eq!(fields[3], "exited with code 3");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0);
+}
+
+#[test]
+fn a_job_over_its_max_rss_is_stopped_and_fails() {
+    let mut d = Daemon::start(
+        r#"
+[jobs.hog]
+every = "1h"
+run_on_start = true
+max_rss = "40MB"
+kill_grace = "1s"
+command = ["python3", "-c", "import time; x = bytearray(120 * 1024 * 1024); x[::4096] = b'x' * len(x[::4096]); time.sleep(60)"]
+"#,
+    );
+    let log = d.wait_log("over max_rss");
+    assert!(log.contains("job=hog"), "{log}");
+    assert!(log.contains("outcome=failure"), "{log}");
+    assert!(log.contains("memory limit exceeded"), "{log}");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0);
+}
+
+#[test]
+fn a_job_runs_as_its_user_with_that_users_environment() {
+    let config = r#"
+[jobs.whoami]
+every = "100ms"
+user = "nobody"
+shell = "echo \"$(id -u) $(id -g) $HOME $USER $LOGNAME\" > out/who.tmp && mv out/who.tmp out/who"
+"#;
+    if !is_root() {
+        // Not root: running as another user is a configuration error.
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("jobs.toml"), config).expect("write");
+        let out = tickd()
+            .args(["check", "jobs.toml"])
+            .current_dir(dir.path())
+            .output()
+            .expect("check");
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("needs tickd to run as root"));
+        return;
+    }
+    let d = Daemon::launch(config, |command, log| {
+        command
+            .args(["run", "jobs.toml"])
+            .stderr(fs::File::create(log).expect("log file"));
+    });
+    // Let `nobody` into the temp dir and give it a directory to write to.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(d.dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    fs::create_dir(d.path("out")).expect("out dir");
+    fs::set_permissions(d.path("out"), fs::Permissions::from_mode(0o777)).expect("chmod");
+    let who = d.wait_file("out/who");
+    let home = nix::unistd::User::from_name("nobody")
+        .expect("lookup")
+        .expect("nobody exists")
+        .dir;
+    assert_eq!(
+        who,
+        format!("65534 65534 {} nobody nobody\n", home.display())
+    );
+}
+
+#[test]
+fn running_as_another_user_needs_root() {
+    // Run `tickd check` as nobody (setpriv), on a file naming another user.
+    let dir = tempfile::tempdir().expect("tempdir");
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    fs::write(
+        dir.path().join("jobs.toml"),
+        "[jobs.a]\nevery = \"1s\"\nuser = \"root\"\nshell = \"true\"\n",
+    )
+    .expect("write");
+    if !is_root() {
+        return; // cannot switch to nobody; the root case is covered in the test above
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_tickd"))
+        .args(["check", "jobs.toml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("setpriv");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "job \"a\", key \"user\": running jobs as \"root\" needs tickd to run as root"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_root_daemon_refuses_a_config_others_could_change() {
+    if !is_root() {
+        return; // the check only applies to a daemon running as root
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("jobs.toml");
+    fs::write(&path, "[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\n").expect("write");
+    let check = |file: &str| {
+        tickd()
+            .args(["check", file])
+            .current_dir(dir.path())
+            .output()
+            .expect("check")
+    };
+    assert_eq!(check("jobs.toml").status.code(), Some(0));
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).expect("chmod");
+    let out = check("jobs.toml");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("writable by group or others (mode 666); fix with: chmod go-w"));
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+    std::os::unix::fs::symlink(&path, dir.path().join("link.toml")).expect("symlink");
+    let out = check("link.toml");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("symbolic link"));
+    nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(65534)), None).expect("chown");
+    let out = check("jobs.toml");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("owned by uid 65534, not root"));
+}
+
+/// A Python path with supervisor installed: the system's if it has it, else installed from PyPI
+/// into `target/pydeps` by this test itself (nothing is needed beforehand).
+fn supervisor_pythonpath() -> PathBuf {
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pydeps");
+    let has = |path: &Path| {
+        Command::new("python3")
+            .args(["-c", "import supervisor.supervisord"])
+            .env("PYTHONPATH", path)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has(&target) {
+        let status = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--root-user-action=ignore",
+                "--target",
+            ])
+            .arg(&target)
+            .arg("supervisor")
+            .status()
+            .expect("python3 -m pip");
+        assert!(status.success(), "pip install supervisor failed");
+    }
+    assert!(has(&target));
+    target
+}
+
+#[test]
+fn supervisorctl_stop_drains_the_run_and_restart_works() {
+    let pythonpath = supervisor_pythonpath();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display().to_string();
+    fs::write(
+        dir.path().join("jobs.toml"),
+        "[daemon]\nshutdown_timeout = \"30s\"\n[jobs.work]\nevery = \"100ms\"\nshell = \"echo started >> started; sleep 2; echo done >> done\"\n",
+    )
+    .expect("jobs");
+    // The shipped program section, with this test's paths.
+    let program = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/supervisord/tickd.conf"),
+    )
+    .expect("contrib conf")
+    .replace("/usr/local/bin/tickd", env!("CARGO_BIN_EXE_tickd"))
+    .replace("/etc/tickd/jobs.toml", &format!("{d}/jobs.toml"))
+    .replace("/var/log/supervisor/tickd.log", &format!("{d}/tickd.log"));
+    fs::write(
+        dir.path().join("supervisord.conf"),
+        format!(
+            "[unix_http_server]\nfile={d}/supervisor.sock\n[supervisord]\nlogfile={d}/supervisord.log\npidfile={d}/supervisord.pid\ndirectory={d}\n[rpcinterface:supervisor]\nsupervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n[supervisorctl]\nserverurl=unix://{d}/supervisor.sock\n{program}"
+        ),
+    )
+    .expect("conf");
+    let python = |module: &str, args: &[&str]| {
+        Command::new("python3")
+            .args(["-m", module, "-c", &format!("{d}/supervisord.conf")])
+            .args(args)
+            .env("PYTHONPATH", &pythonpath)
+            .current_dir(dir.path())
+            .output()
+            .expect("python3")
+    };
+    let started = python("supervisor.supervisord", &[]);
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let ctl = |args: &[&str]| {
+        let out = python("supervisor.supervisorctl", args);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let read = |name: &str| fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+    eventually("the job started under supervisord", || {
+        read("started").contains("started")
+    });
+    // `stop` waits for tickd, which waits for the run in flight.
+    let stop = ctl(&["stop", "tickd"]);
+    assert!(stop.contains("tickd: stopped"), "{stop}");
+    assert_eq!(
+        read("started").lines().count(),
+        read("done").lines().count(),
+        "a run was cut short"
+    );
+    let log = read("supervisord.log");
+    assert!(log.contains("stopped: tickd (exit status 0)"), "{log}");
+    let restart = ctl(&["restart", "tickd"]);
+    assert!(restart.contains("tickd: started"), "{restart}");
+    assert!(ctl(&["status", "tickd"]).contains("RUNNING"));
+    let _ = ctl(&["shutdown"]);
+    let pid: i32 = read("supervisord.pid").trim().parse().unwrap_or(0);
+    if pid > 0 {
+        eventually("supervisord exited", || !is_alive(pid));
+    }
+}

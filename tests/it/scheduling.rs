@@ -490,3 +490,40 @@ async fn on_missed_once_catches_up_once_after_a_wall_clock_jump() {
     assert_eq!(d.times("plain", "run"), vec![30_000, 90_000]);
     d.shut_down().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn failed_runs_are_retried_with_backoff_before_the_next_fire() {
+    let d = InProcess::start(
+        "[jobs.r]\nevery = \"10s\"\nhandler = \"fails\"\nretry = { attempts = 3, backoff = \"1s\", max_backoff = \"3s\" }\n\
+         [jobs.tight]\nevery = \"2s\"\nhandler = \"fails\"\nretry = { attempts = 3, backoff = \"1s\" }\n\
+         [jobs.ok]\nevery = \"10s\"\nhandler = \"record\"\nretry = { attempts = 3 }\n",
+        t0(),
+    );
+    d.run_for(19_500).await;
+    // 10 s: fails; retries after 1 s, 2 s, then 3 s (capped): 11, 13, 16; then the next fire.
+    assert_eq!(d.times("r", "run"), vec![10_000, 11_000, 13_000, 16_000]);
+    // A retry that would reach the next fire is dropped: 2 s fails, 3 s retry fails, the 2nd
+    // retry (5 s) would come after the fire at 4 s.
+    assert_eq!(d.times("tight", "run")[..4], [2_000, 3_000, 4_000, 5_000]);
+    // Successful runs are not retried.
+    assert_eq!(d.times("ok", "run"), vec![10_000]);
+    d.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_runs_recycles_the_daemon() {
+    let d = InProcess::start(
+        "[daemon]\nmax_runs = 5\n[jobs.s]\nevery = \"1s\"\nhandler = \"record\"\n",
+        t0(),
+    );
+    let start = d.start;
+    let events = d.events.clone();
+    assert_eq!(
+        d.stopped().await,
+        Stopped::Recycled {
+            runs_stopped: false
+        }
+    );
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+    assert_eq!(events.lock().expect("lock").len(), 5);
+}

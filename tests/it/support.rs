@@ -26,6 +26,7 @@ pub struct Event {
 /// - `slow`: records "run", works for 250 ms, records "done"; returns early (recording
 ///   "cancelled") when its token is cancelled;
 /// - `stubborn`: records "run" and works for 10 s, ignoring cancellation;
+/// - `fails`: records "run" and returns an error;
 /// - `panics`: records "run", then panics.
 pub struct InProcess {
     /// Holds the config file for as long as the daemon runs.
@@ -83,6 +84,11 @@ fn recording_handlers(events: &Arc<Mutex<Vec<Event>>>, start: Instant) -> Handle
             Ok(())
         }
     });
+    let p = push.clone();
+    handlers.register("fails", move |ctx: RunContext| {
+        p(&ctx, "run");
+        async { Err("always fails".into()) }
+    });
     let p = push;
     handlers.register("panics", move |ctx: RunContext| {
         p(&ctx, "run");
@@ -113,6 +119,7 @@ impl InProcess {
             handlers,
             clock: clock.clone(),
             group_keeper: None,
+            notifier: None,
         };
         let daemon = tokio::spawn(tickd::run(config, options, rx));
         InProcess {

@@ -1,0 +1,80 @@
+//! The systemd notify protocol (`sd_notify`), spoken over the datagram socket named by
+//! `NOTIFY_SOCKET`: READY, RELOADING, STOPPING, STATUS and WATCHDOG messages. Written by hand:
+//! it is one `sendto` of a few `KEY=VALUE` lines, and needs no libsystemd.
+
+use std::io;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A handle on the service manager's notification socket. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Notifier {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    socket: UnixDatagram,
+    address: SocketAddr,
+    watchdog: Option<Duration>,
+}
+
+impl Notifier {
+    /// The notifier systemd (or anything speaking its protocol) asked for through
+    /// `NOTIFY_SOCKET`, with the watchdog interval from `WATCHDOG_USEC` (when `WATCHDOG_PID` is
+    /// unset or names this process). `None` when not run under such a manager.
+    pub fn from_env() -> io::Result<Option<Notifier>> {
+        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+            return Ok(None);
+        };
+        let path = path.to_string_lossy().into_owned();
+        let address = match path.strip_prefix('@') {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                SocketAddr::from_abstract_name(name.as_bytes())?
+            }
+            None => SocketAddr::from_pathname(&path)?,
+        };
+        let for_us = std::env::var("WATCHDOG_PID")
+            .ok()
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_none_or(|pid| pid == std::process::id());
+        let watchdog = std::env::var("WATCHDOG_USEC")
+            .ok()
+            .and_then(|usec| usec.parse::<u64>().ok())
+            .filter(|usec| *usec > 0 && for_us)
+            .map(Duration::from_micros);
+        Ok(Some(Notifier {
+            inner: Arc::new(Inner {
+                socket: UnixDatagram::unbound()?,
+                address,
+                watchdog,
+            }),
+        }))
+    }
+
+    /// How often to send `WATCHDOG=1`: half the manager's timeout, as systemd recommends.
+    pub fn watchdog_interval(&self) -> Option<Duration> {
+        self.inner.watchdog.map(|timeout| timeout / 2)
+    }
+
+    /// Sends one message (`KEY=VALUE` lines). A manager that went away is not our problem: the
+    /// error is logged at debug level.
+    pub fn send(&self, message: &str) {
+        if let Err(err) = self
+            .inner
+            .socket
+            .send_to_addr(message.as_bytes(), &self.inner.address)
+        {
+            tracing::debug!("cannot notify the service manager: {err}");
+        }
+    }
+}
+
+/// `CLOCK_MONOTONIC` in microseconds, for `RELOADING=1`'s `MONOTONIC_USEC`.
+pub fn monotonic_usec() -> u128 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|ts| Duration::from(ts).as_micros())
+        .unwrap_or(0)
+}
