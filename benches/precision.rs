@@ -288,6 +288,7 @@ impl Running {
             clock: tickd::Clock::system(),
             group_keeper: None,
             notifier: None,
+            subreaper: false,
         };
         let daemon = tokio::spawn(tickd::run(config, options, rx));
         Running { controls, daemon }

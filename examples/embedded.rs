@@ -51,6 +51,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         clock: Clock::system(),
         group_keeper: None,
         notifier: None,
+        subreaper: false,
     };
     let stopped = tickd::run(config, options, controls).await?;
     tracing::info!(runs = processed.load(Ordering::Relaxed), "example stopped");

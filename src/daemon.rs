@@ -52,6 +52,9 @@ pub enum DaemonError {
     /// The thread that spawns child processes could not be started.
     #[error("cannot start the process spawner: {0}")]
     Spawner(#[source] std::io::Error),
+    /// The orphan reaper could not be set up.
+    #[error("cannot become a subreaper: {0}")]
+    Subreaper(#[source] std::io::Error),
     /// The group keeper process could not be started.
     #[error("cannot start the group keeper: {0}")]
     Keeper(#[source] std::io::Error),
@@ -73,6 +76,8 @@ pub struct DaemonOptions {
     /// The service manager to tell about readiness, reloads, stopping and liveness (systemd's
     /// notify protocol); `None` when not run under one.
     pub notifier: Option<Notifier>,
+    /// Become a child subreaper and reap orphaned descendants (tickd as PID 1 in a container).
+    pub subreaper: bool,
 }
 
 /// Runs the daemon with an already validated `config` until a [`Control::Shutdown`] arrives or
@@ -101,6 +106,14 @@ pub async fn run(
         )
         .map_err(DaemonError::Spawner)?,
     );
+    let reaper_stop = CancellationToken::new();
+    if options.subreaper {
+        env.spawner
+            .reap_orphans(reaper_stop.clone())
+            .map_err(DaemonError::Subreaper)?;
+        tracing::info!("reaping orphaned processes (child subreaper)");
+    }
+    let _reaper_stop = reaper_stop.drop_guard();
     let state_writer_stop = CancellationToken::new();
     let state_writer = state.map(|state| {
         tokio::spawn(state.write_until(options.clock.clone(), state_writer_stop.clone()))

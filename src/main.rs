@@ -53,6 +53,9 @@ enum Command {
         /// The jobs file.
         #[arg(default_value = "jobs.toml")]
         file: PathBuf,
+        /// Reap orphaned descendants (child subreaper); on by default when tickd is PID 1.
+        #[arg(long)]
+        subreaper: bool,
     },
     /// Validate the jobs file without running anything (exit 0 when valid, 2 when not).
     Check {
@@ -90,7 +93,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let code = match cli.command {
-        Command::Run { file } => run_daemon(&file),
+        Command::Run { file, subreaper } => run_daemon(&file, subreaper || std::process::id() == 1),
         Command::Check { file } => check(&file),
         Command::Next {
             file,
@@ -141,7 +144,7 @@ fn load_config(file: &Path) -> Option<Config> {
     }
 }
 
-fn run_daemon(file: &Path) -> u8 {
+fn run_daemon(file: &Path, subreaper: bool) -> u8 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("tickd-worker")
@@ -171,6 +174,7 @@ fn run_daemon(file: &Path) -> u8 {
             handlers: Handlers::with_builtins(),
             clock: Clock::system(),
             group_keeper: keeper_program(),
+            subreaper,
             notifier: match tickd::notify::Notifier::from_env() {
                 Ok(notifier) => notifier,
                 Err(err) => {

@@ -7,12 +7,13 @@
 //! processes left in its group after that are stopped the same way, so nothing outlives its run.
 
 use std::collections::BTreeSet;
+use std::collections::HashSet;
 use std::io::{self, BufRead, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc as std_mpsc, Mutex, PoisonError};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
@@ -45,6 +46,9 @@ type SpawnRequest = (Command, oneshot::Sender<io::Result<Child>>);
 #[derive(Clone, Debug)]
 pub struct Spawner {
     requests: std_mpsc::Sender<SpawnRequest>,
+    /// The children tokio waits for (our own runs), so that the subreaper leaves them alone.
+    /// Locked across `spawn` and the insertion, so no child is ever unregistered while it lives.
+    own: Arc<Mutex<HashSet<i32>>>,
 }
 
 impl Spawner {
@@ -53,19 +57,90 @@ impl Spawner {
     pub fn start() -> io::Result<Self> {
         let runtime = tokio::runtime::Handle::current();
         let (requests, queue) = std_mpsc::channel::<SpawnRequest>();
+        let own: Arc<Mutex<HashSet<i32>>> = Arc::default();
+        let registry = own.clone();
         std::thread::Builder::new()
             .name("tickd-spawner".to_owned())
             .spawn(move || {
                 let _runtime = runtime.enter();
                 while let Ok((mut command, reply)) = queue.recv() {
+                    let mut own = registry.lock().unwrap_or_else(PoisonError::into_inner);
+                    let child = command.spawn();
+                    if let Some(pid) = child.as_ref().ok().and_then(Child::id) {
+                        own.insert(pid as i32);
+                    }
+                    drop(own);
                     // The requester may have gone (cancelled): the child then is dropped and
                     // tokio reaps it; it was started with kill_on_drop, so it is killed first.
-                    let _ = reply.send(command.spawn());
+                    let _ = reply.send(child);
                 }
             })?;
-        Ok(Spawner { requests })
+        Ok(Spawner { requests, own })
     }
 
+    /// Forgets a child tokio has reaped.
+    fn forget(&self, pid: u32) {
+        self.own
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(pid as i32));
+    }
+
+    /// Becomes a child subreaper (orphaned descendants are reparented to this process instead of
+    /// init) and reaps every such orphan when it exits, until `stop`. For tickd as PID 1 in a
+    /// container, or under `--subreaper`.
+    ///
+    /// A `waitpid(-1)` reaper would steal the exit statuses tokio waits for (supercronic #171);
+    /// this one reaps only zombies that are not our own runs, by pid, holding the lock the
+    /// spawner holds while it forks and registers, so it never races a new run.
+    pub fn reap_orphans(&self, stop: CancellationToken) -> io::Result<()> {
+        nix::sys::prctl::set_child_subreaper(true)?;
+        let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
+        let own = self.own.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = sigchld.recv() => {}
+                    _ = stop.cancelled() => return,
+                }
+                let own = own.lock().unwrap_or_else(PoisonError::into_inner);
+                for pid in zombie_children() {
+                    if !own.contains(&pid) {
+                        let _ = nix::sys::wait::waitpid(
+                            Pid::from_raw(pid),
+                            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+                        );
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Our children that have exited and wait to be reaped (state `Z` in `/proc`).
+fn zombie_children() -> Vec<i32> {
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                // state is the first field after the command name, ppid the second.
+                stat.rsplit_once(')').is_some_and(|(_, rest)| {
+                    let mut fields = rest.split_whitespace();
+                    fields.next() == Some("Z") && fields.next() == Some(me.as_str())
+                })
+            })
+        })
+        .collect()
+}
+
+impl Spawner {
+    /// Spawns `command` on the spawner thread.
     async fn spawn(&self, command: Command) -> io::Result<Child> {
         let (reply, response) = oneshot::channel();
         self.requests
@@ -275,6 +350,7 @@ pub async fn run_child(spec: &ProcessSpec, run: ChildRun<'_>) -> ChildEnd {
             _ = run.clock.sleep(OUTPUT_DRAIN) => {}
         }
     }
+    run.spawner.forget(pid);
     stop_leftovers(group, &run).await;
     if let Some(keeper) = run.keeper {
         keeper.tell('-', group);

@@ -1124,3 +1124,48 @@ fn supervisorctl_stop_drains_the_run_and_restart_works() {
         eventually("supervisord exited", || !is_alive(pid));
     }
 }
+
+/// Zombies whose parent is `parent`.
+fn zombies_of(parent: u32) -> Vec<i32> {
+    let parent = parent.to_string();
+    fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')').is_some_and(|(_, rest)| {
+                    let mut fields = rest.split_whitespace();
+                    fields.next() == Some("Z") && fields.next() == Some(parent.as_str())
+                })
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn as_a_subreaper_tickd_reaps_orphaned_grandchildren() {
+    let mut d = Daemon::launch(
+        // Each run double-forks a short-lived grandchild: orphaned, it is reparented to tickd.
+        "[jobs.orphans]\nevery = \"50ms\"\nshell = \"(sleep 0.01 &); echo run >> runs\"\n",
+        |command, log| {
+            command
+                .args(["run", "--subreaper", "jobs.toml"])
+                .stderr(fs::File::create(log).expect("log file"));
+        },
+    );
+    d.wait_log("reaping orphaned processes");
+    eventually("40 runs", || {
+        fs::read_to_string(d.path("runs")).is_ok_and(|r| r.lines().count() >= 40)
+    });
+    let tickd_pid = d.child.id();
+    // Zombies may exist for an instant between an exit and its reaping; none accumulate.
+    eventually("no zombie children of tickd", || {
+        zombies_of(tickd_pid).is_empty()
+    });
+    // tokio still got the exit status of every run it waits for.
+    let log = d.wait_log_n("outcome=success", 40);
+    assert!(!log.contains("waiting for the process failed"), "{log}");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0);
+}

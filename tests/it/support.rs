@@ -120,6 +120,7 @@ impl InProcess {
             clock: clock.clone(),
             group_keeper: None,
             notifier: None,
+            subreaper: false,
         };
         let daemon = tokio::spawn(tickd::run(config, options, rx));
         InProcess {
