@@ -527,3 +527,15 @@ async fn max_runs_recycles_the_daemon() {
     assert_eq!(start.elapsed(), Duration::from_secs(5));
     assert_eq!(events.lock().expect("lock").len(), 5);
 }
+
+#[tokio::test(start_paused = true)]
+async fn daemon_max_rss_recycles_the_daemon() {
+    // Any process is bigger than 1 KB: the first check, a second in, recycles.
+    let d = InProcess::start(
+        "[daemon]\nmax_rss = \"1KB\"\n[jobs.s]\nevery = \"10s\"\nhandler = \"record\"\n",
+        t0(),
+    );
+    let start = d.start;
+    assert_eq!(d.stopped().await, Stopped::Recycled { runs_stopped: false });
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+}
