@@ -1542,6 +1542,71 @@ handler = "log"
         );
     }
 
+    /// Every file of the corpus is refused with a located message, never a panic.
+    #[test]
+    fn a_corpus_of_broken_files_is_refused_with_locations() {
+        let deep = format!("a = {}1{}", "[".repeat(2000), "]".repeat(2000));
+        let mut huge = String::from("[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\n# ");
+        huge.push_str(&"x".repeat(10 * 1024 * 1024));
+        huge.push_str("\n[jobs.b]\nevery = 1\n");
+        let mut many = String::new();
+        for i in 0..100_000 {
+            many.push_str(&format!("[jobs.j{i}]\nevery = \"1s\"\nhandler = \"log\"\n"));
+        }
+        many.push_str("[jobs.last]\nevery = \"1s\"\nhandler = \"nope\"\n");
+        let corpus: Vec<(&str, String)> = vec![
+            ("truncated", "[jobs.a]\nevery = \"1".to_owned()),
+            ("truncated table", "[jobs.a".to_owned()),
+            ("wrong type", "[jobs.a]\nevery = [1, 2]\nhandler = \"log\"\n".to_owned()),
+            ("jobs not a table", "jobs = 3\n".to_owned()),
+            ("daemon not a table", "daemon = \"x\"\n".to_owned()),
+            ("huge number", "[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\noverlap = \"allow\"\nmax_concurrent = 99999999999999999999\n".to_owned()),
+            ("huge duration", "[jobs.a]\nevery = \"99999999999999999999h\"\nhandler = \"log\"\n".to_owned()),
+            ("negative count", "[daemon]\nmax_runs = -5\n".to_owned()),
+            ("deep nesting", deep),
+            ("10 MB", huge),
+            ("100k jobs", many),
+            ("unknown key in http", "[jobs.a]\nevery = \"1s\"\nhttp = { url = \"http://x\", verb = \"GET\" }\n".to_owned()),
+            ("unknown key in retry", "[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\nretry = { attempts = 1, tries = 2 }\n".to_owned()),
+            ("reversed range", "[jobs.a]\ncron = \"30-10 * * * *\"\nhandler = \"log\"\n".to_owned()),
+            ("out of range", "[jobs.a]\ncron = \"* 25 * * *\"\nhandler = \"log\"\n".to_owned()),
+            ("out of range month", "[jobs.a]\ncron = \"* * * 13 *\"\nhandler = \"log\"\n".to_owned()),
+            ("bad size", "[jobs.a]\nevery = \"1s\"\nshell = \"true\"\nmax_rss = \"lots\"\n".to_owned()),
+            ("no such user", "[jobs.a]\nevery = \"1s\"\nshell = \"true\"\nuser = \"no-such-user-tickd\"\n".to_owned()),
+        ];
+        for (name, text) in corpus {
+            let err = match check(&text) {
+                Ok(_) => panic!("{name}: accepted"),
+                Err(err) => err,
+            };
+            let ConfigError::Invalid { problems } = &err else {
+                panic!("{name}: {err}");
+            };
+            assert!(!problems.is_empty(), "{name}");
+            assert!(
+                problems[0].line >= 1 && problems[0].column >= 1,
+                "{name}: {err}"
+            );
+            let message = err.to_string();
+            assert!(message.starts_with("jobs.toml:"), "{name}: {message}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+        /// Random TOML-ish text: an answer (valid or located error), never a panic.
+        #[test]
+        fn random_text_never_panics(text in "(\\[jobs\\.[a-z]{1,3}\\]\n|[a-z_]{1,12} = (\"[a-z0-9 */@-]{0,12}\"|[0-9-]{1,4}|true|\\[\\]|\\{\\})\n|[\\x00-\\x7f]{0,8}\n){0,12}") {
+            match check(&text) {
+                Ok(_) => {}
+                Err(ConfigError::Invalid { problems }) => {
+                    proptest::prop_assert!(problems.iter().all(|p| p.line >= 1 && p.column >= 1));
+                }
+                Err(other) => proptest::prop_assert!(false, "unexpected {other}"),
+            }
+        }
+    }
+
     #[test]
     fn a_missing_file_is_a_read_error() {
         let err = load(

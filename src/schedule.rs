@@ -396,6 +396,51 @@ mod tests {
         );
     }
 
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One cron field: wildcards, numbers in and out of range, ranges (also reversed),
+        /// steps, lists and names.
+        fn field() -> impl Strategy<Value = String> {
+            let atom = prop_oneof![
+                Just("*".to_owned()),
+                (0u32..70).prop_map(|n| n.to_string()),
+                (0u32..70, 0u32..70).prop_map(|(a, b)| format!("{a}-{b}")),
+                (0u32..70, 0u32..70).prop_map(|(a, b)| format!("*/{}", a % 13 + b % 2)),
+                (0u32..70, 0u32..70, 1u32..20).prop_map(|(a, b, c)| format!("{a}-{b}/{c}")),
+                prop::sample::select(vec!["MON", "fri", "JAN", "dec", "L", "?", "5#2", "x", ""])
+                    .prop_map(str::to_owned),
+            ];
+            prop::collection::vec(atom, 1..3).prop_map(|atoms| atoms.join(","))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+            #[test]
+            fn random_expressions_parse_or_error_and_fire_in_order(
+                fields in prop::collection::vec(field(), 4..8),
+                start in 1_600_000_000i64..1_900_000_000,
+            ) {
+                let expression = fields.join(" ");
+                let Ok(schedule) = CronSchedule::parse(&expression, chrono_tz::Europe::Berlin) else {
+                    return Ok(()); // an error is a fine answer; a panic is not
+                };
+                let mut t = DateTime::from_timestamp(start, 0).expect("in range");
+                for _ in 0..5 {
+                    let Some(next) = schedule.next_after(t) else { break };
+                    prop_assert!(next > t, "{expression}: {next} after {t}");
+                    let local = next.with_timezone(&schedule.timezone);
+                    prop_assert!(
+                        schedule.cron.is_time_matching(&local).unwrap_or(false),
+                        "{expression}: {local} does not match"
+                    );
+                    t = next;
+                }
+            }
+        }
+    }
+
     #[test]
     fn bad_expressions_are_rejected() {
         for bad in [

@@ -536,6 +536,11 @@ async fn daemon_max_rss_recycles_the_daemon() {
         t0(),
     );
     let start = d.start;
-    assert_eq!(d.stopped().await, Stopped::Recycled { runs_stopped: false });
+    assert_eq!(
+        d.stopped().await,
+        Stopped::Recycled {
+            runs_stopped: false
+        }
+    );
     assert_eq!(start.elapsed(), Duration::from_secs(1));
 }
