@@ -57,6 +57,10 @@ pub struct DaemonSettings {
     /// When the daemon's own resident memory exceeds this many bytes, drain and exit with the
     /// recycle code.
     pub max_rss: Option<u64>,
+    /// Where the HTTP endpoint listens; off when `None`.
+    pub http: Option<std::net::SocketAddr>,
+    /// The bearer token the endpoint requires (all routes but `/healthz`).
+    pub http_token: Option<String>,
 }
 
 /// One validated job.
@@ -390,6 +394,8 @@ struct RawDaemon {
     state_file: Option<Spanned<String>>,
     max_runs: Option<Spanned<i64>>,
     max_rss: Option<Spanned<String>>,
+    http: Option<Spanned<String>>,
+    http_token: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -569,6 +575,34 @@ impl Validator<'_> {
             .max_rss
             .as_ref()
             .and_then(|v| self.bytes(v, daemon_at("daemon.max_rss")));
+        let http = raw.daemon.http.as_ref().and_then(|v| {
+            match v.get_ref().parse::<std::net::SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(e) => {
+                    self.report(
+                        v.span().start,
+                        None,
+                        Some("daemon.http"),
+                        format!(
+                            "invalid address \"{}\": {e} (e.g. \"127.0.0.1:9187\")",
+                            v.get_ref()
+                        ),
+                    );
+                    None
+                }
+            }
+        });
+        let http_token = raw.daemon.http_token.as_ref().map(|v| v.get_ref().clone());
+        if let (Some(addr), Some(v)) = (http, &raw.daemon.http) {
+            if !addr.ip().is_loopback() && http_token.as_deref().is_none_or(str::is_empty) {
+                self.report(
+                    v.span().start,
+                    None,
+                    Some("daemon.http"),
+                    format!("{addr} is not a loopback address: set [daemon] http_token, the bearer token every request must carry"),
+                );
+            }
+        }
         let daemon = DaemonSettings {
             shutdown_timeout,
             timezone,
@@ -576,6 +610,8 @@ impl Validator<'_> {
             state_file,
             max_runs,
             max_rss,
+            http,
+            http_token,
         };
         let mut jobs = BTreeMap::new();
         for (name, job) in raw.jobs {
@@ -1360,6 +1396,20 @@ handler = "log"
         let msg = error("[daemon]\nmax_uptime = \"0s\"\n");
         assert!(
             msg.contains("key \"daemon.max_uptime\": must be greater than zero"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn the_endpoint_off_loopback_needs_a_token() {
+        let config = check("[daemon]\nhttp = \"127.0.0.1:9187\"\n").expect("loopback is fine");
+        assert_eq!(config.daemon.http, Some(([127, 0, 0, 1], 9187).into()));
+        let msg = error("[daemon]\nhttp = \"0.0.0.0:9187\"\n");
+        assert!(msg.contains("jobs.toml:2:8: key \"daemon.http\": 0.0.0.0:9187 is not a loopback address: set [daemon] http_token"), "{msg}");
+        check("[daemon]\nhttp = \"0.0.0.0:9187\"\nhttp_token = \"t\"\n").expect("with a token");
+        let msg = error("[daemon]\nhttp = \"localhost\"\n");
+        assert!(
+            msg.contains("key \"daemon.http\": invalid address"),
             "{msg}"
         );
     }

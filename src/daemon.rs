@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Clock;
 use crate::config::{self, Config};
 use crate::handler::Handlers;
+use crate::http::Directory;
 use crate::job::JobHandle;
 use crate::notify::Notifier;
 use crate::process::GroupKeeper;
@@ -55,6 +56,15 @@ pub enum DaemonError {
     /// The orphan reaper could not be set up.
     #[error("cannot become a subreaper: {0}")]
     Subreaper(#[source] std::io::Error),
+    /// The HTTP endpoint could not listen.
+    #[error("cannot listen on {addr} for the HTTP endpoint: {source}")]
+    Http {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The group keeper process could not be started.
     #[error("cannot start the group keeper: {0}")]
     Keeper(#[source] std::io::Error),
@@ -119,11 +129,21 @@ pub async fn run(
         tokio::spawn(state.write_until(options.clock.clone(), state_writer_stop.clone()))
     });
     let started = options.clock.now();
+    let http_listener = match config.daemon.http {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Http { addr, source })?,
+        ),
+        None => None,
+    };
     let mut supervisor = Supervisor {
         env,
         runs: TaskTracker::new(),
         firing: CancellationToken::new(),
         jobs: BTreeMap::new(),
+        directory: Directory::default(),
+        draining: Arc::default(),
         config,
         options,
     };
@@ -131,6 +151,25 @@ pub async fn run(
         let handle = supervisor.spawn_job(spec.clone());
         supervisor.jobs.insert(spec.name.clone(), handle);
     }
+    supervisor.publish_directory();
+    let http_stop = CancellationToken::new();
+    let http_task = http_listener.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "HTTP endpoint listening");
+        }
+        let state = crate::http::ApiState {
+            directory: supervisor.directory.clone(),
+            draining: supervisor.draining.clone(),
+            env: supervisor.env.clone(),
+            token: supervisor
+                .config
+                .daemon
+                .http_token
+                .as_deref()
+                .map(Arc::from),
+        };
+        tokio::spawn(crate::http::serve(listener, state, http_stop.clone()))
+    });
     tracing::info!(
         jobs = supervisor.jobs.len(),
         config = %supervisor.options.config_path.display(),
@@ -183,6 +222,10 @@ pub async fn run(
         }
     };
     let runs_stopped = supervisor.shut_down(controls).await;
+    http_stop.cancel();
+    if let Some(task) = http_task {
+        let _ = task.await;
+    }
     state_writer_stop.cancel();
     if let Some(writer) = state_writer {
         let _ = writer.await;
@@ -201,11 +244,28 @@ struct Supervisor {
     /// Cancelled to stop all jobs from firing; each job's stop token is a child of it.
     firing: CancellationToken,
     jobs: BTreeMap<String, JobHandle>,
+    /// The jobs as the HTTP endpoint sees them.
+    directory: Directory,
+    /// Set when the shutdown starts (`/healthz` answers 503).
+    draining: Arc<std::sync::atomic::AtomicBool>,
     config: Config,
     options: DaemonOptions,
 }
 
 impl Supervisor {
+    /// Publishes the current jobs to the HTTP endpoint.
+    fn publish_directory(&self) {
+        let jobs = self
+            .jobs
+            .iter()
+            .map(|(name, job)| (name.clone(), job.control.clone()))
+            .collect();
+        *self
+            .directory
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = jobs;
+    }
+
     fn notify(&self, message: &str) {
         if let Some(notifier) = &self.options.notifier {
             notifier.send(message);
@@ -241,9 +301,15 @@ impl Supervisor {
                 tracing::error!(
                     "reload rejected, the running configuration stays in force:\n{err}"
                 );
+                self.env.metrics.reloaded(false);
                 return;
             }
         };
+        if new.daemon.http != self.config.daemon.http
+            || new.daemon.http_token != self.config.daemon.http_token
+        {
+            tracing::warn!("[daemon] http and http_token take effect at the next start");
+        }
         let (mut added, mut removed, mut changed) = (0, 0, 0);
         let gone: Vec<String> = self
             .jobs
@@ -275,7 +341,16 @@ impl Supervisor {
             }
         }
         let unchanged = new.jobs.len() - added - changed;
+        // Keep the endpoint's settings as they were bound.
+        let (http, http_token) = (
+            self.config.daemon.http,
+            self.config.daemon.http_token.clone(),
+        );
         self.config = new;
+        self.config.daemon.http = http;
+        self.config.daemon.http_token = http_token;
+        self.publish_directory();
+        self.env.metrics.reloaded(true);
         tracing::info!(added, removed, changed, unchanged, "configuration reloaded");
     }
 
@@ -285,6 +360,8 @@ impl Supervisor {
             "STOPPING=1\nSTATUS=stopping: {} runs in flight",
             self.runs.len()
         ));
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         // 1. Stop firing.
         self.firing.cancel();
         for (_, job) in self.jobs {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -20,6 +20,7 @@ use crate::clock::{Instant, Sleep};
 use crate::config::{JobSpec, OnMissed, Overlap};
 use crate::handler::{RunContext, RunId};
 use crate::run::{self, Outcome, RunEnv, RunReport};
+use crate::status::{record_run, SharedStatus};
 
 /// The longest an `on_failure` hook may run.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -27,12 +28,64 @@ use crate::schedule::{
     grid_offset, next_grid_index, offset_past_alignment, stable_delay, EveryMode, Schedule,
 };
 
+/// What can be asked of a job task.
+#[derive(Debug)]
+pub(crate) enum JobCommand {
+    /// A new definition (reload).
+    Update(Arc<JobSpec>),
+    /// Start a run now, subject to the overlap policy.
+    RunNow(oneshot::Sender<FireResult>),
+    /// Stop firing until resumed.
+    Pause,
+    /// Fire again, from the next fire after now.
+    Resume,
+}
+
+/// What a fire did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FireResult {
+    /// A run started.
+    Started(RunId),
+    /// A run is queued behind the current one (`queue`), or will replace it (`replace`).
+    Queued,
+    /// Nothing will run: the overlap policy skipped the fire.
+    Skipped,
+}
+
+/// A handle to talk to a job task from outside (the HTTP endpoint). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct JobControl {
+    commands: mpsc::UnboundedSender<JobCommand>,
+    /// The job's status, written by its task.
+    pub status: SharedStatus,
+}
+
+impl JobControl {
+    /// Asks for a run now; `None` if the job is gone.
+    pub async fn run_now(&self) -> Option<FireResult> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(JobCommand::RunNow(reply)).ok()?;
+        answer.await.ok()
+    }
+
+    /// Pauses (`true`) or resumes the job; `false` if the job is gone.
+    pub fn set_paused(&self, paused: bool) -> bool {
+        let command = if paused {
+            JobCommand::Pause
+        } else {
+            JobCommand::Resume
+        };
+        self.commands.send(command).is_ok()
+    }
+}
+
 /// The daemon's handle on a job task.
 #[derive(Debug)]
 pub(crate) struct JobHandle {
     /// The definition the task was last given.
     pub spec: Arc<JobSpec>,
-    updates: mpsc::UnboundedSender<Arc<JobSpec>>,
+    /// For the endpoint.
+    pub control: JobControl,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -46,12 +99,13 @@ impl JobHandle {
         runs: TaskTracker,
         stop: CancellationToken,
     ) -> Self {
-        let (updates, updates_rx) = mpsc::unbounded_channel();
-        let actor = JobActor::new(spec.clone(), env, runs);
-        let task = tokio::spawn(actor.run(updates_rx, stop.clone()));
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let status = SharedStatus::default();
+        let actor = JobActor::new(spec.clone(), env, runs, status.clone());
+        let task = tokio::spawn(actor.run(commands_rx, stop.clone()));
         JobHandle {
             spec,
-            updates,
+            control: JobControl { commands, status },
             stop,
             task,
         }
@@ -62,7 +116,7 @@ impl JobHandle {
     pub fn update(&mut self, spec: Arc<JobSpec>) {
         self.spec = spec.clone();
         // The task only ends after `stop`, and then an update has nothing left to do.
-        let _ = self.updates.send(spec);
+        let _ = self.control.commands.send(JobCommand::Update(spec));
     }
 
     /// Stops firing; runs in flight go on. Returns the task to await.
@@ -130,10 +184,14 @@ struct JobActor {
     /// Parent of this job's run tokens (a child of the daemon's stop-runs token): creating a
     /// run's token locks this node, not the root that every job shares.
     runs_cancel: CancellationToken,
+    /// What the endpoint shows of this job.
+    status: SharedStatus,
+    /// Paused through the endpoint.
+    paused: bool,
 }
 
 impl JobActor {
-    fn new(spec: Arc<JobSpec>, env: Arc<RunEnv>, runs: TaskTracker) -> Self {
+    fn new(spec: Arc<JobSpec>, env: Arc<RunEnv>, runs: TaskTracker, status: SharedStatus) -> Self {
         let (ended_tx, ended_rx) = mpsc::unbounded_channel();
         let anchor = env.clock.now();
         let runs_cancel = env.stop_runs.child_token();
@@ -151,6 +209,8 @@ impl JobActor {
             ended_rx,
             skipped: 0,
             runs_cancel,
+            status,
+            paused: false,
         };
         actor.restart_schedule();
         actor
@@ -158,9 +218,11 @@ impl JobActor {
 
     async fn run(
         mut self,
-        mut updates: mpsc::UnboundedReceiver<Arc<JobSpec>>,
+        mut commands: mpsc::UnboundedReceiver<JobCommand>,
         stop: CancellationToken,
     ) {
+        let schedule = self.spec.schedule.to_string();
+        self.status.update(|s| s.schedule = schedule);
         tracing::debug!(job = %self.spec.name, schedule = %self.spec.schedule, "job scheduled");
         if let Some(due) = self.startup_fire() {
             self.fire(due);
@@ -171,9 +233,19 @@ impl JobActor {
         tokio::pin!(stopped);
         let mut timer: Option<(Instant, Sleep)> = None;
         let mut retry_timer: Option<(Instant, Sleep)> = None;
+        let mut published: Option<Option<Instant>> = None;
         loop {
-            let next = self.next;
+            let next = if self.paused { None } else { self.next };
             let start_at = next.map(|due| due.start_at());
+            if published != Some(start_at) {
+                published = Some(start_at);
+                let next_fire = next.map(|due| self.scheduled_wall(&due));
+                let paused = self.paused;
+                self.status.update(|s| {
+                    s.next_fire = next_fire;
+                    s.paused = paused;
+                });
+            }
             if timer.as_ref().map(|(at, _)| *at) != start_at {
                 timer = start_at.map(|at| (at, self.env.clock.sleep_until(at)));
             }
@@ -185,7 +257,7 @@ impl JobActor {
             tokio::select! {
                 biased;
                 _ = &mut stopped => break,
-                Some(spec) = updates.recv() => self.update(spec),
+                Some(command) = commands.recv() => self.command(command),
                 Some(ended) = self.ended_rx.recv() => self.run_ended(ended),
                 _ = wait(&mut retry_timer) => {
                     retry_timer = None;
@@ -336,7 +408,9 @@ impl JobActor {
                     }
                 }
             }
-            _ => self.fire(due),
+            _ => {
+                self.fire(due);
+            }
         }
         self.next = self.due_after(due);
     }
@@ -433,8 +507,38 @@ impl JobActor {
         self.next = self.calendar_due_after(wall_now);
     }
 
+    fn command(&mut self, command: JobCommand) {
+        match command {
+            JobCommand::Update(spec) => self.update(spec),
+            JobCommand::RunNow(reply) => {
+                let now = Due {
+                    instant: self.env.clock.now(),
+                    wall: None,
+                    delay: Duration::ZERO,
+                };
+                tracing::info!(job = %self.spec.name, "run requested through the endpoint");
+                let _ = reply.send(self.fire(now));
+            }
+            JobCommand::Pause => {
+                tracing::info!(job = %self.spec.name, "paused");
+                self.paused = true;
+            }
+            JobCommand::Resume if self.paused => {
+                tracing::info!(job = %self.spec.name, "resumed");
+                self.paused = false;
+                // Fires that came due while paused are dropped: go on from now.
+                if let Some(due) = self.next {
+                    if due.start_at() <= self.env.clock.now() {
+                        self.next = self.due_after(due);
+                    }
+                }
+            }
+            JobCommand::Resume => {}
+        }
+    }
+
     /// A fire: start a run, or apply the overlap policy.
-    fn fire(&mut self, due: Due) {
+    fn fire(&mut self, due: Due) -> FireResult {
         if self.spec.on_missed == OnMissed::Once {
             if let Some(state) = &self.env.state {
                 state.record(&self.spec.name, self.scheduled_wall(&due));
@@ -448,10 +552,11 @@ impl JobActor {
             } if self.running.len() >= max.get() => self.skip("max_concurrent runs are going"),
             Overlap::Queue if busy => {
                 if self.pending.is_some() {
-                    self.skip("a run is already queued");
+                    self.skip("a run is already queued")
                 } else {
                     tracing::debug!(job = %self.spec.name, "previous run still going; run queued");
                     self.pending = Some(due);
+                    FireResult::Queued
                 }
             }
             Overlap::Replace if busy => {
@@ -460,14 +565,18 @@ impl JobActor {
                     cancel.cancel();
                 }
                 self.pending = Some(due);
+                FireResult::Queued
             }
-            _ => self.start_run(due),
+            _ => FireResult::Started(self.start_run(due)),
         }
     }
 
-    fn skip(&mut self, why: &str) {
+    fn skip(&mut self, why: &str) -> FireResult {
         self.skipped += 1;
+        self.env.metrics.skipped(&self.spec.name);
+        self.status.update(|s| s.runs.skipped_overlap += 1);
         tracing::debug!(job = %self.spec.name, skipped_total = self.skipped, "fire skipped: {why}");
+        FireResult::Skipped
     }
 
     fn run_ended(&mut self, ended: RunEnded) {
@@ -506,7 +615,7 @@ impl JobActor {
                     self.retry = Some(PendingRetry { at, attempt });
                     return;
                 }
-                self.skipped += 1;
+                self.skip("a retry would reach the next scheduled fire");
                 tracing::warn!(job = %self.spec.name, run = %ended.run_id, attempt, "retry dropped: it would reach the next scheduled fire");
             }
         }
@@ -516,7 +625,7 @@ impl JobActor {
     /// Starts a retry, unless a run of the job is going (then it is dropped, like an overlap).
     fn start_retry(&mut self, retry: PendingRetry) {
         if !self.running.is_empty() {
-            self.skipped += 1;
+            self.skip("a retry found a run still going");
             tracing::warn!(job = %self.spec.name, attempt = retry.attempt, "retry dropped: a run is still going");
             return;
         }
@@ -595,13 +704,13 @@ impl JobActor {
         }
     }
 
-    fn start_run(&mut self, due: Due) {
+    fn start_run(&mut self, due: Due) -> RunId {
         // A scheduled run supersedes a retry still waiting.
         self.retry = None;
-        self.start_attempt(due, 0);
+        self.start_attempt(due, 0)
     }
 
-    fn start_attempt(&mut self, due: Due, attempt: u32) {
+    fn start_attempt(&mut self, due: Due, attempt: u32) -> RunId {
         let env = self.env.clone();
         let clock = &env.clock;
         let run_id = env.next_run_id();
@@ -620,6 +729,10 @@ impl JobActor {
             attempt,
             "run started"
         );
+        env.metrics.run_started(&spec.name, lateness);
+        let started_wall = clock.wall_now();
+        self.status.update(|s| s.running += 1);
+        let status = self.status.clone();
         let ctx = RunContext {
             job: Arc::from(spec.name.as_str()),
             run_id,
@@ -631,6 +744,9 @@ impl JobActor {
             let report = run::execute(&spec, ctx, &env).await;
             let duration = env.clock.now().saturating_duration_since(started);
             let duration_ms = millis(duration);
+            env.metrics
+                .run_ended(&spec.name, &report, duration, started_wall);
+            status.update(|s| record_run(s, run_id.0, &report, started_wall, duration_ms));
             let exit_code = report.exit_code.map(i64::from);
             let reason = report.reason.as_deref().unwrap_or("");
             match report.outcome {
@@ -644,11 +760,14 @@ impl JobActor {
                 report,
             });
         });
+        run_id
     }
 
     fn update(&mut self, spec: Arc<JobSpec>) {
         let schedule_changed = spec.schedule != self.spec.schedule;
         self.spec = spec;
+        let schedule = self.spec.schedule.to_string();
+        self.status.update(|s| s.schedule = schedule);
         if schedule_changed {
             tracing::info!(job = %self.spec.name, schedule = %self.spec.schedule, "schedule changed; the grid restarts now");
             self.restart_schedule();

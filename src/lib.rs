@@ -28,7 +28,8 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod handler;
-mod job;
+pub mod http;
+pub mod job;
 pub mod notify;
 mod os;
 pub mod process;
@@ -36,6 +37,7 @@ pub mod run;
 pub mod schedule;
 pub mod signals;
 pub mod state;
+pub mod status;
 
 pub use clock::Clock;
 pub use config::{load, Config, ConfigError};

@@ -84,6 +84,32 @@ enum Command {
         #[arg(long)]
         after: Option<String>,
     },
+    /// Show the jobs of a running daemon (through its [daemon] http endpoint).
+    Status {
+        /// The jobs file (for the endpoint's address and token).
+        #[arg(default_value = "jobs.toml")]
+        file: PathBuf,
+        /// Print the endpoint's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask a running daemon to run a job now (subject to its overlap policy).
+    RunNow {
+        /// The job.
+        name: String,
+        /// The jobs file (for the endpoint's address and token).
+        #[arg(default_value = "jobs.toml")]
+        file: PathBuf,
+    },
+    /// Run a job once in the foreground, without a daemon: its output on this terminal, its exit
+    /// code as ours.
+    Exec {
+        /// The job.
+        name: String,
+        /// The jobs file.
+        #[arg(default_value = "jobs.toml")]
+        file: PathBuf,
+    },
     /// Internal: the group keeper a daemon starts (kills its jobs' process groups if it dies).
     #[command(name = "__keeper", hide = true)]
     Keeper,
@@ -110,6 +136,9 @@ fn main() -> ExitCode {
             &tz,
             after.as_deref(),
         ),
+        Command::Status { file, json } => status(&file, json),
+        Command::RunNow { name, file } => run_now(&file, &name),
+        Command::Exec { name, file } => exec(&file, &name),
         Command::Keeper => {
             tickd::process::keeper_main(std::io::stdin().lock());
             exit::OK
@@ -205,6 +234,160 @@ fn keeper_program() -> Option<PathBuf> {
             None
         }
     }
+}
+
+/// A single-threaded runtime for the short-lived commands.
+fn small_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(err) => {
+            eprintln_safe(&format!("tickd: cannot start the runtime: {err}"));
+            None
+        }
+    }
+}
+
+/// Calls the endpoint named in the config: `GET` or `POST` `path`; returns status and body.
+fn call_endpoint(file: &Path, post: bool, path: &str) -> Result<(u16, String), u8> {
+    let config = load_config(file).ok_or(exit::INVALID)?;
+    let Some(mut addr) = config.daemon.http else {
+        eprintln_safe(&format!(
+            "tickd: {} has no [daemon] http address; this command talks to a running daemon's endpoint",
+            file.display()
+        ));
+        return Err(exit::INVALID);
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let runtime = small_runtime().ok_or(exit::FATAL)?;
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let url = format!("http://{addr}{path}");
+        let mut request = if post {
+            client.post(&url)
+        } else {
+            client.get(&url)
+        };
+        if let Some(token) = &config.daemon.http_token {
+            request = request.bearer_auth(token);
+        }
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                Ok((status, response.text().await.unwrap_or_default()))
+            }
+            Err(err) => {
+                eprintln_safe(&format!("tickd: cannot reach the daemon at {addr}: {err}"));
+                Err(exit::FATAL)
+            }
+        }
+    })
+}
+
+fn status(file: &Path, json: bool) -> u8 {
+    let (code, body) = match call_endpoint(file, false, "/jobs") {
+        Ok(answer) => answer,
+        Err(exit) => return exit,
+    };
+    let mut out = std::io::stdout().lock();
+    if code != 200 {
+        eprintln_safe(&format!("tickd: the endpoint answered {code}: {body}"));
+        return exit::FATAL;
+    }
+    if json {
+        let _ = writeln!(out, "{body}");
+        return exit::OK;
+    }
+    let jobs: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "{:<24} {:<26} {:<10} {:>8} {:>9} {:>9}",
+        "JOB", "NEXT FIRE", "LAST", "RUNS", "FAILURES", "IN FLIGHT"
+    );
+    for job in jobs {
+        let runs = &job["runs"];
+        let count = |k: &str| runs[k].as_u64().unwrap_or(0);
+        let total = count("success") + count("failure") + count("timeout") + count("killed");
+        let next = if job["paused"].as_bool().unwrap_or(false) {
+            "paused".to_owned()
+        } else {
+            job["next_fire"].as_str().unwrap_or("-").to_owned()
+        };
+        let _ = writeln!(
+            out,
+            "{:<24} {:<26} {:<10} {:>8} {:>9} {:>9}",
+            job["name"].as_str().unwrap_or(""),
+            next.get(..26.min(next.len())).unwrap_or(&next),
+            job["last_run"]["outcome"].as_str().unwrap_or("-"),
+            total,
+            count("failure") + count("timeout"),
+            job["running"].as_u64().unwrap_or(0),
+        );
+    }
+    exit::OK
+}
+
+fn run_now(file: &Path, name: &str) -> u8 {
+    match call_endpoint(file, true, &format!("/jobs/{name}/run")) {
+        Ok((202, body)) => {
+            let _ = writeln!(std::io::stdout(), "{body}");
+            exit::OK
+        }
+        Ok((code, body)) => {
+            eprintln_safe(&format!("tickd: {code}: {body}"));
+            exit::FATAL
+        }
+        Err(exit) => exit,
+    }
+}
+
+/// Runs one job once, here and now, like Laravel's `schedule:test`.
+fn exec(file: &Path, name: &str) -> u8 {
+    let Some(config) = load_config(file) else {
+        return exit::INVALID;
+    };
+    let Some(spec) = config.jobs.get(name) else {
+        eprintln_safe(&format!(
+            "tickd: no job named \"{name}\" in {}",
+            file.display()
+        ));
+        return exit::INVALID;
+    };
+    let mut spec = (**spec).clone();
+    // The output goes to this terminal.
+    spec.output = tickd::config::OutputMode::Inherit;
+    let Some(runtime) = small_runtime() else {
+        return exit::FATAL;
+    };
+    runtime.block_on(async {
+        let env =
+            match tickd::run::RunEnv::new(Clock::system(), Handlers::with_builtins(), None, None) {
+                Ok(env) => env,
+                Err(err) => {
+                    eprintln_safe(&format!("tickd: {err}"));
+                    return exit::FATAL;
+                }
+            };
+        let ctx = tickd::RunContext {
+            job: spec.name.as_str().into(),
+            run_id: env.next_run_id(),
+            scheduled: env.clock.wall_now(),
+            cancel: env.stop_runs.child_token(),
+        };
+        let report = tickd::run::execute(&spec, ctx, &env).await;
+        if let Some(reason) = &report.reason {
+            eprintln_safe(&format!("tickd: {name}: {}: {reason}", report.outcome));
+        }
+        match (report.outcome, report.exit_code) {
+            (tickd::run::Outcome::Success, _) => exit::OK,
+            (_, Some(code)) if (1..=255).contains(&code) => code as u8,
+            _ => exit::FATAL,
+        }
+    })
 }
 
 fn check(file: &Path) -> u8 {

@@ -37,6 +37,8 @@ pub struct RunEnv {
     pub max_runs: AtomicU64,
     /// Signalled when the daemon should recycle itself (`max_runs` reached).
     pub recycle: tokio::sync::Notify,
+    /// Prometheus metrics.
+    pub metrics: crate::status::Metrics,
     /// Shared HTTP client (connection pool) for `http` jobs.
     pub http: reqwest::Client,
     /// Parent of every run's cancellation token: cancelled when shutdown stops the runs that
@@ -62,6 +64,7 @@ impl RunEnv {
             machine_id: machine_id(),
             max_runs: AtomicU64::new(0),
             recycle: tokio::sync::Notify::new(),
+            metrics: crate::status::Metrics::new(),
             http: reqwest::Client::builder()
                 .user_agent(concat!("tickd/", env!("CARGO_PKG_VERSION")))
                 .build()

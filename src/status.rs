@@ -1,0 +1,288 @@
+//! What the daemon shows the outside world: each job's status (written by its task, read by the
+//! HTTP endpoint) and the Prometheus metrics.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use chrono::{DateTime, Utc};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+use crate::run::{Outcome, RunReport};
+
+/// A job's status as the endpoint shows it. Written by the job's task only.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct JobStatus {
+    /// The schedule, as text.
+    pub schedule: String,
+    /// The next fire, if any (not while paused).
+    pub next_fire: Option<DateTime<Utc>>,
+    /// Paused through the endpoint: not firing until resumed.
+    pub paused: bool,
+    /// Runs going now.
+    pub running: usize,
+    /// Runs by how they ended.
+    pub runs: RunCounts,
+    /// The last run that ended.
+    pub last_run: Option<LastRun>,
+    /// When the last successful run started.
+    pub last_success: Option<DateTime<Utc>>,
+}
+
+/// Runs of a job by outcome, and fires skipped by the overlap policy.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct RunCounts {
+    /// Successful runs.
+    pub success: u64,
+    /// Failed runs.
+    pub failure: u64,
+    /// Runs stopped at their timeout.
+    pub timeout: u64,
+    /// Runs stopped by tickd (replaced, or killed at shutdown).
+    pub killed: u64,
+    /// Fires skipped because a run was still going (or a retry that was dropped).
+    pub skipped_overlap: u64,
+}
+
+/// The last run of a job that ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastRun {
+    /// Its id.
+    pub run_id: u64,
+    /// When it started.
+    pub started: DateTime<Utc>,
+    /// How long it took, in milliseconds.
+    pub duration_ms: f64,
+    /// How it ended.
+    pub outcome: String,
+    /// Its exit code (or HTTP status).
+    pub exit_code: Option<i32>,
+    /// Why it did not succeed.
+    pub reason: Option<String>,
+}
+
+/// A job's status, shared between its task (writer) and the endpoint (readers).
+#[derive(Debug, Clone, Default)]
+pub struct SharedStatus(Arc<Mutex<JobStatus>>);
+
+impl SharedStatus {
+    /// Changes the status; the lock is held only for `change` (never across an `.await`).
+    pub fn update(&self, change: impl FnOnce(&mut JobStatus)) {
+        change(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// A copy of the status.
+    pub fn snapshot(&self) -> JobStatus {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabel {
+    job: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunLabels {
+    job: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
+}
+
+/// The Prometheus metrics (the `prometheus-client` crate, text exposition format).
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    runs: Family<RunLabels, Counter>,
+    duration: Family<JobLabel, Histogram>,
+    lateness: Family<JobLabel, Histogram>,
+    in_flight: Gauge,
+    last_success: Family<JobLabel, Gauge<f64, AtomicU64>>,
+    reloads: Family<ResultLabel, Counter>,
+    rss: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tickd");
+        let runs = Family::<RunLabels, Counter>::default();
+        registry.register(
+            "runs",
+            "Runs by job and outcome (success, failure, timeout, killed, skipped_overlap)",
+            runs.clone(),
+        );
+        let duration = Family::<JobLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0])
+        });
+        registry.register(
+            "run_duration_seconds",
+            "How long runs took, by job",
+            duration.clone(),
+        );
+        let lateness = Family::<JobLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.01, 0.1, 1.0,
+            ])
+        });
+        registry.register(
+            "fire_lateness_seconds",
+            "Time from a run's due instant to its start, by job",
+            lateness.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register("runs_in_flight", "Runs going now", in_flight.clone());
+        let last_success = Family::<JobLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "last_success_timestamp_seconds",
+            "When the last successful run of each job started (Unix time)",
+            last_success.clone(),
+        );
+        let reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads by result (applied, rejected)",
+            reloads.clone(),
+        );
+        let rss = Gauge::default();
+        registry.register(
+            "process_resident_memory_bytes",
+            "The daemon's resident memory",
+            rss.clone(),
+        );
+        Metrics {
+            registry,
+            runs,
+            duration,
+            lateness,
+            in_flight,
+            last_success,
+            reloads,
+            rss,
+        }
+    }
+
+    /// A run started, `lateness` after its due instant.
+    pub fn run_started(&self, job: &str, lateness: std::time::Duration) {
+        self.in_flight.inc();
+        self.lateness
+            .get_or_create(&JobLabel {
+                job: job.to_owned(),
+            })
+            .observe(lateness.as_secs_f64());
+    }
+
+    /// A run ended.
+    pub fn run_ended(
+        &self,
+        job: &str,
+        report: &RunReport,
+        duration: std::time::Duration,
+        started: DateTime<Utc>,
+    ) {
+        self.in_flight.dec();
+        self.count(job, outcome_label(report.outcome));
+        let label = JobLabel {
+            job: job.to_owned(),
+        };
+        self.duration
+            .get_or_create(&label)
+            .observe(duration.as_secs_f64());
+        if report.outcome == Outcome::Success {
+            self.last_success
+                .get_or_create(&label)
+                .set(started.timestamp_millis() as f64 / 1000.0);
+        }
+    }
+
+    /// A fire was skipped by the overlap policy.
+    pub fn skipped(&self, job: &str) {
+        self.count(job, "skipped_overlap");
+    }
+
+    fn count(&self, job: &str, outcome: &str) {
+        self.runs
+            .get_or_create(&RunLabels {
+                job: job.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A reload was applied (`true`) or rejected.
+    pub fn reloaded(&self, applied: bool) {
+        let result = if applied { "applied" } else { "rejected" };
+        self.reloads
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn encode(&self) -> String {
+        self.rss
+            .set(i64::try_from(crate::process::own_rss()).unwrap_or(i64::MAX));
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}
+
+/// The `outcome` label of a run.
+pub fn outcome_label(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Success => "success",
+        Outcome::Failure => "failure",
+        Outcome::Timeout => "timeout",
+        Outcome::Stopped => "killed",
+    }
+}
+
+/// Records a finished run in a job's status.
+pub fn record_run(
+    status: &mut JobStatus,
+    run_id: u64,
+    report: &RunReport,
+    started: DateTime<Utc>,
+    duration_ms: f64,
+) {
+    status.running = status.running.saturating_sub(1);
+    match report.outcome {
+        Outcome::Success => {
+            status.runs.success += 1;
+            status.last_success = Some(started);
+        }
+        Outcome::Failure => status.runs.failure += 1,
+        Outcome::Timeout => status.runs.timeout += 1,
+        Outcome::Stopped => status.runs.killed += 1,
+    }
+    status.last_run = Some(LastRun {
+        run_id,
+        started,
+        duration_ms,
+        outcome: outcome_label(report.outcome).to_owned(),
+        exit_code: report.exit_code,
+        reason: report.reason.clone(),
+    });
+}
