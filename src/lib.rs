@@ -26,6 +26,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod crontab;
 pub mod daemon;
 pub mod handler;
 pub mod http;

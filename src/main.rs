@@ -110,6 +110,18 @@ enum Command {
         #[arg(default_value = "jobs.toml")]
         file: PathBuf,
     },
+    /// Turn a crontab into a jobs file on stdout.
+    ImportCrontab {
+        /// The crontab (`-`: standard input).
+        #[arg(default_value = "-")]
+        file: PathBuf,
+        /// The system format (/etc/crontab, /etc/cron.d): a user column before the command.
+        #[arg(long)]
+        system: bool,
+        /// Leave out the lines that cannot be translated (reported on stderr) and exit 0.
+        #[arg(long)]
+        skip_invalid: bool,
+    },
     /// Internal: the group keeper a daemon starts (kills its jobs' process groups if it dies).
     #[command(name = "__keeper", hide = true)]
     Keeper,
@@ -139,6 +151,11 @@ fn main() -> ExitCode {
         Command::Status { file, json } => status(&file, json),
         Command::RunNow { name, file } => run_now(&file, &name),
         Command::Exec { name, file } => exec(&file, &name),
+        Command::ImportCrontab {
+            file,
+            system,
+            skip_invalid,
+        } => import_crontab(&file, system, skip_invalid),
         Command::Keeper => {
             tickd::process::keeper_main(std::io::stdin().lock());
             exit::OK
@@ -388,6 +405,50 @@ fn exec(file: &Path, name: &str) -> u8 {
             _ => exit::FATAL,
         }
     })
+}
+
+fn import_crontab(file: &Path, system: bool, skip_invalid: bool) -> u8 {
+    let text = if file == Path::new("-") {
+        let mut text = String::new();
+        if let Err(err) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut text) {
+            eprintln_safe(&format!("tickd: cannot read standard input: {err}"));
+            return exit::INVALID;
+        }
+        text
+    } else {
+        match std::fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(err) => {
+                eprintln_safe(&format!("tickd: cannot read {}: {err}", file.display()));
+                return exit::INVALID;
+            }
+        }
+    };
+    let import = tickd::crontab::import(&text, system, local_zone().as_deref());
+    for problem in &import.problems {
+        eprintln_safe(&format!("{}:{problem}", file.display()));
+    }
+    if !import.problems.is_empty() && !skip_invalid {
+        eprintln_safe(&format!(
+            "tickd: {} line(s) could not be translated; fix them, or pass --skip-invalid to leave them out",
+            import.problems.len()
+        ));
+        return exit::INVALID;
+    }
+    let _ = std::io::stdout().lock().write_all(import.toml.as_bytes());
+    exit::OK
+}
+
+/// The machine's IANA zone, from `$TZ` or the `/etc/localtime` link.
+fn local_zone() -> Option<String> {
+    let zone = std::env::var("TZ").ok().or_else(|| {
+        let target = std::fs::read_link("/etc/localtime").ok()?;
+        let target = target.to_string_lossy().into_owned();
+        target
+            .split_once("zoneinfo/")
+            .map(|(_, zone)| zone.to_owned())
+    })?;
+    zone.parse::<Tz>().is_ok().then_some(zone)
 }
 
 fn check(file: &Path) -> u8 {

@@ -1622,3 +1622,71 @@ fn a_taken_address_is_a_clear_error_at_start() {
         .contains(&format!("cannot listen on 127.0.0.1:{port}")));
     assert!(!dir.path().join("ran").exists());
 }
+
+#[test]
+fn import_crontab_round_trips_through_check_and_next() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let crontab = "PATH=/usr/bin:/bin\n# every five minutes\n*/5 * * * * /usr/bin/php /srv/artisan schedule:run\n@reboot /bin/true\n";
+    let import = |extra: &[&str]| {
+        let mut child = tickd()
+            .arg("import-crontab")
+            .args(extra)
+            .env("TZ", "UTC")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("import");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(crontab.as_bytes())
+            .expect("write");
+        child.wait_with_output().expect("output")
+    };
+    // @reboot cannot be translated: exit 2 with the line number...
+    let out = import(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-:line 4: @reboot"));
+    // ... unless asked to skip it.
+    let out = import(&["--skip-invalid"]);
+    assert_eq!(out.status.code(), Some(0));
+    fs::write(dir.path().join("jobs.toml"), &out.stdout).expect("write");
+    let check = tickd()
+        .args(["check", "jobs.toml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("check");
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // `tickd next` on the imported job agrees with the crontab's expression.
+    let after = ["--after", "2026-01-01T00:03:00Z", "-n", "3"];
+    let next_job = tickd()
+        .args(["next", "jobs.toml", "--job", "php-artisan-schedule-run"])
+        .args(after)
+        .current_dir(dir.path())
+        .output()
+        .expect("next");
+    let next_cron = tickd()
+        .args(["next", "--cron", "*/5 * * * *"])
+        .args(after)
+        .output()
+        .expect("next");
+    let job_times: Vec<String> = String::from_utf8_lossy(&next_job.stdout)
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap_or("").to_owned())
+        .collect();
+    let cron_times: Vec<String> = String::from_utf8_lossy(&next_cron.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(job_times, cron_times);
+    assert_eq!(cron_times[0], "2026-01-01T00:05:00Z");
+}

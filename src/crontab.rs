@@ -1,0 +1,529 @@
+//! `tickd import-crontab`: turns a crontab into a jobs file.
+//!
+//! Handles the user format (`m h dom mon dow command`) and, with `system`, the format of
+//! `/etc/crontab` and `/etc/cron.d` (a user column before the command); `@` nicknames; environment
+//! lines (`SHELL`, `PATH`, `MAILTO`, `CRON_TZ`, others); comments; and cron's `%` rule. Hand-written:
+//! no crate translates crontabs, and the format is line-oriented and small.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+
+use chrono_tz::Tz;
+
+use crate::schedule::CronSchedule;
+
+/// The result of an import.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Import {
+    /// The jobs file (TOML), with the crontab's comments kept.
+    pub toml: String,
+    /// Lines that could not be translated, with their line numbers.
+    pub problems: Vec<LineProblem>,
+}
+
+/// A crontab line that could not be translated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineProblem {
+    /// 1-based line number.
+    pub line: usize,
+    /// Why.
+    pub message: String,
+}
+
+impl std::fmt::Display for LineProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+const NICKNAMES: &[&str] = &[
+    "@yearly",
+    "@annually",
+    "@monthly",
+    "@weekly",
+    "@daily",
+    "@midnight",
+    "@hourly",
+];
+
+/// Translates `text`, a crontab; `system` for the format with a user column. `local_zone` is
+/// the zone cron ran the jobs in (the machine's), written as `[daemon] timezone`.
+pub fn import(text: &str, system: bool, local_zone: Option<&str>) -> Import {
+    let mut out = String::from(
+        "# Imported from a crontab by `tickd import-crontab`. Check it with `tickd check`.\n\
+         # Each job keeps cron's behaviour of starting even while its previous run goes on\n\
+         # (overlap = \"allow\"); remove that line to skip such fires, tickd's default.\n",
+    );
+    match local_zone {
+        Some(zone) => {
+            let _ = writeln!(
+                out,
+                "\n[daemon]\n# cron ran jobs in the machine's local time zone.\ntimezone = {}",
+                quote(zone)
+            );
+        }
+        None => out.push_str(
+            "# cron ran jobs in the machine's local time zone; tickd defaults to UTC: set\n# [daemon] timezone if they differ.\n",
+        ),
+    }
+    let mut problems = Vec::new();
+    let mut names = BTreeSet::new();
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    let mut shell: Option<String> = None;
+    let mut zone: Option<String> = None;
+    // Comments (and notes) waiting to be written above the next job.
+    let mut pending: Vec<String> = Vec::new();
+
+    for (index, raw) in text.lines().enumerate() {
+        let number = index + 1;
+        let line = raw.trim();
+        if line.is_empty() {
+            pending.push(String::new());
+            continue;
+        }
+        if let Some(comment) = line.strip_prefix('#') {
+            pending.push(format!("#{comment}"));
+            continue;
+        }
+        if let Some((name, value)) = env_line(line) {
+            match name.as_str() {
+                "SHELL" => {
+                    shell = (value != "/bin/sh").then(|| value.clone());
+                    pending.push(format!(
+                        "# {name}={value}: {}",
+                        if shell.is_some() {
+                            "the jobs below run as command = [SHELL, \"-c\", ...]"
+                        } else {
+                            "tickd runs shell jobs with /bin/sh -c"
+                        }
+                    ));
+                }
+                "MAILTO" => pending.push(format!(
+                    "# MAILTO={value}: tickd sends no mail; it logs each run's output and outcome. Use on_failure = [...] to alert."
+                )),
+                "CRON_TZ" | "TZ" if value.parse::<Tz>().is_ok() => {
+                    pending.push(format!("# {name}={value}: set as the jobs' timezone below"));
+                    zone = Some(value);
+                }
+                _ => {
+                    pending.push(format!("# {name}={value}: in the env of the jobs below"));
+                    env.insert(name, value);
+                }
+            }
+            continue;
+        }
+        match job_line(line, system) {
+            Ok(job) => {
+                let name = unique_name(&mut names, &job.command);
+                let schedule = if job.expression == "@midnight" {
+                    "@daily".to_owned()
+                } else {
+                    job.expression.clone()
+                };
+                let tz = zone
+                    .as_deref()
+                    .and_then(|z| z.parse::<Tz>().ok())
+                    .unwrap_or(Tz::UTC);
+                if let Err(err) = CronSchedule::parse(&schedule, tz) {
+                    problems.push(LineProblem {
+                        line: number,
+                        message: err.to_string(),
+                    });
+                    continue;
+                }
+                let command = match unescape_percent(&job.command) {
+                    Ok(command) => command,
+                    Err(message) => {
+                        problems.push(LineProblem {
+                            line: number,
+                            message,
+                        });
+                        continue;
+                    }
+                };
+                for comment in pending.drain(..) {
+                    out.push_str(&comment);
+                    out.push('\n');
+                }
+                let _ = writeln!(out, "[jobs.{name}]   # line {number}");
+                let _ = writeln!(out, "cron = {}", quote(&schedule));
+                if let Some(zone) = &zone {
+                    let _ = writeln!(out, "timezone = {}", quote(zone));
+                }
+                match &shell {
+                    Some(shell) => {
+                        let _ = writeln!(
+                            out,
+                            "command = [{}, \"-c\", {}]",
+                            quote(shell),
+                            quote(&command)
+                        );
+                    }
+                    None => {
+                        let _ = writeln!(out, "shell = {}", quote(&command));
+                    }
+                }
+                if let Some(user) = &job.user {
+                    let _ = writeln!(out, "user = {}", quote(user));
+                }
+                if !env.is_empty() {
+                    let pairs: Vec<String> = env
+                        .iter()
+                        .map(|(k, v)| format!("{} = {}", quote(k), quote(v)))
+                        .collect();
+                    let _ = writeln!(out, "env = {{ {} }}", pairs.join(", "));
+                }
+                // cron starts a run even while the previous one goes on.
+                out.push_str("overlap = \"allow\"\n");
+            }
+            Err(message) => problems.push(LineProblem {
+                line: number,
+                message,
+            }),
+        }
+    }
+    for comment in pending {
+        out.push_str(&comment);
+        out.push('\n');
+    }
+    Import {
+        toml: out,
+        problems,
+    }
+}
+
+/// A TOML basic string.
+fn quote(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// `NAME=value` (cron's environment lines), with optional spaces and quotes.
+fn env_line(line: &str) -> Option<(String, String)> {
+    let (name, value) = line.split_once('=')?;
+    let name = name.trim();
+    if name.is_empty()
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        || name.chars().next().is_some_and(|c| c.is_ascii_digit())
+    {
+        return None;
+    }
+    let value = value.trim();
+    let unquoted = value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+        .unwrap_or(value);
+    Some((name.to_owned(), unquoted.to_owned()))
+}
+
+struct JobLine {
+    expression: String,
+    user: Option<String>,
+    command: String,
+}
+
+/// Splits a job line into its schedule, user (system format) and command.
+fn job_line(line: &str, system: bool) -> Result<JobLine, String> {
+    let mut rest = line;
+    let mut take = || -> Option<&str> {
+        let trimmed = rest.trim_start();
+        let end = trimmed.find(char::is_whitespace).unwrap_or(trimmed.len());
+        let (word, tail) = trimmed.split_at(end);
+        rest = tail;
+        (!word.is_empty()).then_some(word)
+    };
+    let first = take().ok_or("empty line")?;
+    let expression = if first.starts_with('@') {
+        if first == "@reboot" {
+            return Err("@reboot has no tickd equivalent (tickd schedules, it does not boot): give a job run_on_start = true instead".to_owned());
+        }
+        if !NICKNAMES.contains(&first) {
+            return Err(format!("unknown schedule {first}"));
+        }
+        first.to_owned()
+    } else {
+        let mut fields = vec![first];
+        for _ in 0..4 {
+            fields.push(take().ok_or("expected 5 schedule fields and a command")?);
+        }
+        fields.join(" ")
+    };
+    let user = if system {
+        Some(
+            take()
+                .ok_or("expected a user name before the command")?
+                .to_owned(),
+        )
+    } else {
+        None
+    };
+    let command = rest.trim().to_owned();
+    if command.is_empty() {
+        return Err("no command".to_owned());
+    }
+    Ok(JobLine {
+        expression,
+        user,
+        command,
+    })
+}
+
+/// cron turns an unescaped `%` into a newline and feeds what follows to the command's stdin;
+/// `\%` is a literal `%`. tickd gives jobs no stdin, so only escaped ones translate.
+fn unescape_percent(command: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(command.len());
+    let mut chars = command.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&'%') => {
+                out.push('%');
+                chars.next();
+            }
+            '%' => {
+                return Err("an unescaped % feeds the rest of the line to the command's stdin in cron; tickd jobs have no stdin: escape it as \\% or pipe the input in the command (printf '...' | command)".to_owned());
+            }
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+/// A job name from the command: its program and first arguments, lowercase, `-` separated,
+/// made unique with a suffix.
+fn unique_name(taken: &mut BTreeSet<String>, command: &str) -> String {
+    let words: Vec<String> = command
+        .split(|c: char| c.is_whitespace() || matches!(c, ';' | '&' | '|' | '>' | '<'))
+        .filter(|w| !w.is_empty() && !w.starts_with(['-', '+', '%', '$']) && !w.contains('='))
+        .map(|w| w.rsplit('/').next().unwrap_or(w).to_ascii_lowercase())
+        .map(|w| {
+            w.chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect::<String>()
+                .split('-')
+                .filter(|part| !part.is_empty())
+                .collect::<Vec<_>>()
+                .join("-")
+        })
+        .filter(|w| {
+            !w.is_empty() && !matches!(w.as_str(), "cd" | "test" | "x" | "sh" | "bash" | "c")
+        })
+        .take(3)
+        .collect();
+    let mut base = words.join("-");
+    base.truncate(40);
+    let base = base.trim_matches('-');
+    let base = if base.is_empty() { "job" } else { base };
+    let mut name = base.to_owned();
+    let mut n = 2;
+    while !taken.insert(name.clone()) {
+        name = format!("{base}-{n}");
+        n += 1;
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse, Action};
+    use crate::handler::Handlers;
+    use crate::schedule::Schedule;
+    use chrono::{TimeZone, Utc};
+    use std::path::Path;
+
+    /// Imports, checks the result is a valid jobs file, and returns it with the problems.
+    fn round_trip(text: &str, system: bool) -> (crate::config::Config, Import) {
+        let import = import(text, system, None);
+        let config = parse(
+            Path::new("imported.toml"),
+            &import.toml,
+            &Handlers::with_builtins(),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", import.toml));
+        (config, import)
+    }
+
+    const DEBIAN_ETC_CRONTAB: &str = "\
+# /etc/crontab: system-wide crontab
+# Unlike any other crontab you don't have to run the `crontab'
+# command to install the new version when you edit this file
+# and files in /etc/cron.d. These files also have username fields,
+# that none of the other crontabs do.
+
+SHELL=/bin/sh
+# You can also override PATH, but by default, newer versions inherit it from the environment
+#PATH=/usr/local/sbin:/usr/local/bin:/sbin:/bin:/usr/sbin:/usr/bin
+
+# Example of job definition:
+# .---------------- minute (0 - 59)
+# |  .------------- hour (0 - 23)
+# |  |  .---------- day of month (1 - 31)
+# |  |  |  .------- month (1 - 12) OR jan,feb,mar,apr ...
+# |  |  |  |  .---- day of week (0 - 6) (Sunday=0 or 7) OR sun,mon,tue,wed,thu,fri,sat
+# |  |  |  |  |
+# *  *  *  *  * user-name command to be executed
+17 *\t* * *\troot\tcd / && run-parts --report /etc/cron.hourly
+25 6\t* * *\troot\ttest -x /usr/sbin/anacron || { cd / && run-parts --report /etc/cron.daily; }
+47 6\t* * 7\troot\ttest -x /usr/sbin/anacron || { cd / && run-parts --report /etc/cron.weekly; }
+52 6\t1 * *\troot\ttest -x /usr/sbin/anacron || { cd / && run-parts --report /etc/cron.monthly; }
+#
+";
+
+    #[test]
+    fn debians_etc_crontab_round_trips() {
+        let (config, import) = round_trip(DEBIAN_ETC_CRONTAB, true);
+        assert!(import.problems.is_empty(), "{:?}", import.problems);
+        assert_eq!(config.jobs.len(), 4, "{}", import.toml);
+        assert!(import.toml.contains("# /etc/crontab: system-wide crontab"));
+        let hourly = config
+            .jobs
+            .values()
+            .find(|j| matches!(&j.action, Action::Process(p) if p.argv[2].contains("cron.hourly")))
+            .expect("the hourly job");
+        assert_eq!(
+            hourly.run_as.as_ref().map(|r| r.user.as_str()),
+            Some("root")
+        );
+        // The schedule agrees with cron's: 17 past every hour; the weekly one on Sundays (7).
+        let Schedule::Cron(cron) = &hourly.schedule else {
+            panic!("cron schedule")
+        };
+        let t = Utc
+            .with_ymd_and_hms(2026, 1, 1, 10, 20, 0)
+            .single()
+            .expect("time");
+        assert_eq!(
+            cron.next_after(t),
+            Some(
+                Utc.with_ymd_and_hms(2026, 1, 1, 11, 17, 0)
+                    .single()
+                    .expect("time")
+            )
+        );
+        let weekly = config
+            .jobs
+            .values()
+            .find(|j| matches!(&j.action, Action::Process(p) if p.argv[2].contains("cron.weekly")))
+            .expect("the weekly job");
+        let Schedule::Cron(cron) = &weekly.schedule else {
+            panic!("cron schedule")
+        };
+        // 2026-01-01 is a Thursday: next Sunday 06:47 is the 4th.
+        assert_eq!(
+            cron.next_after(t),
+            Some(
+                Utc.with_ymd_and_hms(2026, 1, 4, 6, 47, 0)
+                    .single()
+                    .expect("time")
+            )
+        );
+    }
+
+    #[test]
+    fn a_user_crontab_with_env_lines_names_ranges_and_escaped_percent() {
+        let text = "\
+MAILTO=ops@example.com
+PATH=/usr/local/bin:/usr/bin:/bin
+APP_ENV = \"prod\"
+# nightly report
+30 2 * * mon-fri php /srv/app/artisan report:nightly
+*/5 9-17 1,15 jan,jul * /usr/local/bin/sync --fast
+@hourly date +\\%Y-\\%m-\\%d >> /tmp/stamps
+@midnight php /srv/app/artisan report:nightly
+";
+        let (config, import) = round_trip(text, false);
+        assert!(import.problems.is_empty(), "{:?}", import.problems);
+        assert!(import
+            .toml
+            .contains("# MAILTO=ops@example.com: tickd sends no mail"));
+        assert!(
+            import
+                .toml
+                .contains("# nightly report\n[jobs.php-artisan-report-nightly]   # line 5"),
+            "{}",
+            import.toml
+        );
+        // Names are unique.
+        assert!(config.jobs.contains_key("php-artisan-report-nightly-2"));
+        let sync = &config.jobs["sync"];
+        let Action::Process(p) = &sync.action else {
+            panic!("shell job")
+        };
+        assert_eq!(p.argv, ["/bin/sh", "-c", "/usr/local/bin/sync --fast"]);
+        assert_eq!(p.env["PATH"], "/usr/local/bin:/usr/bin:/bin");
+        assert_eq!(p.env["APP_ENV"], "prod");
+        let date = &config.jobs["date-stamps"];
+        let Action::Process(p) = &date.action else {
+            panic!("shell job")
+        };
+        assert_eq!(p.argv[2], "date +%Y-%m-%d >> /tmp/stamps");
+        let Schedule::Cron(cron) = &sync.schedule else {
+            panic!("cron")
+        };
+        let t = Utc
+            .with_ymd_and_hms(2026, 1, 15, 17, 56, 0)
+            .single()
+            .expect("time");
+        assert_eq!(
+            cron.next_after(t),
+            Some(
+                Utc.with_ymd_and_hms(2026, 7, 1, 9, 0, 0)
+                    .single()
+                    .expect("time")
+            )
+        );
+    }
+
+    #[test]
+    fn untranslatable_lines_are_reported_with_their_numbers() {
+        let text = "\
+@reboot /usr/local/bin/warm-cache
+* * * * * mail -s hi root%body of the mail%
+61 * * * * true
+* * *
+0 0 * * * ok-command
+";
+        let import = import(text, false, None);
+        let lines: Vec<usize> = import.problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, [1, 2, 3, 4], "{:?}", import.problems);
+        assert!(import.problems[0].message.contains("run_on_start"));
+        assert!(import.problems[1].message.contains("stdin"));
+        assert!(import.problems[2]
+            .message
+            .contains("invalid cron expression"));
+        // What could be translated still is.
+        assert!(import.toml.contains("[jobs.ok-command]"));
+    }
+
+    #[test]
+    fn a_shell_other_than_sh_and_cron_tz_carry_over() {
+        let text = "SHELL=/bin/bash\nCRON_TZ=Europe/Berlin\n0 9 * * * echo {a,b}\n";
+        let (config, import) = round_trip(text, false);
+        let job = config.jobs.values().next().expect("a job");
+        let Action::Process(p) = &job.action else {
+            panic!("command job")
+        };
+        assert_eq!(p.argv, ["/bin/bash", "-c", "echo {a,b}"]);
+        let Schedule::Cron(cron) = &job.schedule else {
+            panic!("cron")
+        };
+        assert_eq!(
+            cron.timezone(),
+            chrono_tz::Europe::Berlin,
+            "{}",
+            import.toml
+        );
+    }
+
+    #[test]
+    fn the_local_zone_becomes_the_daemons() {
+        let import = import("0 9 * * * true\n", false, Some("America/New_York"));
+        let config = parse(
+            Path::new("x.toml"),
+            &import.toml,
+            &Handlers::with_builtins(),
+        )
+        .expect("valid");
+        assert_eq!(config.daemon.timezone, chrono_tz::America::New_York);
+    }
+}
