@@ -121,22 +121,44 @@ impl Spawner {
 /// Our children that have exited and wait to be reaped (state `Z` in `/proc`).
 fn zombie_children() -> Vec<i32> {
     let me = std::process::id().to_string();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                // state is the first field after the command name, ppid the second.
-                stat.rsplit_once(')').is_some_and(|(_, rest)| {
-                    let mut fields = rest.split_whitespace();
-                    fields.next() == Some("Z") && fields.next() == Some(me.as_str())
-                })
-            })
-        })
+    processes()
+        .filter(|(_, stat)| stat.state == "Z" && stat.ppid == me)
+        .map(|(pid, _)| pid)
         .collect()
+}
+
+/// The fields of `/proc/PID/stat` that tickd reads.
+struct ProcStat {
+    state: String,
+    ppid: String,
+    pgrp: String,
+    /// Resident set size, in pages.
+    rss_pages: u64,
+}
+
+/// Every process in `/proc`, with its stat fields; processes that vanish meanwhile are skipped.
+fn processes() -> impl Iterator<Item = (i32, ProcStat)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().parse::<i32>().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // The fields after the command name (which may hold spaces and parentheses) start
+            // after the last ')': state, ppid, pgrp, ..., rss (the 22nd of them).
+            let (_, rest) = stat.rsplit_once(')')?;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            Some((
+                pid,
+                ProcStat {
+                    state: (*fields.first()?).to_owned(),
+                    ppid: (*fields.get(1)?).to_owned(),
+                    pgrp: (*fields.get(2)?).to_owned(),
+                    rss_pages: fields.get(21)?.parse().ok()?,
+                },
+            ))
+        })
 }
 
 impl Spawner {
@@ -438,31 +460,12 @@ pub fn own_rss() -> u64 {
 
 /// The resident memory of every process in `group`, in bytes (from `/proc`).
 pub fn group_rss(group: Pid) -> u64 {
-    let page = page_size();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
     let group = group.as_raw().to_string();
-    entries
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-        })
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .filter_map(|stat| {
-            // Fields after the command name (which may hold spaces) start after the last ')':
-            // state is field 3 of the line, pgrp 5, rss 24.
-            let (_, rest) = stat.rsplit_once(')')?;
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            (fields.get(2) == Some(&group.as_str()))
-                .then(|| fields.get(21)?.parse::<u64>().ok())
-                .flatten()
-        })
+    processes()
+        .filter(|(_, stat)| stat.pgrp == group)
+        .map(|(_, stat)| stat.rss_pages)
         .sum::<u64>()
-        * page
+        * page_size()
 }
 
 fn exited(status: io::Result<ExitStatus>) -> ChildEnd {
