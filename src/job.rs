@@ -233,12 +233,13 @@ impl JobActor {
         tokio::pin!(stopped);
         let mut timer: Option<(Instant, Sleep)> = None;
         let mut retry_timer: Option<(Instant, Sleep)> = None;
-        let mut published: Option<Option<Instant>> = None;
+        // What the status shows: (next start, paused).
+        let mut published: Option<(Option<Instant>, bool)> = None;
         loop {
             let next = if self.paused { None } else { self.next };
             let start_at = next.map(|due| due.start_at());
-            if published != Some(start_at) {
-                published = Some(start_at);
+            if published != Some((start_at, self.paused)) {
+                published = Some((start_at, self.paused));
                 let next_fire = next.map(|due| self.scheduled_wall(&due));
                 let paused = self.paused;
                 self.status.update(|s| {
