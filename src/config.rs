@@ -61,6 +61,8 @@ pub struct DaemonSettings {
     pub http: Option<std::net::SocketAddr>,
     /// The bearer token the endpoint requires (all routes but `/healthz`).
     pub http_token: Option<String>,
+    /// What jobs inherit of the daemon's environment.
+    pub env: EnvPolicy,
 }
 
 /// One validated job.
@@ -95,6 +97,8 @@ pub struct JobSpec {
     pub on_failure: Option<Vec<String>>,
     /// The user (and groups) child processes run as; `None`: the daemon's own.
     pub run_as: Option<RunAs>,
+    /// What this job's processes (and its `on_failure` hook) inherit of the daemon's environment.
+    pub env_policy: EnvPolicy,
 }
 
 /// Retries of a failed run: up to `attempts` more runs, `backoff` after the failure and doubling
@@ -172,9 +176,38 @@ pub struct ProcessSpec {
     pub argv: Vec<String>,
     /// Working directory; the daemon's own when unset.
     pub cwd: Option<PathBuf>,
-    /// Extra environment variables, on top of the daemon's environment.
+    /// Extra environment variables, on top of what `inherit` lets through.
     pub env: BTreeMap<String, String>,
+    /// Which of the daemon's own environment variables the child gets.
+    pub inherit: EnvPolicy,
 }
+
+/// Which of the daemon's environment variables jobs inherit (`[daemon] env_clear`, `env_keep`,
+/// `env_remove`). Variables addressed to tickd by its service manager (`NOTIFY_SOCKET`,
+/// `WATCHDOG_USEC`, `WATCHDOG_PID`, `LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`) are never
+/// passed on, whatever the policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvPolicy {
+    /// Start from an empty environment instead of the daemon's.
+    pub clear: bool,
+    /// With `clear`: the variables passed through anyway.
+    pub keep: Vec<String>,
+    /// Without `clear`: the variables taken out.
+    pub remove: Vec<String>,
+}
+
+/// The service manager's variables for tickd itself, never inherited by jobs.
+pub const NEVER_INHERITED: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+];
+
+/// What `env_keep` is when `env_clear = true` and it is not given.
+pub const DEFAULT_ENV_KEEP: &[&str] = &["PATH", "LANG", "LC_ALL", "TZ", "HOME", "USER", "LOGNAME"];
 
 /// An HTTP request to make for each run.
 #[derive(Debug, Clone, PartialEq)]
@@ -396,6 +429,9 @@ struct RawDaemon {
     max_rss: Option<Spanned<String>>,
     http: Option<Spanned<String>>,
     http_token: Option<Spanned<String>>,
+    env_clear: Option<bool>,
+    env_keep: Option<Spanned<Vec<String>>>,
+    env_remove: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -576,7 +612,15 @@ impl Validator<'_> {
             .as_ref()
             .and_then(|v| self.bytes(v, daemon_at("daemon.max_rss")));
         let http = raw.daemon.http.as_ref().and_then(|v| {
-            match v.get_ref().parse::<std::net::SocketAddr>() {
+            // A bare port ("9187" or ":9187") means loopback.
+            let text = v.get_ref().trim();
+            let port_only = text.strip_prefix(':').unwrap_or(text);
+            let text = if port_only.parse::<u16>().is_ok() {
+                format!("127.0.0.1:{port_only}")
+            } else {
+                text.to_owned()
+            };
+            match text.parse::<std::net::SocketAddr>() {
                 Ok(addr) => Some(addr),
                 Err(e) => {
                     self.report(
@@ -603,6 +647,23 @@ impl Validator<'_> {
                 );
             }
         }
+        let clear = raw.daemon.env_clear.unwrap_or(false);
+        if let (Some(keep), false) = (&raw.daemon.env_keep, clear) {
+            self.report(
+                keep.span().start,
+                None,
+                Some("daemon.env_keep"),
+                "\"env_keep\" applies with env_clear = true (without it, everything is inherited; use env_remove to take variables out)".to_owned(),
+            );
+        }
+        let env = EnvPolicy {
+            clear,
+            keep: raw.daemon.env_keep.as_ref().map_or_else(
+                || DEFAULT_ENV_KEEP.iter().map(|s| (*s).to_owned()).collect(),
+                |keep| keep.get_ref().clone(),
+            ),
+            remove: raw.daemon.env_remove.clone().unwrap_or_default(),
+        };
         let daemon = DaemonSettings {
             shutdown_timeout,
             timezone,
@@ -612,6 +673,7 @@ impl Validator<'_> {
             max_rss,
             http,
             http_token,
+            env,
         };
         let mut jobs = BTreeMap::new();
         for (name, job) in raw.jobs {
@@ -786,6 +848,7 @@ impl Validator<'_> {
                     .as_ref()
                     .map(|v| v.get_ref().clone())
                     .unwrap_or_default(),
+                inherit: daemon.env.clone(),
             })
         };
         let action = if let Some(command) = &raw.command {
@@ -991,6 +1054,7 @@ impl Validator<'_> {
             retry,
             on_failure,
             run_as,
+            env_policy: daemon.env.clone(),
         })
     }
 
@@ -1401,12 +1465,28 @@ handler = "log"
     }
 
     #[test]
+    fn env_keep_needs_env_clear() {
+        let msg = error("[daemon]\nenv_keep = [\"PATH\"]\n");
+        assert!(
+            msg.contains("key \"daemon.env_keep\": \"env_keep\" applies with env_clear = true"),
+            "{msg}"
+        );
+        let config = check("[daemon]\nenv_clear = true\n").expect("valid");
+        assert!(config.daemon.env.keep.contains(&"PATH".to_owned()));
+    }
+
+    #[test]
     fn the_endpoint_off_loopback_needs_a_token() {
         let config = check("[daemon]\nhttp = \"127.0.0.1:9187\"\n").expect("loopback is fine");
         assert_eq!(config.daemon.http, Some(([127, 0, 0, 1], 9187).into()));
         let msg = error("[daemon]\nhttp = \"0.0.0.0:9187\"\n");
         assert!(msg.contains("jobs.toml:2:8: key \"daemon.http\": 0.0.0.0:9187 is not a loopback address: set [daemon] http_token"), "{msg}");
         check("[daemon]\nhttp = \"0.0.0.0:9187\"\nhttp_token = \"t\"\n").expect("with a token");
+        for port_only in ["9187", ":9187"] {
+            let config =
+                check(&format!("[daemon]\nhttp = \"{port_only}\"\n")).expect("a bare port");
+            assert_eq!(config.daemon.http, Some(([127, 0, 0, 1], 9187).into()));
+        }
         let msg = error("[daemon]\nhttp = \"localhost\"\n");
         assert!(
             msg.contains("key \"daemon.http\": invalid address"),

@@ -668,6 +668,7 @@ impl JobActor {
             argv,
             cwd: None,
             env: vars,
+            inherit: self.spec.env_policy.clone(),
         };
         let run_id = ended.run_id;
         let cancel = self.runs_cancel.child_token();

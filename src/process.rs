@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::config::{OutputMode, ProcessSpec, RunAs};
+use crate::config::{OutputMode, ProcessSpec, RunAs, NEVER_INHERITED};
 use crate::handler::RunId;
 
 /// The longest output line logged whole; longer lines are cut and marked.
@@ -309,8 +309,25 @@ const RSS_SAMPLE: Duration = Duration::from_secs(1);
 /// Runs `spec` as a child process to its end.
 pub async fn run_child(spec: &ProcessSpec, run: ChildRun<'_>) -> ChildEnd {
     let mut command = Command::new(&spec.argv[0]);
+    command.args(&spec.argv[1..]);
+    let policy = &spec.inherit;
+    if policy.clear {
+        command.env_clear();
+        for name in &policy.keep {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
+            }
+        }
+    }
+    for name in policy
+        .remove
+        .iter()
+        .map(String::as_str)
+        .chain(NEVER_INHERITED.iter().copied())
+    {
+        command.env_remove(name);
+    }
     command
-        .args(&spec.argv[1..])
         .envs(&spec.env)
         .stdin(Stdio::null())
         .process_group(0)

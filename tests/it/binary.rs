@@ -188,6 +188,15 @@ shell = "echo oops >&2; exit 3"
 [jobs.missing]
 every = "200ms"
 command = ["/nonexistent/program"]
+
+[jobs.not-executable]
+every = "200ms"
+command = ["./not-executable.sh"]
+
+[jobs.bad-cwd]
+every = "200ms"
+command = ["true"]
+cwd = "/nonexistent/dir"
 "#,
     );
     let log = d.wait_log_n("hello; $(not a shell) 'quoted'", 2);
@@ -205,6 +214,16 @@ command = ["/nonexistent/program"]
     assert!(log.contains("reason=\"exited with code 3\""), "{log}");
     let log = d.wait_log("command not found");
     assert!(log.contains("job=missing"), "{log}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let script = d.path("not-executable.sh");
+        fs::write(&script, "echo hi\n").expect("script");
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let log = d.wait_log("permission denied");
+    assert!(log.contains("job=not-executable"), "{log}");
+    let log = d.wait_log("working directory /nonexistent/dir does not exist");
+    assert!(log.contains("job=bad-cwd"), "{log}");
     // A failed start is a failed run, not a dead daemon.
     d.wait_log_n("command not found", 3);
     d.signal(Signal::SIGTERM);
@@ -1180,7 +1199,7 @@ fn sigterm_right_after_start_always_exits_cleanly() {
     .expect("write");
     // At varying moments of start-up: before the handlers are in, while jobs are scheduled, once
     // runs are going. Never a hang, never a code other than the documented ones.
-    for i in 0..100u64 {
+    for i in 0..1000u64 {
         let mut child = tickd()
             .args(["run", "jobs.toml"])
             .current_dir(dir.path())
@@ -1189,7 +1208,7 @@ fn sigterm_right_after_start_always_exits_cleanly() {
             .stderr(Stdio::null())
             .spawn()
             .expect("start");
-        std::thread::sleep(Duration::from_micros(i * 200));
+        std::thread::sleep(Duration::from_micros((i % 100) * 200));
         let pid = Pid::from_raw(child.id() as i32);
         let _ = kill(pid, Signal::SIGTERM);
         let deadline = Instant::now() + PATIENCE;
@@ -1217,7 +1236,7 @@ fn a_storm_of_sighups_with_good_and_bad_files_ends_consistent() {
     let fds_before = fs::read_dir(format!("/proc/{}/fd", d.child.id()))
         .expect("fds")
         .count();
-    for i in 0..300 {
+    for i in 0..1000 {
         d.rewrite(match i % 3 {
             0 => good_a,
             1 => bad,
@@ -1311,7 +1330,7 @@ fn output_abuse_does_not_grow_the_daemon() {
 [jobs.flood]
 every = "1h"
 run_on_start = true
-shell = "head -c 300000000 /dev/zero; printf 'binary \\377\\376\\000 end\\n'; echo done > flood.done"
+shell = "head -c 2000000000 /dev/zero; printf 'binary \\377\\376\\000 end\\n'; echo done > flood.done"
 
 [jobs.closed-stdout]
 every = "100ms"
@@ -1336,7 +1355,7 @@ shell = "exec >&-; echo gone; echo still-running >&2"
             .unwrap_or(0)
             / 1024
     };
-    // 300 MB without a newline, read as 64 KiB cut lines, then a binary line: the daemon's peak
+    // 2 GB without a newline, read as 64 KiB cut lines, then a binary line: the daemon's peak
     // memory stays far below the output's size. (The job can only finish once tickd has read
     // all of it: the pipe holds 64 KiB.)
     let _ = d.wait_file("flood.done");
@@ -1689,4 +1708,61 @@ fn import_crontab_round_trips_through_check_and_next() {
         .collect();
     assert_eq!(job_times, cron_times);
     assert_eq!(cron_times[0], "2026-01-01T00:05:00Z");
+}
+
+#[test]
+fn the_environment_policy_decides_what_jobs_inherit() {
+    let run_env = |daemon: &str| {
+        let d = Daemon::launch(
+            &format!("[daemon]\n{daemon}\n[jobs.env]\nevery = \"100ms\"\nshell = \"env > env.tmp; mv env.tmp env.txt\"\nenv = {{ OWN = \"mine\" }}\n"),
+            |command, log| {
+                command
+                    .args(["run", "jobs.toml"])
+                    .env("SECRET_TOKEN", "hunter2")
+                    .env("KEEPME", "kept")
+                    .env("NOTIFY_SOCKET", "/nonexistent/notify.sock")
+                    .env("WATCHDOG_USEC", "0")
+                    .stderr(fs::File::create(log).expect("log file"));
+            },
+        );
+        d.wait_file("env.txt")
+    };
+    let inherited = run_env("");
+    assert!(inherited.contains("SECRET_TOKEN=hunter2\n") && inherited.contains("OWN=mine\n"));
+    // Variables for tickd itself never reach a job.
+    assert!(
+        !inherited.contains("NOTIFY_SOCKET") && !inherited.contains("WATCHDOG_USEC"),
+        "{inherited}"
+    );
+    let removed = run_env("env_remove = [\"SECRET_TOKEN\"]");
+    assert!(
+        !removed.contains("SECRET_TOKEN") && removed.contains("KEEPME=kept\n"),
+        "{removed}"
+    );
+    let cleared = run_env("env_clear = true\nenv_keep = [\"KEEPME\", \"PATH\"]");
+    assert!(!cleared.contains("SECRET_TOKEN"), "{cleared}");
+    assert!(
+        cleared.contains("KEEPME=kept\n") && cleared.contains("OWN=mine\n"),
+        "{cleared}"
+    );
+    assert!(cleared.contains("PATH="), "{cleared}");
+    assert!(!cleared.contains("HOME="), "{cleared}");
+}
+
+#[test]
+fn a_full_stderr_does_not_stop_scheduling() {
+    let mut d = Daemon::launch(
+        "[jobs.count]\nevery = \"50ms\"\nshell = \"echo tick >> ticks; echo some output\"\n",
+        |command, _| {
+            command
+                .args(["run", "jobs.toml"])
+                .stdout(fs::File::create("/dev/full").expect("/dev/full"))
+                .stderr(fs::File::create("/dev/full").expect("/dev/full"));
+        },
+    );
+    eventually("20 runs with stdout and stderr full", || {
+        fs::read_to_string(d.path("ticks")).is_ok_and(|t| t.lines().count() >= 20)
+    });
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0);
 }
