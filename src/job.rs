@@ -20,7 +20,7 @@ use crate::clock::{Instant, Sleep};
 use crate::config::{JobSpec, OnMissed, Overlap};
 use crate::handler::{RunContext, RunId};
 use crate::run::{self, Outcome, RunEnv, RunReport};
-use crate::status::{record_run, SharedStatus};
+use crate::status::{record_run, JobMetrics, SharedStatus};
 
 /// The longest an `on_failure` hook may run.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -186,6 +186,8 @@ struct JobActor {
     runs_cancel: CancellationToken,
     /// What the endpoint shows of this job.
     status: SharedStatus,
+    /// This job's metric handles.
+    metrics: Arc<JobMetrics>,
     /// Paused through the endpoint.
     paused: bool,
 }
@@ -195,6 +197,7 @@ impl JobActor {
         let (ended_tx, ended_rx) = mpsc::unbounded_channel();
         let anchor = env.clock.now();
         let runs_cancel = env.stop_runs.child_token();
+        let metrics = Arc::new(env.metrics.for_job(&spec.name));
         let mut actor = JobActor {
             spec,
             env,
@@ -210,6 +213,7 @@ impl JobActor {
             skipped: 0,
             runs_cancel,
             status,
+            metrics,
             paused: false,
         };
         actor.restart_schedule();
@@ -574,7 +578,7 @@ impl JobActor {
 
     fn skip(&mut self, why: &str) -> FireResult {
         self.skipped += 1;
-        self.env.metrics.skipped(&self.spec.name);
+        self.metrics.skipped();
         self.status.update(|s| s.runs.skipped_overlap += 1);
         tracing::debug!(job = %self.spec.name, skipped_total = self.skipped, "fire skipped: {why}");
         FireResult::Skipped
@@ -731,7 +735,8 @@ impl JobActor {
             attempt,
             "run started"
         );
-        env.metrics.run_started(&spec.name, lateness);
+        self.metrics.run_started(lateness);
+        let metrics = self.metrics.clone();
         let started_wall = clock.wall_now();
         self.status.update(|s| s.running += 1);
         let status = self.status.clone();
@@ -746,8 +751,7 @@ impl JobActor {
             let report = run::execute(&spec, ctx, &env).await;
             let duration = env.clock.now().saturating_duration_since(started);
             let duration_ms = millis(duration);
-            env.metrics
-                .run_ended(&spec.name, &report, duration, started_wall);
+            metrics.run_ended(&report, duration, started_wall);
             status.update(|s| record_run(s, run_id.0, &report, started_wall, duration_ms));
             let exit_code = report.exit_code.map(i64::from);
             let reason = report.reason.as_deref().unwrap_or("");

@@ -180,51 +180,31 @@ impl Metrics {
         }
     }
 
-    /// A run started, `lateness` after its due instant.
-    pub fn run_started(&self, job: &str, lateness: std::time::Duration) {
-        self.in_flight.inc();
-        self.lateness
-            .get_or_create(&JobLabel {
-                job: job.to_owned(),
-            })
-            .observe(lateness.as_secs_f64());
-    }
-
-    /// A run ended.
-    pub fn run_ended(
-        &self,
-        job: &str,
-        report: &RunReport,
-        duration: std::time::Duration,
-        started: DateTime<Utc>,
-    ) {
-        self.in_flight.dec();
-        self.count(job, outcome_label(report.outcome));
+    /// The metrics of one job, looked up once: recording a run then takes no lock and no
+    /// allocation (the handles share their values with the registry).
+    pub fn for_job(&self, job: &str) -> JobMetrics {
         let label = JobLabel {
             job: job.to_owned(),
         };
-        self.duration
-            .get_or_create(&label)
-            .observe(duration.as_secs_f64());
-        if report.outcome == Outcome::Success {
-            self.last_success
-                .get_or_create(&label)
-                .set(started.timestamp_millis() as f64 / 1000.0);
+        let count = |outcome: &str| {
+            self.runs
+                .get_or_create(&RunLabels {
+                    job: job.to_owned(),
+                    outcome: outcome.to_owned(),
+                })
+                .clone()
+        };
+        JobMetrics {
+            success: count("success"),
+            failure: count("failure"),
+            timeout: count("timeout"),
+            killed: count("killed"),
+            skipped: count("skipped_overlap"),
+            duration: self.duration.get_or_create(&label).clone(),
+            lateness: self.lateness.get_or_create(&label).clone(),
+            last_success: self.last_success.get_or_create(&label).clone(),
+            in_flight: self.in_flight.clone(),
         }
-    }
-
-    /// A fire was skipped by the overlap policy.
-    pub fn skipped(&self, job: &str) {
-        self.count(job, "skipped_overlap");
-    }
-
-    fn count(&self, job: &str, outcome: &str) {
-        self.runs
-            .get_or_create(&RunLabels {
-                job: job.to_owned(),
-                outcome: outcome.to_owned(),
-            })
-            .inc();
     }
 
     /// A reload was applied (`true`) or rejected.
@@ -246,6 +226,60 @@ impl Metrics {
             text.clear();
         }
         text
+    }
+}
+
+/// One job's metric handles; see [`Metrics::for_job`].
+#[derive(Debug, Clone)]
+pub struct JobMetrics {
+    success: Counter,
+    failure: Counter,
+    timeout: Counter,
+    killed: Counter,
+    skipped: Counter,
+    duration: Histogram,
+    lateness: Histogram,
+    last_success: Gauge<f64, AtomicU64>,
+    in_flight: Gauge,
+}
+
+impl JobMetrics {
+    /// A run started, `lateness` after its due instant.
+    pub fn run_started(&self, lateness: std::time::Duration) {
+        self.in_flight.inc();
+        self.lateness.observe(lateness.as_secs_f64());
+    }
+
+    /// A run ended.
+    pub fn run_ended(
+        &self,
+        report: &RunReport,
+        duration: std::time::Duration,
+        started: DateTime<Utc>,
+    ) {
+        self.in_flight.dec();
+        match report.outcome {
+            Outcome::Success => {
+                self.success.inc();
+                self.last_success
+                    .set(started.timestamp_millis() as f64 / 1000.0);
+            }
+            Outcome::Failure => {
+                self.failure.inc();
+            }
+            Outcome::Timeout => {
+                self.timeout.inc();
+            }
+            Outcome::Stopped => {
+                self.killed.inc();
+            }
+        }
+        self.duration.observe(duration.as_secs_f64());
+    }
+
+    /// A fire was skipped by the overlap policy.
+    pub fn skipped(&self) {
+        self.skipped.inc();
     }
 }
 
