@@ -32,11 +32,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-def jobs_file(directory, port):
+def jobs_file(directory, port, children):
     lines = [f'[daemon]\nhttp = "127.0.0.1:{port}"\nshutdown_timeout = "10s"\n']
     for i in range(1000):
         lines.append(f'[jobs.inproc-{i}]\nevery = "200ms"\nhandler = "log"\n')
-    for i in range(10):
+    for i in range(children):
         lines.append(f'[jobs.child-{i}]\nevery = "1s"\ncommand = ["sh", "-c", "echo run $$"]\n')
     path = os.path.join(directory, "jobs.toml")
     with open(path, "w") as f:
@@ -110,13 +110,14 @@ def main():
     parser.add_argument("--minutes", type=float, default=60)
     parser.add_argument("--out", default=os.path.join(ROOT, "target", "soak"))
     parser.add_argument("--interval", type=float, default=10)
+    parser.add_argument("--children", type=int, default=10, help="child-process jobs at 1 Hz")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     binary = os.path.join(ROOT, "target", "release", "tickd")
     directory = tempfile.mkdtemp()
     port = free_port()
-    config = jobs_file(directory, port)
+    config = jobs_file(directory, port, args.children)
     env = dict(os.environ, TICKD_LOG="warn")
     daemon = subprocess.Popen([binary, "run", config], cwd=directory, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
