@@ -1766,3 +1766,15 @@ fn a_full_stderr_does_not_stop_scheduling() {
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(), 0);
 }
+
+#[test]
+fn a_state_file_that_cannot_be_written_is_a_warning() {
+    let mut d = Daemon::start(
+        "[daemon]\nstate_file = \"/proc/tickd-cannot-write-here.state\"\n[jobs.a]\nevery = \"100ms\"\nhandler = \"log\"\non_missed = \"once\"\n",
+    );
+    d.wait_log("cannot write the state file");
+    let ticks = d.log().matches("tick job=a").count();
+    d.wait_log_n("tick job=a", ticks + 3);
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0);
+}
