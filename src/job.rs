@@ -254,7 +254,12 @@ impl JobActor {
             if timer.as_ref().map(|(at, _)| *at) != start_at {
                 timer = start_at.map(|at| (at, self.env.clock.sleep_until(at)));
             }
-            let retry_at = self.retry.map(|r| r.at);
+            // A paused job does not retry either.
+            let retry_at = if self.paused {
+                None
+            } else {
+                self.retry.map(|r| r.at)
+            };
             if retry_timer.as_ref().map(|(at, _)| *at) != retry_at {
                 retry_timer = retry_at.map(|at| (at, self.env.clock.sleep_until(at)));
             }
