@@ -47,6 +47,8 @@ const SCENARIOS: &[(&str, &[&str])] = &[
     ("inproc-10000x1hz", &["tickd", "tokio-sleep", "tcs"]),
     ("child-5hz", &["tickd", "bare-spawn"]),
     ("idle-10x10s", &["tickd"]),
+    ("inproc-100x5hz", &["tickd"]),
+    ("inproc-100x5hz-output-flood", &["tickd"]),
     ("startup-reload-10000", &["tickd"]),
     ("memory-soak", &["tickd"]),
 ];
@@ -247,6 +249,16 @@ fn run_child(scenario: &str, system: &str, scale: Scale) -> Value {
             }
             "child-5hz" => child_start(system, scale).await,
             "idle-10x10s" => idle(scale).await,
+            "inproc-100x5hz" => neighbours(scenario, None, scale).await,
+            // A child writing 2 GB without a newline, then binary bytes, next to the 100 jobs.
+            "inproc-100x5hz-output-flood" => {
+                neighbours(
+                    scenario,
+                    Some("head -c 2000000000 /dev/zero; printf 'x\\377\\n'"),
+                    scale,
+                )
+                .await
+            }
             "startup-reload-10000" => startup_reload().await,
             "memory-soak" => memory_soak(scale).await,
             other => json!({"error": format!("unknown scenario {other}")}),
@@ -488,6 +500,37 @@ fn read_stamps(path: &Path) -> Vec<i64> {
         .lines()
         .filter_map(|l| l.trim().parse().ok())
         .collect()
+}
+
+/// 100 in-process jobs at 5 Hz, alone or next to a child job that floods its output: the
+/// lateness of the neighbours shows what the flood costs them.
+async fn neighbours(scenario: &str, flood: Option<&str>, scale: Scale) -> Value {
+    let mut text = String::new();
+    for i in 0..100 {
+        text.push_str(&format!(
+            "[jobs.j{i}]\nevery = \"200ms\"\nhandler = \"measure\"\n"
+        ));
+    }
+    if let Some(script) = flood {
+        text.push_str(&format!(
+            "[jobs.flood]\nevery = \"1s\"\nshell = {script:?}\n"
+        ));
+    }
+    let (_d, path) = jobs_file(&text);
+    let recorder = Arc::new(Recorder::default());
+    let window = Duration::from_secs(scale.seconds);
+    let cpu0 = cpu_seconds();
+    run_tickd(
+        &path,
+        recording_handlers(&recorder),
+        window + Duration::from_millis(100),
+    )
+    .await;
+    let cpu = cpu_seconds() - cpu0;
+    let expected = 100 * (window.as_millis() / 200) as u64;
+    let mut samples = recorder.samples.lock().expect("lock").clone();
+    samples.truncate(expected.min(samples.len() as u64) as usize);
+    summary(scenario, "tickd", 100, expected, &mut samples, cpu)
 }
 
 /// 10 jobs every 10 s: CPU spent over the window, extrapolated to 10 minutes.

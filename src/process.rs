@@ -32,6 +32,8 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// How long output is still read after the process exited (its pipes may be held open by a
 /// backgrounded grandchild, which must not keep the run going).
 const OUTPUT_DRAIN: Duration = Duration::from_millis(100);
+/// Output bytes a pump reads before it lets other tasks run.
+const YIELD_EVERY: usize = 16 * 1024;
 /// How often leftover group members are checked for while they are being stopped.
 const LEFTOVER_POLL: Duration = Duration::from_millis(20);
 
@@ -565,6 +567,7 @@ async fn pump<R: AsyncRead + Unpin>(reader: Option<R>, job: &str, run_id: RunId,
     let mut line: Vec<u8> = Vec::new();
     // True while skipping the rest of a line that was already cut.
     let mut cutting = false;
+    let mut since_yield = 0usize;
     loop {
         let chunk = match reader.fill_buf().await {
             Ok([]) => break,
@@ -596,6 +599,14 @@ async fn pump<R: AsyncRead + Unpin>(reader: Option<R>, job: &str, run_id: RunId,
             cutting = false;
         }
         reader.consume(consumed);
+        // A child that floods its output would otherwise keep this worker busy for
+        // milliseconds between yields (tokio's budget counts reads, not bytes): let the other
+        // jobs' tasks run every 16 KiB.
+        since_yield += consumed;
+        if since_yield >= YIELD_EVERY {
+            since_yield = 0;
+            tokio::task::yield_now().await;
+        }
     }
     if !line.is_empty() {
         emit(job, run_id, stream, &line, false);
