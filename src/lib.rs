@@ -21,6 +21,30 @@
 //! applies it whole or not at all; `Shutdown` stops firing, waits for runs in flight up to the
 //! drain timeout, then stops what is left (TERM the process group, KILL after the grace period).
 //!
+//! # Embedding
+//!
+//! ```no_run
+//! # async fn embed() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut handlers = tickd::Handlers::with_builtins();
+//! handlers.register("flush-cache", |ctx: tickd::RunContext| async move {
+//!     // ... do the work, giving up when ctx.cancel is cancelled ...
+//!     Ok(())
+//! });
+//! let config = tickd::load("jobs.toml".as_ref(), &handlers)?;
+//! let options = tickd::DaemonOptions {
+//!     config_path: "jobs.toml".into(),
+//!     handlers,
+//!     clock: tickd::Clock::system(),
+//!     group_keeper: None, // or Some(path to the tickd binary), see process::GroupKeeper
+//!     notifier: None,     // or tickd::notify::Notifier::from_env()?
+//!     subreaper: false,
+//! };
+//! let stopped = tickd::run(config, options, tickd::signals::os_controls()?).await?;
+//! # let _ = stopped;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! The binary (`src/main.rs`) is a thin layer: command line, logging, OS signals mapped to
 //! [`daemon::Control`], and exit codes.
 
