@@ -828,6 +828,9 @@ impl Validator<'_> {
                 ("cwd", raw.cwd.as_ref().map(|v| v.span().start)),
                 ("env", raw.env.as_ref().map(|v| v.span().start)),
                 ("output", raw.output.as_ref().map(|v| v.span().start)),
+                ("max_rss", raw.max_rss.as_ref().map(|v| v.span().start)),
+                ("user", raw.user.as_ref().map(|v| v.span().start)),
+                ("group", raw.group.as_ref().map(|v| v.span().start)),
             ] {
                 if let Some(offset) = offset {
                     self.report(
@@ -984,23 +987,6 @@ impl Validator<'_> {
             );
         }
 
-        // Process-only keys.
-        if !is_process {
-            for (key, offset) in [
-                ("max_rss", raw.max_rss.as_ref().map(|v| v.span().start)),
-                ("user", raw.user.as_ref().map(|v| v.span().start)),
-                ("group", raw.group.as_ref().map(|v| v.span().start)),
-            ] {
-                if let Some(offset) = offset {
-                    self.report(
-                        offset,
-                        Some(name),
-                        Some(key),
-                        format!("\"{key}\" applies to \"command\" and \"shell\" jobs only"),
-                    );
-                }
-            }
-        }
         let max_rss = raw
             .max_rss
             .as_ref()

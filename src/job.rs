@@ -179,8 +179,6 @@ struct JobActor {
     retry: Option<PendingRetry>,
     ended_tx: mpsc::UnboundedSender<RunEnded>,
     ended_rx: mpsc::UnboundedReceiver<RunEnded>,
-    /// Fires not run because of the overlap policy.
-    skipped: u64,
     /// Parent of this job's run tokens (a child of the daemon's stop-runs token): creating a
     /// run's token locks this node, not the root that every job shares.
     runs_cancel: CancellationToken,
@@ -210,7 +208,6 @@ impl JobActor {
             retry: None,
             ended_tx,
             ended_rx,
-            skipped: 0,
             runs_cancel,
             status,
             metrics,
@@ -287,7 +284,8 @@ impl JobActor {
         if self.pending.take().is_some() {
             tracing::info!(job = %self.spec.name, "job stopped; its pending run is dropped");
         }
-        tracing::debug!(job = %self.spec.name, skipped = self.skipped, "job stopped firing");
+        let skipped = self.status.snapshot().runs.skipped_overlap;
+        tracing::debug!(job = %self.spec.name, skipped, "job stopped firing");
     }
 
     fn is_calendar(&self) -> bool {
@@ -582,10 +580,12 @@ impl JobActor {
     }
 
     fn skip(&mut self, why: &str) -> FireResult {
-        self.skipped += 1;
         self.metrics.skipped();
-        self.status.update(|s| s.runs.skipped_overlap += 1);
-        tracing::debug!(job = %self.spec.name, skipped_total = self.skipped, "fire skipped: {why}");
+        let skipped_total = self.status.update(|s| {
+            s.runs.skipped_overlap += 1;
+            s.runs.skipped_overlap
+        });
+        tracing::debug!(job = %self.spec.name, skipped_total, "fire skipped: {why}");
         FireResult::Skipped
     }
 

@@ -71,9 +71,10 @@ pub struct LastRun {
 pub struct SharedStatus(Arc<Mutex<JobStatus>>);
 
 impl SharedStatus {
-    /// Changes the status; the lock is held only for `change` (never across an `.await`).
-    pub fn update(&self, change: impl FnOnce(&mut JobStatus)) {
-        change(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
+    /// Changes the status and returns what `change` returns; the lock is held only for
+    /// `change` (never across an `.await`).
+    pub fn update<R>(&self, change: impl FnOnce(&mut JobStatus) -> R) -> R {
+        change(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// A copy of the status.

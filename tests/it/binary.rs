@@ -132,36 +132,39 @@ impl Drop for Daemon {
     }
 }
 
+/// The state, parent and process group of `pid`, from `/proc/PID/stat` (the fields after the
+/// command name, which may hold spaces, start after the last ')').
+fn proc_stat(pid: i32) -> Option<(String, i32, i32)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.to_owned();
+    let ppid = fields.next()?.parse().ok()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some((state, ppid, pgrp))
+}
+
+/// Every process with its `proc_stat` fields.
+fn all_processes() -> Vec<(i32, String, i32, i32)> {
+    fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter_map(|pid| proc_stat(pid).map(|(state, ppid, pgrp)| (pid, state, ppid, pgrp)))
+        .collect()
+}
+
 /// Live (non-zombie) processes whose process group is `pgid`.
 fn live_group_members(pgid: i32) -> Vec<i32> {
-    let mut members = Vec::new();
-    for entry in fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // Fields after the command name (which may contain spaces) start after the last ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // fields[0] = state, fields[2] = pgrp
-        if fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string() {
-            members.push(pid);
-        }
-    }
-    members
+    all_processes()
+        .into_iter()
+        .filter(|(_, state, _, pgrp)| state != "Z" && *pgrp == pgid)
+        .map(|(pid, ..)| pid)
+        .collect()
 }
 
 fn is_alive(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
+    proc_stat(pid).is_some_and(|(state, ..)| state != "Z")
 }
 
 /// Waits (bounded) for a condition that should become true soon.
@@ -1146,19 +1149,10 @@ fn supervisorctl_stop_drains_the_run_and_restart_works() {
 
 /// Zombies whose parent is `parent`.
 fn zombies_of(parent: u32) -> Vec<i32> {
-    let parent = parent.to_string();
-    fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
-        .filter(|pid| {
-            fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                stat.rsplit_once(')').is_some_and(|(_, rest)| {
-                    let mut fields = rest.split_whitespace();
-                    fields.next() == Some("Z") && fields.next() == Some(parent.as_str())
-                })
-            })
-        })
+    all_processes()
+        .into_iter()
+        .filter(|(_, state, ppid, _)| state == "Z" && u32::try_from(*ppid).ok() == Some(parent))
+        .map(|(pid, ..)| pid)
         .collect()
 }
 
