@@ -49,6 +49,7 @@ const SCENARIOS: &[(&str, &[&str])] = &[
     ("idle-10x10s", &["tickd"]),
     ("inproc-100x5hz", &["tickd"]),
     ("inproc-100x5hz-output-flood", &["tickd"]),
+    ("inproc-100x5hz-with-children", &["tickd"]),
     ("startup-reload-10000", &["tickd"]),
     ("memory-soak", &["tickd"]),
 ];
@@ -259,6 +260,10 @@ fn run_child(scenario: &str, system: &str, scale: Scale) -> Value {
                 )
                 .await
             }
+            // Ten child jobs at 10 Hz next to the 100: what starting processes costs the others.
+            "inproc-100x5hz-with-children" => {
+                neighbours_with(scenario, None, 10, scale).await
+            }
             "startup-reload-10000" => startup_reload().await,
             "memory-soak" => memory_soak(scale).await,
             other => json!({"error": format!("unknown scenario {other}")}),
@@ -298,7 +303,7 @@ impl Running {
             config_path: path.to_owned(),
             handlers,
             clock: tickd::Clock::system(),
-            group_keeper: None,
+            helper_binary: Some(env!("CARGO_BIN_EXE_tickd").into()),
             notifier: None,
             subreaper: false,
         };
@@ -505,7 +510,22 @@ fn read_stamps(path: &Path) -> Vec<i64> {
 /// 100 in-process jobs at 5 Hz, alone or next to a child job that floods its output: the
 /// lateness of the neighbours shows what the flood costs them.
 async fn neighbours(scenario: &str, flood: Option<&str>, scale: Scale) -> Value {
+    neighbours_with(scenario, flood, 0, scale).await
+}
+
+/// [`neighbours`], plus `children` child jobs running `true` ten times a second.
+async fn neighbours_with(
+    scenario: &str,
+    flood: Option<&str>,
+    children: usize,
+    scale: Scale,
+) -> Value {
     let mut text = String::new();
+    for i in 0..children {
+        text.push_str(&format!(
+            "[jobs.c{i}]\nevery = \"100ms\"\ncommand = [\"true\"]\n"
+        ));
+    }
     for i in 0..100 {
         text.push_str(&format!(
             "[jobs.j{i}]\nevery = \"200ms\"\nhandler = \"measure\"\n"

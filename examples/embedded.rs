@@ -49,7 +49,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         config_path: path,
         handlers,
         clock: Clock::system(),
-        group_keeper: None,
+        helper_binary: None,
         notifier: None,
         subreaper: false,
     };

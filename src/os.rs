@@ -1,5 +1,5 @@
-//! The only module with `unsafe` code: what a child process does between `fork` and `exec`, and
-//! handing a timerfd to tokio's reactor.
+//! The only module with `unsafe` code: what a child process does to itself before it becomes the
+//! job's program, and handing a timerfd to tokio's reactor.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -36,41 +36,62 @@ pub fn watch_timerfd(fd: TimerFd) -> io::Result<AsyncFd<OwnedTimerFd>> {
     }
 }
 
-/// Runs in the forked child before `exec`, so it may only call async-signal-safe functions (raw
-/// syscalls through `libc`): no allocation, no locks. Arranges for `command`'s child to:
-/// - receive SIGKILL when the thread that forked it exits (`PR_SET_PDEATHSIG`). The caller forks
-///   only from a thread that lives as long as the daemon (see `process::Spawner`), so this means
-///   "when the daemon dies"; a daemon that died before the `prctl` is caught by the `getppid` check;
-/// - start with default dispositions for every signal and an empty signal mask, whatever the
-///   daemon inherited (a `nohup`ed daemon ignores SIGHUP, which `exec` would otherwise pass on);
-/// - inherit no descriptor but 0, 1 and 2 (tickd opens everything close-on-exec, but a descriptor
-///   the daemon itself inherited from its parent would otherwise leak into every job).
+/// What a child does to itself before it becomes the job's program, on either spawn path: in the
+/// forked child before `exec` (the fallback, see `process::Spawner`) or in `tickd __exec` (the exec
+/// helper). Everything in [`Hardening::apply`] is async-signal-safe (raw syscalls, no allocation,
+/// no locks), so the same code is correct in a child forked from the multi-threaded daemon.
 ///
-/// With `run_as`, it first takes that user's groups, group and user id (as `initgroups`,
-/// `setgid`, `setuid` would): the parent-death signal is cleared by a change of credentials, so
-/// it is set after.
-pub fn harden_child(command: &mut tokio::process::Command, run_as: Option<&crate::config::RunAs>) {
-    let daemon_pid = std::process::id();
-    // Prepared before the fork: the child may not allocate.
-    let credentials: Option<(Vec<libc::gid_t>, libc::gid_t, libc::uid_t)> =
-        run_as.map(|r| (r.groups.clone(), r.gid, r.uid));
-    let harden = move || -> io::Result<()> {
+/// A hardened child:
+/// - runs as `run_as`, if given: that user's groups, group and user id (as `initgroups`,
+///   `setgid`, `setuid` would), taken first because a change of credentials clears the
+///   parent-death signal;
+/// - receives SIGKILL when the thread that started it exits (`PR_SET_PDEATHSIG`). Children are
+///   started only from a thread that lives as long as the daemon (see `process::Spawner`), so this
+///   means "when the daemon dies"; a daemon that died before the `prctl` is caught by the `getppid`
+///   check, and the child exits with [`Hardening::ORPHANED`];
+/// - starts with default dispositions for every signal and an empty signal mask, whatever the
+///   daemon inherited (a `nohup`ed daemon ignores SIGHUP, which `exec` would otherwise pass on);
+/// - inherits no descriptor but 0, 1 and 2 (tickd opens everything close-on-exec, but a descriptor
+///   the daemon itself inherited from its parent would otherwise leak into every job).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hardening {
+    /// The daemon's pid: the child's parent, as long as the daemon lives.
+    pub daemon_pid: u32,
+    /// `(groups, gid, uid)` to take, for `run_as`.
+    pub credentials: Option<(Vec<libc::gid_t>, libc::gid_t, libc::uid_t)>,
+}
+
+/// The step of [`Hardening::apply`] that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HardeningStep {
+    /// Taking the `run_as` user's groups and ids.
+    Credentials,
+    /// Setting the parent-death signal.
+    ParentDeathSignal,
+}
+
+impl Hardening {
+    /// The exit code of a child whose daemon died before it could run the job.
+    pub const ORPHANED: i32 = 111;
+
+    /// Applies the hardening to the calling process; see [`Hardening`]. Async-signal-safe.
+    pub fn apply(&self) -> Result<(), (HardeningStep, io::Error)> {
         // SAFETY: only async-signal-safe syscalls with valid arguments; no memory is allocated.
         unsafe {
-            if let Some((groups, gid, uid)) = &credentials {
+            if let Some((groups, gid, uid)) = &self.credentials {
                 if libc::setgroups(groups.len(), groups.as_ptr()) != 0
                     || libc::setgid(*gid) != 0
                     || libc::setuid(*uid) != 0
                 {
-                    return Err(io::Error::last_os_error());
+                    return Err((HardeningStep::Credentials, io::Error::last_os_error()));
                 }
             }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
+                return Err((HardeningStep::ParentDeathSignal, io::Error::last_os_error()));
             }
-            if libc::getppid() as u32 != daemon_pid {
+            if libc::getppid() as u32 != self.daemon_pid {
                 // The daemon is already gone: do not run a job nobody will reap or stop.
-                libc::_exit(111);
+                libc::_exit(Self::ORPHANED);
             }
             // The raw syscall, not libc's `signal()`: glibc refuses to touch signals 32 and 33
             // (reserved for its threads), yet a parent may have left them ignored. An all-zero
@@ -102,9 +123,36 @@ pub fn harden_child(command: &mut tokio::process::Command, run_as: Option<&crate
             );
         }
         Ok(())
-    };
-    // SAFETY: the closure above only makes async-signal-safe calls.
+    }
+
+    /// Arranges for `command`'s child to apply this hardening between `fork` and `exec` (the
+    /// fork path: `std` then forks instead of using `posix_spawn`).
+    pub fn before_exec(self, command: &mut tokio::process::Command) {
+        // SAFETY: `apply` only makes async-signal-safe calls.
+        unsafe {
+            command.pre_exec(move || self.apply().map_err(|(_, err)| err));
+        }
+    }
+}
+
+/// In the exec helper: moves the report pipe the daemon passed as descriptor 0 out of the way
+/// (close-on-exec, so a successful `exec` closes it and the daemon reads EOF) and puts
+/// `/dev/null` on descriptor 0, the job's stdin.
+pub fn take_report_pipe() -> io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain descriptor syscalls; the duplicate is a fresh descriptor nobody else owns,
+    // handed to the `File` that closes it.
     unsafe {
-        command.pre_exec(harden);
+        let report = libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3);
+        if report < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let report = std::fs::File::from_raw_fd(report);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if null < 0 || libc::dup2(null, 0) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        libc::close(null);
+        Ok(report)
     }
 }

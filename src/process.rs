@@ -7,25 +7,26 @@
 //! processes left in its group after that are stopped the same way, so nothing outlives its run.
 
 use std::collections::BTreeSet;
-use std::collections::HashSet;
 use std::io::{self, BufRead, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc as std_mpsc, Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::oneshot;
+use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::{OutputMode, ProcessSpec, RunAs, NEVER_INHERITED};
 use crate::handler::RunId;
+
+mod spawner;
+pub use spawner::{helper_main, Launch, Spawner, HELPER_SUBCOMMAND};
 
 /// The longest output line logged whole; longer lines are cut and marked.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -36,89 +37,6 @@ const OUTPUT_DRAIN: Duration = Duration::from_millis(100);
 const YIELD_EVERY: usize = 16 * 1024;
 /// How often leftover group members are checked for while they are being stopped.
 const LEFTOVER_POLL: Duration = Duration::from_millis(20);
-
-type SpawnRequest = (Command, oneshot::Sender<io::Result<Child>>);
-
-/// Forks every child from one dedicated thread.
-///
-/// `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, not the process (Go
-/// #27505). Forking from tokio's worker or blocking threads would tie a job's life to a thread
-/// that may be retired; this thread lives as long as any [`Spawner`] clone, and the daemon keeps
-/// one until every run has ended.
-#[derive(Clone, Debug)]
-pub struct Spawner {
-    requests: std_mpsc::Sender<SpawnRequest>,
-    /// The children tokio waits for (our own runs), so that the subreaper leaves them alone.
-    /// Locked across `spawn` and the insertion, so no child is ever unregistered while it lives.
-    own: Arc<Mutex<HashSet<i32>>>,
-}
-
-impl Spawner {
-    /// Starts the spawner thread, bound to the current tokio runtime (children register with its
-    /// reaper). Must be called from within a runtime.
-    pub fn start() -> io::Result<Self> {
-        let runtime = tokio::runtime::Handle::current();
-        let (requests, queue) = std_mpsc::channel::<SpawnRequest>();
-        let own: Arc<Mutex<HashSet<i32>>> = Arc::default();
-        let registry = own.clone();
-        std::thread::Builder::new()
-            .name("tickd-spawner".to_owned())
-            .spawn(move || {
-                let _runtime = runtime.enter();
-                while let Ok((mut command, reply)) = queue.recv() {
-                    let mut own = registry.lock().unwrap_or_else(PoisonError::into_inner);
-                    let child = command.spawn();
-                    if let Some(pid) = child.as_ref().ok().and_then(Child::id) {
-                        own.insert(pid as i32);
-                    }
-                    drop(own);
-                    // The requester may have gone (cancelled): the child then is dropped and
-                    // tokio reaps it; it was started with kill_on_drop, so it is killed first.
-                    let _ = reply.send(child);
-                }
-            })?;
-        Ok(Spawner { requests, own })
-    }
-
-    /// Forgets a child tokio has reaped.
-    fn forget(&self, pid: u32) {
-        self.own
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&(pid as i32));
-    }
-
-    /// Becomes a child subreaper (orphaned descendants are reparented to this process instead of
-    /// init) and reaps every such orphan when it exits, until `stop`. For tickd as PID 1 in a
-    /// container, or under `--subreaper`.
-    ///
-    /// A `waitpid(-1)` reaper would steal the exit statuses tokio waits for (supercronic #171);
-    /// this one reaps only zombies that are not our own runs, by pid, holding the lock the
-    /// spawner holds while it forks and registers, so it never races a new run.
-    pub fn reap_orphans(&self, stop: CancellationToken) -> io::Result<()> {
-        nix::sys::prctl::set_child_subreaper(true)?;
-        let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
-        let own = self.own.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = sigchld.recv() => {}
-                    _ = stop.cancelled() => return,
-                }
-                let own = own.lock().unwrap_or_else(PoisonError::into_inner);
-                for pid in zombie_children() {
-                    if !own.contains(&pid) {
-                        let _ = nix::sys::wait::waitpid(
-                            Pid::from_raw(pid),
-                            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-                        );
-                    }
-                }
-            }
-        });
-        Ok(())
-    }
-}
 
 /// Our children that have exited and wait to be reaped (state `Z` in `/proc`).
 fn zombie_children() -> Vec<i32> {
@@ -161,19 +79,6 @@ fn processes() -> impl Iterator<Item = (i32, ProcStat)> {
                 },
             ))
         })
-}
-
-impl Spawner {
-    /// Spawns `command` on the spawner thread.
-    async fn spawn(&self, command: Command) -> io::Result<Child> {
-        let (reply, response) = oneshot::channel();
-        self.requests
-            .send((command, reply))
-            .map_err(|_| io::Error::other("the spawner thread is gone"))?;
-        response
-            .await
-            .map_err(|_| io::Error::other("the spawner thread is gone"))?
-    }
 }
 
 /// A helper process that SIGKILLs the process groups of runs in flight if the daemon dies
@@ -310,8 +215,11 @@ const RSS_SAMPLE: Duration = Duration::from_secs(1);
 
 /// Runs `spec` as a child process to its end.
 pub async fn run_child(spec: &ProcessSpec, run: ChildRun<'_>) -> ChildEnd {
-    let mut command = Command::new(&spec.argv[0]);
-    command.args(&spec.argv[1..]);
+    let mut launch = match run.spawner.command(&spec.argv, run.run_as) {
+        Ok(launch) => launch,
+        Err(err) => return ChildEnd::SpawnFailed(describe_spawn_error(spec, &err)),
+    };
+    let command = &mut launch.command;
     let policy = &spec.inherit;
     if policy.clear {
         command.env_clear();
@@ -331,7 +239,6 @@ pub async fn run_child(spec: &ProcessSpec, run: ChildRun<'_>) -> ChildEnd {
     }
     command
         .envs(&spec.env)
-        .stdin(Stdio::null())
         .process_group(0)
         // Only for the case where the run future is dropped mid-way (it never is by tickd itself).
         .kill_on_drop(true);
@@ -350,9 +257,8 @@ pub async fn run_child(spec: &ProcessSpec, run: ChildRun<'_>) -> ChildEnd {
             .env("USER", &run_as.user)
             .env("LOGNAME", &run_as.user);
     }
-    crate::os::harden_child(&mut command, run.run_as);
 
-    let mut child = match run.spawner.spawn(command).await {
+    let mut child = match run.spawner.spawn(launch).await {
         Ok(child) => child,
         Err(err) => return ChildEnd::SpawnFailed(describe_spawn_error(spec, &err)),
     };

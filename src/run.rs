@@ -49,16 +49,18 @@ pub struct RunEnv {
 
 impl RunEnv {
     /// A run environment; must be created inside a tokio runtime (it starts the spawner thread).
+    /// `helper` is the exec helper's binary (see [`Spawner::start`]).
     pub fn new(
         clock: Clock,
         handlers: Handlers,
         keeper: Option<GroupKeeper>,
         state: Option<Arc<StateStore>>,
+        helper: Option<std::path::PathBuf>,
     ) -> std::io::Result<Self> {
         Ok(RunEnv {
             clock,
             handlers,
-            spawner: Spawner::start()?,
+            spawner: Spawner::start(helper)?,
             keeper,
             state,
             machine_id: machine_id(),

@@ -118,7 +118,7 @@ impl InProcess {
             config_path: path.clone(),
             handlers,
             clock: clock.clone(),
-            group_keeper: None,
+            helper_binary: None,
             notifier: None,
             subreaper: false,
         };
