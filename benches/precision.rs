@@ -261,9 +261,7 @@ fn run_child(scenario: &str, system: &str, scale: Scale) -> Value {
                 .await
             }
             // Ten child jobs at 10 Hz next to the 100: what starting processes costs the others.
-            "inproc-100x5hz-with-children" => {
-                neighbours_with(scenario, None, 10, scale).await
-            }
+            "inproc-100x5hz-with-children" => neighbours_with(scenario, None, 10, scale).await,
             "startup-reload-10000" => startup_reload().await,
             "memory-soak" => memory_soak(scale).await,
             other => json!({"error": format!("unknown scenario {other}")}),
@@ -303,7 +301,7 @@ impl Running {
             config_path: path.to_owned(),
             handlers,
             clock: tickd::Clock::system(),
-            helper_binary: Some(env!("CARGO_BIN_EXE_tickd").into()),
+            group_keeper: None,
             notifier: None,
             subreaper: false,
         };

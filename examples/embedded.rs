@@ -49,7 +49,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         config_path: path,
         handlers,
         clock: Clock::system(),
-        helper_binary: None,
+        group_keeper: None,
         notifier: None,
         subreaper: false,
     };

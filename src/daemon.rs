@@ -79,12 +79,10 @@ pub struct DaemonOptions {
     pub handlers: Handlers,
     /// The source of time.
     pub clock: Clock,
-    /// The `tickd` binary (or one that dispatches its hidden subcommands), run as `__keeper` to
-    /// kill the jobs' process groups should the daemon be killed (see
-    /// [`crate::process::GroupKeeper`]), and as `__exec` to start jobs without forking the daemon
-    /// (see [`crate::process::Spawner`]). `None`: only each run's first process dies with the
-    /// daemon, and children are forked.
-    pub helper_binary: Option<PathBuf>,
+    /// The `tickd` binary, run as `tickd __keeper` to kill the jobs' process groups should the
+    /// daemon be killed (see [`crate::process::GroupKeeper`]). `None`: only each run's first
+    /// process dies with the daemon.
+    pub group_keeper: Option<PathBuf>,
     /// The service manager to tell about readiness, reloads, stopping and liveness (systemd's
     /// notify protocol); `None` when not run under one.
     pub notifier: Option<Notifier>,
@@ -100,7 +98,7 @@ pub async fn run(
     options: DaemonOptions,
     mut controls: mpsc::Receiver<Control>,
 ) -> Result<Stopped, DaemonError> {
-    let keeper = match &options.helper_binary {
+    let keeper = match &options.group_keeper {
         Some(program) => Some(GroupKeeper::start(program).map_err(DaemonError::Keeper)?),
         None => None,
     };
@@ -115,7 +113,6 @@ pub async fn run(
             options.handlers.clone(),
             keeper,
             state.clone(),
-            options.helper_binary.clone(),
         )
         .map_err(DaemonError::Spawner)?,
     );

@@ -35,7 +35,7 @@
 //!     config_path: "jobs.toml".into(),
 //!     handlers,
 //!     clock: tickd::Clock::system(),
-//!     helper_binary: None, // or Some(path to the tickd binary), see DaemonOptions
+//!     group_keeper: None, // or Some(path to the tickd binary), see process::GroupKeeper
 //!     notifier: None,     // or tickd::notify::Notifier::from_env()?
 //!     subreaper: false,
 //! };

@@ -128,14 +128,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // The exec helper runs between the daemon's spawn and the job's program, once per run: before
-    // anything else (argument parsing, logging) so it costs as little as possible.
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args.get(1).is_some_and(|a| a == tickd::process::HELPER_SUBCOMMAND) {
-        let code = tickd::process::helper_main(&args[2..]);
-        return ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX));
-    }
-    let cli = Cli::parse_from(args);
+    let cli = Cli::parse();
     init_logging(cli.log_format);
     let code = match cli.command {
         Command::Run { file, subreaper } => run_daemon(&file, subreaper || std::process::id() == 1),
@@ -226,7 +219,7 @@ fn run_daemon(file: &Path, subreaper: bool) -> u8 {
             config_path: file.to_owned(),
             handlers: Handlers::with_builtins(),
             clock: Clock::system(),
-            helper_binary: helper_binary(),
+            group_keeper: keeper_program(),
             subreaper,
             notifier: match tickd::notify::Notifier::from_env() {
                 Ok(notifier) => notifier,
@@ -248,15 +241,9 @@ fn run_daemon(file: &Path, subreaper: bool) -> u8 {
     })
 }
 
-/// This binary, for the group keeper and the exec helper. `/proc/self/exe` when there is one: it
-/// names the running binary even after a package upgrade replaced or removed its file, so the
-/// helper always speaks this daemon's protocol. Without a binary, only each run's first process is
-/// tied to the daemon's life, and children are forked.
-fn helper_binary() -> Option<PathBuf> {
-    let own = PathBuf::from("/proc/self/exe");
-    if own.exists() {
-        return Some(own);
-    }
+/// This binary, for the group keeper; without it (no /proc?) only each run's first process is
+/// tied to the daemon's life.
+fn keeper_program() -> Option<PathBuf> {
     match std::env::current_exe() {
         Ok(path) => Some(path),
         Err(err) => {
@@ -395,13 +382,7 @@ fn exec(file: &Path, name: &str) -> u8 {
     };
     runtime.block_on(async {
         let env =
-            match tickd::run::RunEnv::new(
-                Clock::system(),
-                Handlers::with_builtins(),
-                None,
-                None,
-                helper_binary(),
-            ) {
+            match tickd::run::RunEnv::new(Clock::system(), Handlers::with_builtins(), None, None) {
                 Ok(env) => env,
                 Err(err) => {
                     eprintln_safe(&format!("tickd: {err}"));

@@ -2,8 +2,11 @@
 //! job's program, and handing a timerfd to tokio's reactor.
 #![allow(unsafe_code)]
 
+use std::ffi::{CString, OsString};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
 
 use nix::sys::timerfd::TimerFd;
 use tokio::io::unix::AsyncFd;
@@ -36,10 +39,20 @@ pub fn watch_timerfd(fd: TimerFd) -> io::Result<AsyncFd<OwnedTimerFd>> {
     }
 }
 
-/// What a child does to itself before it becomes the job's program, on either spawn path: in the
-/// forked child before `exec` (the fallback, see `process::Spawner`) or in `tickd __exec` (the exec
-/// helper). Everything in [`Hardening::apply`] is async-signal-safe (raw syscalls, no allocation,
-/// no locks), so the same code is correct in a child forked from the multi-threaded daemon.
+/// Registers a child's pidfd with the current tokio reactor (readable once the child exits).
+pub fn watch_pidfd(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the `OwnedFd` owns the descriptor and cannot replace it, so it stays valid and the
+    // same until the `AsyncFd` is dropped.
+    unsafe {
+        AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+            .map_err(|e| e.into_parts().1)
+    }
+}
+
+/// What a child does to itself before it becomes the job's program (in [`spawn_hardened`]'s
+/// child, between the clone and `execve`). Everything in [`Hardening::apply`] is
+/// async-signal-safe (raw syscalls, no allocation, no locks): the child shares the memory of the
+/// multi-threaded daemon, whose other threads may hold any lock.
 ///
 /// A hardened child:
 /// - runs as `run_as`, if given: that user's groups, group and user id (as `initgroups`,
@@ -124,35 +137,176 @@ impl Hardening {
         }
         Ok(())
     }
+}
 
-    /// Arranges for `command`'s child to apply this hardening between `fork` and `exec` (the
-    /// fork path: `std` then forks instead of using `posix_spawn`).
-    pub fn before_exec(self, command: &mut tokio::process::Command) {
-        // SAFETY: `apply` only makes async-signal-safe calls.
-        unsafe {
-            command.pre_exec(move || self.apply().map_err(|(_, err)| err));
-        }
+/// Everything [`spawn_hardened`] needs, prepared (allocated) before the clone: the child may not
+/// allocate.
+#[derive(Debug)]
+pub struct ExecPlan {
+    program: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    cwd: Option<CString>,
+    /// Descriptors to put on 0, 1 and 2 (`None`: keep the daemon's own).
+    stdio: [Option<OwnedFd>; 3],
+    hardening: Hardening,
+}
+
+/// The step of [`spawn_hardened`]'s child that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpawnStep {
+    /// Putting the descriptors on 0, 1, 2, or making a new process group.
+    Setup,
+    /// Changing to the working directory.
+    WorkingDirectory,
+    /// A step of [`Hardening::apply`].
+    Hardening(HardeningStep),
+    /// `execve` itself.
+    Exec,
+}
+
+impl ExecPlan {
+    /// A plan to run `program` (a path: resolved from `PATH` by the caller) with `argv` (the
+    /// program name first) and exactly the environment `env`.
+    pub fn new(
+        program: &Path,
+        argv: &[String],
+        env: impl IntoIterator<Item = (OsString, OsString)>,
+        cwd: Option<&Path>,
+        stdio: [Option<OwnedFd>; 3],
+        hardening: Hardening,
+    ) -> io::Result<Self> {
+        let c = |bytes: &[u8]| {
+            CString::new(bytes).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a NUL byte in a command or variable",
+                )
+            })
+        };
+        Ok(ExecPlan {
+            program: c(program.as_os_str().as_bytes())?,
+            argv: argv
+                .iter()
+                .map(|a| c(a.as_bytes()))
+                .collect::<Result<_, _>>()?,
+            envp: env
+                .into_iter()
+                .map(|(name, value)| {
+                    let mut pair = name.into_vec();
+                    pair.push(b'=');
+                    pair.extend_from_slice(value.as_bytes());
+                    c(&pair)
+                })
+                .collect::<Result<_, _>>()?,
+            cwd: cwd.map(|d| c(d.as_os_str().as_bytes())).transpose()?,
+            stdio,
+            hardening,
+        })
     }
 }
 
-/// In the exec helper: moves the report pipe the daemon passed as descriptor 0 out of the way
-/// (close-on-exec, so a successful `exec` closes it and the daemon reads EOF) and puts
-/// `/dev/null` on descriptor 0, the job's stdin.
-pub fn take_report_pipe() -> io::Result<std::fs::File> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: plain descriptor syscalls; the duplicate is a fresh descriptor nobody else owns,
-    // handed to the `File` that closes it.
+/// Starts `plan` as a child in a new process group, the way glibc's `posix_spawn` does: a
+/// `clone(CLONE_VM | CLONE_VFORK)` child borrows the daemon's memory (and `stack`) until its
+/// `execve`, so the daemon's page tables are neither copied nor write-protected. A `fork` of the
+/// multi-threaded daemon write-protects every page, and the copy-on-write faults that follow
+/// stalled in-process jobs by milliseconds per spawn (bench `inproc-100x5hz-with-children`);
+/// `posix_spawn` itself cannot change credentials or set the parent-death signal, so this is
+/// written by hand.
+///
+/// The calling thread must block every signal (the child inherits the mask and resets every
+/// disposition before unblocking, so no daemon signal handler ever runs in it). Returns the
+/// child's pid and a pidfd for it, or the step that failed and its error.
+pub fn spawn_hardened(
+    plan: &ExecPlan,
+    stack: &mut [u8],
+) -> Result<(i32, OwnedFd), (SpawnStep, io::Error)> {
+    use std::sync::atomic::{AtomicI32, Ordering};
+    // Written by the child (same memory), read after it has exec'd or exited (CLONE_VFORK).
+    let failed_step = AtomicI32::new(-1);
+    let failed_errno = AtomicI32::new(0);
+    let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = plan.envp.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let stdio: [libc::c_int; 3] =
+        std::array::from_fn(|i| plan.stdio[i].as_ref().map_or(-1, |fd| fd.as_raw_fd()));
+    let child = || -> isize {
+        let fail = |step: i32| -> isize {
+            failed_errno.store(
+                io::Error::last_os_error().raw_os_error().unwrap_or(0),
+                Ordering::Relaxed,
+            );
+            failed_step.store(step, Ordering::Relaxed);
+            // SAFETY: `_exit` is async-signal-safe and never returns.
+            unsafe { libc::_exit(127) }
+        };
+        // SAFETY: async-signal-safe syscalls on descriptors and C strings the parent keeps alive
+        // (it is suspended until we exec or exit); nothing here allocates.
+        unsafe {
+            if libc::setpgid(0, 0) != 0 {
+                return fail(0);
+            }
+            for (target, &source) in stdio.iter().enumerate() {
+                // dup2 onto a different number clears close-on-exec; the sources keep it.
+                if source >= 0 && libc::dup2(source, target as libc::c_int) < 0 {
+                    return fail(0);
+                }
+            }
+            if let Some(cwd) = &plan.cwd {
+                if libc::chdir(cwd.as_ptr()) != 0 {
+                    return fail(1);
+                }
+            }
+            if let Err((step, err)) = plan.hardening.apply() {
+                failed_errno.store(err.raw_os_error().unwrap_or(0), Ordering::Relaxed);
+                failed_step.store(2 + step as i32, Ordering::Relaxed);
+                libc::_exit(127);
+            }
+            libc::execve(plan.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            fail(9)
+        }
+    };
+    // SAFETY: CLONE_VM | CLONE_VFORK: the child runs on `stack`, shares our memory and keeps us
+    // suspended until it execs or exits, so everything it borrows stays valid; it makes only
+    // async-signal-safe calls (above).
+    let pid = unsafe {
+        nix::sched::clone(
+            Box::new(child),
+            stack,
+            nix::sched::CloneFlags::CLONE_VM | nix::sched::CloneFlags::CLONE_VFORK,
+            Some(libc::SIGCHLD),
+        )
+    }
+    .map_err(|errno| (SpawnStep::Setup, io::Error::from(errno)))?
+    .as_raw();
+    let step = failed_step.load(Ordering::Relaxed);
+    if step >= 0 {
+        let err = io::Error::from_raw_os_error(failed_errno.load(Ordering::Relaxed));
+        // The child has exited (it only returns from the clone by exec or exit): reap it.
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        let step = match step {
+            0 => SpawnStep::Setup,
+            1 => SpawnStep::WorkingDirectory,
+            2 => SpawnStep::Hardening(HardeningStep::Credentials),
+            3 => SpawnStep::Hardening(HardeningStep::ParentDeathSignal),
+            _ => SpawnStep::Exec,
+        };
+        return Err((step, err));
+    }
+    pidfd_open(pid)
+        .map(|fd| (pid, fd))
+        .map_err(|err| (SpawnStep::Setup, err))
+}
+
+/// A pidfd for our child `pid` (Linux >= 5.3): readable once it has exited.
+fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: a plain syscall; on success the descriptor is new and ours alone.
     unsafe {
-        let report = libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3);
-        if report < 0 {
+        let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+        if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        let report = std::fs::File::from_raw_fd(report);
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-        if null < 0 || libc::dup2(null, 0) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        libc::close(null);
-        Ok(report)
+        Ok(OwnedFd::from_raw_fd(fd as RawFd))
     }
 }

@@ -6,8 +6,10 @@
 //! process exits, not when its pipes close (a backgrounded grandchild may hold them forever);
 //! processes left in its group after that are stopped the same way, so nothing outlives its run.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::{OsStr, OsString};
 use std::io::{self, BufRead, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
@@ -18,15 +20,16 @@ use std::time::Duration;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::{OutputMode, ProcessSpec, RunAs, NEVER_INHERITED};
 use crate::handler::RunId;
+use crate::os::{ExecPlan, Hardening};
 
 mod spawner;
-pub use spawner::{helper_main, Launch, Spawner, HELPER_SUBCOMMAND};
+use spawner::resolve_program;
+pub use spawner::{ChildProcess, Spawner};
 
 /// The longest output line logged whole; longer lines are cut and marked.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -170,7 +173,7 @@ pub struct ChildRun<'a> {
     pub cancel: &'a CancellationToken,
     /// For the timeout and the grace period.
     pub clock: &'a Clock,
-    /// Forks the child.
+    /// Starts the child.
     pub spawner: &'a Spawner,
     /// Told about the run's process group, if the daemon runs one.
     pub keeper: Option<&'a GroupKeeper>,
@@ -215,56 +218,15 @@ const RSS_SAMPLE: Duration = Duration::from_secs(1);
 
 /// Runs `spec` as a child process to its end.
 pub async fn run_child(spec: &ProcessSpec, run: ChildRun<'_>) -> ChildEnd {
-    let mut launch = match run.spawner.command(&spec.argv, run.run_as) {
-        Ok(launch) => launch,
+    let (plan, stdout, stderr) = match plan(spec, &run) {
+        Ok(prepared) => prepared,
         Err(err) => return ChildEnd::SpawnFailed(describe_spawn_error(spec, &err)),
     };
-    let command = &mut launch.command;
-    let policy = &spec.inherit;
-    if policy.clear {
-        command.env_clear();
-        for name in &policy.keep {
-            if let Some(value) = std::env::var_os(name) {
-                command.env(name, value);
-            }
-        }
-    }
-    for name in policy
-        .remove
-        .iter()
-        .map(String::as_str)
-        .chain(NEVER_INHERITED.iter().copied())
-    {
-        command.env_remove(name);
-    }
-    command
-        .envs(&spec.env)
-        .process_group(0)
-        // Only for the case where the run future is dropped mid-way (it never is by tickd itself).
-        .kill_on_drop(true);
-    if let Some(cwd) = &spec.cwd {
-        command.current_dir(cwd);
-    }
-    let (stdout, stderr) = match run.output {
-        OutputMode::Log => (Stdio::piped(), Stdio::piped()),
-        OutputMode::Inherit => (Stdio::inherit(), Stdio::inherit()),
-        OutputMode::Discard => (Stdio::null(), Stdio::null()),
-    };
-    command.stdout(stdout).stderr(stderr);
-    if let Some(run_as) = run.run_as {
-        command
-            .env("HOME", &run_as.home)
-            .env("USER", &run_as.user)
-            .env("LOGNAME", &run_as.user);
-    }
-
-    let mut child = match run.spawner.spawn(launch).await {
+    let mut child = match run.spawner.spawn(plan).await {
         Ok(child) => child,
         Err(err) => return ChildEnd::SpawnFailed(describe_spawn_error(spec, &err)),
     };
-    let Some(pid) = child.id() else {
-        return ChildEnd::SpawnFailed("the process vanished right after it started".to_owned());
-    };
+    let pid = child.id();
     // The child is the leader of its own group, so its pid is the group id.
     let group = Pid::from_raw(pid as i32);
     tracing::debug!(job = run.job, run = %run.run_id, pid, "process started");
@@ -272,8 +234,6 @@ pub async fn run_child(spec: &ProcessSpec, run: ChildRun<'_>) -> ChildEnd {
         keeper.tell('+', group);
     }
 
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
     let pumps = async {
         tokio::join!(
             pump(stdout, run.job, run.run_id, "stdout"),
@@ -297,7 +257,6 @@ pub async fn run_child(spec: &ProcessSpec, run: ChildRun<'_>) -> ChildEnd {
             _ = run.clock.sleep(OUTPUT_DRAIN) => {}
         }
     }
-    run.spawner.forget(pid);
     stop_leftovers(group, &run).await;
     if let Some(keeper) = run.keeper {
         keeper.tell('-', group);
@@ -305,8 +264,91 @@ pub async fn run_child(spec: &ProcessSpec, run: ChildRun<'_>) -> ChildEnd {
     end
 }
 
+/// The environment `spec` runs with: the daemon's, as the job's policy lets it through, plus the
+/// job's own variables, plus the user's `HOME`, `USER` and `LOGNAME` for `run_as`.
+fn job_environment(spec: &ProcessSpec, run_as: Option<&RunAs>) -> BTreeMap<OsString, OsString> {
+    let policy = &spec.inherit;
+    let mut env: BTreeMap<OsString, OsString> = if policy.clear {
+        policy
+            .keep
+            .iter()
+            .filter_map(|name| Some((name.into(), std::env::var_os(name)?)))
+            .collect()
+    } else {
+        std::env::vars_os().collect()
+    };
+    for name in policy
+        .remove
+        .iter()
+        .map(String::as_str)
+        .chain(NEVER_INHERITED.iter().copied())
+    {
+        env.remove(OsStr::new(name));
+    }
+    env.extend(spec.env.iter().map(|(k, v)| (k.into(), v.into())));
+    if let Some(run_as) = run_as {
+        env.insert("HOME".into(), run_as.home.clone().into());
+        env.insert("USER".into(), run_as.user.clone().into());
+        env.insert("LOGNAME".into(), run_as.user.clone().into());
+    }
+    env
+}
+
+type OutputPipe = Option<tokio::net::unix::pipe::Receiver>;
+
+/// Everything needed to start `spec`: the plan, and the read ends of its output pipes when its
+/// output is logged.
+fn plan(spec: &ProcessSpec, run: &ChildRun<'_>) -> io::Result<(ExecPlan, OutputPipe, OutputPipe)> {
+    let env = job_environment(spec, run.run_as);
+    let cwd = match &spec.cwd {
+        Some(cwd) => cwd.clone(),
+        None => std::env::current_dir()?,
+    };
+    let program = resolve_program(&spec.argv[0], env.get(OsStr::new("PATH")), &cwd)?;
+    let null = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map(OwnedFd::from)
+    };
+    let pipe = || -> io::Result<(tokio::net::unix::pipe::Receiver, OwnedFd)> {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        Ok((
+            tokio::net::unix::pipe::Receiver::from_owned_fd(read)?,
+            write,
+        ))
+    };
+    let (stdout, stderr, stdio) = match run.output {
+        OutputMode::Log => {
+            let (out_read, out_write) = pipe()?;
+            let (err_read, err_write) = pipe()?;
+            (
+                Some(out_read),
+                Some(err_read),
+                [Some(null()?), Some(out_write), Some(err_write)],
+            )
+        }
+        OutputMode::Inherit => (None, None, [Some(null()?), None, None]),
+        OutputMode::Discard => (None, None, [Some(null()?), Some(null()?), Some(null()?)]),
+    };
+    let hardening = Hardening {
+        daemon_pid: std::process::id(),
+        credentials: run.run_as.map(|r| (r.groups.clone(), r.gid, r.uid)),
+    };
+    let plan = ExecPlan::new(
+        &program,
+        &spec.argv,
+        env,
+        spec.cwd.as_deref(),
+        stdio,
+        hardening,
+    )?;
+    Ok((plan, stdout, stderr))
+}
+
 /// Waits for the process, stopping it on timeout, cancellation or too much memory.
-async fn supervise(child: &mut Child, group: Pid, run: &ChildRun<'_>) -> ChildEnd {
+async fn supervise(child: &mut ChildProcess, group: Pid, run: &ChildRun<'_>) -> ChildEnd {
     let deadline = run.timeout.map(|t| run.clock.now() + t);
     let cause = tokio::select! {
         status = child.wait() => return exited(status),

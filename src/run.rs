@@ -25,7 +25,7 @@ pub struct RunEnv {
     pub clock: Clock,
     /// In-process handlers.
     pub handlers: Handlers,
-    /// Forks child processes.
+    /// Starts child processes.
     pub spawner: Spawner,
     /// Kills runs' process groups if the daemon dies; `None` when not configured.
     pub keeper: Option<GroupKeeper>,
@@ -49,18 +49,16 @@ pub struct RunEnv {
 
 impl RunEnv {
     /// A run environment; must be created inside a tokio runtime (it starts the spawner thread).
-    /// `helper` is the exec helper's binary (see [`Spawner::start`]).
     pub fn new(
         clock: Clock,
         handlers: Handlers,
         keeper: Option<GroupKeeper>,
         state: Option<Arc<StateStore>>,
-        helper: Option<std::path::PathBuf>,
     ) -> std::io::Result<Self> {
         Ok(RunEnv {
             clock,
             handlers,
-            spawner: Spawner::start(helper)?,
+            spawner: Spawner::start()?,
             keeper,
             state,
             machine_id: machine_id(),

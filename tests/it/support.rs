@@ -118,7 +118,7 @@ impl InProcess {
             config_path: path.clone(),
             handlers,
             clock: clock.clone(),
-            helper_binary: None,
+            group_keeper: None,
             notifier: None,
             subreaper: false,
         };
