@@ -155,6 +155,8 @@ pub struct ExecPlan {
 /// The step of [`spawn_hardened`]'s child that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpawnStep {
+    /// Creating the process (`EAGAIN`: a process limit is reached).
+    Create,
     /// Putting the descriptors on 0, 1, 2, or making a new process group.
     Setup,
     /// Changing to the working directory.
@@ -278,7 +280,7 @@ pub fn spawn_hardened(
             Some(libc::SIGCHLD),
         )
     }
-    .map_err(|errno| (SpawnStep::Setup, io::Error::from(errno)))?
+    .map_err(|errno| (SpawnStep::Create, io::Error::from(errno)))?
     .as_raw();
     let step = failed_step.load(Ordering::Relaxed);
     if step >= 0 {

@@ -497,6 +497,10 @@ fn describe_spawn_error(spec: &ProcessSpec, err: &io::Error) -> String {
         (_, io::ErrorKind::PermissionDenied) => {
             format!("cannot start \"{program}\": permission denied ({err})")
         }
+        (_, io::ErrorKind::WouldBlock) => format!(
+            "cannot start \"{program}\": too many processes (the user's process limit, `ulimit -u`, \
+             or the system's) ({err})"
+        ),
         _ => format!("cannot start \"{program}\": {err}"),
     }
 }

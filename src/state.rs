@@ -140,13 +140,19 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let mut temp = tempfile_in(dir, path)?;
+    let (temp_path, mut temp) = tempfile_in(dir, path)?;
     let header = "# tickd state: the last fire time of each job with on_missed = \"once\".\n# Written by tickd; safe to delete (no catch-up runs then).\n";
-    temp.1.write_all(header.as_bytes())?;
-    temp.1.write_all(text.as_bytes())?;
-    temp.1.sync_all()?;
-    drop(temp.1);
-    std::fs::rename(&temp.0, path)?;
+    let written = temp
+        .write_all(header.as_bytes())
+        .and_then(|()| temp.write_all(text.as_bytes()))
+        .and_then(|()| temp.sync_all());
+    drop(temp);
+    if let Err(err) = written.and_then(|()| std::fs::rename(&temp_path, path)) {
+        // The old state file is untouched; the partial copy would only take space on a disk
+        // that is probably full.
+        let _ = std::fs::remove_file(&temp_path);
+        return Err(err);
+    }
     // Make the rename itself durable.
     std::fs::File::open(dir)?.sync_all()
 }

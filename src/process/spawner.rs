@@ -133,7 +133,7 @@ impl Spawner {
 
 fn describe_step((step, err): (SpawnStep, io::Error)) -> io::Error {
     let what = match step {
-        SpawnStep::Exec => return err,
+        SpawnStep::Exec | SpawnStep::Create => return err,
         SpawnStep::Setup => "cannot set up the process",
         SpawnStep::WorkingDirectory => "cannot enter the working directory",
         SpawnStep::Hardening(HardeningStep::Credentials) => "cannot switch to the job's user",

@@ -977,6 +977,92 @@ shell = "echo \"$(id -u) $(id -g) $HOME $USER $LOGNAME\" > out/who.tmp && mv out
     );
 }
 
+/// Promise 4, EAGAIN: a daemon whose user reaches its process limit (`ulimit -u`) fails its child
+/// runs with a clear reason, keeps its in-process jobs going, and starts children again once the
+/// limit allows. The daemon runs as an otherwise unused uid; its limit is lowered below the number
+/// of threads it already has by that same uid (as an unprivileged `prlimit` may), so every new
+/// process fails with EAGAIN, the kernel's own answer.
+#[test]
+fn a_process_limit_fails_child_runs_clearly_and_the_daemon_goes_on() {
+    if !is_root() {
+        return; // needs to start the daemon as another user
+    }
+    const UID: u32 = 47_219;
+    let dir = tempfile::tempdir().expect("tempdir");
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    fs::write(
+        dir.path().join("jobs.toml"),
+        "[jobs.spawn]\nevery = \"100ms\"\ncommand = [\"true\"]\n\n\
+         [jobs.tick]\nevery = \"100ms\"\nhandler = \"log\"\n",
+    )
+    .expect("write config");
+    let log = dir.path().join("tickd.log");
+    let child = tickd()
+        .args(["run", "jobs.toml"])
+        .current_dir(dir.path())
+        .env("TICKD_LOG", "info")
+        .uid(UID)
+        .gid(UID)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("start tickd");
+    let mut d = Daemon { child, dir, log };
+    d.wait_log("outcome=success");
+    let limit = |value: &str| {
+        let status = Command::new("setpriv")
+            .args([
+                &format!("--reuid={UID}"),
+                &format!("--regid={UID}"),
+                "--clear-groups",
+                "prlimit",
+                "--pid",
+                &d.child.id().to_string(),
+                &format!("--nproc={value}"),
+            ])
+            .status()
+            .expect("prlimit");
+        assert!(status.success(), "prlimit --nproc={value} failed");
+    };
+    // The hard limit as it was (the soft one may be raised back up to it without privileges).
+    let hard = fs::read_to_string(format!("/proc/{}/limits", d.child.id()))
+        .expect("limits")
+        .lines()
+        .find(|l| l.starts_with("Max processes"))
+        .and_then(|l| l.split_whitespace().nth(3).map(str::to_owned))
+        .expect("Max processes line");
+    limit("1:");
+    let log = d.wait_log_n("too many processes", 3);
+    assert!(
+        log.contains("too many processes (the user's process limit, `ulimit -u`, or the system's) (Resource temporarily unavailable"),
+        "{log}"
+    );
+    // The in-process job is not held up by the failing one.
+    let ticks = log.matches("tickd::handler: tick").count();
+    d.wait_log_n("tickd::handler: tick", ticks + 5);
+    // Once the limit allows again, children start again.
+    limit(&format!("{hard}:"));
+    let restored_at = d.log().len();
+    let deadline = Instant::now() + PATIENCE;
+    while d.log()[restored_at..]
+        .lines()
+        .filter(|l| l.contains("job=spawn") && l.contains("outcome=success"))
+        .count()
+        < 3
+    {
+        assert!(
+            Instant::now() < deadline,
+            "children did not start again; log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0, "{}", d.log());
+}
+
 #[test]
 fn running_as_another_user_needs_root() {
     // Run `tickd check` as nobody (setpriv), on a file naming another user.
@@ -1759,6 +1845,92 @@ fn a_full_stderr_does_not_stop_scheduling() {
     });
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(), 0);
+}
+
+/// Promise 4, a full disk: the state file lives on a real 256 KiB tmpfs (in a mount namespace of
+/// the daemon's own, so the machine's mounts are untouched) that the test fills up. Writes fail
+/// with ENOSPC and are warned about, the last good state file stays as it was, runs go on, and
+/// once space is freed the state is written again.
+#[test]
+fn a_full_disk_keeps_the_last_good_state_and_the_runs_going() {
+    if !is_root() {
+        return; // a mount namespace and a tmpfs need root
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::create_dir(dir.path().join("state")).expect("state dir");
+    fs::write(
+        dir.path().join("jobs.toml"),
+        "[daemon]\nstate_file = \"state/tickd.state\"\n\n\
+         [jobs.a]\nevery = \"100ms\"\nhandler = \"log\"\non_missed = \"once\"\n",
+    )
+    .expect("write config");
+    let log = dir.path().join("tickd.log");
+    // unshare execs sh, which execs tickd: the child's pid is the daemon's.
+    let child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs -o size=256k tmpfs state && exec \"$0\" run jobs.toml")
+        .arg(env!("CARGO_BIN_EXE_tickd"))
+        .current_dir(dir.path())
+        .env("TICKD_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("start unshare");
+    let mut d = Daemon { child, dir, log };
+    d.wait_log("scheduler started");
+    // The daemon's view of the tmpfs, through its root in /proc.
+    let state_dir = PathBuf::from(format!("/proc/{}/root", d.child.id()))
+        .join(d.dir.path().strip_prefix("/").expect("absolute"))
+        .join("state");
+    let state_file = state_dir.join("tickd.state");
+    let read_state = || fs::read_to_string(&state_file).unwrap_or_default();
+    let deadline = Instant::now() + PATIENCE;
+    while !read_state().contains("a = ") {
+        assert!(
+            Instant::now() < deadline,
+            "no state file; log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Fill the disk.
+    let filler = state_dir.join("filler");
+    {
+        use std::io::Write;
+        let mut file = fs::File::create(&filler).expect("filler");
+        let block = [0u8; 4096];
+        let full = loop {
+            if let Err(err) = file.write_all(&block) {
+                break err;
+            }
+        };
+        assert_eq!(full.raw_os_error(), Some(libc::ENOSPC), "{full}");
+    }
+    let log = d.wait_log("No space left on device");
+    assert!(log.contains("cannot write the state file"), "{log}");
+    let kept = read_state();
+    assert!(
+        kept.contains("a = "),
+        "the last good state is gone: {kept:?}"
+    );
+    let ticks = d.log().matches("tick job=a").count();
+    d.wait_log_n("tick job=a", ticks + 5);
+    assert_eq!(read_state(), kept, "the state file changed on a full disk");
+    // Free the space: the state is written again.
+    fs::remove_file(&filler).expect("remove filler");
+    let deadline = Instant::now() + PATIENCE;
+    while read_state() == kept {
+        assert!(
+            Instant::now() < deadline,
+            "state not written again; log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(read_state().contains("a = "));
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0, "{}", d.log());
 }
 
 #[test]
