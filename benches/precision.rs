@@ -50,6 +50,7 @@ const SCENARIOS: &[(&str, &[&str])] = &[
     ("inproc-100x5hz", &["tickd"]),
     ("inproc-100x5hz-output-flood", &["tickd"]),
     ("inproc-100x5hz-with-children", &["tickd"]),
+    ("inproc-100x5hz-cpu-hog", &["tickd"]),
     ("startup-reload-10000", &["tickd"]),
     ("memory-soak", &["tickd"]),
 ];
@@ -256,6 +257,16 @@ fn run_child(scenario: &str, system: &str, scale: Scale) -> Value {
                 neighbours(
                     scenario,
                     Some("head -c 2000000000 /dev/zero; printf 'x\\377\\n'"),
+                    scale,
+                )
+                .await
+            }
+            // The same child's work without the output (it goes to /dev/null): what the CPU
+            // it burns costs the neighbours, whatever tickd does with output.
+            "inproc-100x5hz-cpu-hog" => {
+                neighbours(
+                    scenario,
+                    Some("head -c 2000000000 /dev/zero > /dev/null"),
                     scale,
                 )
                 .await

@@ -14,13 +14,14 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{mpsc as std_mpsc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::clock::Clock;
 use crate::config::{OutputMode, ProcessSpec, RunAs, NEVER_INHERITED};
@@ -37,7 +38,7 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// backgrounded grandchild, which must not keep the run going).
 const OUTPUT_DRAIN: Duration = Duration::from_millis(100);
 /// Output bytes a pump reads before it lets other tasks run.
-const YIELD_EVERY: usize = 16 * 1024;
+const YIELD_EVERY: usize = 64 * 1024;
 /// How often leftover group members are checked for while they are being stopped.
 const LEFTOVER_POLL: Duration = Duration::from_millis(20);
 
@@ -234,11 +235,28 @@ pub async fn run_child(spec: &ProcessSpec, run: ChildRun<'_>) -> ChildEnd {
         keeper.tell('+', group);
     }
 
+    // Output is read on the output thread (see `output_runtime`); the tasks are aborted when
+    // this run is done with them (dropped handles).
+    let pump_on = |pipe: Option<OwnedFd>, stream: &'static str| {
+        pipe.map(|pipe| {
+            let job = run.job.to_owned();
+            let run_id = run.run_id;
+            let clock = run.clock.clone();
+            let task = async move { pump(pipe, &job, run_id, stream, clock).await };
+            AbortOnDropHandle::new(match output_runtime() {
+                Some(output) => output.spawn(task),
+                None => tokio::spawn(task),
+            })
+        })
+    };
+    let (stdout, stderr) = (pump_on(stdout, "stdout"), pump_on(stderr, "stderr"));
     let pumps = async {
-        tokio::join!(
-            pump(stdout, run.job, run.run_id, "stdout"),
-            pump(stderr, run.job, run.run_id, "stderr"),
-        )
+        if let Some(task) = stdout {
+            let _ = task.await;
+        }
+        if let Some(task) = stderr {
+            let _ = task.await;
+        }
     };
     tokio::pin!(pumps);
     let supervise = supervise(&mut child, group, &run);
@@ -294,7 +312,7 @@ fn job_environment(spec: &ProcessSpec, run_as: Option<&RunAs>) -> BTreeMap<OsStr
     env
 }
 
-type OutputPipe = Option<tokio::net::unix::pipe::Receiver>;
+type OutputPipe = Option<OwnedFd>;
 
 /// Everything needed to start `spec`: the plan, and the read ends of its output pipes when its
 /// output is logged.
@@ -312,13 +330,7 @@ fn plan(spec: &ProcessSpec, run: &ChildRun<'_>) -> io::Result<(ExecPlan, OutputP
             .open("/dev/null")
             .map(OwnedFd::from)
     };
-    let pipe = || -> io::Result<(tokio::net::unix::pipe::Receiver, OwnedFd)> {
-        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        Ok((
-            tokio::net::unix::pipe::Receiver::from_owned_fd(read)?,
-            write,
-        ))
-    };
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
     let (stdout, stderr, stdio) = match run.output {
         OutputMode::Log => {
             let (out_read, out_write) = pipe()?;
@@ -510,16 +522,75 @@ pub fn status_parts(status: &ExitStatus) -> (Option<i32>, Option<i32>) {
     (status.code(), status.signal())
 }
 
+/// The runtime of the output thread, which reads and logs every child's output, so that reading,
+/// formatting and writing log lines never holds up the workers that run the jobs' fires. Each
+/// stream is read at up to [`OUTPUT_RATE`]; a child that writes faster waits on its full pipe.
+/// `None` if the thread could not be started: output is then read on the caller's runtime.
+fn output_runtime() -> Option<&'static tokio::runtime::Handle> {
+    start_output_thread()
+}
+
+/// Starts the output thread (see `output_runtime`) if it is not running yet. The run environment
+/// calls it at start, so the thread and its descriptors exist before the first run.
+pub fn start_output_thread() -> Option<&'static tokio::runtime::Handle> {
+    static OUTPUT: OnceLock<Option<tokio::runtime::Handle>> = OnceLock::new();
+    OUTPUT
+        .get_or_init(|| {
+            let (handle_tx, handle_rx) = std_mpsc::channel();
+            let started = std::thread::Builder::new()
+                .name("tickd-output".to_owned())
+                .spawn(move || {
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => {
+                            let _ = handle_tx.send(Ok(runtime.handle().clone()));
+                            runtime.block_on(std::future::pending::<()>());
+                        }
+                        Err(err) => {
+                            let _ = handle_tx.send(Err(err));
+                        }
+                    }
+                });
+            match started.map(|_| handle_rx.recv()) {
+                Ok(Ok(Ok(handle))) => Some(handle),
+                Ok(Ok(Err(err))) | Err(err) => {
+                    tracing::warn!("cannot start the output thread, reading output on the scheduler's threads: {err}");
+                    None
+                }
+                Ok(Err(_)) => None,
+            }
+        })
+        .as_ref()
+}
+
+/// The most output a run's stream is read at, in bytes per second, beyond short bursts: far more
+/// than any log needs, far less than a child writing as fast as it can (several GB/s), whose
+/// pipe copying would otherwise take two cores' worth of CPU from the scheduler.
+const OUTPUT_RATE: u64 = 128 * 1024 * 1024;
+/// How far ahead of [`OUTPUT_RATE`] a stream may read in a burst.
+const OUTPUT_BURST: Duration = Duration::from_millis(50);
+
 /// Logs a child's output line by line. Lines longer than [`MAX_LINE`] are cut and marked, so a
 /// child that never prints a newline cannot grow the daemon's memory; bytes that are not UTF-8
 /// are shown lossily.
-async fn pump<R: AsyncRead + Unpin>(reader: Option<R>, job: &str, run_id: RunId, stream: &str) {
-    let Some(reader) = reader else { return };
-    let mut reader = BufReader::with_capacity(8 * 1024, reader);
+async fn pump(pipe: OwnedFd, job: &str, run_id: RunId, stream: &str, clock: Clock) {
+    let reader = match tokio::net::unix::pipe::Receiver::from_owned_fd(pipe) {
+        Ok(reader) => reader,
+        Err(err) => {
+            tracing::warn!(job, run = %run_id, stream, "cannot read output: {err}");
+            return;
+        }
+    };
+    let mut reader = BufReader::with_capacity(64 * 1024, reader);
     let mut line: Vec<u8> = Vec::new();
     // True while skipping the rest of a line that was already cut.
     let mut cutting = false;
     let mut since_yield = 0usize;
+    // When the stream's output so far would have been read at exactly OUTPUT_RATE (a GCRA
+    // token bucket): reading pauses while it is more than OUTPUT_BURST ahead of now.
+    let mut paced_until = clock.now();
     loop {
         let chunk = match reader.fill_buf().await {
             Ok([]) => break,
@@ -551,13 +622,22 @@ async fn pump<R: AsyncRead + Unpin>(reader: Option<R>, job: &str, run_id: RunId,
             cutting = false;
         }
         reader.consume(consumed);
-        // A child that floods its output would otherwise keep this worker busy for
+        // A child that floods its output would otherwise keep the output thread to itself for
         // milliseconds between yields (tokio's budget counts reads, not bytes): let the other
-        // jobs' tasks run every 16 KiB.
+        // runs' output through every 64 KiB.
         since_yield += consumed;
         if since_yield >= YIELD_EVERY {
+            paced_until = paced_until.max(clock.now())
+                + Duration::from_secs_f64(since_yield as f64 / OUTPUT_RATE as f64);
             since_yield = 0;
-            tokio::task::yield_now().await;
+            let allowed = paced_until.checked_sub(OUTPUT_BURST);
+            if allowed.is_some_and(|at| at > clock.now()) {
+                // A flood: the child waits on its full pipe meanwhile, instead of taking the
+                // CPU from the scheduler.
+                clock.sleep_until(paced_until - OUTPUT_BURST).await;
+            } else {
+                tokio::task::yield_now().await;
+            }
         }
     }
     if !line.is_empty() {

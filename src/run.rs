@@ -55,6 +55,7 @@ impl RunEnv {
         keeper: Option<GroupKeeper>,
         state: Option<Arc<StateStore>>,
     ) -> std::io::Result<Self> {
+        process::start_output_thread();
         Ok(RunEnv {
             clock,
             handlers,
