@@ -261,15 +261,10 @@ fn run_child(scenario: &str, system: &str, scale: Scale) -> Value {
                 )
                 .await
             }
-            // The same child's work without the output (it goes to /dev/null): what the CPU
-            // it burns costs the neighbours, whatever tickd does with output.
+            // A child that keeps a core busy (0.9 s of every second) and prints nothing: what a
+            // CPU-bound neighbour costs, whatever tickd does with output.
             "inproc-100x5hz-cpu-hog" => {
-                neighbours(
-                    scenario,
-                    Some("head -c 2000000000 /dev/zero > /dev/null"),
-                    scale,
-                )
-                .await
+                neighbours(scenario, Some("timeout 0.9 yes > /dev/null"), scale).await
             }
             // Ten child jobs at 10 Hz next to the 100: what starting processes costs the others.
             "inproc-100x5hz-with-children" => neighbours_with(scenario, None, 10, scale).await,

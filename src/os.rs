@@ -39,6 +39,15 @@ pub fn watch_timerfd(fd: TimerFd) -> io::Result<AsyncFd<OwnedTimerFd>> {
     }
 }
 
+/// Restores the default disposition of SIGCHLD. A parent that left it ignored would make the
+/// kernel reap our children itself, and their exit statuses would be lost.
+pub fn default_sigchld() {
+    // SAFETY: installs SIG_DFL, which runs no code of ours.
+    unsafe {
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+    }
+}
+
 /// Registers a child's pidfd with the current tokio reactor (readable once the child exits).
 pub fn watch_pidfd(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: the `OwnedFd` owns the descriptor and cannot replace it, so it stays valid and the
@@ -92,9 +101,12 @@ impl Hardening {
         // SAFETY: only async-signal-safe syscalls with valid arguments; no memory is allocated.
         unsafe {
             if let Some((groups, gid, uid)) = &self.credentials {
-                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                    || libc::setgid(*gid) != 0
-                    || libc::setuid(*uid) != 0
+                // Raw syscalls, not glibc's wrappers: those change the credentials of every
+                // thread they know of (the SIGSETXID broadcast), and this child shares the
+                // daemon's memory, thread list included. The kernel calls change this task only.
+                if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0
+                    || libc::syscall(libc::SYS_setresgid, *gid, *gid, *gid) != 0
+                    || libc::syscall(libc::SYS_setresuid, *uid, *uid, *uid) != 0
                 {
                     return Err((HardeningStep::Credentials, io::Error::last_os_error()));
                 }

@@ -44,6 +44,7 @@ pub struct Spawner {
 impl Spawner {
     /// Starts the spawner thread.
     pub fn start() -> io::Result<Self> {
+        crate::os::default_sigchld();
         let (requests, queue) = std_mpsc::channel::<(ExecPlan, SpawnReply)>();
         let own: Arc<Mutex<HashSet<i32>>> = Arc::default();
         let registry = own.clone();

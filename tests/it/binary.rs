@@ -623,13 +623,22 @@ fn children_get_only_stdio_descriptors_and_clean_signal_state() {
 [jobs.inspect]
 every = "100ms"
 shell = "echo $$ > child.pid; exec sleep 1000"
+
+[jobs.status]
+every = "100ms"
+shell = "exit 3"
 "#,
         |command, log| {
-            // The daemon itself inherits an ignored signal and a descriptor without close-on-exec.
+            // The daemon itself inherits ignored signals (SIGCHLD among them, which would let the
+            // kernel reap children before their status is read) and a descriptor without
+            // close-on-exec.
             command
                 .env("TICKD", env!("CARGO_BIN_EXE_tickd"))
                 .stderr(fs::File::create(log).expect("log file"));
-            let shell = "trap '' USR1 USR2; exec 7</dev/null; exec \"$TICKD\" run jobs.toml";
+            // (dash will not ignore SIGCHLD; Python's exec keeps it ignored.)
+            let shell = "trap '' USR1 USR2; exec 7</dev/null; exec python3 -c \
+                'import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); \
+                 os.execv(sys.argv[1], sys.argv[1:])' \"$TICKD\" run jobs.toml";
             let mut wrapped = Command::new("/bin/sh");
             wrapped.arg("-c").arg(shell);
             std::mem::swap(command, &mut wrapped);
@@ -643,6 +652,9 @@ shell = "echo $$ > child.pid; exec sleep 1000"
         },
     );
     let child = read_pid_wait(&d, "child.pid");
+    // Exit statuses still arrive.
+    d.wait_log("job=status run=");
+    d.wait_log("exit_code=3");
     eventually("the job exec'd sleep", || {
         fs::read_to_string(format!("/proc/{child}/comm")).is_ok_and(|c| c == "sleep\n")
     });
@@ -975,6 +987,14 @@ shell = "echo \"$(id -u) $(id -g) $HOME $USER $LOGNAME\" > out/who.tmp && mv out
         who,
         format!("65534 65534 {} nobody nobody\n", home.display())
     );
+    // The switch happened in the child only: every thread of the daemon is still root (the
+    // child shares the daemon's memory until it execs; glibc's setuid would have told every
+    // thread on the shared list to switch).
+    for task in fs::read_dir(format!("/proc/{}/task", d.child.id())).expect("tasks") {
+        let status = fs::read_to_string(task.expect("task").path().join("status")).expect("status");
+        assert!(status.contains("\nUid:\t0\t0\t0\t0\n"), "{status}");
+        assert!(status.contains("\nGid:\t0\t0\t0\t0\n"), "{status}");
+    }
 }
 
 /// Promise 4, EAGAIN: a daemon whose user reaches its process limit (`ulimit -u`) fails its child
