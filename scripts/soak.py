@@ -6,7 +6,13 @@ RSS, descriptors, threads, runs and fire lateness every 10 s into a CSV, and plo
 
     python3 scripts/soak.py                 # one hour
     python3 scripts/soak.py --minutes 15    # shorter
+    python3 scripts/soak.py --pause-at 30   # + SIGSTOP the daemon for 90 s at minute 30
     python3 scripts/soak.py --out target/soak
+
+With --pause-at, the daemon is stopped (SIGSTOP) for --pause-for seconds, then continued; the runs
+it starts in the first second after SIGCONT are counted and written to pause.txt: with the default
+on_missed = "skip", each job runs at most once for the fires it missed (the latest one), so the
+count stays near 1000 + 5 x 1000, not the 450,000 fires the stop covered.
 
 Lateness comes from tickd's own `tickd_fire_lateness_seconds` histogram (its /metrics endpoint):
 each sample reports the bucket bounds holding the window's median and 99th percentile.
@@ -111,7 +117,11 @@ def main():
     parser.add_argument("--out", default=os.path.join(ROOT, "target", "soak"))
     parser.add_argument("--interval", type=float, default=10)
     parser.add_argument("--children", type=int, default=10, help="child-process jobs at 1 Hz")
+    parser.add_argument("--pause-at", type=float, default=None,
+                        help="minute at which to SIGSTOP the daemon")
+    parser.add_argument("--pause-for", type=float, default=90, help="seconds stopped")
     args = parser.parse_args()
+    pause_summary = None
     os.makedirs(args.out, exist_ok=True)
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     binary = os.path.join(ROOT, "target", "release", "tickd")
@@ -126,24 +136,46 @@ def main():
     try:
         time.sleep(2)
         before, runs_before = metrics(port)
+        sampled = time.time()
         with open(csv_path, "w", newline="") as f:
             out = csv.writer(f)
             out.writerow(["seconds", "rss_mb", "fds", "threads", "runs_total", "runs_per_s",
                           "lateness_p50_ms_le", "lateness_p99_ms_le"])
+            paused = False
             while time.time() - start < args.minutes * 60:
                 time.sleep(args.interval)
+                if (args.pause_at is not None and not paused
+                        and time.time() - start >= args.pause_at * 60):
+                    paused = True
+                    _, runs_at_stop = metrics(port)
+                    daemon.send_signal(signal.SIGSTOP)
+                    time.sleep(args.pause_for)
+                    daemon.send_signal(signal.SIGCONT)
+                    time.sleep(1.0)
+                    _, runs_after = metrics(port)
+                    pause_summary = (
+                        f"SIGSTOP for {args.pause_for:g} s at minute {args.pause_at:g} "
+                        f"(fires covered by the stop: about {int(args.pause_for * 5 * 1000)} "
+                        f"in-process + {int(args.pause_for * args.children)} child); "
+                        f"runs started in the first second after SIGCONT: "
+                        f"{int(runs_after - runs_at_stop)}\n")
+                    print(pause_summary, end="")
                 rss_kb, fds, threads = proc(daemon.pid)
                 after, runs = metrics(port)
-                out.writerow([round(time.time() - start), round(rss_kb / 1024, 2), fds, threads,
-                              int(runs), round((runs - runs_before) / args.interval, 1),
+                now = time.time()
+                out.writerow([round(now - start), round(rss_kb / 1024, 2), fds, threads,
+                              int(runs), round((runs - runs_before) / (now - sampled), 1),
                               quantile_bound(before, after, 0.5),
                               quantile_bound(before, after, 0.99)])
                 f.flush()
-                before, runs_before = after, runs
+                before, runs_before, sampled = after, runs, now
     finally:
         daemon.send_signal(signal.SIGTERM)
         code = daemon.wait(timeout=60)
     print(f"tickd exited {code}; samples in {csv_path}")
+    if pause_summary:
+        with open(os.path.join(args.out, "pause.txt"), "w") as f:
+            f.write(pause_summary)
     png = os.path.join(args.out, "soak.png")
     plot(csv_path, png)
     print(f"plot in {png}")

@@ -648,7 +648,8 @@ impl JobActor {
     }
 
     /// Runs the job's `on_failure` command (with TICKD_JOB, TICKD_RUN_ID, TICKD_EXIT_CODE and
-    /// TICKD_REASON in its environment) on the run tracker, so a shutdown drains it too.
+    /// TICKD_REASON in its environment, the job's working directory and user) on the run tracker,
+    /// so a shutdown drains it too.
     fn spawn_failure_hook(&self, ended: &RunEnded) {
         let Some(argv) = self.spec.on_failure.clone() else {
             return;
@@ -673,12 +674,18 @@ impl JobActor {
             "TICKD_REASON".to_owned(),
             ended.report.reason.clone().unwrap_or_default(),
         );
+        // The hook runs where and as whom the job runs.
+        let cwd = match &self.spec.action {
+            crate::config::Action::Process(p) => p.cwd.clone(),
+            _ => None,
+        };
         let spec = crate::config::ProcessSpec {
             argv,
-            cwd: None,
+            cwd,
             env: vars,
             inherit: self.spec.env_policy.clone(),
         };
+        let run_as = self.spec.run_as.clone();
         let run_id = ended.run_id;
         let cancel = self.runs_cancel.child_token();
         let kill_grace = self.spec.kill_grace;
@@ -697,7 +704,7 @@ impl JobActor {
                     spawner: &env.spawner,
                     keeper: env.keeper.as_ref(),
                     max_rss: None,
-                    run_as: None,
+                    run_as: run_as.as_ref(),
                 },
             )
             .await;

@@ -928,6 +928,35 @@ on_failure = ["sh", "-c", "echo \"$TICKD_JOB $TICKD_RUN_ID $TICKD_EXIT_CODE $TIC
 }
 
 #[test]
+fn the_on_failure_hook_runs_as_the_job_and_where_it_runs() {
+    if !is_root() {
+        return; // `user` needs a root daemon
+    }
+    let d = Daemon::launch(
+        r#"
+[jobs.fails]
+every = "100ms"
+user = "nobody"
+cwd = "out"
+shell = "exit 1"
+on_failure = ["sh", "-c", "echo \"$(id -u) $(pwd)\" > hook.tmp && mv hook.tmp hook"]
+"#,
+        |command, log| {
+            command
+                .args(["run", "jobs.toml"])
+                .stderr(fs::File::create(log).expect("log file"));
+        },
+    );
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(d.dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    fs::create_dir(d.path("out")).expect("out dir");
+    fs::set_permissions(d.path("out"), fs::Permissions::from_mode(0o777)).expect("chmod");
+    let hook = d.wait_file("out/hook");
+    let out = fs::canonicalize(d.path("out")).expect("canonical");
+    assert_eq!(hook, format!("65534 {}\n", out.display()));
+}
+
+#[test]
 fn a_job_over_its_max_rss_is_stopped_and_fails() {
     let mut d = Daemon::start(
         r#"
