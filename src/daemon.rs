@@ -321,6 +321,7 @@ impl Supervisor {
             if let Some(job) = self.jobs.remove(&name) {
                 // The task ends by itself; its runs in flight finish (they are on `runs`).
                 drop(job.stop());
+                self.env.metrics.forget_job(&name);
                 tracing::info!(job = %name, "job removed; runs in flight will finish");
                 removed += 1;
             }

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
 use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
@@ -72,12 +73,58 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
     next.run(request).await
 }
 
+/// How long `/healthz` waits for every job task to answer.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// At most this many stuck jobs are named in `/healthz`'s answer.
+const HEALTH_NAMES: usize = 10;
+
+/// 200 while the scheduler runs and every job task answers; 503 while draining, or when a job's
+/// task is gone (it panicked) or blocked: that job would silently stop firing.
 async fn healthz(State(state): State<ApiState>) -> Response {
     if state.draining.load(Ordering::Relaxed) {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
-    } else {
-        (StatusCode::OK, "ok\n").into_response()
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
+    let jobs = state
+        .directory
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let mut stuck = unresponsive_jobs(&jobs, HEALTH_TIMEOUT).await;
+    // A job removed by a reload while we waited is not stuck.
+    {
+        let current = state
+            .directory
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        stuck.retain(|name| current.contains_key(name));
+    }
+    if stuck.is_empty() {
+        return (StatusCode::OK, "ok\n").into_response();
+    }
+    tracing::error!(jobs = ?stuck, "job tasks are not answering; those jobs are not firing");
+    let more = stuck.len().saturating_sub(HEALTH_NAMES);
+    stuck.truncate(HEALTH_NAMES);
+    let mut body = format!("job tasks not answering: {}", stuck.join(", "));
+    if more > 0 {
+        body.push_str(&format!(" and {more} more"));
+    }
+    body.push('\n');
+    (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+}
+
+/// The jobs whose task did not answer a ping within `timeout`: gone, or blocked. All are
+/// pinged at once, so the wait is one `timeout` at most however many jobs there are.
+async fn unresponsive_jobs(jobs: &BTreeMap<String, JobControl>, timeout: Duration) -> Vec<String> {
+    let pings: Vec<_> = jobs.iter().map(|(name, job)| (name, job.ping())).collect();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut stuck = Vec::new();
+    for (name, answer) in pings {
+        if !matches!(tokio::time::timeout_at(deadline, answer).await, Ok(Ok(()))) {
+            stuck.push(name.clone());
+        }
+    }
+    stuck
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {
@@ -172,5 +219,48 @@ fn set_paused(state: &ApiState, name: &str, paused: bool) -> Response {
             Json(json!({ "name": name, "paused": paused })).into_response()
         }
         _ => no_such_job(name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::JobCommand;
+
+    #[tokio::test(start_paused = true)]
+    async fn job_tasks_that_are_gone_or_blocked_are_reported() {
+        let mut jobs = BTreeMap::new();
+        let (answering, mut inbox) = JobControl::detached();
+        tokio::spawn(async move {
+            while let Some(command) = inbox.recv().await {
+                if let JobCommand::Ping(reply) = command {
+                    let _ = reply.send(());
+                }
+            }
+        });
+        jobs.insert("answering".to_owned(), answering);
+        let (gone, inbox) = JobControl::detached();
+        drop(inbox);
+        jobs.insert("gone".to_owned(), gone);
+        let (blocked, _inbox_never_read) = JobControl::detached();
+        jobs.insert("blocked".to_owned(), blocked);
+
+        let started = tokio::time::Instant::now();
+        let stuck = unresponsive_jobs(&jobs, Duration::from_secs(2)).await;
+        assert_eq!(stuck, ["blocked", "gone"]);
+        // One timeout for all, not one per stuck job.
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(2) && waited < Duration::from_secs(3),
+            "{waited:?}"
+        );
+
+        jobs.remove("blocked");
+        jobs.remove("gone");
+        let started = tokio::time::Instant::now();
+        assert!(unresponsive_jobs(&jobs, Duration::from_secs(2))
+            .await
+            .is_empty());
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 }

@@ -20,13 +20,13 @@ use crate::clock::{Instant, Sleep};
 use crate::config::{JobSpec, OnMissed, Overlap};
 use crate::handler::{RunContext, RunId};
 use crate::run::{self, Outcome, RunEnv, RunReport};
+use crate::schedule::{
+    grid_offset, next_grid_index, offset_past_alignment, stable_delay, EveryMode, Schedule,
+};
 use crate::status::{record_run, JobMetrics, SharedStatus};
 
 /// The longest an `on_failure` hook may run.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
-use crate::schedule::{
-    grid_offset, next_grid_index, offset_past_alignment, stable_delay, EveryMode, Schedule,
-};
 
 /// What can be asked of a job task.
 #[derive(Debug)]
@@ -39,6 +39,8 @@ pub(crate) enum JobCommand {
     Pause,
     /// Fire again, from the next fire after now.
     Resume,
+    /// Answer at once: the health check's proof that the task is alive and not blocked.
+    Ping(oneshot::Sender<()>),
 }
 
 /// What a fire did.
@@ -76,6 +78,23 @@ impl JobControl {
             JobCommand::Resume
         };
         self.commands.send(command).is_ok()
+    }
+
+    /// A control whose commands land in the returned receiver, for tests that play the task.
+    #[cfg(test)]
+    pub(crate) fn detached() -> (Self, mpsc::UnboundedReceiver<JobCommand>) {
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let status = SharedStatus::default();
+        (JobControl { commands, status }, receiver)
+    }
+
+    /// Asks the job's task to answer; the receiver yields `Err` if the task is gone. The caller
+    /// bounds the wait: a task that never answers is stuck.
+    pub(crate) fn ping(&self) -> oneshot::Receiver<()> {
+        let (reply, answer) = oneshot::channel();
+        // A failed send drops `reply`, so `answer` reports the task gone.
+        let _ = self.commands.send(JobCommand::Ping(reply));
+        answer
     }
 }
 
@@ -542,6 +561,9 @@ impl JobActor {
                 }
             }
             JobCommand::Resume => {}
+            JobCommand::Ping(reply) => {
+                let _ = reply.send(());
+            }
         }
     }
 

@@ -102,6 +102,9 @@ struct ResultLabel {
     result: String,
 }
 
+/// The `outcome` label values of `tickd_runs_total`, in the order of [`JobMetrics`]' counters.
+const RUN_OUTCOMES: [&str; 5] = ["success", "failure", "timeout", "killed", "skipped_overlap"];
+
 /// The Prometheus metrics (the `prometheus-client` crate, text exposition format).
 #[derive(Debug)]
 pub struct Metrics {
@@ -195,17 +198,35 @@ impl Metrics {
                 })
                 .clone()
         };
+        let [success, failure, timeout, killed, skipped] = RUN_OUTCOMES.map(count);
         JobMetrics {
-            success: count("success"),
-            failure: count("failure"),
-            timeout: count("timeout"),
-            killed: count("killed"),
-            skipped: count("skipped_overlap"),
+            success,
+            failure,
+            timeout,
+            killed,
+            skipped,
             duration: self.duration.get_or_create(&label).clone(),
             lateness: self.lateness.get_or_create(&label).clone(),
             last_success: self.last_success.get_or_create(&label).clone(),
             in_flight: self.in_flight.clone(),
         }
+    }
+
+    /// Drops a removed job's series, so that reloads which rename or remove jobs do not grow
+    /// `/metrics` for ever. Runs of it still in flight record into handles no longer exported.
+    pub fn forget_job(&self, job: &str) {
+        let label = JobLabel {
+            job: job.to_owned(),
+        };
+        for outcome in RUN_OUTCOMES {
+            self.runs.remove(&RunLabels {
+                job: job.to_owned(),
+                outcome: outcome.to_owned(),
+            });
+        }
+        self.duration.remove(&label);
+        self.lateness.remove(&label);
+        self.last_success.remove(&label);
     }
 
     /// A reload was applied (`true`) or rejected.
@@ -320,4 +341,31 @@ pub fn record_run(
         exit_code: report.exit_code,
         reason: report.reason.clone(),
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forgotten_job_leaves_no_series_and_others_keep_theirs() {
+        let metrics = Metrics::new();
+        for job in ["gone", "kept"] {
+            let handles = metrics.for_job(job);
+            handles.run_started(std::time::Duration::from_micros(50));
+            handles.skipped();
+        }
+        assert!(metrics.encode().contains("job=\"gone\""));
+        metrics.forget_job("gone");
+        let text = metrics.encode();
+        assert!(!text.contains("job=\"gone\""), "{text}");
+        assert!(
+            text.contains("tickd_runs_total{job=\"kept\",outcome=\"skipped_overlap\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tickd_fire_lateness_seconds_count{job=\"kept\"} 1"),
+            "{text}"
+        );
+    }
 }

@@ -1663,7 +1663,8 @@ shell = "sleep 30"
     d.rewrite("[jobs.broken]\n");
     d.signal(Signal::SIGHUP);
     d.wait_log("reload rejected");
-    d.rewrite(&config);
+    // A removed job's series go with it (renames would otherwise grow /metrics for ever).
+    d.rewrite(&config.replace("[jobs.fast]", "[jobs.renamed]"));
     d.signal(Signal::SIGHUP);
     d.wait_log("configuration reloaded");
     let metrics = http(port, "GET", "/metrics", None).1;
@@ -1675,6 +1676,15 @@ shell = "sleep 30"
     assert_eq!(
         sample(&metrics, "tickd_config_reloads_total{result=\"applied\"}"),
         1.0,
+        "{metrics}"
+    );
+    assert!(!metrics.contains("job=\"fast\""), "{metrics}");
+    assert!(
+        metrics.contains("tickd_runs_total{job=\"renamed\",outcome=\"success\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tickd_fire_lateness_seconds_count{job=\"slow\"} 1"),
         "{metrics}"
     );
 
