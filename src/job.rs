@@ -25,8 +25,17 @@ use crate::schedule::{
 };
 use crate::status::{record_run, JobMetrics, SharedStatus};
 
+/// The finest step of a cron expression: two of its fires are at least this far apart.
+const CRON_RESOLUTION: Duration = Duration::from_secs(1);
+
 /// The longest an `on_failure` hook may run.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How many fires `gap` apart fell in `late` (the first at its start): at least one.
+fn missed_count(late: Duration, gap: Duration) -> u64 {
+    let count = late.as_nanos() / gap.as_nanos().max(1) + 1;
+    u64::try_from(count).unwrap_or(u64::MAX)
+}
 
 /// What can be asked of a job task.
 #[derive(Debug)]
@@ -414,26 +423,11 @@ impl JobActor {
             }
         }
         let lateness = clock.now().saturating_duration_since(due.start_at());
-        match self.gap_after(&due) {
+        match self.gap_after(&due, lateness) {
             // Superseded: the fire after this one is due too. The daemon was stalled (stopped,
             // suspended, starved): never a burst, at most one catch-up.
             Some(gap) if lateness >= gap => {
-                let missed = (lateness.as_nanos() / gap.as_nanos().max(1)) + 1;
-                match self.spec.on_missed {
-                    OnMissed::Skip => tracing::warn!(
-                        job = %self.spec.name,
-                        missed = u64::try_from(missed).unwrap_or(u64::MAX),
-                        "fires missed (the daemon was stalled); skipping to the next one"
-                    ),
-                    OnMissed::Once => {
-                        tracing::warn!(
-                            job = %self.spec.name,
-                            missed = u64::try_from(missed).unwrap_or(u64::MAX),
-                            "fires missed (the daemon was stalled); running one catch-up"
-                        );
-                        self.fire(due);
-                    }
-                }
+                self.fires_missed(due, missed_count(lateness, gap), "the daemon was stalled");
             }
             _ => {
                 self.fire(due);
@@ -443,11 +437,14 @@ impl JobActor {
     }
 
     /// The time from `due` to the fire after it; `None` for fixed-delay schedules, which have no
-    /// "next" until the run ends.
-    fn gap_after(&self, due: &Due) -> Option<Duration> {
+    /// "next" until the run ends. For a calendar fire less than a second late the answer is
+    /// "more than `lateness`" without asking the expression: its fires are whole seconds apart,
+    /// and the search is the costliest step of a fire when a thousand jobs share a second.
+    fn gap_after(&self, due: &Due, lateness: Duration) -> Option<Duration> {
         match &self.spec.schedule {
             Schedule::Every(every) if every.mode == EveryMode::FixedRate => Some(every.period),
             Schedule::Every(_) => None,
+            Schedule::Cron(_) if lateness < CRON_RESOLUTION => None,
             Schedule::Cron(cron) => {
                 let wall = due.wall?;
                 (cron.next_after(wall)? - wall).to_std().ok()
@@ -518,20 +515,40 @@ impl JobActor {
         ) = self.next
         {
             if wall_now >= wall {
-                match self.spec.on_missed {
-                    OnMissed::Skip => {
-                        tracing::warn!(job = %self.spec.name, "the wall clock jumped past a fire; skipping it")
-                    }
-                    OnMissed::Once => {
-                        tracing::warn!(job = %self.spec.name, "the wall clock jumped past a fire; running one catch-up");
-                        self.fire(due);
-                    }
-                }
+                let past = (wall_now - wall).to_std().unwrap_or_default();
+                let count = match self.gap_after(&due, past) {
+                    Some(gap) => missed_count(past, gap),
+                    None => 1,
+                };
+                self.fires_missed(due, count, "the wall clock jumped past them");
             } else {
                 tracing::info!(job = %self.spec.name, "wall clock changed; recomputing the next fire");
             }
         }
         self.next = self.calendar_due_after(wall_now);
+    }
+
+    /// `count` fires up to `latest` passed without a run: counted, logged once, and caught up
+    /// by a single run of `latest` with `on_missed = "once"`; never a burst.
+    fn fires_missed(&mut self, latest: Due, count: u64, cause: &str) {
+        self.metrics.missed(count);
+        self.status
+            .update(|s| s.runs.missed = s.runs.missed.saturating_add(count));
+        match self.spec.on_missed {
+            OnMissed::Skip => tracing::warn!(
+                job = %self.spec.name,
+                missed = count,
+                "fires missed ({cause}); skipping to the next one"
+            ),
+            OnMissed::Once => {
+                tracing::warn!(
+                    job = %self.spec.name,
+                    missed = count,
+                    "fires missed ({cause}); running one catch-up"
+                );
+                self.fire(latest);
+            }
+        }
     }
 
     fn command(&mut self, command: JobCommand) {
@@ -836,4 +853,86 @@ async fn wait(timer: &mut Option<(Instant, Sleep)>) {
 /// Milliseconds with microsecond resolution, for log fields.
 fn millis(duration: Duration) -> f64 {
     (duration.as_micros() as f64) / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::handler::Handlers;
+
+    /// Wall-clock steps forward by an hour, three hours and a day: each gives at most one
+    /// catch-up per job (robfig/cron ran one 720 times), and the fires passed over are counted
+    /// in the job's status and metrics.
+    #[tokio::test(start_paused = true)]
+    async fn wall_clock_jumps_run_at_most_one_catch_up_and_are_counted() {
+        let handlers = Handlers::with_builtins();
+        let config = crate::config::parse(
+            std::path::Path::new("jobs.toml"),
+            "[daemon]\nstate_file = \"unused\"\n\
+             [jobs.once]\ncron = \"0 * * * * *\"\nhandler = \"log\"\non_missed = \"once\"\n\
+             [jobs.skip]\ncron = \"0 * * * * *\"\nhandler = \"log\"\n",
+            &handlers,
+        )
+        .expect("valid config");
+        let start = DateTime::parse_from_rfc3339("2026-01-01T00:00:30Z")
+            .expect("valid time")
+            .with_timezone(&Utc);
+        let clock = Clock::manual(start);
+        let env = Arc::new(RunEnv::new(clock.clone(), handlers, None, None).expect("env"));
+        let stop = CancellationToken::new();
+        let jobs: Vec<JobHandle> = config
+            .jobs
+            .values()
+            .map(|spec| {
+                JobHandle::spawn(spec.clone(), env.clone(), TaskTracker::new(), stop.clone())
+            })
+            .collect();
+        let counts = || {
+            jobs.iter()
+                .map(|job| job.control.status.snapshot().runs)
+                .collect::<Vec<_>>()
+        };
+        tokio::time::sleep(Duration::from_secs(31)).await; // both fire at 00:01:00
+        assert_eq!(
+            counts().iter().map(|c| c.success).collect::<Vec<_>>(),
+            [1, 1]
+        );
+
+        // (step, fires passed over): from 00:01:01 the next fire is 00:02:00, so an hour's step
+        // passes 00:02 ... 01:01; each later step starts 1 min 0.1 s after the one before.
+        let steps = [(1, 60), (3, 180), (24, 1440)];
+        let mut missed = 0;
+        for (k, (hours, passed)) in steps.into_iter().enumerate() {
+            let k = k as u64;
+            clock.step_wall(chrono::Duration::hours(hours));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            missed += passed;
+            let now = counts();
+            // `once`: its one catch-up at the jump; `skip`: nothing until the next minute.
+            assert_eq!(
+                (now[0].success, now[1].success),
+                (2 + 2 * k, 1 + k),
+                "{hours} h"
+            );
+            assert_eq!(
+                (now[0].missed, now[1].missed),
+                (missed, missed),
+                "{hours} h"
+            );
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            let now = counts();
+            assert_eq!(
+                (now[0].success, now[1].success),
+                (3 + 2 * k, 2 + k),
+                "{hours} h"
+            );
+        }
+        let metrics = env.metrics.encode();
+        for job in ["once", "skip"] {
+            let series = format!("tickd_fires_missed_total{{job=\"{job}\"}} {missed}");
+            assert!(metrics.contains(&series), "{series} in\n{metrics}");
+        }
+        stop.cancel();
+    }
 }

@@ -396,6 +396,130 @@ mod tests {
         );
     }
 
+    /// The same rules in zones that change at other hours, by other amounts, or in the other
+    /// hemisphere. Transitions (2026): New York 03-08 02:00 -> 03:00 and 11-01 02:00 -> 01:00;
+    /// Sydney 10-04 02:00 -> 03:00 and 04-05 03:00 -> 02:00; Lord Howe by half an hour, 10-04
+    /// 02:00 -> 02:30 and 04-05 02:00 -> 01:30; Santiago at midnight, 09-06 00:00 -> 01:00 and
+    /// 04-05 00:00 -> 04-04 23:00.
+    #[test]
+    fn dst_rules_hold_in_other_zones() {
+        use chrono_tz::America::{New_York, Santiago};
+        use chrono_tz::Australia::{Lord_Howe, Sydney};
+        /// (expression, zone, search from, the fires expected after it)
+        type Case = (&'static str, Tz, DateTime<Utc>, Vec<DateTime<Utc>>);
+        let cases: [Case; 11] = [
+            // Skipped time: once, right after the jump.
+            (
+                "30 2 * * *",
+                New_York,
+                utc(2026, 3, 7, 12, 0, 0),
+                vec![utc(2026, 3, 8, 7, 0, 0), utc(2026, 3, 9, 6, 30, 0)],
+            ),
+            (
+                "30 2 * * *",
+                Sydney,
+                utc(2026, 10, 3, 0, 0, 0),
+                vec![utc(2026, 10, 3, 16, 0, 0), utc(2026, 10, 4, 15, 30, 0)],
+            ),
+            (
+                "15 2 * * *",
+                Lord_Howe,
+                utc(2026, 10, 3, 0, 0, 0),
+                vec![utc(2026, 10, 3, 15, 30, 0), utc(2026, 10, 4, 15, 15, 0)],
+            ),
+            (
+                "0 0 * * *",
+                Santiago,
+                utc(2026, 9, 5, 12, 0, 0),
+                vec![utc(2026, 9, 6, 4, 0, 0), utc(2026, 9, 7, 3, 0, 0)],
+            ),
+            // Repeated time, fixed hour: once.
+            (
+                "30 1 * * *",
+                New_York,
+                utc(2026, 10, 31, 12, 0, 0),
+                vec![utc(2026, 11, 1, 5, 30, 0), utc(2026, 11, 2, 6, 30, 0)],
+            ),
+            (
+                "30 2 * * *",
+                Sydney,
+                utc(2026, 4, 4, 0, 0, 0),
+                vec![utc(2026, 4, 4, 15, 30, 0), utc(2026, 4, 5, 16, 30, 0)],
+            ),
+            (
+                "45 1 * * *",
+                Lord_Howe,
+                utc(2026, 4, 4, 0, 0, 0),
+                vec![utc(2026, 4, 4, 14, 45, 0), utc(2026, 4, 5, 15, 15, 0)],
+            ),
+            (
+                "30 23 * * *",
+                Santiago,
+                utc(2026, 4, 4, 12, 0, 0),
+                vec![utc(2026, 4, 5, 2, 30, 0), utc(2026, 4, 6, 3, 30, 0)],
+            ),
+            // Repeated time, wildcard hour: every real occurrence.
+            (
+                "30 * * * *",
+                New_York,
+                utc(2026, 11, 1, 4, 45, 0),
+                vec![
+                    utc(2026, 11, 1, 5, 30, 0),
+                    utc(2026, 11, 1, 6, 30, 0),
+                    utc(2026, 11, 1, 7, 30, 0),
+                ],
+            ),
+            (
+                "45 * * * *",
+                Lord_Howe,
+                utc(2026, 4, 4, 13, 50, 0),
+                vec![
+                    utc(2026, 4, 4, 14, 45, 0),
+                    utc(2026, 4, 4, 15, 15, 0),
+                    utc(2026, 4, 4, 16, 15, 0),
+                ],
+            ),
+            // Skipped time, wildcard hour: none in the gap (02:00-02:29 local): 00:15 and
+            // 01:15 at +10:30, then 03:15 at +11.
+            (
+                "15 * * * *",
+                Lord_Howe,
+                utc(2026, 10, 3, 13, 30, 0),
+                vec![
+                    utc(2026, 10, 3, 13, 45, 0),
+                    utc(2026, 10, 3, 14, 45, 0),
+                    utc(2026, 10, 3, 16, 15, 0),
+                ],
+            ),
+        ];
+        for (expression, tz, from, want) in cases {
+            let got = fires(expression, tz, from, want.len());
+            assert_eq!(got, want, "{expression} in {tz} after {from}");
+        }
+    }
+
+    /// An every-second job across each zone's transitions fires once per real second: no burst
+    /// (croner #286 fired every millisecond), no repeat, no stall.
+    #[test]
+    fn every_second_crosses_dst_transitions_one_fire_per_second() {
+        let transitions = [
+            (chrono_tz::America::New_York, utc(2026, 3, 8, 7, 0, 0)),
+            (chrono_tz::America::New_York, utc(2026, 11, 1, 6, 0, 0)),
+            (chrono_tz::Australia::Lord_Howe, utc(2026, 4, 4, 15, 0, 0)),
+            (chrono_tz::Australia::Lord_Howe, utc(2026, 10, 3, 15, 30, 0)),
+            (chrono_tz::America::Santiago, utc(2026, 9, 6, 4, 0, 0)),
+            (chrono_tz::Europe::Berlin, utc(2026, 10, 25, 1, 0, 0)),
+        ];
+        for (tz, at) in transitions {
+            let from = at - chrono::Duration::seconds(5);
+            let got = fires("* * * * * *", tz, from, 10);
+            let want: Vec<_> = (1..=10)
+                .map(|k| from + chrono::Duration::seconds(k))
+                .collect();
+            assert_eq!(got, want, "{tz} around {at}");
+        }
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;

@@ -47,6 +47,11 @@ pub struct RunCounts {
     pub killed: u64,
     /// Fires skipped because a run was still going (or a retry that was dropped).
     pub skipped_overlap: u64,
+    /// Fires that passed without their own run because the daemon was stalled (stopped,
+    /// suspended, starved) or the wall clock jumped past them; a catch-up run
+    /// (`on_missed = "once"`) is counted as a run besides. Estimated from the schedule's rate
+    /// around the missed fire.
+    pub missed: u64,
 }
 
 /// The last run of a job that ended.
@@ -112,6 +117,7 @@ pub struct Metrics {
     runs: Family<RunLabels, Counter>,
     duration: Family<JobLabel, Histogram>,
     lateness: Family<JobLabel, Histogram>,
+    missed: Family<JobLabel, Counter>,
     in_flight: Gauge,
     last_success: Family<JobLabel, Gauge<f64, AtomicU64>>,
     reloads: Family<ResultLabel, Counter>,
@@ -152,6 +158,12 @@ impl Metrics {
             "Time from a run's due instant to its start, by job",
             lateness.clone(),
         );
+        let missed = Family::<JobLabel, Counter>::default();
+        registry.register(
+            "fires_missed",
+            "Fires that passed without their own run: the daemon was stalled or the wall clock jumped past them",
+            missed.clone(),
+        );
         let in_flight = Gauge::default();
         registry.register("runs_in_flight", "Runs going now", in_flight.clone());
         let last_success = Family::<JobLabel, Gauge<f64, AtomicU64>>::default();
@@ -177,6 +189,7 @@ impl Metrics {
             runs,
             duration,
             lateness,
+            missed,
             in_flight,
             last_success,
             reloads,
@@ -207,6 +220,7 @@ impl Metrics {
             skipped,
             duration: self.duration.get_or_create(&label).clone(),
             lateness: self.lateness.get_or_create(&label).clone(),
+            missed: self.missed.get_or_create(&label).clone(),
             last_success: self.last_success.get_or_create(&label).clone(),
             in_flight: self.in_flight.clone(),
         }
@@ -226,6 +240,7 @@ impl Metrics {
         }
         self.duration.remove(&label);
         self.lateness.remove(&label);
+        self.missed.remove(&label);
         self.last_success.remove(&label);
     }
 
@@ -261,6 +276,7 @@ pub struct JobMetrics {
     skipped: Counter,
     duration: Histogram,
     lateness: Histogram,
+    missed: Counter,
     last_success: Gauge<f64, AtomicU64>,
     in_flight: Gauge,
 }
@@ -302,6 +318,11 @@ impl JobMetrics {
     /// A fire was skipped by the overlap policy.
     pub fn skipped(&self) {
         self.skipped.inc();
+    }
+
+    /// `count` fires were missed (see [`RunCounts::missed`]).
+    pub fn missed(&self, count: u64) {
+        self.missed.inc_by(count);
     }
 }
 
@@ -354,6 +375,7 @@ mod tests {
             let handles = metrics.for_job(job);
             handles.run_started(std::time::Duration::from_micros(50));
             handles.skipped();
+            handles.missed(3);
         }
         assert!(metrics.encode().contains("job=\"gone\""));
         metrics.forget_job("gone");
@@ -365,6 +387,10 @@ mod tests {
         );
         assert!(
             text.contains("tickd_fire_lateness_seconds_count{job=\"kept\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tickd_fires_missed_total{job=\"kept\"} 3"),
             "{text}"
         );
     }

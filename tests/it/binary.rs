@@ -1501,9 +1501,10 @@ shell = "exec >&-; echo gone; echo still-running >&2"
 
 #[test]
 fn a_stopped_and_continued_daemon_does_not_burst() {
-    let d = Daemon::start(
-        "[jobs.tick]\nevery = \"100ms\"\nshell = \"date +%s%N >> ticks\"\n[jobs.once]\nevery = \"100ms\"\nhandler = \"log\"\non_missed = \"once\"\n[daemon]\nstate_file = \"state\"\n",
-    );
+    let port = free_port();
+    let d = Daemon::start(&format!(
+        "[jobs.tick]\nevery = \"100ms\"\nshell = \"date +%s%N >> ticks\"\n[jobs.once]\nevery = \"100ms\"\nhandler = \"log\"\non_missed = \"once\"\n[daemon]\nstate_file = \"state\"\nhttp = \"127.0.0.1:{port}\"\n",
+    ));
     d.wait_log_n("outcome=success", 10);
     d.signal(Signal::SIGSTOP);
     std::thread::sleep(Duration::from_secs(3)); // 30 fires due meanwhile
@@ -1530,6 +1531,18 @@ fn a_stopped_and_continued_daemon_does_not_burst() {
     assert!(log.contains("skipping to the next one"), "{log}");
     // The `once` job ran exactly one catch-up.
     assert_eq!(log.matches("running one catch-up").count(), 1, "{log}");
+    // The fires passed over are counted: about 30 for each job.
+    let metrics = http(port, "GET", "/metrics", None).1;
+    for job in ["tick", "once"] {
+        let missed = sample(
+            &metrics,
+            &format!("tickd_fires_missed_total{{job=\"{job}\"}}"),
+        );
+        assert!(
+            (20.0..=40.0).contains(&missed),
+            "{job}: {missed} in\n{metrics}"
+        );
+    }
 }
 
 /// A free loopback port (bound then released: a small race, fine for a test).

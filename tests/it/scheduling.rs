@@ -51,6 +51,27 @@ async fn a_stall_skips_missed_fires_without_a_burst() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_stalled_calendar_fire_is_late_until_the_next_one_is_due_then_missed() {
+    let d = InProcess::start(
+        "[daemon]\nstate_file = \"state\"\n\
+         [jobs.skip]\ncron = \"* * * * * *\"\nhandler = \"record\"\n\
+         [jobs.once]\ncron = \"* * * * * *\"\nhandler = \"record\"\non_missed = \"once\"\n",
+        t0(),
+    );
+    d.run_for(1_500).await;
+    // A 700 ms stall: the fire due at 2000 runs 200 ms late, as itself.
+    tokio::time::advance(Duration::from_millis(700)).await;
+    d.run_for(300).await;
+    // A 3 s stall: the fires due at 3000, 4000 and 5000 pass; `skip` waits for 6000, `once`
+    // runs one catch-up at once.
+    tokio::time::advance(Duration::from_millis(3_000)).await;
+    d.run_for(600).await;
+    assert_eq!(d.times("skip", "run"), vec![1000, 2200, 6000]);
+    assert_eq!(d.times("once", "run"), vec![1000, 2200, 5500, 6000]);
+    d.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_stall_with_on_missed_once_runs_a_single_catch_up() {
     let d = InProcess::start(
         "[daemon]\nstate_file = \"state\"\n[jobs.tick]\nevery = \"200ms\"\nhandler = \"record\"\non_missed = \"once\"\n",
@@ -243,6 +264,55 @@ async fn shutdown_waits_for_runs_in_flight() {
     // soon as the run finished.
     assert_eq!(events.iter().filter(|e| e.what == "run").count(), 1);
     assert_eq!(start.elapsed(), Duration::from_millis(1250));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_drains_runs_in_flight_under_every_overlap_policy() {
+    for overlap in ["skip", "queue", "allow", "replace"] {
+        // A 250 ms run every 100 ms: runs overlap, so each policy has something to decide.
+        let d = InProcess::start(
+            &format!(
+                "[daemon]\nshutdown_timeout = \"10s\"\n\
+                 [jobs.s]\nevery = \"100ms\"\nhandler = \"slow\"\noverlap = \"{overlap}\"\n"
+            ),
+            t0(),
+        );
+        d.run_for(1_060).await;
+        let start = d.start;
+        let (stopped, events) = d.shut_down().await;
+        assert_eq!(stopped, Stopped::Drained, "{overlap}");
+        let at = |what: &str| -> Vec<u128> {
+            events
+                .iter()
+                .filter(|e| e.what == what)
+                .map(|e| e.at_ms)
+                .collect()
+        };
+        let (runs, done, cancelled) = (at("run"), at("done"), at("cancelled"));
+        // Nothing started after the stop request (a queued run is dropped) ...
+        assert!(runs.iter().all(|t| *t <= 1_060), "{overlap}: {runs:?}");
+        // ... every run that started ended, none was abandoned ...
+        assert_eq!(
+            runs.len(),
+            done.len() + cancelled.len(),
+            "{overlap}: {events:?}"
+        );
+        // ... at least one was in flight and waited for, and the daemon returned as soon as the
+        // last one ended.
+        let last = *done.iter().max().expect("runs ended");
+        assert!(last > 1_060, "{overlap}: {done:?}");
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(last as u64),
+            "{overlap}"
+        );
+        // Only `replace` stops runs, and only by starting their successor.
+        assert_eq!(
+            cancelled.is_empty(),
+            overlap != "replace",
+            "{overlap}: {cancelled:?}"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]
