@@ -85,12 +85,7 @@ async fn healthz(State(state): State<ApiState>) -> Response {
     if state.draining.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
-    let jobs = state
-        .directory
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
-    let mut stuck = unresponsive_jobs(&jobs, HEALTH_TIMEOUT).await;
+    let mut stuck = unresponsive_jobs(&directory_snapshot(&state), HEALTH_TIMEOUT).await;
     // A job removed by a reload while we waited is not stuck.
     {
         let current = state
@@ -155,13 +150,17 @@ fn no_such_job(name: &str) -> Response {
         .into_response()
 }
 
-async fn jobs(State(state): State<ApiState>) -> Response {
-    let directory = state
+/// A copy of the job directory, so that no lock is held across an await.
+fn directory_snapshot(state: &ApiState) -> BTreeMap<String, JobControl> {
+    state
         .directory
         .read()
         .unwrap_or_else(PoisonError::into_inner)
-        .clone();
-    let jobs: Vec<serde_json::Value> = directory
+        .clone()
+}
+
+async fn jobs(State(state): State<ApiState>) -> Response {
+    let jobs: Vec<serde_json::Value> = directory_snapshot(&state)
         .iter()
         .map(|(name, control)| job_json(name, control))
         .collect();

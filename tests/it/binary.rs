@@ -927,12 +927,27 @@ on_failure = ["sh", "-c", "echo \"$TICKD_JOB $TICKD_RUN_ID $TICKD_EXIT_CODE $TIC
     assert_eq!(d.wait_exit(), 0);
 }
 
+/// Runs a root daemon on `config` whose jobs run as `nobody`: the temp dir is opened to it, and
+/// `out/` is a directory it may write to.
+fn launch_for_nobody(config: &str) -> Daemon {
+    let d = Daemon::launch(config, |command, log| {
+        command
+            .args(["run", "jobs.toml"])
+            .stderr(fs::File::create(log).expect("log file"));
+    });
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(d.dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    fs::create_dir(d.path("out")).expect("out dir");
+    fs::set_permissions(d.path("out"), fs::Permissions::from_mode(0o777)).expect("chmod");
+    d
+}
+
 #[test]
 fn the_on_failure_hook_runs_as_the_job_and_where_it_runs() {
     if !is_root() {
         return; // `user` needs a root daemon
     }
-    let d = Daemon::launch(
+    let d = launch_for_nobody(
         r#"
 [jobs.fails]
 every = "100ms"
@@ -941,16 +956,7 @@ cwd = "out"
 shell = "exit 1"
 on_failure = ["sh", "-c", "echo \"$(id -u) $(pwd)\" > hook.tmp && mv hook.tmp hook"]
 "#,
-        |command, log| {
-            command
-                .args(["run", "jobs.toml"])
-                .stderr(fs::File::create(log).expect("log file"));
-        },
     );
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(d.dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
-    fs::create_dir(d.path("out")).expect("out dir");
-    fs::set_permissions(d.path("out"), fs::Permissions::from_mode(0o777)).expect("chmod");
     let hook = d.wait_file("out/hook");
     let out = fs::canonicalize(d.path("out")).expect("canonical");
     assert_eq!(hook, format!("65534 {}\n", out.display()));
@@ -997,16 +1003,7 @@ shell = "echo \"$(id -u) $(id -g) $HOME $USER $LOGNAME\" > out/who.tmp && mv out
         assert!(String::from_utf8_lossy(&out.stderr).contains("needs tickd to run as root"));
         return;
     }
-    let d = Daemon::launch(config, |command, log| {
-        command
-            .args(["run", "jobs.toml"])
-            .stderr(fs::File::create(log).expect("log file"));
-    });
-    // Let `nobody` into the temp dir and give it a directory to write to.
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(d.dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
-    fs::create_dir(d.path("out")).expect("out dir");
-    fs::set_permissions(d.path("out"), fs::Permissions::from_mode(0o777)).expect("chmod");
+    let d = launch_for_nobody(config);
     let who = d.wait_file("out/who");
     let home = nix::unistd::User::from_name("nobody")
         .expect("lookup")

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::Duration as ChronoDuration;
 use tickd::{Control, Stopped};
 
-use crate::support::{wall, InProcess};
+use crate::support::{times_in, wall, InProcess};
 
 fn t0() -> chrono::DateTime<chrono::Utc> {
     wall(2026, 1, 1, 0, 0, 0)
@@ -281,13 +281,7 @@ async fn shutdown_drains_runs_in_flight_under_every_overlap_policy() {
         let start = d.start;
         let (stopped, events) = d.shut_down().await;
         assert_eq!(stopped, Stopped::Drained, "{overlap}");
-        let at = |what: &str| -> Vec<u128> {
-            events
-                .iter()
-                .filter(|e| e.what == what)
-                .map(|e| e.at_ms)
-                .collect()
-        };
+        let at = |what| times_in(&events, "s", what);
         let (runs, done, cancelled) = (at("run"), at("done"), at("cancelled"));
         // Nothing started after the stop request (a queued run is dropped) ...
         assert!(runs.iter().all(|t| *t <= 1_060), "{overlap}: {runs:?}");

@@ -39,6 +39,15 @@ pub struct InProcess {
     daemon: JoinHandle<Result<Stopped, tickd::DaemonError>>,
 }
 
+/// When (ms since start) `job` recorded `what` among `events`.
+pub fn times_in(events: &[Event], job: &str, what: &str) -> Vec<u128> {
+    events
+        .iter()
+        .filter(|e| e.job == job && e.what == what)
+        .map(|e| e.at_ms)
+        .collect()
+}
+
 pub fn wall(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(y, mo, d, h, mi, s)
         .single()
@@ -157,11 +166,7 @@ impl InProcess {
 
     /// When (ms since start) `job` recorded `what`.
     pub fn times(&self, job: &str, what: &str) -> Vec<u128> {
-        self.events()
-            .into_iter()
-            .filter(|e| e.job == job && e.what == what)
-            .map(|e| e.at_ms)
-            .collect()
+        times_in(&self.events(), job, what)
     }
 
     /// The scheduled times `job`'s runs were given.
