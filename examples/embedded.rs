@@ -13,11 +13,17 @@ use std::time::Duration;
 
 use tickd::{Clock, DaemonOptions, Handlers, RunContext, Stopped};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<std::process::ExitCode> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .init();
+    // Held before the runtime's threads exist, so none of them takes a SIGTERM that tokio would
+    // drop before it listens; `os_controls` (on this same thread) lets them through.
+    tickd::signals::hold_control_signals()?;
+    tokio::runtime::Runtime::new()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<std::process::ExitCode> {
     // Signals first, so an early SIGTERM is handled, not fatal.
     let controls = tickd::signals::os_controls()?;
     let path = PathBuf::from(

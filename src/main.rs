@@ -191,6 +191,11 @@ fn load_config(file: &Path) -> Option<Config> {
 }
 
 fn run_daemon(file: &Path, subreaper: bool) -> u8 {
+    // Until `os_controls` listens, a control signal waits instead of being lost (see there).
+    if let Err(err) = tickd::signals::hold_control_signals() {
+        tracing::error!("cannot block signals: {err}");
+        return exit::FATAL;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("tickd-worker")
@@ -204,7 +209,7 @@ fn run_daemon(file: &Path, subreaper: bool) -> u8 {
     };
     runtime.block_on(async {
         // Signal handlers go in before anything else, so an early SIGHUP or SIGTERM is never
-        // fatal by default disposition.
+        // fatal by default disposition. This is the thread that held them, as it must be.
         let controls = match tickd::signals::os_controls() {
             Ok(controls) => controls,
             Err(err) => {
