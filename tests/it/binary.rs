@@ -1373,13 +1373,11 @@ fn a_storm_of_sighups_with_good_and_bad_files_ends_consistent() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    // Settle on b, the last valid file.
+    // Settle on b, the last valid file. (Not by counting reload lines: coalesced SIGHUPs may
+    // all be done before the log is read.) Every reload from here reads b, so once b has run
+    // five times on end nothing can bring a back.
     d.rewrite(good_b);
     d.signal(Signal::SIGHUP);
-    let reloads = d.log().matches("configuration reloaded").count();
-    eventually("the last reload applied", || {
-        d.log().matches("configuration reloaded").count() > reloads
-    });
     let b_before = fs::read_to_string(d.path("b.txt"))
         .unwrap_or_default()
         .lines()
