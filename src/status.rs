@@ -107,8 +107,15 @@ struct ResultLabel {
     result: String,
 }
 
-/// The `outcome` label values of `tickd_runs_total`, in the order of [`JobMetrics`]' counters.
-const RUN_OUTCOMES: [&str; 5] = ["success", "failure", "timeout", "killed", "skipped_overlap"];
+/// The `outcome` label values of `tickd_runs_total`, in the order of [`JobMetrics`]' counters:
+/// the runs' own outcomes, then the fires an overlap policy skipped.
+const RUN_OUTCOMES: [&str; 5] = [
+    outcome_label(Outcome::Success),
+    outcome_label(Outcome::Failure),
+    outcome_label(Outcome::Timeout),
+    outcome_label(Outcome::Stopped),
+    "skipped_overlap",
+];
 
 /// The Prometheus metrics (the `prometheus-client` crate, text exposition format).
 #[derive(Debug)]
@@ -327,7 +334,7 @@ impl JobMetrics {
 }
 
 /// The `outcome` label of a run.
-pub fn outcome_label(outcome: Outcome) -> &'static str {
+pub const fn outcome_label(outcome: Outcome) -> &'static str {
     match outcome {
         Outcome::Success => "success",
         Outcome::Failure => "failure",
