@@ -344,10 +344,11 @@ async fn periodic(
     scale: Scale,
 ) -> Value {
     let cron = scenario.ends_with("cron");
+    let spread = scenario.ends_with("spread");
     // `spread = true` over the whole period: each job keeps its own stable slot in it.
     // Without `align`, each job's grid starts when its task does, so 1000 jobs fire spread over
-    // their start-up (a few ms); `align = true` puts them all on the same instants.
-    let extra_keys = if scenario.ends_with("spread") {
+    // their start-up; `align = true` puts them all on the same instants.
+    let extra_keys = if spread {
         format!("jitter = \"{}ms\"\nspread = true\n", period.as_millis())
     } else if scenario.ends_with("aligned") {
         "align = true\n".to_owned()
@@ -376,11 +377,7 @@ async fn periodic(
             }
             let (_dir, path) = jobs_file(&text);
             // Stop after the window plus the largest delay, so the last due fire is in.
-            let extra = if !scenario.ends_with("spread") {
-                period / 2
-            } else {
-                period * 3 / 2
-            };
+            let extra = if spread { period * 3 / 2 } else { period / 2 };
             run_tickd(&path, recording_handlers(&recorder), window + extra).await;
         }
         "tokio-sleep" => {

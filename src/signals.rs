@@ -11,11 +11,9 @@ use crate::daemon::Control;
 
 /// The signals [`os_controls`] turns into controls.
 fn control_signals() -> SigSet {
-    let mut set = SigSet::empty();
-    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        set.add(signal);
-    }
-    set
+    [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP]
+        .into_iter()
+        .collect()
 }
 
 /// Blocks SIGTERM, SIGINT and SIGHUP on the calling thread, and so on every thread it starts
