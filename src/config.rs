@@ -28,6 +28,64 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for a job's `kill_grace`.
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
 
+/// The longest duration any key accepts: 100 years (humantime's `100y`, of 365.25 days). Every
+/// duration enters through [`DurationRange::check`], so no later `instant + duration` anywhere
+/// in the daemon can overflow (a monotonic instant has ~292 years of nanoseconds to spare).
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
+/// The shortest `every` period: 1 ms. Shorter periods cannot be kept (a fire costs
+/// microseconds of CPU) and would only burn a core reporting missed fires.
+pub const MIN_PERIOD: Duration = Duration::from_millis(1);
+
+/// The range a duration key accepts. All durations in the file are checked against one, so the
+/// typed [`Config`] never holds a duration over [`MAX_DURATION`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationRange {
+    /// The shortest allowed value.
+    pub min: Duration,
+    /// The longest allowed value.
+    pub max: Duration,
+}
+
+impl DurationRange {
+    /// Zero up to [`MAX_DURATION`] (`kill_grace`, `shutdown_timeout`, backoffs).
+    pub const ZERO_OR_MORE: Self = DurationRange {
+        min: Duration::ZERO,
+        max: MAX_DURATION,
+    };
+    /// Greater than zero, up to [`MAX_DURATION`] (timeouts, `max_uptime`, `jitter`).
+    pub const POSITIVE: Self = DurationRange {
+        min: Duration::from_nanos(1),
+        max: MAX_DURATION,
+    };
+    /// A schedule period: [`MIN_PERIOD`] up to [`MAX_DURATION`].
+    pub const PERIOD: Self = DurationRange {
+        min: MIN_PERIOD,
+        max: MAX_DURATION,
+    };
+
+    /// Parses `text` (humantime: `"200ms"`, `"10s"`, `"1h30m"`) and checks it is in range; the
+    /// error says what is wrong in words for a config message.
+    pub fn check(self, text: &str) -> Result<Duration, String> {
+        let value = humantime::parse_duration(text.trim()).map_err(|e| {
+            format!("invalid duration \"{text}\": {e} (examples: \"200ms\", \"10s\", \"1h30m\")")
+        })?;
+        if value.is_zero() && !self.min.is_zero() {
+            return Err("must be greater than zero".to_owned());
+        }
+        if value < self.min || value > self.max {
+            let max = humantime::format_duration(self.max);
+            return Err(if self.min <= Duration::from_nanos(1) {
+                format!("\"{text}\" is out of range: at most {max}")
+            } else {
+                let min = humantime::format_duration(self.min);
+                format!("\"{text}\" is out of range: from {min} to {max}")
+            });
+        }
+        Ok(value)
+    }
+}
+
 /// A validated configuration file.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -214,8 +272,8 @@ pub const DEFAULT_ENV_KEEP: &[&str] = &["PATH", "LANG", "LC_ALL", "TZ", "HOME", 
 pub struct HttpSpec {
     /// Absolute `http://` or `https://` URL.
     pub url: String,
-    /// Upper-case method name, `GET` by default.
-    pub method: String,
+    /// The method, `GET` by default (any token is a valid extension method, e.g. `PURGE`).
+    pub method: reqwest::Method,
     /// Request headers.
     pub headers: BTreeMap<String, String>,
     /// Request body.
@@ -406,6 +464,44 @@ pub fn parse(path: &Path, text: &str, handlers: &Handlers) -> Result<Config, Con
     }
 }
 
+/// The longest single argument or `NAME=value` string `execve` takes on Linux (`MAX_ARG_STRLEN`,
+/// 32 pages, counting its terminating NUL).
+const MAX_EXEC_STRING: usize = 32 * 4096;
+
+/// Why `execve` would refuse `argv` with `env` on top of the inherited environment (E2BIG on every
+/// run), or `None`. A single string over [`MAX_EXEC_STRING`] never fits; all together may use at
+/// most half of the system's `ARG_MAX`, leaving the rest for the inherited environment.
+fn exec_size_problem(argv: &[String], env: &BTreeMap<String, String>) -> Option<String> {
+    let strings = argv
+        .iter()
+        .map(String::len)
+        .chain(env.iter().map(|(k, v)| k.len() + 1 + v.len()));
+    let mut total = 0usize;
+    for len in strings {
+        if len + 1 > MAX_EXEC_STRING {
+            return Some(format!(
+                "an argument or variable of {} is longer than the {} the kernel passes to a program (execve would fail with E2BIG)",
+                bytesize::ByteSize(len as u64),
+                bytesize::ByteSize((MAX_EXEC_STRING - 1) as u64),
+            ));
+        }
+        // Each string also takes a pointer in the argv or envp array.
+        total += len + 1 + std::mem::size_of::<usize>();
+    }
+    let arg_max = nix::unistd::sysconf(nix::unistd::SysconfVar::ARG_MAX)
+        .ok()
+        .flatten()
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(2 * 1024 * 1024);
+    (total > arg_max / 2).then(|| {
+        format!(
+            "the arguments and variables take {}, more than half of the system's limit of {} for a program's arguments and environment (ARG_MAX)",
+            bytesize::ByteSize(total as u64),
+            bytesize::ByteSize(arg_max as u64),
+        )
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Phase 1: the raw, spanned shape of the file.
 
@@ -573,7 +669,13 @@ impl Validator<'_> {
             .daemon
             .shutdown_timeout
             .as_ref()
-            .and_then(|v| self.duration(v, daemon_at("daemon.shutdown_timeout"), true))
+            .and_then(|v| {
+                self.duration(
+                    v,
+                    daemon_at("daemon.shutdown_timeout"),
+                    DurationRange::ZERO_OR_MORE,
+                )
+            })
             .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
         let timezone = raw
             .daemon
@@ -581,11 +683,9 @@ impl Validator<'_> {
             .as_ref()
             .and_then(|v| self.timezone(v, daemon_at("daemon.timezone")))
             .unwrap_or(Tz::UTC);
-        let max_uptime = raw
-            .daemon
-            .max_uptime
-            .as_ref()
-            .and_then(|v| self.duration(v, daemon_at("daemon.max_uptime"), false));
+        let max_uptime = raw.daemon.max_uptime.as_ref().and_then(|v| {
+            self.duration(v, daemon_at("daemon.max_uptime"), DurationRange::POSITIVE)
+        });
         let state_file = raw.daemon.state_file.as_ref().map(|v| {
             let base = self.locator.path.parent().unwrap_or(Path::new("."));
             base.join(v.get_ref())
@@ -746,13 +846,14 @@ impl Validator<'_> {
                         );
                     }
                 }
-                self.duration(every, at("every"), false).map(|period| {
-                    Schedule::Every(EverySchedule {
-                        period,
-                        mode,
-                        align,
+                self.duration(every, at("every"), DurationRange::PERIOD)
+                    .map(|period| {
+                        Schedule::Every(EverySchedule {
+                            period,
+                            mode,
+                            align,
+                        })
                     })
-                })
             }
             (None, Some(cron)) => timezone.and_then(|tz| {
                 for (key, offset) in [
@@ -854,6 +955,11 @@ impl Validator<'_> {
                 inherit: daemon.env.clone(),
             })
         };
+        if let Some(env) = &raw.env {
+            if let Some(why) = exec_size_problem(&[], env.get_ref()) {
+                self.report(env.span().start, Some(name), Some("env"), why);
+            }
+        }
         let action = if let Some(command) = &raw.command {
             if command.get_ref().first().is_none_or(|p| p.is_empty()) {
                 self.report(
@@ -862,6 +968,9 @@ impl Validator<'_> {
                     Some("command"),
                     "the command needs at least a program name".to_owned(),
                 );
+                None
+            } else if let Some(why) = exec_size_problem(command.get_ref(), &BTreeMap::new()) {
+                self.report(command.span().start, Some(name), Some("command"), why);
                 None
             } else {
                 Some(process(command.get_ref().clone()))
@@ -876,11 +985,18 @@ impl Validator<'_> {
                 );
                 None
             } else {
-                Some(process(vec![
+                let argv = vec![
                     "/bin/sh".to_owned(),
                     "-c".to_owned(),
                     shell.get_ref().clone(),
-                ]))
+                ];
+                match exec_size_problem(&argv, &BTreeMap::new()) {
+                    Some(why) => {
+                        self.report(shell.span().start, Some(name), Some("shell"), why);
+                        None
+                    }
+                    None => Some(process(argv)),
+                }
             }
         } else if let Some(http) = raw.http {
             self.http(name, http).map(Action::Http)
@@ -944,11 +1060,11 @@ impl Validator<'_> {
         let timeout = raw
             .timeout
             .as_ref()
-            .and_then(|v| self.duration(v, at("timeout"), false));
+            .and_then(|v| self.duration(v, at("timeout"), DurationRange::POSITIVE));
         let kill_grace = raw
             .kill_grace
             .as_ref()
-            .and_then(|v| self.duration(v, at("kill_grace"), true))
+            .and_then(|v| self.duration(v, at("kill_grace"), DurationRange::ZERO_OR_MORE))
             .unwrap_or(DEFAULT_KILL_GRACE);
         let output = raw
             .output
@@ -959,7 +1075,7 @@ impl Validator<'_> {
         let jitter = raw
             .jitter
             .as_ref()
-            .and_then(|v| self.duration(v, at("jitter"), false))
+            .and_then(|v| self.duration(v, at("jitter"), DurationRange::POSITIVE))
             .map(|max| Jitter {
                 max,
                 spread: raw.spread.as_ref().is_some_and(|s| *s.get_ref()),
@@ -1005,7 +1121,13 @@ impl Validator<'_> {
                 );
                 None
             }
-            Some(v) => Some(v.get_ref().clone()),
+            Some(v) => match exec_size_problem(v.get_ref(), &BTreeMap::new()) {
+                Some(why) => {
+                    self.report(v.span().start, Some(name), Some("on_failure"), why);
+                    None
+                }
+                None => Some(v.get_ref().clone()),
+            },
             None => None,
         };
         let run_as = match (&raw.user, &raw.group) {
@@ -1062,11 +1184,11 @@ impl Validator<'_> {
             }
         };
         let backoff = match &raw.backoff {
-            Some(v) => self.duration(v, at("retry.backoff"), true)?,
+            Some(v) => self.duration(v, at("retry.backoff"), DurationRange::ZERO_OR_MORE)?,
             None => Duration::from_secs(1),
         };
         let max_backoff = match &raw.max_backoff {
-            Some(v) => self.duration(v, at("retry.max_backoff"), true)?,
+            Some(v) => self.duration(v, at("retry.max_backoff"), DurationRange::ZERO_OR_MORE)?,
             None => Duration::from_secs(60).max(backoff),
         };
         Some(Retry {
@@ -1181,20 +1303,26 @@ impl Validator<'_> {
                 format!("invalid URL \"{url}\": {why}"),
             );
         }
-        let method = raw
-            .method
-            .as_ref()
-            .map_or("GET".to_owned(), |m| m.get_ref().to_ascii_uppercase());
-        if let Some(m) = &raw.method {
-            if reqwest::Method::from_bytes(method.as_bytes()).is_err() {
-                self.report(
-                    m.span().start,
-                    Some(job),
-                    Some("http.method"),
-                    format!("invalid HTTP method \"{}\"", m.get_ref()),
-                );
+        let method = match &raw.method {
+            None => reqwest::Method::GET,
+            Some(m) => {
+                match reqwest::Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
+                    Ok(method) => method,
+                    Err(_) => {
+                        self.report(
+                            m.span().start,
+                            Some(job),
+                            Some("http.method"),
+                            format!(
+                                "invalid HTTP method \"{}\" (e.g. \"GET\", \"POST\")",
+                                m.get_ref()
+                            ),
+                        );
+                        reqwest::Method::GET
+                    }
+                }
             }
-        }
+        };
         let timeout = raw.timeout.as_ref().and_then(|v| {
             self.duration(
                 v,
@@ -1202,7 +1330,7 @@ impl Validator<'_> {
                     job: Some(job),
                     key: "http.timeout",
                 },
-                false,
+                DurationRange::POSITIVE,
             )
         });
         Some(HttpSpec {
@@ -1218,32 +1346,12 @@ impl Validator<'_> {
         &mut self,
         value: &Spanned<String>,
         at: At<'_>,
-        zero_allowed: bool,
+        range: DurationRange,
     ) -> Option<Duration> {
-        match humantime::parse_duration(value.get_ref().trim()) {
-            Ok(d) if d.is_zero() && !zero_allowed => {
-                self.report(
-                    value.span().start,
-                    at.job,
-                    Some(at.key),
-                    "must be greater than zero".to_owned(),
-                );
-                None
-            }
-            Ok(d) => Some(d),
-            Err(e) => {
-                self.report(
-                    value.span().start,
-                    at.job,
-                    Some(at.key),
-                    format!(
-                        "invalid duration \"{}\": {e} (examples: \"200ms\", \"10s\", \"1h30m\")",
-                        value.get_ref()
-                    ),
-                );
-                None
-            }
-        }
+        range
+            .check(value.get_ref())
+            .map_err(|message| self.report(value.span().start, at.job, Some(at.key), message))
+            .ok()
     }
 
     fn timezone(&mut self, value: &Spanned<String>, at: At<'_>) -> Option<Tz> {
@@ -1342,7 +1450,7 @@ output = "discard"
             other => panic!("unexpected action {other:?}"),
         }
         match &config.jobs["ping"].action {
-            Action::Http(h) => assert_eq!(h.method, "POST"),
+            Action::Http(h) => assert_eq!(h.method, reqwest::Method::POST),
             other => panic!("unexpected action {other:?}"),
         }
         assert_eq!(
@@ -1518,6 +1626,127 @@ handler = "log"
         assert!(msg.contains("key \"every\": invalid duration"), "{msg}");
         let msg = error("[jobs.a]\nevery = \"soon\"\nhandler = \"log\"\n");
         assert!(msg.contains("invalid duration \"soon\""), "{msg}");
+    }
+
+    /// Every duration key, with the table it sits in and a valid rest of the job around it.
+    const DURATION_KEYS: &[(&str, &str)] = &[
+        ("daemon.shutdown_timeout", "[daemon]\nshutdown_timeout = V\n[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\n"),
+        ("daemon.max_uptime", "[daemon]\nmax_uptime = V\n[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\n"),
+        ("every", "[jobs.a]\nevery = V\nhandler = \"log\"\n"),
+        ("timeout", "[jobs.a]\nevery = \"1s\"\ntimeout = V\nhandler = \"log\"\n"),
+        ("kill_grace", "[jobs.a]\nevery = \"1s\"\nkill_grace = V\nhandler = \"log\"\n"),
+        ("jitter", "[jobs.a]\nevery = \"1s\"\njitter = V\nhandler = \"log\"\n"),
+        ("retry.backoff", "[jobs.a]\nevery = \"1s\"\nretry = { attempts = 1, backoff = V }\nhandler = \"log\"\n"),
+        ("retry.max_backoff", "[jobs.a]\nevery = \"1s\"\nretry = { attempts = 1, max_backoff = V }\nhandler = \"log\"\n"),
+        ("http.timeout", "[jobs.a]\nevery = \"1s\"\nhttp = { url = \"http://x\", timeout = V }\n"),
+    ];
+
+    /// `max_uptime = "300000000000y"` passed `check` and panicked `run` (an `Instant` overflow);
+    /// so did every other duration that is ever added to an instant.
+    #[test]
+    fn durations_over_100_years_are_refused_with_their_range() {
+        for (key, template) in DURATION_KEYS {
+            for huge in ["300000000000y", "101y", "3155760001s"] {
+                let text = template.replace('V', &format!("\"{huge}\""));
+                let msg = error(&text);
+                assert!(msg.contains(&format!("key \"{key}\"")), "{key}: {msg}");
+                assert!(msg.contains("out of range"), "{key}: {msg}");
+                assert!(msg.contains("100years"), "{key}: {msg}");
+                let line = text.lines().position(|l| l.contains(huge)).expect("line") + 1;
+                assert!(
+                    msg.starts_with(&format!("jobs.toml:{line}:")),
+                    "{key}: {msg}"
+                );
+            }
+            let text = template.replace('V', "\"100y\"");
+            assert!(check(&text).is_ok(), "{key} = 100y is the documented bound");
+        }
+    }
+
+    /// `every = "1ns"` passed `check` and burned a core logging missed fires.
+    #[test]
+    fn every_has_a_floor_of_one_millisecond() {
+        for short in ["1ns", "999us", "999999ns"] {
+            let msg = error(&format!(
+                "[jobs.a]\nevery = \"{short}\"\nhandler = \"log\"\n"
+            ));
+            assert!(msg.contains("key \"every\""), "{msg}");
+            assert!(msg.contains("out of range: from 1ms to 100years"), "{msg}");
+        }
+        let config = check("[jobs.a]\nevery = \"1ms\"\nhandler = \"log\"\n").expect("1ms");
+        assert_eq!(
+            config.jobs["a"].schedule,
+            Schedule::Every(EverySchedule::fixed_rate(MIN_PERIOD))
+        );
+    }
+
+    /// A 10 MB argument passed `check` and failed every run with E2BIG.
+    #[test]
+    fn arguments_or_variables_too_large_for_execve_are_refused() {
+        let big = "x".repeat(10 * 1024 * 1024);
+        let just_too_long = "x".repeat(MAX_EXEC_STRING);
+        let longest = "x".repeat(MAX_EXEC_STRING - 1);
+        for (key, job) in [
+            ("command", format!("command = [\"echo\", \"{big}\"]")),
+            (
+                "command",
+                format!("command = [\"echo\", \"{just_too_long}\"]"),
+            ),
+            ("shell", format!("shell = \"echo {big}\"")),
+            (
+                "env",
+                format!("command = [\"env\"]\nenv = {{ BIG = \"{big}\" }}"),
+            ),
+            (
+                "on_failure",
+                format!("handler = \"log\"\non_failure = [\"echo\", \"{big}\"]"),
+            ),
+        ] {
+            let msg = error(&format!("[jobs.a]\nevery = \"1s\"\n{job}\n"));
+            assert!(
+                msg.contains(&format!("key \"{key}\"")),
+                "{key}: {}",
+                &msg[..200.min(msg.len())]
+            );
+            assert!(
+                msg.contains("E2BIG") || msg.contains("ARG_MAX"),
+                "{key}: {}",
+                &msg[..200.min(msg.len())]
+            );
+        }
+        // Many arguments that fit one by one but not together.
+        let many: Vec<String> = (0..40).map(|_| format!("\"{longest}\"")).collect();
+        let msg = error(&format!(
+            "[jobs.a]\nevery = \"1s\"\ncommand = [\"echo\", {}]\n",
+            many.join(", ")
+        ));
+        assert!(msg.contains("ARG_MAX"), "{}", &msg[..200.min(msg.len())]);
+        // The longest single argument the kernel takes is fine.
+        assert!(check(&format!(
+            "[jobs.a]\nevery = \"1s\"\ncommand = [\"echo\", \"{longest}\"]\n"
+        ))
+        .is_ok());
+    }
+
+    /// The method was a `String` that fell back to GET at run time; it is a method type now.
+    #[test]
+    fn http_method_is_validated_into_a_method() {
+        let config =
+            check("[jobs.a]\nevery = \"1s\"\nhttp = { url = \"http://x\", method = \"purge\" }\n")
+                .expect("an extension method is a method");
+        match &config.jobs["a"].action {
+            Action::Http(h) => assert_eq!(h.method.as_str(), "PURGE"),
+            other => panic!("unexpected action {other:?}"),
+        }
+        for bad in ["GE T", "", "GET\\n", "(x)"] {
+            let msg = error(&format!(
+                "[jobs.a]\nevery = \"1s\"\nhttp = {{ url = \"http://x\", method = \"{bad}\" }}\n"
+            ));
+            assert!(
+                msg.contains("key \"http.method\": invalid HTTP method"),
+                "{bad}: {msg}"
+            );
+        }
     }
 
     #[test]

@@ -266,8 +266,7 @@ async fn run_http(
     cancel: &CancellationToken,
     env: &RunEnv,
 ) -> RunReport {
-    let method =
-        reqwest::Method::from_bytes(http.method.as_bytes()).unwrap_or(reqwest::Method::GET);
+    let method = http.method.clone();
     let mut request = env.http.request(method, &http.url);
     for (name, value) in &http.headers {
         request = request.header(name, value);

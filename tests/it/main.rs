@@ -2,5 +2,6 @@
 //! the real `tickd` binary end to end in a temp dir (`binary`).
 
 mod binary;
+mod extremes;
 mod scheduling;
 mod support;

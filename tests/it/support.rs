@@ -186,6 +186,16 @@ impl InProcess {
             .expect("daemon result")
     }
 
+    /// Stops the daemon if it still runs (it may have recycled itself) and returns how it ended.
+    pub async fn stop_if_running(self) -> Stopped {
+        // A send fails when the daemon already returned and dropped its controls.
+        let _ = self.controls.send(Control::Shutdown).await;
+        self.daemon
+            .await
+            .expect("daemon task")
+            .expect("daemon result")
+    }
+
     /// Sends Shutdown and returns how the daemon stopped.
     pub async fn shut_down(self) -> (Stopped, Vec<Event>) {
         self.shut_down_keeping_dir().await.0
