@@ -124,6 +124,13 @@ pub fn import(text: &str, system: bool, local_zone: Option<&str>) -> Import {
                     .as_deref()
                     .and_then(|z| z.parse::<Tz>().ok())
                     .unwrap_or(Tz::UTC);
+                if let Err(message) = check_cron_syntax(&schedule) {
+                    problems.push(LineProblem {
+                        line: number,
+                        message,
+                    });
+                    continue;
+                }
                 if let Err(err) = CronSchedule::parse(&schedule, tz) {
                     problems.push(LineProblem {
                         line: number,
@@ -266,6 +273,137 @@ fn job_line(line: &str, system: bool) -> Result<JobLine, String> {
         user,
         command,
     })
+}
+
+/// A field of a 5-field schedule: what the messages call it and the names cron accepts in it.
+struct Field {
+    name: &'static str,
+    /// cron's names, the first standing for `first`.
+    names: &'static [&'static str],
+    first: u32,
+}
+
+const FIELDS: [Field; 5] = [
+    Field {
+        name: "minute",
+        names: &[],
+        first: 0,
+    },
+    Field {
+        name: "hour",
+        names: &[],
+        first: 0,
+    },
+    Field {
+        name: "day-of-month",
+        names: &[],
+        first: 1,
+    },
+    Field {
+        name: "month",
+        names: &[
+            "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+        ],
+        first: 1,
+    },
+    Field {
+        name: "day-of-week",
+        names: &["sun", "mon", "tue", "wed", "thu", "fri", "sat"],
+        first: 0,
+    },
+];
+
+/// Refuses what cron's parser refuses but croner (tickd's) accepts, so that no such line becomes a
+/// live job: Quartz's `L`, `W`, `#` and `?`; names in ranges, lists or steps (crontab(5): "Ranges
+/// or lists of names are not allowed"); empty list elements. Numbers out of range, reversed
+/// ranges and bad steps are left to `CronSchedule::parse`, which refuses them already.
+fn check_cron_syntax(expression: &str) -> Result<(), String> {
+    if expression.starts_with('@') {
+        return Ok(());
+    }
+    for (text, field) in expression.split_whitespace().zip(&FIELDS) {
+        let quartz = || {
+            format!(
+                "the {} field \"{text}\" uses a Quartz extension (L, W, # or ?), which cron refuses",
+                field.name
+            )
+        };
+        if text.contains(['#', '?']) {
+            return Err(quartz());
+        }
+        let elements: Vec<&str> = text.split(',').collect();
+        for element in &elements {
+            if element.is_empty() {
+                return Err(format!(
+                    "the {} field \"{text}\" has an empty list element, which cron refuses",
+                    field.name
+                ));
+            }
+            let (range, step) = match element.split_once('/') {
+                Some((range, step)) => (range, Some(step)),
+                None => (*element, None),
+            };
+            for bound in range.split('-') {
+                // Empty bounds ("1-") and bad numbers are CronSchedule::parse's to refuse.
+                if bound == "*" || bound.chars().all(|c| c.is_ascii_digit()) {
+                    continue;
+                }
+                let lower = bound.to_ascii_lowercase();
+                if field.names.contains(&lower.as_str()) {
+                    if elements.len() > 1 || range.contains('-') || step.is_some() {
+                        return Err(format!(
+                            "the {} field \"{text}\" has a name in a range or list, which crontab(5) does not allow (\"Ranges or lists of names are not allowed\"): write it as \"{}\"",
+                            field.name,
+                            numbered(text, field)
+                        ));
+                    }
+                    continue;
+                }
+                if lower.contains(['l', 'w']) {
+                    return Err(quartz());
+                }
+                return Err(format!(
+                    "the {} field \"{text}\": \"{bound}\" is not a number{}",
+                    field.name,
+                    if field.names.is_empty() {
+                        ""
+                    } else {
+                        " or a three-letter name"
+                    }
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `text` (a field) with its names replaced by their numbers; a Sunday that ends a range is 7.
+fn numbered(text: &str, field: &Field) -> String {
+    let element = |element: &str| {
+        let (range, step) = match element.split_once('/') {
+            Some((range, step)) => (range, Some(step)),
+            None => (element, None),
+        };
+        let bounds: Vec<String> = range
+            .split('-')
+            .enumerate()
+            .map(|(i, bound)| {
+                let lower = bound.to_ascii_lowercase();
+                match field.names.iter().position(|n| *n == lower) {
+                    Some(0) if i > 0 && field.name == "day-of-week" => "7".to_owned(),
+                    Some(index) => (field.first as usize + index).to_string(),
+                    None => bound.to_owned(),
+                }
+            })
+            .collect();
+        let mut out = bounds.join("-");
+        if let Some(step) = step {
+            out.push('/');
+            out.push_str(step);
+        }
+        out
+    };
+    text.split(',').map(element).collect::<Vec<_>>().join(",")
 }
 
 /// cron turns an unescaped `%` into a newline and feeds what follows to the command's stdin;
@@ -420,14 +558,14 @@ SHELL=/bin/sh
     }
 
     #[test]
-    fn a_user_crontab_with_env_lines_names_ranges_and_escaped_percent() {
+    fn a_user_crontab_with_env_lines_ranges_and_escaped_percent() {
         let text = "\
 MAILTO=ops@example.com
 PATH=/usr/local/bin:/usr/bin:/bin
 APP_ENV = \"prod\"
 # nightly report
-30 2 * * mon-fri php /srv/app/artisan report:nightly
-*/5 9-17 1,15 jan,jul * /usr/local/bin/sync --fast
+30 2 * * 1-5 php /srv/app/artisan report:nightly
+*/5 9-17 1,15 1,7 * /usr/local/bin/sync --fast
 @hourly date +\\%Y-\\%m-\\%d >> /tmp/stamps
 @midnight php /srv/app/artisan report:nightly
 ";
@@ -525,5 +663,99 @@ APP_ENV = \"prod\"
         )
         .expect("valid");
         assert_eq!(config.daemon.timezone, chrono_tz::America::New_York);
+    }
+
+    /// The messages of the problems `text` gives, in line order.
+    fn problems(text: &str) -> Vec<(usize, String)> {
+        import(text, false, None)
+            .problems
+            .into_iter()
+            .map(|p| (p.line, p.message))
+            .collect()
+    }
+
+    #[test]
+    fn quartz_extensions_are_reported_not_imported() {
+        for expression in [
+            "0 0 L * *",
+            "0 0 15W * *",
+            "0 0 LW * *",
+            "0 0 * * 5#2",
+            "0 0 ? * *",
+            "0 0 * * 5L",
+            "0 0 * * ?",
+        ] {
+            let problems = problems(&format!("{expression} true\n"));
+            assert_eq!(problems.len(), 1, "{expression}: {problems:?}");
+            assert!(
+                problems[0].1.contains("Quartz"),
+                "{expression}: {problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn name_ranges_and_lists_are_reported_single_names_are_not() {
+        for expression in [
+            "0 0 * * MON-SUN",
+            "0 0 * * mon-fri",
+            "0 0 * * MON,WED",
+            "0 0 * * 1,wed",
+            "0 0 * JAN-MAR *",
+            "0 0 * jan,jul *",
+            "0 0 * * mon-5",
+        ] {
+            let problems = problems(&format!("{expression} true\n"));
+            assert_eq!(problems.len(), 1, "{expression}: {problems:?}");
+            assert!(
+                problems[0].1.contains("names"),
+                "{expression}: {problems:?}"
+            );
+        }
+        for expression in [
+            "0 0 * * MON",
+            "0 0 * jan *",
+            "0 0 * Dec Sun",
+            "0 0 * * 1-5,0",
+        ] {
+            assert_eq!(
+                problems(&format!("{expression} true\n")),
+                [],
+                "{expression}"
+            );
+        }
+        // The message says what to write instead.
+        assert!(problems("0 0 * * mon-sun true\n")[0].1.contains("\"1-7\""));
+        assert!(problems("0 0 * jan,Mar/2 * true\n")[0]
+            .1
+            .contains("\"1,3/2\""));
+    }
+
+    #[test]
+    fn empty_list_elements_and_garbage_are_reported() {
+        for expression in ["1,,2 * * * *", "1, * * * *", "0 0 * * ,1", "0 0 * * monday"] {
+            let problems = problems(&format!("{expression} true\n"));
+            assert_eq!(problems.len(), 1, "{expression}: {problems:?}");
+        }
+    }
+
+    #[test]
+    fn ranges_and_steps_cron_refuses_are_reported() {
+        // Out of range, reversed, a zero step, a step on a single number (cron takes `5-59/10`
+        // only as a range): all refused by cron.
+        for expression in [
+            "60 * * * *",
+            "0 24 * * *",
+            "0 0 0 * *",
+            "0 0 * 13 *",
+            "0 0 * * 8",
+            "5-1 * * * *",
+            "*/0 * * * *",
+            "5/10 * * * *",
+            "1-60 * * * *",
+        ] {
+            let problems = problems(&format!("{expression} true\n"));
+            assert_eq!(problems.len(), 1, "{expression}: {problems:?}");
+        }
     }
 }
