@@ -101,12 +101,20 @@ pub fn import(text: &str, system: bool, local_zone: Option<&str>) -> Import {
                 "MAILTO" => pending.push(format!(
                     "# MAILTO={value}: tickd sends no mail; it logs each run's output and outcome. Use on_failure = [...] to alert."
                 )),
-                "CRON_TZ" | "TZ" if value.parse::<Tz>().is_ok() => {
+                // cronie schedules by CRON_TZ only, Debian's cron by neither: TZ is the jobs'.
+                "CRON_TZ" if value.parse::<Tz>().is_ok() => {
                     pending.push(format!("# {name}={value}: set as the jobs' timezone below"));
                     zone = Some(value);
                 }
                 _ => {
-                    pending.push(format!("# {name}={value}: in the env of the jobs below"));
+                    pending.push(format!(
+                        "# {name}={value}: in the env of the jobs below{}",
+                        if name == "TZ" {
+                            " (cron does not schedule by TZ; CRON_TZ would)"
+                        } else {
+                            ""
+                        }
+                    ));
                     env.insert(name, value);
                 }
             }
@@ -408,14 +416,26 @@ fn numbered(text: &str, field: &Field) -> String {
 
 /// cron turns an unescaped `%` into a newline and feeds what follows to the command's stdin;
 /// `\%` is a literal `%`. tickd gives jobs no stdin, so only escaped ones translate.
+///
+/// As in cron's `do_command`, a backslash escapes the one character after it and is dropped only
+/// before `%`: `\\%` is a kept `\\` and then an unescaped `%`.
 fn unescape_percent(command: &str) -> Result<String, String> {
     let mut out = String::with_capacity(command.len());
-    let mut chars = command.chars().peekable();
-    while let Some(c) = chars.next() {
+    let mut escaped = false;
+    for c in command.chars() {
         match c {
-            '\\' if chars.peek() == Some(&'%') => {
+            '%' if escaped => {
+                out.pop();
                 out.push('%');
-                chars.next();
+                escaped = false;
+            }
+            _ if escaped => {
+                out.push(c);
+                escaped = false;
+            }
+            '\\' => {
+                out.push(c);
+                escaped = true;
             }
             '%' => {
                 return Err("an unescaped % feeds the rest of the line to the command's stdin in cron; tickd jobs have no stdin: escape it as \\% or pipe the input in the command (printf '...' | command)".to_owned());
@@ -757,5 +777,46 @@ APP_ENV = \"prod\"
             let problems = problems(&format!("{expression} true\n"));
             assert_eq!(problems.len(), 1, "{expression}: {problems:?}");
         }
+    }
+
+    #[test]
+    fn tz_is_the_jobs_environment_not_their_schedules_zone() {
+        // cronie schedules by CRON_TZ only, Debian's cron by neither: TZ only reaches the job.
+        let text = "TZ=Asia/Tokyo\n0 9 * * * date\n";
+        let (config, import) = round_trip(text, false);
+        let job = config.jobs.values().next().expect("a job");
+        let Schedule::Cron(cron) = &job.schedule else {
+            panic!("cron")
+        };
+        assert_eq!(cron.timezone(), config.daemon.timezone, "{}", import.toml);
+        let Action::Process(p) = &job.action else {
+            panic!("shell job")
+        };
+        assert_eq!(p.env["TZ"], "Asia/Tokyo");
+        // CRON_TZ still sets the zone, and is not passed on.
+        let (config, _) = round_trip("CRON_TZ=Asia/Tokyo\nTZ=UTC\n0 9 * * * date\n", false);
+        let job = config.jobs.values().next().expect("a job");
+        let Schedule::Cron(cron) = &job.schedule else {
+            panic!("cron")
+        };
+        assert_eq!(cron.timezone(), chrono_tz::Asia::Tokyo);
+        let Action::Process(p) = &job.action else {
+            panic!("shell job")
+        };
+        assert_eq!(p.env["TZ"], "UTC");
+        assert!(!p.env.contains_key("CRON_TZ"));
+    }
+
+    #[test]
+    fn an_escaped_backslash_before_percent_leaves_the_percent_unescaped() {
+        // `\\%` is a backslash, then a `%` that cron turns into stdin.
+        let problems = problems("* * * * * printf '\\\\%s' x\n");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].1.contains("stdin"), "{problems:?}");
+        // `\%` is a literal `%`; `\\\%` a kept `\\` and a literal `%`; another `\x` stays.
+        assert_eq!(unescape_percent("date +\\%s").as_deref(), Ok("date +%s"));
+        assert_eq!(unescape_percent("a\\\\\\%b").as_deref(), Ok("a\\\\%b"));
+        assert_eq!(unescape_percent("a\\nb\\").as_deref(), Ok("a\\nb\\"));
+        assert!(unescape_percent("a\\\\%b").is_err());
     }
 }
