@@ -2,8 +2,10 @@
 //!
 //! Handles the user format (`m h dom mon dow command`) and, with `system`, the format of
 //! `/etc/crontab` and `/etc/cron.d` (a user column before the command); `@` nicknames; environment
-//! lines (`SHELL`, `PATH`, `MAILTO`, `CRON_TZ`, others); comments; and cron's `%` rule. Hand-written:
-//! no crate translates crontabs, and the format is line-oriented and small.
+//! lines (`SHELL`, `PATH`, `MAILTO`, `CRON_TZ`, others); comments; and cron's `%` rule. A line
+//! that does not translate stays in the output as a comment saying why, and the sleep hack for
+//! sub-minute jobs (`* * * * * sleep 10; CMD` and its siblings) becomes one `every` job.
+//! Hand-written: no crate translates crontabs, and the format is line-oriented and small.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -15,7 +17,8 @@ use crate::schedule::CronSchedule;
 /// The result of an import.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Import {
-    /// The jobs file (TOML), with the crontab's comments kept.
+    /// The jobs file (TOML), with the crontab's comments kept and its untranslated lines as
+    /// comments.
     pub toml: String,
     /// Lines that could not be translated, with their line numbers.
     pub problems: Vec<LineProblem>,
@@ -48,6 +51,10 @@ const NICKNAMES: &[&str] = &[
 
 /// Translates `text`, a crontab; `system` for the format with a user column. `local_zone` is
 /// the zone cron ran the jobs in (the machine's), written as `[daemon] timezone`.
+///
+/// Two passes: the lines are read into [`Item`]s in order, then the sleep hack's lines are
+/// merged (they may be anywhere in the file), then everything is written out in order, so that
+/// comments stay next to the lines they describe.
 pub fn import(text: &str, system: bool, local_zone: Option<&str>) -> Import {
     let mut out = String::from(
         "# Imported from a crontab by `tickd import-crontab`. Check it with `tickd check`.\n\
@@ -66,145 +73,349 @@ pub fn import(text: &str, system: bool, local_zone: Option<&str>) -> Import {
             "# cron ran jobs in the machine's local time zone; tickd defaults to UTC: set\n# [daemon] timezone if they differ.\n",
         ),
     }
-    let mut problems = Vec::new();
+    let (mut items, problems) = read(text, system);
+    merge_sleep_hacks(&mut items);
     let mut names = BTreeSet::new();
-    let mut env: BTreeMap<String, String> = BTreeMap::new();
-    let mut shell: Option<String> = None;
-    let mut zone: Option<String> = None;
-    // Comments (and notes) waiting to be written above the next job.
-    let mut pending: Vec<String> = Vec::new();
-
-    for (index, raw) in text.lines().enumerate() {
-        let number = index + 1;
-        let line = raw.trim();
-        if line.is_empty() {
-            pending.push(String::new());
-            continue;
-        }
-        if let Some(comment) = line.strip_prefix('#') {
-            pending.push(format!("#{comment}"));
-            continue;
-        }
-        if let Some((name, value)) = env_line(line) {
-            match name.as_str() {
-                "SHELL" => {
-                    shell = (value != "/bin/sh").then(|| value.clone());
-                    pending.push(format!(
-                        "# {name}={value}: {}",
-                        if shell.is_some() {
-                            "the jobs below run as command = [SHELL, \"-c\", ...]"
-                        } else {
-                            "tickd runs shell jobs with /bin/sh -c"
-                        }
-                    ));
-                }
-                "MAILTO" => pending.push(format!(
-                    "# MAILTO={value}: tickd sends no mail; it logs each run's output and outcome. Use on_failure = [...] to alert."
-                )),
-                // cronie schedules by CRON_TZ only, Debian's cron by neither: TZ is the jobs'.
-                "CRON_TZ" if value.parse::<Tz>().is_ok() => {
-                    pending.push(format!("# {name}={value}: set as the jobs' timezone below"));
-                    zone = Some(value);
-                }
-                _ => {
-                    pending.push(format!(
-                        "# {name}={value}: in the env of the jobs below{}",
-                        if name == "TZ" {
-                            " (cron does not schedule by TZ; CRON_TZ would)"
-                        } else {
-                            ""
-                        }
-                    ));
-                    env.insert(name, value);
-                }
+    for item in &items {
+        match item {
+            Item::Text(text) => {
+                out.push_str(text);
+                out.push('\n');
             }
-            continue;
-        }
-        match job_line(line, system) {
-            Ok(job) => {
-                let name = unique_name(&mut names, &job.command);
-                let schedule = if job.expression == "@midnight" {
-                    "@daily".to_owned()
-                } else {
-                    job.expression.clone()
-                };
-                let tz = zone
-                    .as_deref()
-                    .and_then(|z| z.parse::<Tz>().ok())
-                    .unwrap_or(Tz::UTC);
-                if let Err(message) = check_cron_syntax(&schedule) {
-                    problems.push(LineProblem {
-                        line: number,
-                        message,
-                    });
-                    continue;
-                }
-                if let Err(err) = CronSchedule::parse(&schedule, tz) {
-                    problems.push(LineProblem {
-                        line: number,
-                        message: err.to_string(),
-                    });
-                    continue;
-                }
-                let command = match unescape_percent(&job.command) {
-                    Ok(command) => command,
-                    Err(message) => {
-                        problems.push(LineProblem {
-                            line: number,
-                            message,
-                        });
-                        continue;
-                    }
-                };
-                for comment in pending.drain(..) {
-                    out.push_str(&comment);
-                    out.push('\n');
-                }
-                let _ = writeln!(out, "[jobs.{name}]   # line {number}");
-                let _ = writeln!(out, "cron = {}", quote(&schedule));
-                if let Some(zone) = &zone {
-                    let _ = writeln!(out, "timezone = {}", quote(zone));
-                }
-                match &shell {
-                    Some(shell) => {
-                        let _ = writeln!(
-                            out,
-                            "command = [{}, \"-c\", {}]",
-                            quote(shell),
-                            quote(&command)
-                        );
-                    }
-                    None => {
-                        let _ = writeln!(out, "shell = {}", quote(&command));
-                    }
-                }
-                if let Some(user) = &job.user {
-                    let _ = writeln!(out, "user = {}", quote(user));
-                }
-                if !env.is_empty() {
-                    let pairs: Vec<String> = env
-                        .iter()
-                        .map(|(k, v)| format!("{} = {}", quote(k), quote(v)))
-                        .collect();
-                    let _ = writeln!(out, "env = {{ {} }}", pairs.join(", "));
-                }
-                // cron starts a run even while the previous one goes on.
-                out.push_str("overlap = \"allow\"\n");
-            }
-            Err(message) => problems.push(LineProblem {
-                line: number,
+            Item::Skipped {
+                line,
                 message,
-            }),
+                text,
+            } => {
+                let _ = writeln!(
+                    out,
+                    "{}\n{}",
+                    comment(&format!(" line {line}: not imported: {message}")),
+                    comment(text)
+                );
+            }
+            Item::Job(job) => write_job(&mut out, &mut names, job, None),
+            Item::Every { job, period, lines } => {
+                let _ = writeln!(
+                    out,
+                    "# One job every {period}s, recognised from lines {} (cron's \"* * * * * sleep {period}; ...\"\n\
+                     # hack): aligned to :00, :{period:02}, ... as those lines ran.",
+                    line_list(lines)
+                );
+                write_job(&mut out, &mut names, job, Some((*period, lines)));
+            }
+            Item::Merged => {}
         }
-    }
-    for comment in pending {
-        out.push_str(&comment);
-        out.push('\n');
     }
     Import {
         toml: out,
         problems,
     }
+}
+
+/// What the lines above a job line set for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct Context {
+    /// Variables other than the ones cron itself reads.
+    env: BTreeMap<String, String>,
+    /// `SHELL`, when it is not `/bin/sh`.
+    shell: Option<String>,
+    /// `CRON_TZ`, a valid zone.
+    zone: Option<String>,
+}
+
+/// A job line that translates.
+#[derive(Debug, Clone)]
+struct Job {
+    /// 1-based line number.
+    line: usize,
+    /// A 5-field expression or a nickname tickd knows.
+    schedule: String,
+    /// The user column of the system format.
+    user: Option<String>,
+    /// With cron's `%` rule applied.
+    command: String,
+    context: Context,
+}
+
+/// A crontab line (or several) as it will be written.
+#[derive(Debug)]
+enum Item {
+    /// Written as it is: a comment, a blank line, a note about an environment line.
+    Text(String),
+    /// One job.
+    Job(Job),
+    /// One `every` job standing for the lines of the sleep hack; `job` is the line without a
+    /// sleep, written where the first of `lines` was.
+    Every {
+        job: Job,
+        period: u32,
+        lines: Vec<usize>,
+    },
+    /// A line of the sleep hack that its `Every` stands for.
+    Merged,
+    /// A line that does not translate: written as a comment, and reported.
+    Skipped {
+        line: usize,
+        message: String,
+        text: String,
+    },
+}
+
+/// The first pass: `text` as items in line order, and the lines that do not translate.
+fn read(text: &str, system: bool) -> (Vec<Item>, Vec<LineProblem>) {
+    let mut items = Vec::new();
+    let mut problems = Vec::new();
+    let mut context = Context::default();
+    for (index, raw) in text.lines().enumerate() {
+        let number = index + 1;
+        let line = raw.trim();
+        if line.is_empty() {
+            items.push(Item::Text(String::new()));
+            continue;
+        }
+        if let Some(text) = line.strip_prefix('#') {
+            items.push(Item::Text(comment(text)));
+            continue;
+        }
+        if let Some((name, value)) = env_line(line) {
+            let note = match name.as_str() {
+                "SHELL" => {
+                    context.shell = (value != "/bin/sh").then(|| value.clone());
+                    if context.shell.is_some() {
+                        "the jobs below run as command = [SHELL, \"-c\", ...]"
+                    } else {
+                        "tickd runs shell jobs with /bin/sh -c"
+                    }
+                }
+                "MAILTO" => "tickd sends no mail; it logs each run's output and outcome. Use on_failure = [...] to alert.",
+                // cronie schedules by CRON_TZ only, Debian's cron by neither: TZ is the jobs'.
+                "CRON_TZ" if value.parse::<Tz>().is_ok() => {
+                    context.zone = Some(value.clone());
+                    "set as the jobs' timezone below"
+                }
+                _ => {
+                    context.env.insert(name.clone(), value.clone());
+                    if name == "TZ" {
+                        "in the env of the jobs below (cron does not schedule by TZ; CRON_TZ would)"
+                    } else {
+                        "in the env of the jobs below"
+                    }
+                }
+            };
+            items.push(Item::Text(comment(&format!(" {name}={value}: {note}"))));
+            continue;
+        }
+        match translate(line, system, &context) {
+            Ok((schedule, user, command)) => items.push(Item::Job(Job {
+                line: number,
+                schedule,
+                user,
+                command,
+                context: context.clone(),
+            })),
+            Err(message) => {
+                problems.push(LineProblem {
+                    line: number,
+                    message: message.clone(),
+                });
+                items.push(Item::Skipped {
+                    line: number,
+                    message,
+                    text: format!(" {}", raw.trim_end()),
+                });
+            }
+        }
+    }
+    (items, problems)
+}
+
+/// A job line's schedule (checked as cron and tickd would), user and command (`%` applied).
+fn translate(
+    line: &str,
+    system: bool,
+    context: &Context,
+) -> Result<(String, Option<String>, String), String> {
+    let job = job_line(line, system)?;
+    let schedule = if job.expression == "@midnight" {
+        "@daily".to_owned()
+    } else {
+        job.expression
+    };
+    check_cron_syntax(&schedule)?;
+    let tz = context
+        .zone
+        .as_deref()
+        .and_then(|z| z.parse::<Tz>().ok())
+        .unwrap_or(Tz::UTC);
+    CronSchedule::parse(&schedule, tz).map_err(|e| e.to_string())?;
+    let command = unescape_percent(&job.command)?;
+    Ok((schedule, job.user, command))
+}
+
+/// Writes `job` as a TOML table: on its cron schedule, or with `every` (the period in seconds
+/// and the lines it stands for).
+fn write_job(
+    out: &mut String,
+    names: &mut BTreeSet<String>,
+    job: &Job,
+    every: Option<(u32, &[usize])>,
+) {
+    let name = unique_name(names, &job.command);
+    match every {
+        Some((period, lines)) => {
+            let _ = writeln!(out, "[jobs.{name}]   # lines {}", line_list(lines));
+            let _ = writeln!(out, "every = \"{period}s\"\nalign = true");
+        }
+        None => {
+            let _ = writeln!(out, "[jobs.{name}]   # line {}", job.line);
+            let _ = writeln!(out, "cron = {}", quote(&job.schedule));
+            if let Some(zone) = &job.context.zone {
+                let _ = writeln!(out, "timezone = {}", quote(zone));
+            }
+        }
+    }
+    match &job.context.shell {
+        Some(shell) => {
+            let _ = writeln!(
+                out,
+                "command = [{}, \"-c\", {}]",
+                quote(shell),
+                quote(&job.command)
+            );
+        }
+        None => {
+            let _ = writeln!(out, "shell = {}", quote(&job.command));
+        }
+    }
+    if let Some(user) = &job.user {
+        let _ = writeln!(out, "user = {}", quote(user));
+    }
+    if !job.context.env.is_empty() {
+        let pairs: Vec<String> = job
+            .context
+            .env
+            .iter()
+            .map(|(k, v)| format!("{} = {}", quote(k), quote(v)))
+            .collect();
+        let _ = writeln!(out, "env = {{ {} }}", pairs.join(", "));
+    }
+    // cron starts a run even while the previous one goes on.
+    out.push_str("overlap = \"allow\"\n");
+}
+
+/// Finds the classic hack for running a command every S seconds from cron, `* * * * * CMD`
+/// and `* * * * * sleep S; CMD` (or `&&`) up to `sleep 60-S`, with the same user and
+/// environment, and makes it one [`Item::Every`]. Only a complete set with S dividing the minute
+/// is the hack; anything else keeps its lines.
+fn merge_sleep_hacks(items: &mut [Item]) {
+    let mut groups: BTreeMap<(String, Option<String>, Context), Vec<(u32, usize)>> =
+        BTreeMap::new();
+    for (index, item) in items.iter().enumerate() {
+        let Item::Job(job) = item else { continue };
+        if job.schedule != "* * * * *" {
+            continue;
+        }
+        let (offset, command) = sleep_prefix(&job.command);
+        groups
+            .entry((command.to_owned(), job.user.clone(), job.context.clone()))
+            .or_default()
+            .push((offset, index));
+    }
+    for mut members in groups.into_values() {
+        members.sort_unstable();
+        let offsets: Vec<u32> = members.iter().map(|&(offset, _)| offset).collect();
+        let Some(period) = hack_period(&offsets) else {
+            continue;
+        };
+        let first = members.iter().map(|&(_, index)| index).min().unwrap_or(0);
+        let mut lines = Vec::new();
+        let mut job = None;
+        for &(offset, index) in &members {
+            if let Item::Job(member) = std::mem::replace(&mut items[index], Item::Merged) {
+                lines.push(member.line);
+                if offset == 0 {
+                    job = Some(member);
+                }
+            }
+        }
+        lines.sort_unstable();
+        if let Some(job) = job {
+            items[first] = Item::Every { job, period, lines };
+        }
+    }
+}
+
+/// `sleep N; rest` or `sleep N && rest` (N < 60) as `(N, rest)`; any other command as `(0, it)`.
+fn sleep_prefix(command: &str) -> (u32, &str) {
+    let parsed = || -> Option<(u32, &str)> {
+        let rest = command.strip_prefix("sleep")?;
+        if !rest.starts_with([' ', '\t']) {
+            return None;
+        }
+        let rest = rest.trim_start();
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let seconds: u32 = rest[..digits].parse().ok()?;
+        let rest = rest[digits..].trim_start();
+        let rest = rest
+            .strip_prefix("&&")
+            .or_else(|| rest.strip_prefix(';'))?
+            .trim_start();
+        (seconds < 60 && !rest.is_empty()).then_some((seconds, rest))
+    };
+    parsed().unwrap_or((0, command))
+}
+
+/// The period S when `offsets` (sorted) are exactly 0, S, 2S, ... 60-S and S divides 60.
+fn hack_period(offsets: &[u32]) -> Option<u32> {
+    let period = *offsets.get(1)?;
+    let complete = period > 0
+        && 60 % period == 0
+        && offsets.len() == (60 / period) as usize
+        && offsets
+            .iter()
+            .zip(0..)
+            .all(|(&offset, k)| offset == k * period);
+    complete.then_some(period)
+}
+
+/// Sorted line numbers as `2-7` or `2, 4, 6-8`.
+fn line_list(lines: &[usize]) -> String {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for &line in lines {
+        match runs.last_mut() {
+            Some((_, end)) if *end + 1 == line => *end = line,
+            _ => runs.push((line, line)),
+        }
+    }
+    runs.iter()
+        .map(|&(start, end)| {
+            if start == end {
+                start.to_string()
+            } else {
+                format!("{start}-{end}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `text` as a TOML comment line: `#` and `text`, with the control characters TOML does not
+/// allow in a comment (all but tab) replaced.
+fn comment(text: &str) -> String {
+    let text: String = text
+        .chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                char::REPLACEMENT_CHARACTER
+            } else {
+                c
+            }
+        })
+        .collect();
+    format!("#{text}")
 }
 
 /// A TOML basic string.
@@ -818,5 +1029,163 @@ APP_ENV = \"prod\"
         assert_eq!(unescape_percent("a\\\\\\%b").as_deref(), Ok("a\\\\%b"));
         assert_eq!(unescape_percent("a\\nb\\").as_deref(), Ok("a\\nb\\"));
         assert!(unescape_percent("a\\\\%b").is_err());
+    }
+
+    #[test]
+    fn an_untranslatable_line_stays_as_a_comment_with_the_comments_above_it() {
+        let text = "\
+# warm the cache at boot
+@reboot /usr/local/bin/warm-cache
+# nightly
+0 0 * * * ok-command
+# a bell \u{7} in a comment
+* * * * * mail -s hi root%body%
+";
+        let (config, import) = round_trip(text, false);
+        assert_eq!(config.jobs.len(), 1, "{}", import.toml);
+        assert!(
+            import.toml.contains(
+                "# warm the cache at boot\n\
+                 # line 2: not imported: @reboot has no tickd equivalent"
+            ),
+            "{}",
+            import.toml
+        );
+        assert!(
+            import
+                .toml
+                .contains("\n# @reboot /usr/local/bin/warm-cache\n# nightly\n[jobs.ok-command]"),
+            "{}",
+            import.toml
+        );
+        assert!(
+            import
+                .toml
+                .contains("in a comment\n# line 6: not imported: an unescaped %"),
+            "{}",
+            import.toml
+        );
+        assert!(
+            import
+                .toml
+                .contains("\n# * * * * * mail -s hi root%body%\n"),
+            "{}",
+            import.toml
+        );
+    }
+
+    /// The one job of `text`, with its schedule, and the import.
+    fn the_job(text: &str, system: bool) -> (std::sync::Arc<crate::config::JobSpec>, Import) {
+        let (config, import) = round_trip(text, system);
+        assert!(import.problems.is_empty(), "{:?}", import.problems);
+        assert_eq!(config.jobs.len(), 1, "{}", import.toml);
+        let job = config.jobs.into_values().next().expect("a job");
+        (job, import)
+    }
+
+    #[test]
+    fn the_six_line_sleep_hack_is_one_aligned_job_every_10s() {
+        let text = "\
+# the worker, every 10 seconds
+* * * * * /usr/bin/php /srv/app/worker.php
+* * * * * sleep 10; /usr/bin/php /srv/app/worker.php
+* * * * * sleep 20; /usr/bin/php /srv/app/worker.php
+* * * * * sleep 30 && /usr/bin/php /srv/app/worker.php
+* * * * * sleep 40;/usr/bin/php /srv/app/worker.php
+* * * * * sleep 50 ; /usr/bin/php /srv/app/worker.php
+";
+        let (job, import) = the_job(text, false);
+        assert_eq!(
+            job.schedule,
+            Schedule::Every(crate::schedule::EverySchedule {
+                period: std::time::Duration::from_secs(10),
+                mode: crate::schedule::EveryMode::FixedRate,
+                align: true,
+            }),
+            "{}",
+            import.toml
+        );
+        let Action::Process(p) = &job.action else {
+            panic!("shell job")
+        };
+        assert_eq!(p.argv[2], "/usr/bin/php /srv/app/worker.php");
+        assert!(
+            import.toml.contains("# the worker, every 10 seconds\n"),
+            "{}",
+            import.toml
+        );
+        assert!(
+            import.toml.contains("recognised from lines 2-7"),
+            "{}",
+            import.toml
+        );
+    }
+
+    #[test]
+    fn the_sleep_hack_with_any_step_that_divides_a_minute_is_one_job() {
+        for step in [5, 15, 20, 30] {
+            let mut text = String::from("MAILTO=\"\"\n");
+            // Not adjacent, in any order, and the user column of the system format.
+            for k in (0..60 / step).rev() {
+                if k == 0 {
+                    text.push_str("* * * * * www-data /srv/poll\n");
+                } else {
+                    let _ = writeln!(text, "* * * * * www-data sleep {} && /srv/poll", k * step);
+                }
+                text.push_str("# between\n");
+            }
+            let (job, import) = the_job(&text, true);
+            let Schedule::Every(every) = job.schedule else {
+                panic!("every: {}", import.toml)
+            };
+            assert_eq!(
+                every.period,
+                std::time::Duration::from_secs(step),
+                "{}",
+                import.toml
+            );
+            assert!(every.align);
+            assert_eq!(
+                job.run_as.as_ref().map(|r| r.user.as_str()),
+                Some("www-data")
+            );
+        }
+    }
+
+    #[test]
+    fn a_partial_or_mixed_sleep_hack_is_imported_line_by_line() {
+        let count = |text: &str| {
+            let (config, import) = round_trip(text, false);
+            assert!(import.problems.is_empty(), "{:?}", import.problems);
+            assert!(!import.toml.contains("recognised"), "{}", import.toml);
+            assert!(config
+                .jobs
+                .values()
+                .all(|j| matches!(j.schedule, Schedule::Cron(_))));
+            config.jobs.len()
+        };
+        // Only 0, 10 and 20.
+        assert_eq!(
+            count("* * * * * poll\n* * * * * sleep 10; poll\n* * * * * sleep 20; poll\n"),
+            3
+        );
+        // All of 0 and 30, but the env changes between them.
+        assert_eq!(
+            count("* * * * * poll\nPATH=/opt/bin\n* * * * * sleep 30; poll\n"),
+            2
+        );
+        // Another schedule.
+        assert_eq!(count("*/2 * * * * poll\n*/2 * * * * sleep 30; poll\n"), 2);
+        // Another command.
+        assert_eq!(count("* * * * * poll\n* * * * * sleep 30; poll -v\n"), 2);
+        // A step that does not divide the minute, and an offset twice.
+        assert_eq!(
+            count("* * * * * poll\n* * * * * sleep 25; poll\n* * * * * sleep 50; poll\n"),
+            3
+        );
+        assert_eq!(
+            count("* * * * * poll\n* * * * * sleep 30; poll\n* * * * * sleep 30; poll\n"),
+            3
+        );
     }
 }
