@@ -657,30 +657,159 @@ fn unescape_percent(command: &str) -> Result<String, String> {
     Ok(out)
 }
 
-/// A job name from the command: its program and first arguments, lowercase, `-` separated,
-/// made unique with a suffix.
+/// The longest derived name, before a uniqueness suffix.
+const NAME_LIMIT: usize = 40;
+
+/// Words that say nothing about what a job does: shell keywords, path parts, wrappers and
+/// interpreters (see [`is_interpreter`] for versioned ones).
+const NOISE: &[&str] = &[
+    "if", "then", "else", "elif", "fi", "do", "done", "while", "until", "for", "in", "case",
+    "esac", "test", "null", "dev", "bin", "sbin", "usr", "local", "opt", "srv", "var", "tmp",
+    "etc", "home", "cd", "sudo", "nice", "ionice", "flock", "timeout", "env", "nohup", "exec",
+    "time", "command", "chronic", "sleep", "tee", "x", "c",
+];
+
+/// Wrappers that run the command after them: how many operands of theirs come first (`flock`'s
+/// lock file, `timeout`'s duration) and which of their options take an argument.
+const WRAPPERS: &[(&str, usize, &[&str])] = &[
+    ("sudo", 0, &["-u", "-g", "-h", "-p", "-C"]),
+    ("flock", 1, &["-w", "-E"]),
+    ("timeout", 1, &["-s", "-k"]),
+    ("nice", 0, &["-n"]),
+    ("ionice", 0, &["-c", "-n", "-p"]),
+    ("env", 0, &["-u", "-C", "-S"]),
+];
+
+/// `sh`, `bash`, `php`, `php8.2`, `python3`, ...: the program that runs the script named next.
+fn is_interpreter(word: &str) -> bool {
+    let stem = word.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.' || c == '-');
+    matches!(
+        stem,
+        "sh" | "bash"
+            | "dash"
+            | "zsh"
+            | "ksh"
+            | "php"
+            | "php-cli"
+            | "python"
+            | "perl"
+            | "ruby"
+            | "node"
+            | "nodejs"
+            | "java"
+            | "lua"
+            | "tclsh"
+            | "pwsh"
+    )
+}
+
+/// The words of a shell command, without operators, quotes and redirections (`2>&1`,
+/// `>> /tmp/log`: a redirection's target is a file, not what the job does).
+fn shell_words(command: &str) -> Vec<&str> {
+    let mut words = Vec::new();
+    // The word being read starts here.
+    let mut start = None;
+    // The next word is a redirection's target.
+    let mut target = false;
+    let mut end_word = |start: &mut Option<usize>, end: usize, target: &mut bool| {
+        if let Some(begin) = start.take() {
+            if std::mem::take(target) {
+                return;
+            }
+            words.push(&command[begin..end]);
+        }
+    };
+    for (i, c) in command.char_indices() {
+        match c {
+            '<' | '>' => {
+                // `2>`: the digits are the redirected descriptor.
+                if start.is_some_and(|b| command[b..i].chars().all(|d| d.is_ascii_digit())) {
+                    start = None;
+                }
+                end_word(&mut start, i, &mut target);
+                target = true;
+            }
+            c if c.is_whitespace()
+                || matches!(
+                    c,
+                    ';' | '&' | '|' | '(' | ')' | '{' | '}' | '`' | '\'' | '"'
+                ) =>
+            {
+                end_word(&mut start, i, &mut target);
+            }
+            _ => {
+                start.get_or_insert(i);
+            }
+        }
+    }
+    end_word(&mut start, command.len(), &mut target);
+    words
+}
+
+/// A job name from the command: the first three telling words (programs, scripts without their
+/// extension, arguments; none twice), lowercase, `-` separated, at most [`NAME_LIMIT`] long and cut only
+/// between words, made unique with a suffix.
 fn unique_name(taken: &mut BTreeSet<String>, command: &str) -> String {
-    let words: Vec<String> = command
-        .split(|c: char| c.is_whitespace() || matches!(c, ';' | '&' | '|' | '>' | '<'))
-        .filter(|w| !w.is_empty() && !w.starts_with(['-', '+', '%', '$']) && !w.contains('='))
-        .map(|w| w.rsplit('/').next().unwrap_or(w).to_ascii_lowercase())
-        .map(|w| {
-            w.chars()
-                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-                .collect::<String>()
-                .split('-')
-                .filter(|part| !part.is_empty())
-                .collect::<Vec<_>>()
-                .join("-")
-        })
-        .filter(|w| {
-            !w.is_empty() && !matches!(w.as_str(), "cd" | "test" | "x" | "sh" | "bash" | "c")
-        })
-        .take(3)
-        .collect();
-    let mut base = words.join("-");
-    base.truncate(40);
-    let base = base.trim_matches('-');
+    let mut words: Vec<String> = Vec::new();
+    // Operands of a wrapper still to skip, and whether the next word is an option's argument.
+    let mut operands = 0;
+    let mut option_argument = false;
+    let mut wrapper: Option<&(&str, usize, &[&str])> = None;
+    for word in shell_words(command) {
+        if word.starts_with('-') {
+            option_argument = wrapper.is_some_and(|w| w.2.contains(&word));
+            continue;
+        }
+        if std::mem::take(&mut option_argument) {
+            continue;
+        }
+        if operands > 0 {
+            operands -= 1;
+            continue;
+        }
+        if word.starts_with(['+', '%', '$']) || word.contains('=') {
+            continue;
+        }
+        let base = word.rsplit('/').next().unwrap_or(word).to_ascii_lowercase();
+        let base = [".sh", ".bash", ".php", ".py", ".pl", ".rb", ".js", ".jar"]
+            .iter()
+            .find_map(|ext| base.strip_suffix(ext).filter(|stem| !stem.is_empty()))
+            .unwrap_or(&base);
+        let word = base
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|part| !part.is_empty())
+            .collect::<Vec<_>>()
+            .join("-");
+        if let Some(w) = WRAPPERS.iter().find(|w| w.0 == word) {
+            wrapper = Some(w);
+            operands = w.1;
+            continue;
+        }
+        if word.is_empty()
+            || word.chars().all(|c| c.is_ascii_digit())
+            || NOISE.contains(&word.as_str())
+            || is_interpreter(&word)
+            || words.contains(&word)
+        {
+            continue;
+        }
+        wrapper = None;
+        words.push(word);
+        if words.len() == 3 {
+            break;
+        }
+    }
+    let joined = words.join("-");
+    let base = if joined.len() <= NAME_LIMIT {
+        &joined[..]
+    } else {
+        // A '-' at index <= NAME_LIMIT ends a prefix of whole words that fits; failing that,
+        // the first word is kept whole, however long.
+        match joined[..=NAME_LIMIT].rfind('-') {
+            Some(cut) => &joined[..cut],
+            None => joined.split('-').next().unwrap_or(&joined),
+        }
+    };
     let base = if base.is_empty() { "job" } else { base };
     let mut name = base.to_owned();
     let mut n = 2;
@@ -808,12 +937,12 @@ APP_ENV = \"prod\"
         assert!(
             import
                 .toml
-                .contains("# nightly report\n[jobs.php-artisan-report-nightly]   # line 5"),
+                .contains("# nightly report\n[jobs.artisan-report-nightly]   # line 5"),
             "{}",
             import.toml
         );
         // Names are unique.
-        assert!(config.jobs.contains_key("php-artisan-report-nightly-2"));
+        assert!(config.jobs.contains_key("artisan-report-nightly-2"));
         let sync = &config.jobs["sync"];
         let Action::Process(p) = &sync.action else {
             panic!("shell job")
@@ -821,7 +950,7 @@ APP_ENV = \"prod\"
         assert_eq!(p.argv, ["/bin/sh", "-c", "/usr/local/bin/sync --fast"]);
         assert_eq!(p.env["PATH"], "/usr/local/bin:/usr/bin:/bin");
         assert_eq!(p.env["APP_ENV"], "prod");
-        let date = &config.jobs["date-stamps"];
+        let date = &config.jobs["date"];
         let Action::Process(p) = &date.action else {
             panic!("shell job")
         };
@@ -1187,5 +1316,68 @@ APP_ENV = \"prod\"
             count("* * * * * poll\n* * * * * sleep 30; poll\n* * * * * sleep 30; poll\n"),
             3
         );
+    }
+
+    /// The name `command` gets as the only job.
+    fn name_of(command: &str) -> String {
+        unique_name(&mut BTreeSet::new(), command)
+    }
+
+    #[test]
+    fn derived_names_drop_shell_noise_and_repeats() {
+        for (command, name) in [
+            ("cd /var/spool/dma && /usr/sbin/dma -q1", "dma"),
+            (
+                "if [ -x /usr/bin/certbot ]; then certbot renew; fi",
+                "certbot-renew",
+            ),
+            ("/usr/local/bin/backup.sh > /dev/null 2>&1", "backup"),
+            ("/usr/bin/php /srv/app/worker.php", "worker"),
+            (
+                "sudo -u www-data php /srv/app/artisan schedule:run >> /var/log/cron.log 2>&1",
+                "artisan-schedule-run",
+            ),
+            (
+                "flock -n /tmp/sync.lock timeout 5m nice -n 19 ionice -c3 /opt/bin/mirror --all",
+                "mirror",
+            ),
+            (
+                "/usr/bin/env python3 /srv/tasks/cleanup.py &>/dev/null",
+                "cleanup",
+            ),
+            ("test -x /usr/bin/foo && bash -c 'foo sync'", "foo-sync"),
+            ("sleep 10; poll", "poll"),
+            ("date +\\%s >> /tmp/stamps", "date"),
+            ("2>&1 >/dev/null", "job"),
+            (
+                "[ -x /usr/lib/php/sessionclean ] && if [ ! -d /run/systemd/system ]; then /usr/lib/php/sessionclean; fi",
+                "sessionclean-system",
+            ),
+        ] {
+            assert_eq!(name_of(command), name, "{command}");
+        }
+    }
+
+    #[test]
+    fn long_names_are_cut_between_words_and_stay_valid_and_unique() {
+        // 47 characters: the limit of 40 falls inside "statements-everything".
+        assert_eq!(
+            name_of("/opt/reports/generate-quarterly-report statements-everything"),
+            "generate-quarterly-report-statements"
+        );
+        // One word longer than the limit is kept whole rather than cut.
+        let long = "a".repeat(50);
+        assert_eq!(name_of(&long), long);
+        let mut taken = BTreeSet::new();
+        let names: Vec<String> = ["Ünïcode-Tool --x", "ünïcode-tool", "true", "true"]
+            .iter()
+            .map(|c| unique_name(&mut taken, c))
+            .collect();
+        assert_eq!(names, ["n-code-tool", "n-code-tool-2", "true", "true-2"]);
+        for name in &names {
+            assert!(name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')));
+        }
     }
 }

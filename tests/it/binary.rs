@@ -1845,7 +1845,7 @@ fn import_crontab_round_trips_through_check_and_next() {
     // `tickd next` on the imported job agrees with the crontab's expression.
     let after = ["--after", "2026-01-01T00:03:00Z", "-n", "3"];
     let next_job = tickd()
-        .args(["next", "jobs.toml", "--job", "php-artisan-schedule-run"])
+        .args(["next", "jobs.toml", "--job", "artisan-schedule-run"])
         .args(after)
         .current_dir(dir.path())
         .output()
