@@ -304,13 +304,17 @@ fn write_job(
     out.push_str("overlap = \"allow\"\n");
 }
 
+/// What the lines of one sleep hack share: the command after the sleep, the user, the context.
+type HackKey = (String, Option<String>, Context);
+
 /// Finds the classic hack for running a command every S seconds from cron, `* * * * * CMD`
 /// and `* * * * * sleep S; CMD` (or `&&`) up to `sleep 60-S`, with the same user and
 /// environment, and makes it one [`Item::Every`]. Only a complete set with S dividing the minute
 /// is the hack; anything else keeps its lines.
 fn merge_sleep_hacks(items: &mut [Item]) {
-    let mut groups: BTreeMap<(String, Option<String>, Context), Vec<(u32, usize)>> =
-        BTreeMap::new();
+    // The lines that can be one job (command without the sleep, user, context), with their
+    // sleeps and item indexes.
+    let mut groups: BTreeMap<HackKey, Vec<(u32, usize)>> = BTreeMap::new();
     for (index, item) in items.iter().enumerate() {
         let Item::Job(job) = item else { continue };
         if job.schedule != "* * * * *" {
