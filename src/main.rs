@@ -118,7 +118,7 @@ enum Command {
         /// The system format (/etc/crontab, /etc/cron.d): a user column before the command.
         #[arg(long)]
         system: bool,
-        /// Leave out the lines that cannot be translated (reported on stderr) and exit 0.
+        /// Write the lines that cannot be translated as comments (reported on stderr) and exit 0.
         #[arg(long)]
         skip_invalid: bool,
     },
