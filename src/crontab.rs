@@ -242,7 +242,7 @@ fn translate(
     } else {
         job.expression
     };
-    check_cron_syntax(&schedule)?;
+    let schedule = check_cron_syntax(&schedule)?;
     let tz = context
         .zone
         .as_deref()
@@ -498,64 +498,87 @@ fn job_line(line: &str, system: bool) -> Result<JobLine, String> {
     })
 }
 
-/// A field of a 5-field schedule: what the messages call it and the names cron accepts in it.
+/// A field of a 5-field schedule: what the messages call it, the numbers cron takes in it and
+/// its names.
 struct Field {
     name: &'static str,
-    /// cron's names, the first standing for `first`.
+    /// The lowest and highest number: 7 is a Sunday in the day-of-week field, as 0 is.
+    min: u32,
+    max: u32,
+    /// cron's names, the first standing for `min`.
     names: &'static [&'static str],
-    first: u32,
 }
 
 const FIELDS: [Field; 5] = [
     Field {
         name: "minute",
+        min: 0,
+        max: 59,
         names: &[],
-        first: 0,
     },
     Field {
         name: "hour",
+        min: 0,
+        max: 23,
         names: &[],
-        first: 0,
     },
     Field {
         name: "day-of-month",
+        min: 1,
+        max: 31,
         names: &[],
-        first: 1,
     },
     Field {
         name: "month",
+        min: 1,
+        max: 12,
         names: &[
             "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
         ],
-        first: 1,
     },
     Field {
         name: "day-of-week",
+        min: 0,
+        max: 7,
         names: &["sun", "mon", "tue", "wed", "thu", "fri", "sat"],
-        first: 0,
     },
 ];
 
-/// Refuses what cron's parser refuses but croner (tickd's) accepts, so that no such line becomes a
-/// live job: Quartz's `L`, `W`, `#` and `?`; names in ranges, lists or steps (crontab(5): "Ranges
-/// or lists of names are not allowed"); empty list elements. Numbers out of range, reversed
-/// ranges and bad steps are left to `CronSchedule::parse`, which refuses them already.
-fn check_cron_syntax(expression: &str) -> Result<(), String> {
+/// The index of the day-of-month field in [`FIELDS`].
+const DAY_OF_MONTH: usize = 2;
+/// The index of the day-of-week field in [`FIELDS`].
+const DAY_OF_WEEK: usize = 4;
+
+/// Checks a schedule as cron's parser (`get_range` and `get_number` in Vixie cron's and cronie's
+/// entry.c) reads it and returns it as tickd should run it, so that no line cron refuses becomes
+/// a live job and no job fires at other times than cron fired it:
+///
+/// - Quartz's `L`, `W`, `#` and `?`, empty list elements and a step that is not a number are
+///   refused: croner (tickd's parser) accepts them.
+/// - Names (`mon`, `JAN`, any case) are numbers: alone, at either end of a range, in lists and
+///   before a range's step, as in cron's parser (crontab(5) says "Ranges or lists of names are
+///   not allowed"; the parsers take them). croner translates them as cron does, but for a `SUN`
+///   that ends a range: 7 to croner, 0 to cron.
+/// - A range that is backwards to cron is refused with a fix: `MON-SUN` is 1-0, which Vixie cron
+///   refuses and cronie 1.6 and 1.7 take as no day at all (croner reads it as 1-7, as cronie's
+///   unreleased master of 2025 does); `FRI-MON` is 5-1. The one `SUN`-ending range that is not
+///   backwards, from `SUN` or 0 (Sunday only), is written with a 0 for croner.
+///
+/// Numbers out of range and steps of 0 or on a single number are left to `CronSchedule::parse`,
+/// which refuses them already.
+fn check_cron_syntax(expression: &str) -> Result<String, String> {
     if expression.starts_with('@') {
-        return Ok(());
+        return Ok(expression.to_owned());
     }
-    for (text, field) in expression.split_whitespace().zip(&FIELDS) {
-        let quartz = || {
-            format!(
-                "the {} field \"{text}\" uses a Quartz extension (L, W, # or ?), which cron refuses",
-                field.name
-            )
-        };
+    let texts: Vec<&str> = expression.split_whitespace().collect();
+    let mut written: Vec<String> = Vec::with_capacity(texts.len());
+    for (index, (text, field)) in texts.iter().zip(&FIELDS).enumerate() {
         if text.contains(['#', '?']) {
-            return Err(quartz());
+            return Err(quartz(field, text));
         }
         let elements: Vec<&str> = text.split(',').collect();
-        for element in &elements {
+        let mut out = Vec::with_capacity(elements.len());
+        for (position, element) in elements.iter().enumerate() {
             if element.is_empty() {
                 return Err(format!(
                     "the {} field \"{text}\" has an empty list element, which cron refuses",
@@ -566,67 +589,171 @@ fn check_cron_syntax(expression: &str) -> Result<(), String> {
                 Some((range, step)) => (range, Some(step)),
                 None => (*element, None),
             };
-            for bound in range.split('-') {
-                // Empty bounds ("1-") and bad numbers are CronSchedule::parse's to refuse.
-                if bound == "*" || bound.chars().all(|c| c.is_ascii_digit()) {
-                    continue;
-                }
-                let lower = bound.to_ascii_lowercase();
-                if field.names.contains(&lower.as_str()) {
-                    if elements.len() > 1 || range.contains('-') || step.is_some() {
-                        return Err(format!(
-                            "the {} field \"{text}\" has a name in a range or list, which crontab(5) does not allow (\"Ranges or lists of names are not allowed\"): write it as \"{}\"",
-                            field.name,
-                            numbered(text, field)
-                        ));
-                    }
-                    continue;
-                }
-                if lower.contains(['l', 'w']) {
-                    return Err(quartz());
-                }
+            if let Some(step) = step.filter(|s| !s.chars().all(|c| c.is_ascii_digit())) {
                 return Err(format!(
-                    "the {} field \"{text}\": \"{bound}\" is not a number{}",
-                    field.name,
-                    if field.names.is_empty() {
-                        ""
-                    } else {
-                        " or a three-letter name"
-                    }
+                    "the {} field \"{text}\": the step \"{step}\" is not a number",
+                    field.name
                 ));
             }
+            let bounds: Vec<&str> = range.split('-').collect();
+            let values = bounds
+                .iter()
+                .map(|bound| bound_value(field, text, bound))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut element = (*element).to_owned();
+            if let (&[start, end], &[Some(low), Some(high)]) = (&bounds[..], &values[..]) {
+                // A SUN that ends a range: 0 to cron, 7 to croner.
+                let ends_in_sun =
+                    index == DAY_OF_WEEK && high == 0 && !end.chars().all(|c| c.is_ascii_digit());
+                let in_range = |v: u32| (field.min..=field.max).contains(&v);
+                if low > high && in_range(low) && in_range(high) {
+                    let range = Range {
+                        start,
+                        end,
+                        low,
+                        high,
+                        step,
+                    };
+                    // "*" is every day only with the day of the month "*": cron ORs the two.
+                    let star_too = elements.len() == 1 && texts.get(DAY_OF_MONTH) == Some(&"*");
+                    return Err(backwards(
+                        field,
+                        text,
+                        &elements,
+                        position,
+                        &range,
+                        ends_in_sun,
+                        star_too,
+                    ));
+                }
+                if ends_in_sun {
+                    // From SUN (or 0) to SUN: Sunday to cron, every day to croner.
+                    let step = step.map(|s| format!("/{s}")).unwrap_or_default();
+                    element = format!("{start}-0{step}");
+                }
+            }
+            out.push(element);
         }
+        written.push(out.join(","));
     }
-    Ok(())
+    written.extend(texts.iter().skip(FIELDS.len()).map(|t| t.to_string()));
+    Ok(written.join(" "))
 }
 
-/// `text` (a field) with its names replaced by their numbers; a Sunday that ends a range is 7.
-fn numbered(text: &str, field: &Field) -> String {
-    let element = |element: &str| {
-        let (range, step) = match element.split_once('/') {
-            Some((range, step)) => (range, Some(step)),
-            None => (element, None),
-        };
-        let bounds: Vec<String> = range
-            .split('-')
-            .enumerate()
-            .map(|(i, bound)| {
-                let lower = bound.to_ascii_lowercase();
-                match field.names.iter().position(|n| *n == lower) {
-                    Some(0) if i > 0 && field.name == "day-of-week" => "7".to_owned(),
-                    Some(index) => (field.first as usize + index).to_string(),
-                    None => bound.to_owned(),
-                }
-            })
-            .collect();
-        let mut out = bounds.join("-");
-        if let Some(step) = step {
-            out.push('/');
-            out.push_str(step);
-        }
-        out
+/// The message for a Quartz extension in field `text`.
+fn quartz(field: &Field, text: &str) -> String {
+    format!(
+        "the {} field \"{text}\" uses a Quartz extension (L, W, # or ?), which cron refuses",
+        field.name
+    )
+}
+
+/// A range as written and as cron's numbers.
+struct Range<'a> {
+    start: &'a str,
+    end: &'a str,
+    low: u32,
+    high: u32,
+    step: Option<&'a str>,
+}
+
+/// The message for `range`, backwards to cron, in field `text` (its list `elements`, the range
+/// being the one at `position`), with a fix: the range from its start round to its end.
+/// `ends_in_sun`: its end is the name `SUN`, which croner reads as 7; `star_too`: `*` is a fix
+/// when the range is every day.
+fn backwards(
+    field: &Field,
+    text: &str,
+    elements: &[&str],
+    position: usize,
+    range: &Range,
+    ends_in_sun: bool,
+    star_too: bool,
+) -> String {
+    let Range {
+        start,
+        end,
+        low,
+        high,
+        step,
+    } = *range;
+    let fix = |replacement: String| {
+        let mut fixed: Vec<String> = elements.iter().map(|e| e.to_string()).collect();
+        fixed[position] = replacement;
+        format!("\"{}\"", fixed.join(","))
     };
-    text.split(',').map(element).collect::<Vec<_>>().join(",")
+    let mut message = format!(
+        "the {} field \"{text}\" has the backwards range {low}-{high}{}: cron refuses it or matches nothing",
+        field.name,
+        if ends_in_sun { " (cron reads SUN as 0)" } else { "" }
+    );
+    if ends_in_sun {
+        let read = format!(
+            "{}{}",
+            span(low, field.max),
+            step.map(|s| format!("/{s}")).unwrap_or_default()
+        );
+        let every_day = low == 1 && step.is_none();
+        let _ = write!(
+            message,
+            ", while tickd would read it as {read}{}; write {}",
+            if every_day { ", every day" } else { "" },
+            fix(read.clone())
+        );
+        if every_day && star_too {
+            message.push_str(" or \"*\"");
+        }
+    } else if step.is_none() {
+        // The day-of-week field's wrapped range ends its first part at 7 (Sunday) and starts
+        // its second at 1.
+        let second_start = if field.max == 7 { 1 } else { field.min };
+        let parts: Vec<String> = [(low, field.max), (second_start, high)]
+            .into_iter()
+            .filter(|(a, b)| a <= b)
+            .map(|(a, b)| span(a, b))
+            .collect();
+        let _ = write!(
+            message,
+            "; for {start} round to {end} write {}",
+            fix(parts.join(","))
+        );
+    } else {
+        message.push_str("; write it from the lower number to the higher");
+    }
+    message
+}
+
+/// The number a range's bound stands for: a number or one of the field's names. `None` for `*`
+/// and what is left to `CronSchedule::parse` to refuse (an empty bound, a number too long).
+fn bound_value(field: &Field, text: &str, bound: &str) -> Result<Option<u32>, String> {
+    if bound == "*" || bound.chars().all(|c| c.is_ascii_digit()) {
+        return Ok(bound.parse().ok());
+    }
+    let lower = bound.to_ascii_lowercase();
+    if let Some(index) = field.names.iter().position(|n| *n == lower) {
+        return Ok(Some(field.min + index as u32));
+    }
+    if lower.contains(['l', 'w']) {
+        return Err(quartz(field, text));
+    }
+    Err(format!(
+        "the {} field \"{text}\": \"{bound}\" is not a number{}",
+        field.name,
+        if field.names.is_empty() {
+            ""
+        } else {
+            " or a three-letter name"
+        }
+    ))
+}
+
+/// `a-b`, or `a` when they are the same.
+fn span(a: u32, b: u32) -> String {
+    if a == b {
+        a.to_string()
+    } else {
+        format!("{a}-{b}")
+    }
 }
 
 /// cron turns an unescaped `%` into a newline and feeds what follows to the command's stdin;
@@ -928,8 +1055,8 @@ MAILTO=ops@example.com
 PATH=/usr/local/bin:/usr/bin:/bin
 APP_ENV = \"prod\"
 # nightly report
-30 2 * * 1-5 php /srv/app/artisan report:nightly
-*/5 9-17 1,15 1,7 * /usr/local/bin/sync --fast
+30 2 * * mon-fri php /srv/app/artisan report:nightly
+*/5 9-17 1,15 jan,jul * /usr/local/bin/sync --fast
 @hourly date +\\%Y-\\%m-\\%d >> /tmp/stamps
 @midnight php /srv/app/artisan report:nightly
 ";
@@ -1058,46 +1185,150 @@ APP_ENV = \"prod\"
         }
     }
 
+    /// The first 20 fires after 2026-01-01 of `expression` as imported (a job's schedule) and
+    /// of `numbers`, the same schedule in cron's numbers parsed directly.
+    fn fires_imported_and_numbered(expression: &str, numbers: &str) -> (Vec<i64>, Vec<i64>) {
+        let (job, import) = the_job(&format!("{expression} true\n"), false);
+        let Schedule::Cron(imported) = &job.schedule else {
+            panic!("cron: {}", import.toml)
+        };
+        let numbered = CronSchedule::parse(numbers, imported.timezone()).expect(numbers);
+        let fires = |cron: &CronSchedule| {
+            let mut t = Utc
+                .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+                .single()
+                .expect("time");
+            let mut out = Vec::new();
+            for _ in 0..20 {
+                t = cron.next_after(t).expect("a next fire");
+                out.push(t.timestamp());
+            }
+            out
+        };
+        (fires(imported), fires(&numbered))
+    }
+
     #[test]
-    fn name_ranges_and_lists_are_reported_single_names_are_not() {
-        for expression in [
-            "0 0 * * MON-SUN",
-            "0 0 * * mon-fri",
-            "0 0 * * MON,WED",
-            "0 0 * * 1,wed",
-            "0 0 * JAN-MAR *",
-            "0 0 * jan,jul *",
-            "0 0 * * mon-5",
+    fn names_in_ranges_lists_and_steps_import_as_cron_reads_them() {
+        // As cron's get_range and get_number read them: a name is its number anywhere a
+        // number goes, SUN is 0 (also ending a range), any case.
+        for (expression, numbers) in [
+            ("0 9 * * mon-fri", "0 9 * * 1-5"),
+            ("0 9 * * MON-FRI", "0 9 * * 1-5"),
+            ("0 0 * * MON,WED", "0 0 * * 1,3"),
+            ("0 0 * * 1,wed", "0 0 * * 1,3"),
+            ("0 0 * * mon-5", "0 0 * * 1-5"),
+            ("0 0 * * sat,sun", "0 0 * * 6,0"),
+            ("0 0 * * Sun", "0 0 * * 0"),
+            ("0 0 * * sun-sat", "0 0 * * 0-6"),
+            ("0 0 * * sun-wed,fri", "0 0 * * 0-3,5"),
+            ("0 0 * * mon-sat/2", "0 0 * * 1,3,5"),
+            ("0 0 * * sun-sun", "0 0 * * 0"),
+            ("0 0 * * 0-sun/2", "0 0 * * 0"),
+            ("0 0 1 JAN-MAR *", "0 0 1 1-3 *"),
+            ("0 0 1 jan,jul *", "0 0 1 1,7 *"),
+            ("0 0 1 jan-dec/2 *", "0 0 1 1,3,5,7,9,11 *"),
+            ("0 0 1 Feb-4,nov *", "0 0 1 2-4,11 *"),
+            ("0 0 * Dec Sun", "0 0 * 12 0"),
+            // Numbers as cron takes them: 7 is a Sunday too.
+            ("0 0 * * 7", "0 0 * * 0"),
+            ("0 0 * * 1-7", "0 0 * * 0-6"),
+            ("0 0 * * 5-7", "0 0 * * 0,5,6"),
         ] {
+            let (imported, numbered) = fires_imported_and_numbered(expression, numbers);
+            assert_eq!(imported, numbered, "{expression} against {numbers}");
+        }
+        // The names are kept as written; a range from SUN to SUN gets a 0 at its end, which
+        // croner reads as cron does (it reads SUN ending a range as 7: every day).
+        let (_, import) = the_job("0 9 * * mon-fri true\n", false);
+        assert!(
+            import.toml.contains("cron = \"0 9 * * mon-fri\""),
+            "{}",
+            import.toml
+        );
+        let (_, import) = the_job("0 0 * * sun-sun true\n", false);
+        assert!(
+            import.toml.contains("cron = \"0 0 * * sun-0\""),
+            "{}",
+            import.toml
+        );
+    }
+
+    #[test]
+    fn ranges_that_are_backwards_to_cron_are_reported_with_the_reason() {
+        // cron reads SUN as 0: MON-SUN is 1-0 (Vixie cron refuses it, cronie 1.6 and 1.7 match
+        // no day), which croner would read as 1-7, every day.
+        let message = |expression: &str| {
             let problems = problems(&format!("{expression} true\n"));
             assert_eq!(problems.len(), 1, "{expression}: {problems:?}");
-            assert!(
-                problems[0].1.contains("names"),
-                "{expression}: {problems:?}"
-            );
-        }
-        for expression in [
-            "0 0 * * MON",
-            "0 0 * jan *",
-            "0 0 * Dec Sun",
-            "0 0 * * 1-5,0",
+            problems[0].1.clone()
+        };
+        let mon_sun = message("0 0 * * MON-SUN");
+        for part in [
+            "day-of-week field \"MON-SUN\"",
+            "backwards range 1-0",
+            "SUN as 0",
+            "tickd would read it as 1-7, every day",
+            "write \"1-7\" or \"*\"",
         ] {
-            assert_eq!(
-                problems(&format!("{expression} true\n")),
-                [],
-                "{expression}"
-            );
+            assert!(mon_sun.contains(part), "{part}: {mon_sun}");
         }
-        // The message says what to write instead.
-        assert!(problems("0 0 * * mon-sun true\n")[0].1.contains("\"1-7\""));
-        assert!(problems("0 0 * jan,Mar/2 * true\n")[0]
-            .1
-            .contains("\"1,3/2\""));
+        // With the day of the month set, "*" would not be the same: cron ORs the two days.
+        let restricted = message("0 0 1 * mon-sun");
+        assert!(restricted.contains("write \"1-7\""), "{restricted}");
+        assert!(!restricted.contains("\"*\""), "{restricted}");
+        let sat_sun = message("0 0 * * sat-sun");
+        assert!(sat_sun.contains("backwards range 6-0"), "{sat_sun}");
+        assert!(sat_sun.contains("write \"6-7\""), "{sat_sun}");
+        assert!(!sat_sun.contains("every day"), "{sat_sun}");
+        assert!(message("0 0 * * mon-sun/2").contains("write \"1-7/2\""));
+        assert!(message("0 0 * * 1,mon-sun").contains("write \"1,1-7\""));
+        // Backwards without SUN: croner refuses these too, but the message says why.
+        for (expression, range, fix) in [
+            (
+                "0 0 * * FRI-MON",
+                "5-1",
+                "for FRI round to MON write \"5-7,1\"",
+            ),
+            ("0 0 * * 5-0", "5-0", "for 5 round to 0 write \"5-7\""),
+            (
+                "0 0 * DEC-JAN *",
+                "12-1",
+                "for DEC round to JAN write \"12,1\"",
+            ),
+            ("0 0 * nov-feb *", "11-2", "write \"11-12,1-2\""),
+            ("50-10 * * * *", "50-10", "write \"50-59,0-10\""),
+            ("0 22-2 * * *", "22-2", "write \"22-23,0-2\""),
+            ("0 0 25-5 * *", "25-5", "write \"25-31,1-5\""),
+        ] {
+            let message = message(expression);
+            assert!(
+                message.contains(&format!("backwards range {range}:")),
+                "{expression}: {message}"
+            );
+            assert!(message.contains(fix), "{expression}: {message}");
+            assert!(!message.contains("SUN as 0"), "{expression}: {message}");
+        }
+        assert!(message("0 0 * nov-feb/2 *").contains("from the lower number to the higher"));
+        // Out of range is not backwards: CronSchedule::parse refuses it.
+        assert!(!message("70-5 * * * *").contains("backwards"));
     }
 
     #[test]
     fn empty_list_elements_and_garbage_are_reported() {
-        for expression in ["1,,2 * * * *", "1, * * * *", "0 0 * * ,1", "0 0 * * monday"] {
+        for expression in [
+            "1,,2 * * * *",
+            "1, * * * *",
+            "0 0 * * ,1",
+            "0 0 * * monday",
+            "0 0 * * -sun",
+            // A step is a number, never a name (croner would read "*/mon" as "*/1").
+            "0 0 * * */mon",
+            "*/x * * * *",
+            // A step follows a range or `*`, not a single number or name.
+            "0 0 * * mon/2",
+            "0 0 * jan,Mar/2 *",
+        ] {
             let problems = problems(&format!("{expression} true\n"));
             assert_eq!(problems.len(), 1, "{expression}: {problems:?}");
         }
