@@ -179,6 +179,25 @@ fn read(text: &str, system: bool) -> (Vec<Item>, Vec<LineProblem>) {
             continue;
         }
         if let Some((name, value)) = env_line(line) {
+            if name == "CRON_TZ" && value.parse::<Tz>().is_err() {
+                // cron hands it to the C library, which reads a POSIX TZ string (`JST-9`) its
+                // own way and anything else as UTC: no zone tickd can take, and not the jobs'
+                // environment. The jobs below lose the zone of a CRON_TZ above.
+                context.zone = None;
+                let message = format!(
+                    "CRON_TZ \"{value}\" is not a time zone tickd knows (an IANA name such as Europe/Berlin): the jobs below it are imported without a timezone of their own"
+                );
+                problems.push(LineProblem {
+                    line: number,
+                    message: message.clone(),
+                });
+                items.push(Item::Skipped {
+                    line: number,
+                    message,
+                    text: format!(" {}", raw.trim_end()),
+                });
+                continue;
+            }
             let note = match name.as_str() {
                 "SHELL" => {
                     context.shell = (value != "/bin/sh").then(|| value.clone());
@@ -190,7 +209,7 @@ fn read(text: &str, system: bool) -> (Vec<Item>, Vec<LineProblem>) {
                 }
                 "MAILTO" => "tickd sends no mail; it logs each run's output and outcome. Use on_failure = [...] to alert.",
                 // cronie schedules by CRON_TZ only, Debian's cron by neither: TZ is the jobs'.
-                "CRON_TZ" if value.parse::<Tz>().is_ok() => {
+                "CRON_TZ" => {
                     context.zone = Some(value.clone());
                     "set as the jobs' timezone below"
                 }
@@ -1142,6 +1161,46 @@ APP_ENV = \"prod\"
             "{}",
             import.toml
         );
+    }
+
+    #[test]
+    fn an_unknown_cron_tz_is_reported_with_its_line_and_value() {
+        let text = "\
+CRON_TZ=Europe/Berlin
+0 9 * * * /srv/alpha
+CRON_TZ=\"Mars/Olympus_Mons\"
+0 9 * * * /srv/beta
+";
+        let (config, import) = round_trip(text, false);
+        assert_eq!(import.problems.len(), 1, "{:?}", import.problems);
+        let problem = &import.problems[0];
+        assert_eq!(problem.line, 3);
+        assert!(
+            problem
+                .message
+                .contains("CRON_TZ \"Mars/Olympus_Mons\" is not a time zone"),
+            "{problem}"
+        );
+        assert!(
+            import
+                .toml
+                .contains("# line 3: not imported: CRON_TZ \"Mars/Olympus_Mons\""),
+            "{}",
+            import.toml
+        );
+        // Neither the jobs' environment nor their zone; the job above keeps its zone.
+        let zone = |name: &str| {
+            let Schedule::Cron(cron) = &config.jobs[name].schedule else {
+                panic!("cron")
+            };
+            cron.timezone()
+        };
+        assert_eq!(zone("alpha"), chrono_tz::Europe::Berlin, "{}", import.toml);
+        assert_eq!(zone("beta"), config.daemon.timezone, "{}", import.toml);
+        let Action::Process(p) = &config.jobs["beta"].action else {
+            panic!("shell job")
+        };
+        assert!(!p.env.contains_key("CRON_TZ"), "{}", import.toml);
     }
 
     #[test]
