@@ -118,7 +118,7 @@ enum Command {
         /// The system format (/etc/crontab, /etc/cron.d): a user column before the command.
         #[arg(long)]
         system: bool,
-        /// Leave out the lines that cannot be translated (reported on stderr) and exit 0.
+        /// Write the lines that cannot be translated as comments (reported on stderr) and exit 0.
         #[arg(long)]
         skip_invalid: bool,
     },
@@ -435,13 +435,25 @@ fn import_crontab(file: &Path, system: bool, skip_invalid: bool) -> u8 {
     }
     if !import.problems.is_empty() && !skip_invalid {
         eprintln_safe(&format!(
-            "tickd: {} line(s) could not be translated; fix them, or pass --skip-invalid to leave them out",
+            "tickd: {} line(s) could not be translated; fix them, or pass --skip-invalid to write the jobs file with them as comments",
             import.problems.len()
         ));
         return exit::INVALID;
     }
-    let _ = std::io::stdout().lock().write_all(import.toml.as_bytes());
-    exit::OK
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(import.toml.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => exit::OK,
+        // A reader that stopped early (`| head`) asked for no more.
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
+        // Anything else leaves a jobs file cut short: it must not look like a success.
+        Err(err) => {
+            eprintln_safe(&format!("tickd: cannot write the jobs file: {err}"));
+            exit::FATAL
+        }
+    }
 }
 
 /// The machine's IANA zone, from `$TZ` or the `/etc/localtime` link.

@@ -1845,7 +1845,7 @@ fn import_crontab_round_trips_through_check_and_next() {
     // `tickd next` on the imported job agrees with the crontab's expression.
     let after = ["--after", "2026-01-01T00:03:00Z", "-n", "3"];
     let next_job = tickd()
-        .args(["next", "jobs.toml", "--job", "php-artisan-schedule-run"])
+        .args(["next", "jobs.toml", "--job", "artisan-schedule-run"])
         .args(after)
         .current_dir(dir.path())
         .output()
@@ -1866,6 +1866,41 @@ fn import_crontab_round_trips_through_check_and_next() {
         .collect();
     assert_eq!(job_times, cron_times);
     assert_eq!(cron_times[0], "2026-01-01T00:05:00Z");
+}
+
+#[test]
+fn import_crontab_fails_when_stdout_cannot_be_written_but_not_on_a_closed_pipe() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("crontab"), "*/5 * * * * /usr/bin/true\n").expect("write");
+    let import = |stdout: Stdio| {
+        tickd()
+            .args(["import-crontab", "crontab"])
+            .current_dir(dir.path())
+            .env("TZ", "UTC")
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("import")
+    };
+    // A full disk: the jobs file would be cut short, so this is an error.
+    let full = fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let out = import(Stdio::from(full));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("tickd: cannot write the jobs file: "),
+        "{stderr}"
+    );
+    // A reader that went away (`| head`) is not.
+    let (reader, writer) = nix::unistd::pipe().expect("pipe");
+    drop(reader);
+    let out = import(Stdio::from(writer));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("cannot write"), "{stderr}");
 }
 
 #[test]
