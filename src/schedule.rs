@@ -98,8 +98,17 @@ pub struct CronParseError {
 
 impl CronSchedule {
     /// Parses a 5-field crontab expression, a 6-field one with seconds first, or a nickname
-    /// (`@yearly`, `@annually`, `@monthly`, `@weekly`, `@daily`, `@hourly`). Day-of-month and
-    /// day-of-week combine with OR when both are restricted, as in Vixie cron.
+    /// (`@yearly`, `@annually`, `@monthly`, `@weekly`, `@daily`, `@hourly`).
+    ///
+    /// Day-of-month and day-of-week combine as in Vixie cron, cronie and Debian's cron (their
+    /// `DOM_STAR`/`DOW_STAR` flags): a day matches when it matches **both** fields if either of
+    /// them starts with `*` (`*`, `*/2`), and when it matches **either** field otherwise. So
+    /// `0 6 */2 * 1-5` fires on odd days that are weekdays, `0 9 1 * */1` on the 1st only, and
+    /// `0 0 1,15 * 5` on the 1st, the 15th and every Friday.
+    ///
+    /// Beyond crontab's dialect, the Quartz extensions croner implements are accepted in the day
+    /// fields: `L` (last day of the month; `5L` the month's last Friday), `W` (`15W`: the weekday
+    /// nearest the 15th), `#` (`5#2`: the second Friday) and `?` (the same as `*`).
     pub fn parse(expression: &str, timezone: Tz) -> Result<Self, CronParseError> {
         let trimmed = expression.trim();
         let error = |reason: String| CronParseError {
@@ -111,8 +120,16 @@ impl CronSchedule {
         if trimmed.split_whitespace().count() > 6 {
             return Err(error("expected 5 or 6 fields".to_owned()));
         }
+        // croner's own AND switch in the day-of-week field (`+5`) is not cron: refuse it.
+        if trimmed.contains('+') {
+            return Err(error(
+                "'+' is not cron syntax (day-of-month and day-of-week combine as in cron)"
+                    .to_owned(),
+            ));
+        }
         let cron = CronParser::builder()
             .seconds(Seconds::Optional)
+            .dom_and_dow(days_are_anded(trimmed))
             .build()
             .parse(trimmed)
             .map_err(|e| error(e.to_string()))?;
@@ -156,6 +173,19 @@ impl CronSchedule {
             .ok()
             .map(|next| next.with_timezone(&Utc))
     }
+}
+
+/// Whether an expression's day-of-month and day-of-week fields must both match: Vixie cron sets
+/// `DOM_STAR`/`DOW_STAR` when a field's text starts with `*`, and ORs the two fields only when
+/// neither flag is set. `?` is Quartz's `*`. Nicknames have no day fields to combine.
+fn days_are_anded(expression: &str) -> bool {
+    let fields: Vec<&str> = expression.split_whitespace().collect();
+    let (dom, dow) = match fields.as_slice() {
+        [_, _, dom, _, dow] | [_, _, _, dom, _, dow] => (*dom, *dow),
+        _ => return false,
+    };
+    let starred = |field: &str| field.starts_with('*') || field.starts_with('?');
+    starred(dom) || starred(dow)
 }
 
 /// The index k >= 1 of the first grid point `anchor + k * period` that lies strictly after
@@ -563,6 +593,113 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Days of December 2026 (and later) at `h:m`, for the expected fire lists below.
+    fn days(list: &[(i32, u32, u32)], h: u32, m: u32) -> Vec<DateTime<Utc>> {
+        list.iter()
+            .map(|&(y, mo, d)| utc(y, mo, d, h, m, 0))
+            .collect()
+    }
+
+    /// README promised Vixie cron's day rule, but tickd always ORed the two day fields. A day
+    /// field that starts with `*` makes them AND (cron's `DOM_STAR`/`DOW_STAR`). The expected
+    /// days are worked out by hand from the calendar: 2026-12-01 is a Tuesday.
+    #[test]
+    fn a_starred_day_field_makes_the_day_fields_and_like_vixie_cron() {
+        let from = utc(2026, 11, 30, 12, 0, 0);
+        // Odd days that are weekdays: not Sat 5th, not Sun 13th.
+        assert_eq!(
+            fires("0 6 */2 * 1-5", Tz::UTC, from, 6),
+            days(
+                &[
+                    (2026, 12, 1),
+                    (2026, 12, 3),
+                    (2026, 12, 7),
+                    (2026, 12, 9),
+                    (2026, 12, 11),
+                    (2026, 12, 15)
+                ],
+                6,
+                0
+            )
+        );
+        // The 1st only, not every day.
+        assert_eq!(
+            fires("0 9 1 * */1", Tz::UTC, from, 3),
+            days(&[(2026, 12, 1), (2027, 1, 1), (2027, 2, 1)], 9, 0)
+        );
+        // Days 1, 11, 21, 31 that are Sundays: none in December 2026, then January 31st.
+        assert_eq!(
+            fires("0 0 */10 * 0", Tz::UTC, from, 1),
+            days(&[(2027, 1, 31)], 0, 0)
+        );
+        // The same with seconds (6 fields), and `*` in day-of-month: every Monday.
+        assert_eq!(
+            fires("0 30 8 * * 1", Tz::UTC, from, 2),
+            days(&[(2026, 12, 7), (2026, 12, 14)], 8, 30)
+        );
+        assert_eq!(
+            fires("0 0 0 */2 * 1-5", Tz::UTC, from, 3),
+            days(&[(2026, 12, 1), (2026, 12, 3), (2026, 12, 7)], 0, 0)
+        );
+    }
+
+    /// Neither day field starts with `*`: a day matching either one fires.
+    #[test]
+    fn two_restricted_day_fields_combine_with_or_like_vixie_cron() {
+        let from = utc(2026, 11, 30, 12, 0, 0);
+        // The 1st and 15th, and every Friday (4, 11, 18, 25); January 1st is both, once.
+        assert_eq!(
+            fires("0 0 1,15 * 5", Tz::UTC, from, 7),
+            days(
+                &[
+                    (2026, 12, 1),
+                    (2026, 12, 4),
+                    (2026, 12, 11),
+                    (2026, 12, 15),
+                    (2026, 12, 18),
+                    (2026, 12, 25),
+                    (2027, 1, 1)
+                ],
+                0,
+                0
+            )
+        );
+        // The classic trap: not "the first Monday" but days 1-7 and every Monday.
+        let got = fires("0 0 1-7 * 1", Tz::UTC, from, 9);
+        let mut want: Vec<(i32, u32, u32)> = (1..=7).map(|d| (2026, 12, d)).collect();
+        want.extend([(2026, 12, 14), (2026, 12, 21)]);
+        assert_eq!(got, days(&want, 0, 0));
+    }
+
+    /// The Quartz extensions are documented: `L`, `W`, `#`, and `?` (a star, so the fields AND).
+    #[test]
+    fn quartz_day_extensions_fire_as_documented() {
+        let from = utc(2026, 11, 30, 12, 0, 0);
+        // The second Friday.
+        assert_eq!(
+            fires("0 0 0 ? * 5#2", Tz::UTC, from, 2),
+            days(&[(2026, 12, 11), (2027, 1, 8)], 0, 0)
+        );
+        // The last day of the month.
+        assert_eq!(
+            fires("0 0 0 L * ?", Tz::UTC, from, 3),
+            days(&[(2026, 12, 31), (2027, 1, 31), (2027, 2, 28)], 0, 0)
+        );
+        // The last Friday.
+        assert_eq!(
+            fires("0 0 0 ? * 5L", Tz::UTC, from, 2),
+            days(&[(2026, 12, 25), (2027, 1, 29)], 0, 0)
+        );
+        // The weekday nearest the 15th: Saturday 2027-05-15 moves to Friday the 14th.
+        let may = utc(2027, 5, 1, 0, 0, 0);
+        assert_eq!(
+            fires("0 0 0 15W * ?", Tz::UTC, may, 1),
+            days(&[(2027, 5, 14)], 0, 0)
+        );
+        // croner's '+' (AND) modifier is not cron: refused.
+        assert!(CronSchedule::parse("0 0 1 * +5", Tz::UTC).is_err());
     }
 
     #[test]
