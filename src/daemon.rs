@@ -27,8 +27,11 @@ use crate::state::StateStore;
 pub enum Control {
     /// Re-read the configuration file (SIGHUP).
     Reload,
-    /// Stop (SIGTERM, SIGINT). The first one starts the drain; a second one skips the wait.
+    /// Stop (SIGTERM, SIGINT, SIGQUIT). The first one starts the drain; a second one skips the
+    /// wait.
     Shutdown,
+    /// Write a status summary to the log: one line for the daemon, one per job (SIGUSR1).
+    Report,
 }
 
 /// How the daemon stopped.
@@ -144,6 +147,7 @@ pub async fn run(
         jobs: BTreeMap::new(),
         directory: Directory::default(),
         draining: Arc::default(),
+        started: options.clock.now(),
         config,
         options,
     };
@@ -196,6 +200,7 @@ pub async fn run(
                     supervisor.reload();
                     supervisor.notify(&format!("READY=1\nSTATUS={}", supervisor.status()));
                 }
+                Some(Control::Report) => report(&supervisor.directory, &supervisor.runs, &supervisor.env.clock, started, "running"),
                 // A closed control channel means nobody can ask us to stop any more.
                 Some(Control::Shutdown) | None => break false,
             },
@@ -248,6 +253,8 @@ struct Supervisor {
     directory: Directory,
     /// Set when the shutdown starts (`/healthz` answers 503).
     draining: Arc<std::sync::atomic::AtomicBool>,
+    /// When the daemon started, for the uptime in reports.
+    started: crate::clock::Instant,
     config: Config,
     options: DaemonOptions,
 }
@@ -378,10 +385,19 @@ impl Supervisor {
                 "shutting down: waiting for runs in flight"
             );
         }
+        let report_drain = || {
+            report(
+                &self.directory,
+                &self.runs,
+                &self.env.clock,
+                self.started,
+                "draining",
+            )
+        };
         let drained = tokio::select! {
             _ = self.runs.wait() => true,
             _ = self.env.clock.sleep(timeout) => false,
-            _ = second_stop(&mut controls) => false,
+            _ = second_stop(&mut controls, report_drain) => false,
         };
         if drained {
             tracing::info!("shut down: every run finished");
@@ -414,8 +430,9 @@ async fn own_rss_over(clock: &Clock, limit: Option<u64>) -> u64 {
     }
 }
 
-/// Resolves on the next [`Control::Shutdown`]; reloads during the drain are ignored.
-async fn second_stop(controls: &mut mpsc::Receiver<Control>) {
+/// Resolves on the next [`Control::Shutdown`]; reloads during the drain are ignored, reports
+/// are written with `report`.
+async fn second_stop(controls: &mut mpsc::Receiver<Control>, report: impl Fn()) {
     loop {
         match controls.recv().await {
             Some(Control::Shutdown) => {
@@ -423,7 +440,51 @@ async fn second_stop(controls: &mut mpsc::Receiver<Control>) {
                 return;
             }
             Some(Control::Reload) => tracing::info!("reload ignored while shutting down"),
+            Some(Control::Report) => report(),
             None => std::future::pending().await,
         }
+    }
+}
+
+/// The status summary asked for by [`Control::Report`]: one log line for the daemon, then one
+/// per job, at info level so the default filter shows them.
+fn report(
+    directory: &Directory,
+    runs: &TaskTracker,
+    clock: &Clock,
+    started: crate::clock::Instant,
+    state: &str,
+) {
+    let jobs = directory
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let uptime = clock.now().saturating_duration_since(started);
+    let uptime = humantime::format_duration(std::time::Duration::from_secs(uptime.as_secs()));
+    tracing::info!(state, jobs = jobs.len(), runs_in_flight = runs.len(), %uptime, "status report");
+    for (name, job) in jobs {
+        let status = job.status.snapshot();
+        let next_fire = match (status.paused, status.next_fire) {
+            (true, _) => "paused".to_owned(),
+            (false, Some(next)) => next.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            (false, None) => "none".to_owned(),
+        };
+        let last = status.last_run.as_ref();
+        let counts = status.runs;
+        tracing::info!(
+            job = %name,
+            schedule = %status.schedule,
+            next_fire = %next_fire,
+            running = status.running,
+            last_outcome = last.map_or("-", |l| l.outcome.as_str()),
+            last_duration_ms = last.map(|l| l.duration_ms),
+            success = counts.success,
+            failure = counts.failure,
+            timeout = counts.timeout,
+            killed = counts.killed,
+            skipped = counts.skipped_overlap,
+            missed = counts.missed,
+            "status report"
+        );
     }
 }

@@ -9,15 +9,38 @@ use tokio::sync::mpsc;
 
 use crate::daemon::Control;
 
-/// The signals [`os_controls`] turns into controls.
-fn control_signals() -> SigSet {
-    [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP]
-        .into_iter()
-        .collect()
+/// What each signal tickd listens for means. Every signal whose default action would end the
+/// daemon without a word and that a user or a tool may plausibly send has a meaning here;
+/// README's "Signals" section documents the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Meaning {
+    /// A control for the daemon.
+    Control(Control),
+    /// Logged and otherwise ignored (logrotate's habit of sending SIGUSR2, a stray alarm).
+    Ignore,
 }
 
-/// Blocks SIGTERM, SIGINT and SIGHUP on the calling thread, and so on every thread it starts
-/// afterwards: call it before building the runtime, then [`os_controls`] from that same thread.
+/// The signals [`os_controls`] handles, with their meaning.
+const SIGNALS: [(Signal, Meaning); 7] = [
+    (Signal::SIGTERM, Meaning::Control(Control::Shutdown)),
+    (Signal::SIGINT, Meaning::Control(Control::Shutdown)),
+    // As supercronic does: a drain, not a core dump (the default) that kills the runs.
+    (Signal::SIGQUIT, Meaning::Control(Control::Shutdown)),
+    (Signal::SIGHUP, Meaning::Control(Control::Reload)),
+    // As PHP-Daemon does: a status summary in the log.
+    (Signal::SIGUSR1, Meaning::Control(Control::Report)),
+    (Signal::SIGUSR2, Meaning::Ignore),
+    (Signal::SIGALRM, Meaning::Ignore),
+];
+
+/// The signals [`os_controls`] handles, as a set.
+fn control_signals() -> SigSet {
+    SIGNALS.iter().map(|(signal, _)| *signal).collect()
+}
+
+/// Blocks the signals tickd handles (SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2,
+/// SIGALRM) on the calling thread, and so on every thread it starts afterwards: call it before
+/// building the runtime, then [`os_controls`] from that same thread.
 ///
 /// Why: tokio drops a signal that its driver (on any worker thread) handles between installing
 /// the handler and subscribing the listener, so a SIGTERM in the first milliseconds could be
@@ -27,25 +50,39 @@ pub fn hold_control_signals() -> nix::Result<()> {
     control_signals().thread_block()
 }
 
-/// Installs handlers for SIGTERM and SIGINT (→ [`Control::Shutdown`]) and SIGHUP
-/// (→ [`Control::Reload`]) and returns the stream of controls. Call it from within a tokio
-/// runtime, as early as possible: until it runs, those signals have their default, fatal, effect
-/// (or, after [`hold_control_signals`], wait). It unblocks them on the calling thread last.
+/// Installs handlers for SIGTERM, SIGINT and SIGQUIT (→ [`Control::Shutdown`]), SIGHUP
+/// (→ [`Control::Reload`]) and SIGUSR1 (→ [`Control::Report`]); SIGUSR2 and SIGALRM are logged
+/// and ignored. Returns the stream of controls. Call it from within a tokio runtime, as early as
+/// possible: until it runs, those signals have their default, fatal, effect (or, after
+/// [`hold_control_signals`], wait). It unblocks them on the calling thread last.
 pub fn os_controls() -> std::io::Result<mpsc::Receiver<Control>> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
+    let mut streams = Vec::with_capacity(SIGNALS.len());
+    for (sig, meaning) in SIGNALS {
+        streams.push((sig, meaning, signal(SignalKind::from_raw(sig as i32))?));
+    }
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
-            let control = tokio::select! {
-                _ = term.recv() => Control::Shutdown,
-                _ = int.recv() => Control::Shutdown,
-                _ = hup.recv() => Control::Reload,
-            };
-            tracing::debug!(?control, "signal received");
-            if tx.send(control).await.is_err() {
-                break;
+            // The first signal that arrives, of any kind.
+            let (sig, meaning) = std::future::poll_fn(|cx| {
+                for (sig, meaning, stream) in &mut streams {
+                    if stream.poll_recv(cx).is_ready() {
+                        return std::task::Poll::Ready((*sig, *meaning));
+                    }
+                }
+                std::task::Poll::Pending
+            })
+            .await;
+            match meaning {
+                Meaning::Control(control) => {
+                    tracing::debug!(signal = %sig, ?control, "signal received");
+                    if tx.send(control).await.is_err() {
+                        break;
+                    }
+                }
+                Meaning::Ignore => {
+                    tracing::info!(signal = %sig, "signal received; it has no meaning to tickd and is ignored");
+                }
             }
         }
     });

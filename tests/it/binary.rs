@@ -11,22 +11,22 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
-const PATIENCE: Duration = Duration::from_secs(30);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
 
 /// A `tickd run` process with its log (stderr) in a file.
-struct Daemon {
-    child: Child,
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
     dir: TempDir,
     log: PathBuf,
 }
 
-fn tickd() -> Command {
+pub(crate) fn tickd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tickd"))
 }
 
 impl Daemon {
     /// `tickd run jobs.toml` on `config`, logging to a file; returns once it is scheduling.
-    fn start(config: &str) -> Daemon {
+    pub(crate) fn start(config: &str) -> Daemon {
         let daemon = Daemon::launch(config, |command, log| {
             command
                 .args(["run", "jobs.toml"])
@@ -38,7 +38,7 @@ impl Daemon {
 
     /// Starts `tickd` in a temp dir holding `config` as `jobs.toml`; `prepare` sets the arguments
     /// and stderr (given the log file's path).
-    fn launch(config: &str, prepare: impl FnOnce(&mut Command, &Path)) -> Daemon {
+    pub(crate) fn launch(config: &str, prepare: impl FnOnce(&mut Command, &Path)) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::write(dir.path().join("jobs.toml"), config).expect("write config");
         let log = dir.path().join("tickd.log");
@@ -53,16 +53,16 @@ impl Daemon {
         Daemon { child, dir, log }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Waits until the log contains `needle` `times` times; returns the log.
-    fn wait_log_n(&self, needle: &str, times: usize) -> String {
+    pub(crate) fn wait_log_n(&self, needle: &str, times: usize) -> String {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let log = self.log();
@@ -77,11 +77,11 @@ impl Daemon {
         }
     }
 
-    fn wait_log(&self, needle: &str) -> String {
+    pub(crate) fn wait_log(&self, needle: &str) -> String {
         self.wait_log_n(needle, 1)
     }
 
-    fn wait_file(&self, name: &str) -> String {
+    pub(crate) fn wait_file(&self, name: &str) -> String {
         let path = self.path(name);
         let deadline = Instant::now() + PATIENCE;
         loop {
@@ -100,16 +100,16 @@ impl Daemon {
         }
     }
 
-    fn signal(&self, signal: Signal) {
+    pub(crate) fn signal(&self, signal: Signal) {
         kill(Pid::from_raw(self.child.id() as i32), signal).expect("signal tickd");
     }
 
-    fn rewrite(&self, config: &str) {
+    pub(crate) fn rewrite(&self, config: &str) {
         fs::write(self.path("jobs.toml"), config).expect("write config");
     }
 
     /// Waits for the daemon to exit and returns its exit code.
-    fn wait_exit(&mut self) -> i32 {
+    pub(crate) fn wait_exit(&mut self) -> i32 {
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -134,7 +134,7 @@ impl Drop for Daemon {
 
 /// The state, parent and process group of `pid`, from `/proc/PID/stat` (the fields after the
 /// command name, which may hold spaces, start after the last ')').
-fn proc_stat(pid: i32) -> Option<(String, i32, i32)> {
+pub(crate) fn proc_stat(pid: i32) -> Option<(String, i32, i32)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, rest) = stat.rsplit_once(')')?;
     let mut fields = rest.split_whitespace();
@@ -145,7 +145,7 @@ fn proc_stat(pid: i32) -> Option<(String, i32, i32)> {
 }
 
 /// Every process with its `proc_stat` fields.
-fn all_processes() -> Vec<(i32, String, i32, i32)> {
+pub(crate) fn all_processes() -> Vec<(i32, String, i32, i32)> {
     fs::read_dir("/proc")
         .expect("/proc")
         .flatten()
@@ -155,7 +155,7 @@ fn all_processes() -> Vec<(i32, String, i32, i32)> {
 }
 
 /// Live (non-zombie) processes whose process group is `pgid`.
-fn live_group_members(pgid: i32) -> Vec<i32> {
+pub(crate) fn live_group_members(pgid: i32) -> Vec<i32> {
     all_processes()
         .into_iter()
         .filter(|(_, state, _, pgrp)| state != "Z" && *pgrp == pgid)
@@ -163,12 +163,12 @@ fn live_group_members(pgid: i32) -> Vec<i32> {
         .collect()
 }
 
-fn is_alive(pid: i32) -> bool {
+pub(crate) fn is_alive(pid: i32) -> bool {
     proc_stat(pid).is_some_and(|(state, ..)| state != "Z")
 }
 
 /// Waits (bounded) for a condition that should become true soon.
-fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+pub(crate) fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + PATIENCE;
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
@@ -843,7 +843,7 @@ handler = "log"
     );
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
 }
 
@@ -929,7 +929,7 @@ on_failure = ["sh", "-c", "echo \"$TICKD_JOB $TICKD_RUN_ID $TICKD_EXIT_CODE $TIC
 
 /// Runs a root daemon on `config` whose jobs run as `nobody`: the temp dir is opened to it, and
 /// `out/` is a directory it may write to.
-fn launch_for_nobody(config: &str) -> Daemon {
+pub(crate) fn launch_for_nobody(config: &str) -> Daemon {
     let d = Daemon::launch(config, |command, log| {
         command
             .args(["run", "jobs.toml"])

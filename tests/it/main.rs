@@ -3,5 +3,6 @@
 
 mod binary;
 mod extremes;
+mod hardening;
 mod scheduling;
 mod support;
