@@ -95,6 +95,9 @@ pub struct Config {
     pub daemon: DaemonSettings,
     /// The jobs, by name.
     pub jobs: BTreeMap<String, Arc<JobSpec>>,
+    /// Things that load but deserve a look (a state directory others can write): `tickd check`
+    /// prints them, the daemon logs them at start and reload.
+    pub warnings: Vec<Problem>,
 }
 
 /// The `[daemon]` table.
@@ -454,6 +457,7 @@ pub fn parse(path: &Path, text: &str, handlers: &Handlers) -> Result<Config, Con
         locator: &locator,
         handlers,
         problems: &mut problems,
+        warnings: Vec::new(),
     }
     .config(raw);
     if problems.is_empty() {
@@ -462,6 +466,26 @@ pub fn parse(path: &Path, text: &str, handlers: &Handlers) -> Result<Config, Con
         problems.sort_by_key(|p| (p.line, p.column));
         Err(ConfigError::Invalid { problems })
     }
+}
+
+/// Why the directory of the state file `path` deserves a warning: another user who can write
+/// it can delete or replace the state (and so cause or suppress catch-up runs). A sticky
+/// directory such as `/tmp` still lets them create names there first.
+fn writable_by_others(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mode = std::fs::metadata(dir).ok()?.permissions().mode();
+    (mode & 0o022 != 0).then(|| {
+        format!(
+            "warning: the state file's directory {} is writable by group or others (mode {:o}): they could replace the state and cause or suppress catch-up runs; fix with: chmod go-w {}",
+            dir.display(),
+            mode & 0o7777,
+            dir.display()
+        )
+    })
 }
 
 /// The longest single argument or `NAME=value` string `execve` takes on Linux (`MAX_ARG_STRLEN`,
@@ -648,6 +672,7 @@ struct Validator<'a> {
     locator: &'a Locator<'a>,
     handlers: &'a Handlers,
     problems: &'a mut Vec<Problem>,
+    warnings: Vec<Problem>,
 }
 
 /// The job and key a value belongs to, for messages.
@@ -686,9 +711,25 @@ impl Validator<'_> {
         let max_uptime = raw.daemon.max_uptime.as_ref().and_then(|v| {
             self.duration(v, daemon_at("daemon.max_uptime"), DurationRange::POSITIVE)
         });
-        let state_file = raw.daemon.state_file.as_ref().map(|v| {
+        let state_file = raw.daemon.state_file.as_ref().and_then(|v| {
             let base = self.locator.path.parent().unwrap_or(Path::new("."));
-            base.join(v.get_ref())
+            let path = base.join(v.get_ref());
+            if let Some(why) = crate::state::unusable_path(&path) {
+                self.report(
+                    v.span().start,
+                    None,
+                    Some("daemon.state_file"),
+                    format!("{}: {why}", path.display()),
+                );
+                return None;
+            }
+            if let Some(why) = writable_by_others(&path) {
+                let warning =
+                    self.locator
+                        .problem(v.span().start, None, Some("daemon.state_file"), why);
+                self.warnings.push(warning);
+            }
+            Some(path)
         });
         let max_runs =
             raw.daemon
@@ -785,6 +826,7 @@ impl Validator<'_> {
             source: self.locator.path.to_owned(),
             daemon,
             jobs,
+            warnings: std::mem::take(&mut self.warnings),
         }
     }
 
@@ -1726,6 +1768,55 @@ handler = "log"
             "[jobs.a]\nevery = \"1s\"\ncommand = [\"echo\", \"{longest}\"]\n"
         ))
         .is_ok());
+    }
+
+    /// `state_file = "/dev/zero"` passed `check`, and the first write replaced the device.
+    #[test]
+    fn a_state_file_that_is_not_a_regular_file_is_refused_at_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("fifo");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/etc/passwd", &link).expect("link");
+        for (path, why) in [
+            (Path::new("/dev/zero"), "not a regular file"),
+            (fifo.as_path(), "not a regular file"),
+            (dir.path(), "is a directory"),
+            (link.as_path(), "symbolic link"),
+        ] {
+            let msg = error(&format!("[daemon]\nstate_file = \"{}\"\n", path.display()));
+            assert!(
+                msg.starts_with("jobs.toml:2:14: key \"daemon.state_file\""),
+                "{msg}"
+            );
+            assert!(msg.contains(why), "{msg}");
+        }
+        // A regular file, or none yet, is fine.
+        let config = check(&format!(
+            "[daemon]\nstate_file = \"{}\"\n",
+            dir.path().join("new").display()
+        ))
+        .expect("valid");
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    }
+
+    #[test]
+    fn a_state_directory_others_can_write_is_a_warning() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+        let config = check(&format!(
+            "[daemon]\nstate_file = \"{}\"\n",
+            dir.path().join("state").display()
+        ))
+        .expect("a warning, not an error");
+        let warning = config.warnings.first().expect("a warning").to_string();
+        assert!(
+            warning.starts_with("jobs.toml:2:14: key \"daemon.state_file\": warning"),
+            "{warning}"
+        );
+        assert!(warning.contains("chmod go-w"), "{warning}");
     }
 
     /// The method was a `String` that fell back to GET at run time; it is a method type now.

@@ -101,6 +101,9 @@ pub async fn run(
     options: DaemonOptions,
     mut controls: mpsc::Receiver<Control>,
 ) -> Result<Stopped, DaemonError> {
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let keeper = match &options.group_keeper {
         Some(program) => Some(GroupKeeper::start(program).map_err(DaemonError::Keeper)?),
         None => None,
@@ -312,6 +315,9 @@ impl Supervisor {
                 return;
             }
         };
+        for warning in &new.warnings {
+            tracing::warn!("{warning}");
+        }
         if new.daemon.http != self.config.daemon.http
             || new.daemon.http_token != self.config.daemon.http_token
         {

@@ -37,6 +37,47 @@ fn missed_count(late: Duration, gap: Duration) -> u64 {
     u64::try_from(count).unwrap_or(u64::MAX)
 }
 
+/// Fires a job missed while the daemon was down, from the state file.
+#[derive(Debug, Clone, Copy)]
+struct MissedWhileDown {
+    /// The last fire the state file recorded.
+    recorded: DateTime<Utc>,
+    /// The latest fire missed since: what the catch-up run stands for.
+    latest: DateTime<Utc>,
+    /// How many fires were missed.
+    count: u64,
+    /// Whether `count` is estimated from the rate of the first ones (a long downtime).
+    estimated: bool,
+}
+
+/// How many calendar fires fall in `[first, until]`, `first` being one: counted one by one up to
+/// [`COUNTED_FIRES`], then estimated from their rate, so a state file from long ago costs a few
+/// searches, not millions.
+fn count_calendar_fires(
+    cron: &crate::schedule::CronSchedule,
+    first: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> (u64, bool) {
+    let mut count = 1u64;
+    let mut at = first;
+    while count < COUNTED_FIRES {
+        match cron.next_after(at) {
+            Some(next) if next <= until => {
+                count += 1;
+                at = next;
+            }
+            _ => return (count, false),
+        }
+    }
+    let counted_span = (at - first).num_seconds().max(1) as f64;
+    let rest = (until - at).num_seconds().max(0) as f64;
+    let estimate = count as f64 + rest * (count - 1) as f64 / counted_span;
+    (estimate as u64, true)
+}
+
+/// How many missed calendar fires are counted exactly before the rest is estimated.
+const COUNTED_FIRES: u64 = 64;
+
 /// What can be asked of a job task.
 #[derive(Debug)]
 pub(crate) enum JobCommand {
@@ -348,7 +389,7 @@ impl JobActor {
 
     /// The run to start as soon as the job is scheduled, if any: one catch-up for fires missed
     /// while the daemon was down (`on_missed = "once"`), or the `run_on_start` run.
-    fn startup_fire(&self) -> Option<Due> {
+    fn startup_fire(&mut self) -> Option<Due> {
         let clock = &self.env.clock;
         let now = Due {
             instant: clock.now(),
@@ -356,39 +397,80 @@ impl JobActor {
             delay: Duration::ZERO,
         };
         if let Some(missed) = self.missed_while_down() {
-            tracing::info!(
+            let count = if missed.estimated {
+                format!("about {}", missed.count)
+            } else {
+                missed.count.to_string()
+            };
+            tracing::warn!(
                 job = %self.spec.name,
-                missed = %missed.to_rfc3339(),
-                "a fire was missed while the daemon was down; running one catch-up"
+                missed = %count,
+                last_recorded = %missed.recorded.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                latest_missed = %missed.latest.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "fires were missed while the daemon was down; running one catch-up"
             );
+            self.metrics.missed(missed.count);
+            self.status
+                .update(|s| s.runs.missed = s.runs.missed.saturating_add(missed.count));
             return Some(Due {
-                wall: Some(missed),
+                wall: Some(missed.latest),
                 ..now
             });
         }
         self.spec.run_on_start.then_some(now)
     }
 
-    /// The latest fire missed since the last one recorded in the state file.
-    fn missed_while_down(&self) -> Option<DateTime<Utc>> {
+    /// The fires missed since the last one recorded in the state file. A recorded time in the
+    /// future (a clock that was set back, a hand-edited file) is clamped to now with a warning:
+    /// nothing is missed, and the next fire overwrites it.
+    fn missed_while_down(&self) -> Option<MissedWhileDown> {
         if self.spec.on_missed != OnMissed::Once {
             return None;
         }
-        let last = self.env.state.as_ref()?.last_fire(&self.spec.name)?;
+        let recorded = self.env.state.as_ref()?.last_fire(&self.spec.name)?;
         let now = self.env.clock.wall_now();
+        if recorded > now {
+            tracing::warn!(
+                job = %self.spec.name,
+                last_recorded = %recorded.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "the state file's last fire of this job is in the future (the clock was set back, or the file was edited); no catch-up, counting from now"
+            );
+            return None;
+        }
+        // Whole nanoseconds since, without chrono's i64 limit (~292 years).
+        let since = (now - recorded).to_std().ok()?;
         match &self.spec.schedule {
             Schedule::Every(every) => {
-                let period = chrono::Duration::from_std(every.period).ok()?;
-                let since = now.signed_duration_since(last);
-                (since >= period).then(|| {
-                    let periods = since.num_nanoseconds().unwrap_or(i64::MAX)
-                        / period.num_nanoseconds().unwrap_or(i64::MAX).max(1);
-                    last + period * i32::try_from(periods).unwrap_or(i32::MAX)
+                let period = every.period.as_nanos().max(1);
+                let periods = since.as_nanos() / period;
+                if periods == 0 {
+                    return None;
+                }
+                // The latest grid point after `recorded`: now, less the part of a period since.
+                let past_it = Duration::from_nanos(
+                    u64::try_from(since.as_nanos() % period).unwrap_or(u64::MAX),
+                );
+                let latest = now - chrono::Duration::from_std(past_it).ok()?;
+                Some(MissedWhileDown {
+                    recorded,
+                    latest,
+                    count: u64::try_from(periods).unwrap_or(u64::MAX),
+                    estimated: false,
                 })
             }
             Schedule::Cron(cron) => {
-                let next = cron.next_after(last)?;
-                (next <= now).then(|| cron.last_at_or_before(now).unwrap_or(next))
+                let first = cron.next_after(recorded)?;
+                if first > now {
+                    return None;
+                }
+                let latest = cron.last_at_or_before(now).unwrap_or(first);
+                let (count, estimated) = count_calendar_fires(cron, first, now);
+                Some(MissedWhileDown {
+                    recorded,
+                    latest,
+                    count,
+                    estimated,
+                })
             }
         }
     }
@@ -860,6 +942,89 @@ mod tests {
     use super::*;
     use crate::clock::Clock;
     use crate::handler::Handlers;
+
+    /// The scheduled times of the runs of the `record` handler.
+    fn recording_env(
+        clock: Clock,
+        state: Arc<crate::state::StateStore>,
+    ) -> (Arc<RunEnv>, Arc<std::sync::Mutex<Vec<DateTime<Utc>>>>) {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut handlers = Handlers::with_builtins();
+        let record = seen.clone();
+        handlers.register("record", move |ctx: RunContext| {
+            record.lock().expect("lock").push(ctx.scheduled);
+            async { Ok(()) }
+        });
+        let env = RunEnv::new(clock, handlers, None, Some(state)).expect("env");
+        (Arc::new(env), seen)
+    }
+
+    /// A state file from year 0001 made the catch-up stand for 0069-01-19 (an `i32` of periods
+    /// overflowed); one from year 9999 gave no catch-up and no warning. The catch-up stands for
+    /// the latest missed fire, every missed fire is counted, and a future time counts from now.
+    #[tokio::test(start_paused = true)]
+    async fn state_file_times_from_long_ago_or_the_future_are_clamped() {
+        let now = DateTime::parse_from_rfc3339("2026-01-01T00:00:00.500Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state");
+        std::fs::write(
+            &path,
+            "[last_fire]\nevery = \"0001-01-01T00:00:00Z\"\ncron = \"0001-01-01T00:00:00Z\"\nfuture = \"9999-12-31T23:59:59Z\"\n",
+        )
+        .expect("state");
+        let state = Arc::new(crate::state::StateStore::open(&path));
+        let (env, seen) = recording_env(Clock::manual(now), state);
+        let handlers = Handlers::with_builtins();
+        let spec = |name: &str, schedule: &str| {
+            let mut handlers = handlers.clone();
+            handlers.register("record", |_ctx: RunContext| async { Ok(()) });
+            let text = format!("[daemon]\nstate_file = \"unused\"\n[jobs.{name}]\n{schedule}\nhandler = \"record\"\non_missed = \"once\"\n");
+            crate::config::parse(std::path::Path::new("jobs.toml"), &text, &handlers)
+                .expect("valid")
+                .jobs[name]
+                .clone()
+        };
+        let stop = CancellationToken::new();
+        let run = |spec| JobHandle::spawn(spec, env.clone(), TaskTracker::new(), stop.clone());
+        let every = run(spec("every", "every = \"1s\""));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // One catch-up, standing for 00:00:00 (not year 69), for ~63.9 billion missed seconds.
+        assert_eq!(
+            *seen.lock().expect("lock"),
+            [now - chrono::Duration::milliseconds(500)]
+        );
+        let missed = every.control.status.snapshot().runs.missed;
+        assert!(
+            (63_000_000_000..64_000_000_000).contains(&missed),
+            "{missed}"
+        );
+
+        seen.lock().expect("lock").clear();
+        let cron = run(spec("cron", "cron = \"0 * * * * *\""));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            *seen.lock().expect("lock"),
+            [now - chrono::Duration::milliseconds(500)]
+        );
+        // 2025 years of minutes, estimated: about 1.065 billion.
+        let missed = cron.control.status.snapshot().runs.missed;
+        assert!((1_060_000_000..1_070_000_000).contains(&missed), "{missed}");
+
+        seen.lock().expect("lock").clear();
+        let future = run(spec("future", "every = \"1s\""));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            seen.lock().expect("lock").is_empty(),
+            "no catch-up from the future"
+        );
+        assert_eq!(future.control.status.snapshot().runs.missed, 0);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let runs = future.control.status.snapshot().runs.success;
+        assert_eq!(runs, 1, "then the job runs on its grid");
+        stop.cancel();
+    }
 
     /// Wall-clock steps forward by an hour, three hours and a day: each gives at most one
     /// catch-up per job (robfig/cron ran one 720 times), and the fires passed over are counted

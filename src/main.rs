@@ -473,6 +473,9 @@ fn check(file: &Path) -> u8 {
         return exit::INVALID;
     };
     let mut out = std::io::stdout().lock();
+    for warning in &config.warnings {
+        eprintln_safe(&warning.to_string());
+    }
     let _ = writeln!(out, "{}: OK, {} jobs", file.display(), config.jobs.len());
     for spec in config.jobs.values() {
         let _ = writeln!(out, "  {}: {}", spec.name, spec.schedule);
