@@ -943,11 +943,11 @@ mod tests {
     use crate::clock::Clock;
     use crate::handler::Handlers;
 
-    /// The scheduled times of the runs of the `record` handler.
-    fn recording_env(
-        clock: Clock,
-        state: Arc<crate::state::StateStore>,
-    ) -> (Arc<RunEnv>, Arc<std::sync::Mutex<Vec<DateTime<Utc>>>>) {
+    /// The scheduled times the `record` handler's runs were given.
+    type Seen = Arc<std::sync::Mutex<Vec<DateTime<Utc>>>>;
+
+    /// A run environment whose `record` handler writes its runs' scheduled times to [`Seen`].
+    fn recording_env(clock: Clock, state: Arc<crate::state::StateStore>) -> (Arc<RunEnv>, Seen) {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut handlers = Handlers::with_builtins();
         let record = seen.clone();
