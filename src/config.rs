@@ -98,6 +98,10 @@ pub struct Config {
     /// Things that load but deserve a look (a state directory others can write): `tickd check`
     /// prints them, the daemon logs them at start and reload.
     pub warnings: Vec<Problem>,
+    /// The file has an explicit, empty `[jobs]` table. A reload to a file with no jobs is refused
+    /// without it: an empty or truncated file (an editor or a `>` redirect caught mid-write) must
+    /// not stop every job.
+    pub no_jobs_on_purpose: bool,
 }
 
 /// The `[daemon]` table.
@@ -384,7 +388,7 @@ pub fn load(path: &Path, handlers: &Handlers) -> Result<Config, ConfigError> {
     if nix::unistd::Uid::effective().is_root() {
         check_owner_and_mode(path)?;
     }
-    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+    let bytes = read_settled(path, SETTLE).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
     })?;
@@ -405,6 +409,58 @@ pub fn load(path: &Path, handlers: &Handlers) -> Result<Config, ConfigError> {
         }
     };
     parse(path, &text, handlers)
+}
+
+/// How long a file must have been left alone before it is read as a whole: an editor or a `>`
+/// redirect writing it is caught between two writes far less often than this.
+pub const SETTLE: Duration = Duration::from_millis(100);
+
+/// How long [`read_settled`] waits for a file that keeps changing before it gives up.
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Reads `path` once it has been still for `quiet`: its size, inode and modification time are
+/// the same before and after the read, and the modification is at least `quiet` old (else it
+/// waits and reads again). A modification time in the future (a clock that was set back, files
+/// unpacked with their times) cannot say how old it is: then two reads `quiet` apart must agree.
+/// A file still changing after [`SETTLE_LIMIT`] is an error, so a half-written file is never
+/// applied.
+///
+/// Modification times are wall-clock times by nature, so this compares them with the system's
+/// wall clock rather than the daemon's injected [`crate::Clock`].
+pub fn read_settled(path: &Path, quiet: Duration) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::MetadataExt;
+    let stamp = |meta: &std::fs::Metadata| (meta.ino(), meta.len(), meta.modified().ok());
+    let started = std::time::Instant::now();
+    let mut previous: Option<Vec<u8>> = None;
+    loop {
+        let before = std::fs::metadata(path)?;
+        let bytes = std::fs::read(path)?;
+        let after = std::fs::metadata(path)?;
+        let age = after
+            .modified()
+            .ok()
+            .and_then(|m| std::time::SystemTime::now().duration_since(m).ok());
+        let settled = stamp(&before) == stamp(&after)
+            && match age {
+                Some(age) => age >= quiet,
+                // In the future: fall back to comparing two reads.
+                None => previous.as_ref() == Some(&bytes),
+            };
+        if settled {
+            return Ok(bytes);
+        }
+        if started.elapsed() > SETTLE_LIMIT {
+            return Err(std::io::Error::other(format!(
+                "the file kept changing for {} while it was read; not applying a half-written file",
+                humantime::format_duration(SETTLE_LIMIT)
+            )));
+        }
+        let wait = age
+            .map_or(quiet, |age| quiet.saturating_sub(age))
+            .max(Duration::from_millis(5));
+        std::thread::sleep(wait);
+        previous = Some(bytes);
+    }
 }
 
 /// A root daemon runs what the file says as any user: only root may be able to change it.
@@ -534,8 +590,8 @@ fn exec_size_problem(argv: &[String], env: &BTreeMap<String, String>) -> Option<
 struct RawConfig {
     #[serde(default)]
     daemon: RawDaemon,
-    #[serde(default)]
-    jobs: BTreeMap<String, Spanned<RawJob>>,
+    /// `None` when the file has no `[jobs]` table at all (see [`Config::no_jobs_on_purpose`]).
+    jobs: Option<BTreeMap<String, Spanned<RawJob>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -817,7 +873,8 @@ impl Validator<'_> {
             env,
         };
         let mut jobs = BTreeMap::new();
-        for (name, job) in raw.jobs {
+        let no_jobs_on_purpose = raw.jobs.as_ref().is_some_and(BTreeMap::is_empty);
+        for (name, job) in raw.jobs.unwrap_or_default() {
             if let Some(spec) = self.job(&name, job, &daemon) {
                 jobs.insert(name, Arc::new(spec));
             }
@@ -827,6 +884,7 @@ impl Validator<'_> {
             daemon,
             jobs,
             warnings: std::mem::take(&mut self.warnings),
+            no_jobs_on_purpose,
         }
     }
 
@@ -1768,6 +1826,40 @@ handler = "log"
             "[jobs.a]\nevery = \"1s\"\ncommand = [\"echo\", \"{longest}\"]\n"
         ))
         .is_ok());
+    }
+
+    /// A reload read the file while it was being written and applied the first half.
+    #[test]
+    fn a_file_is_read_only_once_it_has_been_still() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("jobs.toml");
+        let full = "[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\n[jobs.b]\nevery = \"1s\"\nhandler = \"log\"\n";
+        std::fs::write(&path, &full[..full.len() / 2]).expect("first half");
+        // The writer finishes 200 ms later; a generous quiet period keeps this test out of
+        // timing trouble on a loaded machine.
+        let writer = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                std::fs::write(&path, full).expect("whole");
+            })
+        };
+        let read = read_settled(&path, Duration::from_secs(2)).expect("read");
+        writer.join().expect("writer");
+        assert_eq!(String::from_utf8(read).expect("utf-8"), full);
+
+        // A modification time in the future cannot be trusted: two reads must agree.
+        let future = nix::sys::time::TimeSpec::new(4_000_000_000, 0);
+        nix::sys::stat::utimensat(
+            None,
+            &path,
+            &future,
+            &future,
+            nix::sys::stat::UtimensatFlags::FollowSymlink,
+        )
+        .expect("utimensat");
+        let read = read_settled(&path, Duration::from_millis(10)).expect("read");
+        assert_eq!(String::from_utf8(read).expect("utf-8"), full);
     }
 
     /// `state_file = "/dev/zero"` passed `check`, and the first write replaced the device.

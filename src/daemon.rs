@@ -200,7 +200,7 @@ pub async fn run(
             control = controls.recv() => match control {
                 Some(Control::Reload) => {
                     supervisor.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", crate::notify::monotonic_usec()));
-                    supervisor.reload();
+                    supervisor.reload().await;
                     supervisor.notify(&format!("READY=1\nSTATUS={}", supervisor.status()));
                 }
                 Some(Control::Report) => report(&supervisor.directory, &supervisor.runs, &supervisor.env.clock, started, "running"),
@@ -302,10 +302,22 @@ impl Supervisor {
 
     /// Loads the file anew and applies it whole, or not at all: the new configuration is built
     /// and validated completely before any running job is touched.
-    fn reload(&mut self) {
-        let path = &self.options.config_path;
+    async fn reload(&mut self) {
+        let path = self.options.config_path.clone();
         tracing::info!(config = %path.display(), "reloading configuration");
-        let new = match config::load(path, &self.options.handlers) {
+        // Reading waits for the file to settle and resolves users (NSS may ask LDAP): not on a
+        // worker that fires jobs.
+        let handlers = self.options.handlers.clone();
+        let loaded = tokio::task::spawn_blocking(move || config::load(&path, &handlers)).await;
+        let rejected = match loaded {
+            Ok(Ok(new)) if new.jobs.is_empty() && !self.jobs.is_empty() && !new.no_jobs_on_purpose => {
+                Err("the file has no jobs: it may be empty or half-written, so every job keeps running; to remove every job, leave an empty [jobs] table in the file".to_owned())
+            }
+            Ok(Ok(new)) => Ok(new),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(err) => Err(format!("the configuration could not be loaded: {err}")),
+        };
+        let new = match rejected {
             Ok(new) => new,
             Err(err) => {
                 tracing::error!(

@@ -350,6 +350,25 @@ async fn reload_with_a_broken_file_keeps_the_old_jobs() {
     d.shut_down().await;
 }
 
+/// A truncated file is a valid config with no jobs: a SIGHUP while an editor or `>` was writing
+/// it stopped every job. Such a reload is refused unless the file keeps an empty `[jobs]`.
+#[tokio::test(start_paused = true)]
+async fn a_reload_to_a_file_with_no_jobs_is_refused_unless_it_says_so() {
+    let d = InProcess::start("[jobs.a]\nevery = \"1s\"\nhandler = \"record\"\n", t0());
+    d.run_for(1_500).await;
+    for half_written in ["", "[daemon]\n", "# jobs below\n"] {
+        d.rewrite(half_written);
+        d.send(Control::Reload).await;
+        d.run_for(1_000).await;
+    }
+    assert_eq!(d.times("a", "run"), vec![1000, 2000, 3000, 4000]);
+    d.rewrite("[jobs]\n");
+    d.send(Control::Reload).await;
+    d.run_for(3_000).await;
+    assert_eq!(d.times("a", "run"), vec![1000, 2000, 3000, 4000]);
+    d.shut_down().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn reload_applies_added_removed_and_changed_jobs() {
     let d = InProcess::start(
