@@ -524,6 +524,30 @@ pub fn parse(path: &Path, text: &str, handlers: &Handlers) -> Result<Config, Con
     }
 }
 
+/// The longest an HTTP request waits when neither `timeout` nor `http.timeout` is set.
+pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The shortest default HTTP timeout, however often the job fires.
+pub const MIN_DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// An HTTP job's timeout when none is set: [`DEFAULT_HTTP_TIMEOUT`], or the job's period when
+/// that is shorter (a request still going at the next fire only makes the fires pile up), but
+/// at least [`MIN_DEFAULT_HTTP_TIMEOUT`]. A cron job's period is the gap between its next two
+/// fires.
+fn default_http_timeout(schedule: &Schedule) -> Duration {
+    let period = match schedule {
+        Schedule::Every(every) => Some(every.period),
+        Schedule::Cron(cron) => {
+            let first = cron.next_after(chrono::Utc::now());
+            let second = first.and_then(|t| cron.next_after(t));
+            first.zip(second).and_then(|(a, b)| (b - a).to_std().ok())
+        }
+    };
+    period
+        .unwrap_or(DEFAULT_HTTP_TIMEOUT)
+        .clamp(MIN_DEFAULT_HTTP_TIMEOUT, DEFAULT_HTTP_TIMEOUT)
+}
+
 /// Why the directory of the state file `path` deserves a warning: another user who can write
 /// it can delete or replace the state (and so cause or suppress catch-up runs). A sticky
 /// directory such as `/tmp` still lets them create names there first.
@@ -1247,10 +1271,17 @@ impl Validator<'_> {
         if self.problems.len() != problems_before {
             return None;
         }
+        let schedule = schedule?;
+        let mut action = action?;
+        if let (Action::Http(http), None) = (&mut action, timeout) {
+            // A server that accepts and never answers would hold the run, and with
+            // `overlap = "skip"` stop the job, forever.
+            http.timeout = http.timeout.or(Some(default_http_timeout(&schedule)));
+        }
         Some(JobSpec {
             name: name.to_owned(),
-            schedule: schedule?,
-            action: action?,
+            schedule,
+            action,
             overlap,
             timeout,
             kill_grace,
@@ -1909,6 +1940,36 @@ handler = "log"
             "{warning}"
         );
         assert!(warning.contains("chmod go-w"), "{warning}");
+    }
+
+    /// An HTTP job had no default timeout: a server that never answers held its run forever.
+    #[test]
+    fn http_jobs_get_a_default_timeout_no_longer_than_their_period() {
+        let timeout_of = |job: &str| {
+            let config = check(&format!(
+                "[jobs.a]\n{job}\nhttp = {{ url = \"http://x\" }}\n"
+            ))
+            .expect("valid");
+            match &config.jobs["a"].action {
+                Action::Http(h) => h.timeout,
+                other => panic!("unexpected action {other:?}"),
+            }
+        };
+        let secs = |s| Some(Duration::from_secs(s));
+        assert_eq!(timeout_of("every = \"100ms\""), secs(1));
+        assert_eq!(timeout_of("every = \"10s\""), secs(10));
+        assert_eq!(timeout_of("every = \"1h\""), secs(30));
+        assert_eq!(timeout_of("cron = \"*/5 * * * * *\""), secs(5));
+        assert_eq!(timeout_of("cron = \"@daily\""), secs(30));
+        // A job timeout is the user's choice: no shorter default under it.
+        assert_eq!(timeout_of("every = \"10s\"\ntimeout = \"5m\""), None);
+        let config =
+            check("[jobs.a]\nevery = \"1s\"\nhttp = { url = \"http://x\", timeout = \"2m\" }\n")
+                .expect("valid");
+        match &config.jobs["a"].action {
+            Action::Http(h) => assert_eq!(h.timeout, Some(Duration::from_secs(120))),
+            other => panic!("unexpected action {other:?}"),
+        }
     }
 
     /// The method was a `String` that fell back to GET at run time; it is a method type now.

@@ -222,6 +222,21 @@ struct RunEnded {
     report: RunReport,
 }
 
+/// A run of this job in flight.
+#[derive(Debug)]
+struct Running {
+    /// Stops it.
+    cancel: CancellationToken,
+    /// When it started.
+    started: Instant,
+    /// Fires of the job since it started: a run that outlasts many of them is worth a warning.
+    fires_since: u64,
+}
+
+/// A run that has been going for this many of its job's fires is reported (and again at ten
+/// times as many, and so on): with `overlap = "skip"` each of those fires was lost.
+const LONG_RUN_FIRES: u64 = 10;
+
 /// A retry waiting for its time.
 #[derive(Debug, Clone, Copy)]
 struct PendingRetry {
@@ -241,7 +256,7 @@ struct JobActor {
     /// The grid index of `next` for fixed-rate `every` schedules.
     next_index: u64,
     /// This job's runs in flight, with the tokens that stop them.
-    running: HashMap<RunId, CancellationToken>,
+    running: HashMap<RunId, Running>,
     /// A run waiting for the current ones to end (`queue`, `replace`).
     pending: Option<Due>,
     /// A retry of a failed run, waiting for its backoff.
@@ -673,6 +688,7 @@ impl JobActor {
                 state.record(&self.spec.name, self.scheduled_wall(&due));
             }
         }
+        self.note_long_runs();
         let busy = !self.running.is_empty();
         match self.spec.overlap {
             Overlap::Skip if busy => self.skip("the previous run is still going"),
@@ -690,13 +706,39 @@ impl JobActor {
             }
             Overlap::Replace if busy => {
                 tracing::info!(job = %self.spec.name, "previous run still going; replacing it");
-                for cancel in self.running.values() {
-                    cancel.cancel();
+                for run in self.running.values() {
+                    run.cancel.cancel();
                 }
                 self.pending = Some(due);
                 FireResult::Queued
             }
             _ => FireResult::Started(self.start_run(due)),
+        }
+    }
+
+    /// Counts a fire against each run in flight and warns about a run that has outlasted
+    /// [`LONG_RUN_FIRES`] (then 10x, 100x ...) fires: a hung HTTP call or script would otherwise
+    /// only show as skipped fires at debug level.
+    fn note_long_runs(&mut self) {
+        let now = self.env.clock.now();
+        for (run_id, run) in &mut self.running {
+            run.fires_since += 1;
+            let fires = run.fires_since;
+            let mut threshold = LONG_RUN_FIRES;
+            while threshold < fires {
+                threshold = threshold.saturating_mul(10);
+            }
+            if fires == threshold {
+                let going =
+                    Duration::from_secs(now.saturating_duration_since(run.started).as_secs());
+                tracing::warn!(
+                    job = %self.spec.name,
+                    run = %run_id,
+                    fires,
+                    going_for = %humantime::format_duration(going),
+                    "a run has been going for {fires} fires of its job; set a timeout if it hangs"
+                );
+            }
         }
     }
 
@@ -826,6 +868,7 @@ impl JobActor {
                     keeper: env.keeper.as_ref(),
                     max_rss: None,
                     run_as: run_as.as_ref(),
+                    run_vars: &[],
                 },
             )
             .await;
@@ -855,7 +898,14 @@ impl JobActor {
         let run_id = env.next_run_id();
         env.count_run(run_id);
         let cancel = self.runs_cancel.child_token();
-        self.running.insert(run_id, cancel.clone());
+        self.running.insert(
+            run_id,
+            Running {
+                cancel: cancel.clone(),
+                started: clock.now(),
+                fires_since: 0,
+            },
+        );
         let started = clock.now();
         let scheduled = self.scheduled_wall(&due);
         let lateness = started.saturating_duration_since(due.start_at());

@@ -182,6 +182,9 @@ pub struct ChildRun<'a> {
     pub max_rss: Option<u64>,
     /// Run the process as this user.
     pub run_as: Option<&'a RunAs>,
+    /// Variables tickd sets for this run (`TICKD_JOB`, `TICKD_RUN_ID`, `TICKD_SCHEDULED`), on
+    /// top of everything else: a job's `env` cannot fake them.
+    pub run_vars: &'a [(&'static str, String)],
 }
 
 /// How a child run ended.
@@ -284,7 +287,11 @@ pub async fn run_child(spec: &ProcessSpec, run: ChildRun<'_>) -> ChildEnd {
 
 /// The environment `spec` runs with: the daemon's, as the job's policy lets it through, plus the
 /// job's own variables, plus the user's `HOME`, `USER` and `LOGNAME` for `run_as`.
-fn job_environment(spec: &ProcessSpec, run_as: Option<&RunAs>) -> BTreeMap<OsString, OsString> {
+fn job_environment(
+    spec: &ProcessSpec,
+    run_as: Option<&RunAs>,
+    run_vars: &[(&'static str, String)],
+) -> BTreeMap<OsString, OsString> {
     let policy = &spec.inherit;
     let mut env: BTreeMap<OsString, OsString> = if policy.clear {
         policy
@@ -309,6 +316,7 @@ fn job_environment(spec: &ProcessSpec, run_as: Option<&RunAs>) -> BTreeMap<OsStr
         env.insert("USER".into(), run_as.user.clone().into());
         env.insert("LOGNAME".into(), run_as.user.clone().into());
     }
+    env.extend(run_vars.iter().map(|(k, v)| (k.into(), v.into())));
     env
 }
 
@@ -317,7 +325,7 @@ type OutputPipe = Option<OwnedFd>;
 /// Everything needed to start `spec`: the plan, and the read ends of its output pipes when its
 /// output is logged.
 fn plan(spec: &ProcessSpec, run: &ChildRun<'_>) -> io::Result<(ExecPlan, OutputPipe, OutputPipe)> {
-    let env = job_environment(spec, run.run_as);
+    let env = job_environment(spec, run.run_as, run.run_vars);
     let cwd = match &spec.cwd {
         Some(cwd) => cwd.clone(),
         None => std::env::current_dir()?,

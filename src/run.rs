@@ -174,10 +174,32 @@ impl RunReport {
     }
 }
 
+/// What identifies a run to what it starts, as `(environment variable, HTTP header, value)`:
+/// a child gets the variables, an HTTP request the headers, a handler has the same in its
+/// [`RunContext`]. Jobs use them to log and to make their work idempotent; `TICKD_SCHEDULED` is
+/// the due time in RFC 3339 with milliseconds, as the log's `scheduled` field shows it.
+pub fn run_identity(ctx: &RunContext) -> [(&'static str, &'static str, String); 3] {
+    [
+        ("TICKD_JOB", "X-Tickd-Job", ctx.job.to_string()),
+        ("TICKD_RUN_ID", "X-Tickd-Run-Id", ctx.run_id.to_string()),
+        (
+            "TICKD_SCHEDULED",
+            "X-Tickd-Scheduled",
+            ctx.scheduled
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        ),
+    ]
+}
+
 /// Performs one run of `spec`. `ctx.cancel` stops it early; the job's timeout stops it too.
 pub async fn execute(spec: &JobSpec, ctx: RunContext, env: &RunEnv) -> RunReport {
+    let identity = run_identity(&ctx);
     match &spec.action {
         Action::Process(process) => {
+            let run_vars: Vec<(&'static str, String)> = identity
+                .iter()
+                .map(|(var, _, value)| (*var, value.clone()))
+                .collect();
             let end = process::run_child(
                 process,
                 ChildRun {
@@ -192,12 +214,16 @@ pub async fn execute(spec: &JobSpec, ctx: RunContext, env: &RunEnv) -> RunReport
                     keeper: env.keeper.as_ref(),
                     max_rss: spec.max_rss,
                     run_as: spec.run_as.as_ref(),
+                    run_vars: &run_vars,
                 },
             )
             .await;
             child_report(end)
         }
-        Action::Http(http) => run_http(http, spec.timeout, &ctx.cancel, env).await,
+        Action::Http(http) => {
+            let headers = identity.map(|(_, header, value)| (header, value));
+            run_http(http, &headers, spec.timeout, &ctx.cancel, env).await
+        }
         Action::Handler(name) => match env.handlers.get(name) {
             Some(handler) => {
                 let cancel = ctx.cancel.clone();
@@ -262,6 +288,7 @@ async fn timeout_elapsed(clock: &Clock, timeout: Option<Duration>) {
 
 async fn run_http(
     http: &HttpSpec,
+    identity: &[(&'static str, String)],
     job_timeout: Option<Duration>,
     cancel: &CancellationToken,
     env: &RunEnv,
@@ -270,6 +297,9 @@ async fn run_http(
     let mut request = env.http.request(method, &http.url);
     for (name, value) in &http.headers {
         request = request.header(name, value);
+    }
+    for (name, value) in identity {
+        request = request.header(*name, value);
     }
     if let Some(body) = &http.body {
         request = request.body(body.clone());

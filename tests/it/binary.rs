@@ -484,7 +484,7 @@ fn the_shipped_jobs_toml_is_valid() {
 
 /// A loopback HTTP/1.1 server for `http` jobs: answers `/ok` with 200 and anything else with
 /// 500, closes each connection, and hands every request's text to the test.
-fn http_server() -> (u16, std::sync::mpsc::Receiver<String>) {
+pub(crate) fn http_server() -> (u16, std::sync::mpsc::Receiver<String>) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     let port = listener.local_addr().expect("addr").port();

@@ -3,7 +3,7 @@
 
 use nix::sys::signal::Signal;
 
-use crate::binary::Daemon;
+use crate::binary::{http_server, Daemon};
 
 /// SIGUSR1, SIGUSR2, SIGQUIT and SIGALRM killed tickd at once, without a log line or a drain.
 #[test]
@@ -58,4 +58,104 @@ shell = "echo started > started; sleep 1; echo done > done"
         "{}",
         d.log()
     );
+}
+
+/// An HTTP job had no default timeout: against a server that accepts and never answers, the run
+/// hung and the job (overlap `skip`) never fired again, silently.
+#[test]
+fn an_http_job_against_a_server_that_never_answers_times_out_and_fires_again() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let port = listener.local_addr().expect("addr").port();
+    // Accepts and holds every connection, answering nothing (bounded: a handful is enough).
+    std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().take(20).collect();
+        std::thread::sleep(std::time::Duration::from_secs(120));
+        drop(held);
+    });
+    let mut d = Daemon::start(&format!(
+        "[jobs.silent]\nevery = \"200ms\"\nhttp = {{ url = \"http://127.0.0.1:{port}/\" }}\n"
+    ));
+    // The default timeout is the period, at least 1 s: the run ends as a timeout, and the job
+    // goes on firing.
+    let log = d.wait_log_n("outcome=timeout", 2);
+    assert!(log.contains("job=silent"), "{log}");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0, "{}", d.log());
+}
+
+/// A run that outlasts many fires of its job is reported, not just counted as skipped fires at
+/// debug level.
+#[test]
+fn a_run_going_for_many_fires_is_reported() {
+    let mut d = Daemon::start("[jobs.stuck]\nevery = \"50ms\"\ncommand = [\"sleep\", \"30\"]\n");
+    let log = d.wait_log("a run has been going for 10 fires of its job");
+    let line = log
+        .lines()
+        .find(|l| l.contains("has been going for 10 fires"))
+        .expect("line");
+    assert!(
+        line.contains("job=stuck") && line.contains("WARN"),
+        "{line}"
+    );
+    d.signal(Signal::SIGINT);
+    d.wait_log("waiting for runs in flight");
+    d.signal(Signal::SIGINT);
+    assert_eq!(d.wait_exit(), 3, "{}", d.log());
+}
+
+/// Every child run gets `TICKD_JOB`, `TICKD_RUN_ID` and `TICKD_SCHEDULED` (the log's value) in
+/// its environment, and every HTTP request the same as `X-Tickd-*` headers.
+#[test]
+fn runs_know_their_job_run_id_and_scheduled_time() {
+    let (port, requests) = http_server();
+    let mut d = Daemon::start(&format!(
+        r#"
+[jobs.child]
+every = "1h"
+run_on_start = true
+shell = 'echo "$TICKD_JOB $TICKD_RUN_ID $TICKD_SCHEDULED" > ids'
+env = {{ TICKD_JOB = "fake" }}
+
+[jobs.web]
+every = "1h"
+run_on_start = true
+http = {{ url = "http://127.0.0.1:{port}/ok" }}
+"#
+    ));
+    let ids = d.wait_file("ids");
+    let mut fields = ids.split_whitespace();
+    assert_eq!(
+        fields.next(),
+        Some("child"),
+        "a job's env cannot fake them: {ids}"
+    );
+    let run = fields.next().expect("run id");
+    let scheduled = fields.next().expect("scheduled");
+    let log = d.log();
+    let started = log
+        .lines()
+        .find(|l| l.contains("run started") && l.contains("job=child"))
+        .expect("run started");
+    assert!(
+        started.contains(&format!("run={run} ")),
+        "{started} / {ids}"
+    );
+    assert!(
+        started.contains(&format!("scheduled={scheduled} ")),
+        "{started} / {ids}"
+    );
+    assert!(
+        scheduled.ends_with('Z') && scheduled.len() == "2026-12-01T00:00:00.000Z".len(),
+        "{scheduled}"
+    );
+
+    let request = requests
+        .recv_timeout(crate::binary::PATIENCE)
+        .expect("a request")
+        .to_ascii_lowercase();
+    assert!(request.contains("x-tickd-job: web\r\n"), "{request}");
+    assert!(request.contains("x-tickd-run-id: "), "{request}");
+    assert!(request.contains("x-tickd-scheduled: 20"), "{request}");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0, "{}", d.log());
 }
