@@ -1339,12 +1339,24 @@ impl Validator<'_> {
         use nix::unistd::{getgrouplist, Group, Uid, User};
         let found = match User::from_name(user.get_ref()) {
             Ok(Some(found)) => found,
-            Ok(None) | Err(_) => {
+            Ok(None) => {
                 self.report(
                     user.span().start,
                     Some(job),
                     Some("user"),
                     format!("no such user \"{}\"", user.get_ref()),
+                );
+                return None;
+            }
+            Err(err) => {
+                self.report(
+                    user.span().start,
+                    Some(job),
+                    Some("user"),
+                    format!(
+                        "cannot look up user \"{}\": the user database failed ({err}); check /etc/nsswitch.conf and its services (LDAP, sssd)",
+                        user.get_ref()
+                    ),
                 );
                 return None;
             }
@@ -1365,7 +1377,7 @@ impl Validator<'_> {
         let gid = match group {
             Some(group) => match Group::from_name(group.get_ref()) {
                 Ok(Some(found)) => found.gid,
-                Ok(None) | Err(_) => {
+                Ok(None) => {
                     self.report(
                         group.span().start,
                         Some(job),
@@ -1374,13 +1386,41 @@ impl Validator<'_> {
                     );
                     return None;
                 }
+                Err(err) => {
+                    self.report(
+                        group.span().start,
+                        Some(job),
+                        Some("group"),
+                        format!(
+                            "cannot look up group \"{}\": the group database failed ({err}); check /etc/nsswitch.conf and its services",
+                            group.get_ref()
+                        ),
+                    );
+                    return None;
+                }
             },
             None => found.gid,
         };
+        // A user name from the database holds no NUL; a failure to list the groups is reported,
+        // never a run that silently lacks its supplementary groups.
         let groups = std::ffi::CString::new(found.name.clone())
-            .ok()
-            .and_then(|name| getgrouplist(&name, gid).ok())
-            .unwrap_or_else(|| vec![gid]);
+            .map_err(|e| e.to_string())
+            .and_then(|name| getgrouplist(&name, gid).map_err(|e| e.to_string()));
+        let groups = match groups {
+            Ok(groups) => groups,
+            Err(err) => {
+                self.report(
+                    user.span().start,
+                    Some(job),
+                    Some("user"),
+                    format!(
+                        "cannot list the groups of user \"{}\" ({err}); its runs would lack their supplementary groups",
+                        user.get_ref()
+                    ),
+                );
+                return None;
+            }
+        };
         Some(RunAs {
             user: found.name,
             uid: found.uid.as_raw(),

@@ -53,9 +53,9 @@ pub enum Stopped {
 /// A fatal error of the daemon itself (never of a job).
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    /// The thread that spawns child processes could not be started.
-    #[error("cannot start the process spawner: {0}")]
-    Spawner(#[source] std::io::Error),
+    /// What runs need (the process spawner, the HTTP client) could not be set up.
+    #[error(transparent)]
+    RunEnv(#[from] crate::run::RunEnvError),
     /// The orphan reaper could not be set up.
     #[error("cannot become a subreaper: {0}")]
     Subreaper(#[source] std::io::Error),
@@ -120,7 +120,7 @@ pub async fn run(
             keeper,
             state.clone(),
         )
-        .map_err(DaemonError::Spawner)?,
+        .map_err(DaemonError::RunEnv)?,
     );
     let reaper_stop = CancellationToken::new();
     if options.subreaper {

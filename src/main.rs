@@ -324,7 +324,15 @@ fn status(file: &Path, json: bool) -> u8 {
         let _ = writeln!(out, "{body}");
         return exit::OK;
     }
-    let jobs: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
+    let jobs: Vec<serde_json::Value> = match serde_json::from_str(&body) {
+        Ok(jobs) => jobs,
+        Err(err) => {
+            eprintln_safe(&format!(
+                "tickd: the endpoint's answer is not the list of jobs tickd serves ({err}); is another program listening there?"
+            ));
+            return exit::FATAL;
+        }
+    };
     let _ = writeln!(
         out,
         "{:<24} {:<26} {:<10} {:>8} {:>9} {:>9}",

@@ -47,6 +47,17 @@ pub struct RunEnv {
     next_run_id: AtomicU64,
 }
 
+/// Why a [`RunEnv`] could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RunEnvError {
+    /// The thread that spawns child processes could not be started.
+    #[error("cannot start the process spawner: {0}")]
+    Spawner(#[source] std::io::Error),
+    /// The HTTP client for `http` jobs could not be built (its TLS roots, a resolver thread).
+    #[error("cannot set up the HTTP client for http jobs: {0}")]
+    HttpClient(#[source] reqwest::Error),
+}
+
 impl RunEnv {
     /// A run environment; must be created inside a tokio runtime (it starts the spawner thread).
     pub fn new(
@@ -54,12 +65,12 @@ impl RunEnv {
         handlers: Handlers,
         keeper: Option<GroupKeeper>,
         state: Option<Arc<StateStore>>,
-    ) -> std::io::Result<Self> {
+    ) -> Result<Self, RunEnvError> {
         process::start_output_thread();
         Ok(RunEnv {
             clock,
             handlers,
-            spawner: Spawner::start()?,
+            spawner: Spawner::start().map_err(RunEnvError::Spawner)?,
             keeper,
             state,
             machine_id: machine_id(),
@@ -69,7 +80,7 @@ impl RunEnv {
             http: reqwest::Client::builder()
                 .user_agent(concat!("tickd/", env!("CARGO_PKG_VERSION")))
                 .build()
-                .map_err(std::io::Error::other)?,
+                .map_err(RunEnvError::HttpClient)?,
             stop_runs: CancellationToken::new(),
             next_run_id: AtomicU64::new(1),
         })

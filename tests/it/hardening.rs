@@ -159,3 +159,40 @@ http = {{ url = "http://127.0.0.1:{port}/ok" }}
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(), 0, "{}", d.log());
 }
+
+/// `tickd status` printed an empty table and exited 0 when the endpoint's answer was not the
+/// jobs list (another program on the port, a proxy's error page).
+#[test]
+fn status_fails_clearly_on_an_answer_that_is_not_the_jobs_list() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        if let Some(Ok(mut stream)) = listener.incoming().next() {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 13\r\nConnection: close\r\n\r\n<html></html>",
+            );
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("jobs.toml"),
+        format!("[daemon]\nhttp = \"127.0.0.1:{port}\"\n"),
+    )
+    .expect("config");
+    let out = crate::binary::tickd()
+        .current_dir(dir.path())
+        .args(["status", "jobs.toml"])
+        .output()
+        .expect("tickd status");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not the list of jobs"), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "no table: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
