@@ -48,7 +48,7 @@ pub struct DurationRange {
 }
 
 impl DurationRange {
-    /// Zero up to [`MAX_DURATION`] (`kill_grace`, `shutdown_timeout`, backoffs).
+    /// Zero up to [`MAX_DURATION`] (`kill_grace`, `shutdown_timeout`).
     pub const ZERO_OR_MORE: Self = DurationRange {
         min: Duration::ZERO,
         max: MAX_DURATION,
@@ -58,7 +58,7 @@ impl DurationRange {
         min: Duration::from_nanos(1),
         max: MAX_DURATION,
     };
-    /// A schedule period: [`MIN_PERIOD`] up to [`MAX_DURATION`].
+    /// A schedule period or a retry backoff: [`MIN_PERIOD`] up to [`MAX_DURATION`].
     pub const PERIOD: Self = DurationRange {
         min: MIN_PERIOD,
         max: MAX_DURATION,
@@ -1314,12 +1314,29 @@ impl Validator<'_> {
                 None
             }
         };
+        // A floor on the backoff: a job that fails at once would otherwise retry in a hot loop
+        // (`attempts` may be four billion, the next fire a century away).
         let backoff = match &raw.backoff {
-            Some(v) => self.duration(v, at("retry.backoff"), DurationRange::ZERO_OR_MORE)?,
+            Some(v) => self.duration(v, at("retry.backoff"), DurationRange::PERIOD)?,
             None => Duration::from_secs(1),
         };
         let max_backoff = match &raw.max_backoff {
-            Some(v) => self.duration(v, at("retry.max_backoff"), DurationRange::ZERO_OR_MORE)?,
+            Some(v) => {
+                let max = self.duration(v, at("retry.max_backoff"), DurationRange::PERIOD)?;
+                if max < backoff {
+                    self.report(
+                        v.span().start,
+                        Some(job),
+                        Some("retry.max_backoff"),
+                        format!(
+                            "is shorter than the backoff ({}): the delays start at backoff and double up to max_backoff",
+                            humantime::format_duration(backoff)
+                        ),
+                    );
+                    return None;
+                }
+                max
+            }
             None => Duration::from_secs(60).max(backoff),
         };
         Some(Retry {
@@ -1848,6 +1865,22 @@ handler = "log"
         assert_eq!(
             config.jobs["a"].schedule,
             Schedule::Every(EverySchedule::fixed_rate(MIN_PERIOD))
+        );
+    }
+
+    /// `backoff = "0s"` (or `max_backoff = "0s"`) with many attempts retried a failing job in a
+    /// hot loop until its next fire, which may be a century away.
+    #[test]
+    fn retries_cannot_loop_hot() {
+        let msg = error("[jobs.a]\nevery = \"1s\"\nretry = { attempts = 9, backoff = \"0s\" }\nhandler = \"log\"\n");
+        assert!(
+            msg.contains("key \"retry.backoff\": \"0s\" is out of range: from 1ms"),
+            "{msg}"
+        );
+        let msg = error("[jobs.a]\nevery = \"1s\"\nretry = { attempts = 9, backoff = \"1s\", max_backoff = \"500ms\" }\nhandler = \"log\"\n");
+        assert!(
+            msg.contains("key \"retry.max_backoff\": is shorter than the backoff"),
+            "{msg}"
         );
     }
 

@@ -74,10 +74,12 @@ fn job(name: &'static str, action: &'static str) -> impl Strategy<Value = String
             format!("jitter = {max}\nspread = {spread}\n")
         })
     });
+    // max_backoff is never below backoff: the periods are in ascending order.
     let retry = line(
         "retry",
-        (pick(COUNTS), duration(ZERO_OR_MORE), duration(ZERO_OR_MORE)).prop_map(|(a, b, m)| {
-            format!("{{ attempts = {a}, backoff = {b}, max_backoff = {m} }}")
+        (pick(COUNTS), 0..PERIODS.len(), 0..PERIODS.len()).prop_map(|(a, b, m)| {
+            let (b, m) = (PERIODS[b.min(m)], PERIODS[b.max(m)]);
+            format!("{{ attempts = {a}, backoff = \"{MARK}{b}\", max_backoff = \"{MARK}{m}\" }}")
         }),
     );
     (
@@ -194,7 +196,7 @@ fn load_and_run(text: &str) -> bool {
     runtime.block_on(async {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("jobs.toml");
-        std::fs::write(&path, text).expect("write");
+        crate::support::write_settled(&path, text);
         match tickd::load(&path, &tickd::Handlers::with_builtins()) {
             // A refusal is a located problem, never a read error or a panic.
             Err(tickd::ConfigError::Invalid { problems }) => {

@@ -48,6 +48,19 @@ pub fn times_in(events: &[Event], job: &str, what: &str) -> Vec<u128> {
         .collect()
 }
 
+/// Writes a config file as one that was written a while ago: `load` reads a file only once it
+/// has been still for `tickd::config::SETTLE`, and these tests need not wait for that (the
+/// settling itself has its own tests).
+pub fn write_settled(path: &std::path::Path, text: &str) {
+    std::fs::write(path, text).expect("write config");
+    let past = std::time::SystemTime::now() - Duration::from_secs(2);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|file| file.set_modified(past))
+        .expect("backdate config");
+}
+
 pub fn wall(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(y, mo, d, h, mi, s)
         .single()
@@ -116,7 +129,7 @@ impl InProcess {
     /// Like [`InProcess::start`], in a given directory (to share a state file between daemons).
     pub fn start_in(dir: TempDir, config: &str, wall_start: DateTime<Utc>) -> Self {
         let path = dir.path().join("jobs.toml");
-        std::fs::write(&path, config).expect("write config");
+        write_settled(&path, config);
         let events = Arc::new(Mutex::new(Vec::new()));
         let start = Instant::now();
         let handlers = recording_handlers(&events, start);
@@ -157,7 +170,7 @@ impl InProcess {
 
     /// Rewrites the config file.
     pub fn rewrite(&self, config: &str) {
-        std::fs::write(&self.path, config).expect("write config");
+        write_settled(&self.path, config);
     }
 
     pub fn events(&self) -> Vec<Event> {
