@@ -1874,7 +1874,12 @@ handler = "log"
     fn retries_cannot_loop_hot() {
         let msg = error("[jobs.a]\nevery = \"1s\"\nretry = { attempts = 9, backoff = \"0s\" }\nhandler = \"log\"\n");
         assert!(
-            msg.contains("key \"retry.backoff\": \"0s\" is out of range: from 1ms"),
+            msg.contains("key \"retry.backoff\": must be greater than zero"),
+            "{msg}"
+        );
+        let msg = error("[jobs.a]\nevery = \"1s\"\nretry = { attempts = 9, backoff = \"100us\" }\nhandler = \"log\"\n");
+        assert!(
+            msg.contains("key \"retry.backoff\": \"100us\" is out of range: from 1ms"),
             "{msg}"
         );
         let msg = error("[jobs.a]\nevery = \"1s\"\nretry = { attempts = 9, backoff = \"1s\", max_backoff = \"500ms\" }\nhandler = \"log\"\n");
