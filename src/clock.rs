@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 pub use tokio::time::Instant;
 
@@ -39,8 +39,8 @@ enum ClockKind {
     Manual {
         /// A std mutex: held only for a few arithmetic operations, never across an `.await`.
         anchor: Mutex<WallAnchor>,
-        /// Woken when the wall clock is stepped, like a `TFD_TIMER_CANCEL_ON_SET` timer would be.
-        stepped: Notify,
+        /// Counts wall-clock steps, like a `TFD_TIMER_CANCEL_ON_SET` timer would report them.
+        stepped: watch::Sender<u64>,
     },
 }
 
@@ -81,7 +81,7 @@ impl Clock {
                     instant: Instant::now(),
                     wall: wall_now,
                 }),
-                stepped: Notify::new(),
+                stepped: watch::Sender::new(0),
             }),
         }
     }
@@ -144,19 +144,20 @@ impl Clock {
         self.sleep_until(self.now() + duration)
     }
 
-    /// Resolves when the wall clock is stepped (not when it merely advances).
+    /// A subscription to steps of the wall clock (not its mere advance), from now on.
     ///
     /// For the manual clock this follows [`Clock::step_wall`]; for the system clock, a realtime
-    /// `timerfd` with `TFD_TIMER_CANCEL_ON_SET` reports every step of `CLOCK_REALTIME`.
-    pub async fn wall_clock_changed(&self) {
-        match &*self.kind {
-            ClockKind::System { wall_watch, .. } => match precise::WallWatch::get(wall_watch) {
-                Some(watch) => watch.stepped.notified().await,
-                // Without a watch, steps are noticed when calendar deadlines fire.
-                None => std::future::pending().await,
-            },
-            ClockKind::Manual { stepped, .. } => stepped.notified().await,
-        }
+    /// `timerfd` with `TFD_TIMER_CANCEL_ON_SET` reports every step of `CLOCK_REALTIME`. A step is
+    /// kept until the subscriber looks (a generation counter, not a wake-up): one that lands
+    /// while its task is busy elsewhere is seen at its next [`WallSteps::changed`].
+    pub fn wall_steps(&self) -> WallSteps {
+        let receiver = match &*self.kind {
+            ClockKind::System { wall_watch, .. } => {
+                precise::WallWatch::get(wall_watch).map(|watch| watch.stepped.subscribe())
+            }
+            ClockKind::Manual { stepped, .. } => Some(stepped.subscribe()),
+        };
+        WallSteps { receiver }
     }
 
     /// Steps the manual wall clock by `by` (negative to go back). No-op on the system clock: tickd
@@ -164,7 +165,31 @@ impl Clock {
     pub fn step_wall(&self, by: chrono::Duration) {
         if let ClockKind::Manual { anchor, stepped } = &*self.kind {
             anchor.lock().unwrap_or_else(PoisonError::into_inner).wall += by;
-            stepped.notify_waiters();
+            stepped.send_modify(|generation| *generation += 1);
+        }
+    }
+}
+
+/// Steps of the wall clock since the subscription or the last [`WallSteps::changed`]; see
+/// [`Clock::wall_steps`].
+#[derive(Debug)]
+pub struct WallSteps {
+    /// `None` when steps cannot be watched (no realtime timerfd): they are then noticed when
+    /// calendar deadlines fire.
+    receiver: Option<watch::Receiver<u64>>,
+}
+
+impl WallSteps {
+    /// Resolves once the wall clock has been stepped since the last call (at once if that
+    /// happened already); never, if steps cannot be watched.
+    pub async fn changed(&mut self) {
+        match &mut self.receiver {
+            Some(receiver) => {
+                if receiver.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
         }
     }
 }
@@ -246,14 +271,29 @@ mod tests {
     async fn stepping_the_wall_clock_wakes_waiters_and_moves_only_the_wall() {
         let clock = Clock::manual(t0());
         let mono = clock.now();
-        let waiter = {
-            let clock = clock.clone();
-            tokio::spawn(async move { clock.wall_clock_changed().await })
-        };
+        let mut steps = clock.wall_steps();
+        let waiter = tokio::spawn(async move { steps.changed().await });
         tokio::task::yield_now().await;
         clock.step_wall(chrono::Duration::hours(-1));
         waiter.await.expect("waiter finished");
         assert_eq!(clock.wall_now(), t0() - chrono::Duration::hours(1));
         assert_eq!(clock.now(), mono);
+    }
+
+    /// `notify_waiters` stores no permit: a step while nobody waited was lost.
+    #[tokio::test(start_paused = true)]
+    async fn a_step_while_nobody_waits_is_kept_for_the_next_look() {
+        let clock = Clock::manual(t0());
+        let mut steps = clock.wall_steps();
+        clock.step_wall(chrono::Duration::hours(1));
+        tokio::time::timeout(Duration::from_secs(1), steps.changed())
+            .await
+            .expect("the step was kept");
+        // Seen once: the next look waits for the next step.
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), steps.changed())
+                .await
+                .is_err()
+        );
     }
 }

@@ -316,6 +316,8 @@ impl JobActor {
         // deadline on every wake-up is measurable at thousands of fires a second.
         let stopped = stop.cancelled();
         tokio::pin!(stopped);
+        // Subscribed once: a step while this task is busy elsewhere is kept until it looks.
+        let mut wall_steps = self.env.clock.wall_steps();
         let mut timer: Option<(Instant, Sleep)> = None;
         let mut retry_timer: Option<(Instant, Sleep)> = None;
         // What the status shows: (next start, paused).
@@ -344,7 +346,6 @@ impl JobActor {
             if retry_timer.as_ref().map(|(at, _)| *at) != retry_at {
                 retry_timer = retry_at.map(|at| (at, self.env.clock.sleep_until(at)));
             }
-            let env = self.env.clone();
             tokio::select! {
                 biased;
                 _ = &mut stopped => break,
@@ -356,7 +357,7 @@ impl JobActor {
                         self.start_retry(retry);
                     }
                 }
-                _ = env.clock.wall_clock_changed(), if self.is_calendar() => self.wall_clock_stepped(),
+                _ = wall_steps.changed(), if self.is_calendar() => self.wall_clock_stepped(),
                 _ = wait(&mut timer) => {
                     timer = None;
                     if let Some(due) = next {
@@ -1073,6 +1074,41 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let runs = future.control.status.snapshot().runs.success;
         assert_eq!(runs, 1, "then the job runs on its grid");
+        stop.cancel();
+    }
+
+    /// The step notification stored no permit and the task made a new waiter each loop: a step
+    /// that landed while the task was in another branch (here: handling a command) was lost, and
+    /// the cron job fired at its stale deadline, standing for 00:01:00 ten minutes late.
+    #[tokio::test(start_paused = true)]
+    async fn a_wall_clock_step_while_the_job_task_is_busy_is_not_lost() {
+        let start = DateTime::parse_from_rfc3339("2026-01-01T00:00:30Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let clock = Clock::manual(start);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = Arc::new(crate::state::StateStore::open(&dir.path().join("state")));
+        let (env, seen) = recording_env(clock.clone(), state);
+        let mut handlers = Handlers::with_builtins();
+        handlers.register("record", |_ctx: RunContext| async { Ok(()) });
+        let spec = crate::config::parse(
+            std::path::Path::new("jobs.toml"),
+            "[jobs.c]\ncron = \"0 * * * * *\"\nhandler = \"record\"\n",
+            &handlers,
+        )
+        .expect("valid")
+        .jobs["c"]
+            .clone();
+        let stop = CancellationToken::new();
+        let job = JobHandle::spawn(spec, env, TaskTracker::new(), stop.clone());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Wake the task with a command, and step the clock before it runs.
+        assert!(job.control.set_paused(false));
+        clock.step_wall(chrono::Duration::minutes(10));
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        let at = |m| start - chrono::Duration::seconds(30) + chrono::Duration::minutes(m);
+        assert_eq!(*seen.lock().expect("lock"), [at(11)]);
+        assert_eq!(job.control.status.snapshot().runs.missed, 10);
         stop.cancel();
     }
 

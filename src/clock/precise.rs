@@ -36,7 +36,6 @@ use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use nix::time::{clock_gettime, ClockId as TimeClockId};
 use std::os::fd::AsRawFd;
-use tokio::sync::Notify;
 
 use super::Instant;
 
@@ -336,7 +335,8 @@ impl Drop for PreciseSleep {
 /// Watches `CLOCK_REALTIME` for steps: a realtime timerfd armed far in the future with
 /// `TFD_TIMER_CANCEL_ON_SET` becomes readable, with `ECANCELED`, when the clock is set.
 pub(super) struct WallWatch {
-    pub(super) stepped: Notify,
+    /// Counts the steps seen (a generation that subscribers compare, so none is missed).
+    pub(super) stepped: tokio::sync::watch::Sender<u64>,
 }
 
 impl WallWatch {
@@ -361,7 +361,7 @@ impl WallWatch {
         arm_far_realtime(&fd)?;
         let fd = crate::os::watch_timerfd(fd)?;
         let watch = Arc::new(WallWatch {
-            stepped: Notify::new(),
+            stepped: tokio::sync::watch::Sender::new(0),
         });
         let notify = watch.clone();
         tokio::spawn(async move {
@@ -381,7 +381,7 @@ impl WallWatch {
                 if let Ok(Ok(stepped)) = result {
                     if stepped {
                         tracing::info!("the wall clock was set");
-                        notify.stepped.notify_waiters();
+                        notify.stepped.send_modify(|generation| *generation += 1);
                     }
                     // Either way (stepped, or the far deadline passed): arm again.
                     if let Err(err) = arm_far_realtime(fd.get_ref().timer()) {
