@@ -183,19 +183,33 @@ pub async fn run(
         "scheduler started"
     );
     supervisor.notify(&format!("READY=1\nSTATUS={}", supervisor.status()));
+    // The timers are pinned here, once: re-created on every pass of the loop, each reload or
+    // watchdog ping restarted the others (reloads faster than the watchdog interval starved
+    // WATCHDOG=1; pings faster than the RSS sample meant max_rss was never checked).
+    let clock = supervisor.env.clock.clone();
+    let watchdog = supervisor
+        .options
+        .notifier
+        .as_ref()
+        .and_then(Notifier::watchdog_interval);
+    let mut watchdog_timer = watchdog.map(|interval| clock.sleep(interval));
+    let mut rss_timer: Option<crate::clock::Sleep> = None;
+    let mut recycle_timer: Option<(crate::clock::Instant, crate::clock::Sleep)> = None;
     let recycle = loop {
         let settings = supervisor.config.daemon.clone();
         supervisor.env.max_runs.store(
             settings.max_runs.unwrap_or(0),
             std::sync::atomic::Ordering::Relaxed,
         );
+        // Kept as long as max_uptime stays the same across reloads.
         let recycle_at = settings.max_uptime.map(|uptime| started + uptime);
+        if recycle_timer.as_ref().map(|(at, _)| *at) != recycle_at {
+            recycle_timer = recycle_at.map(|at| (at, clock.sleep_until(at)));
+        }
+        if settings.max_rss.is_some() != rss_timer.is_some() {
+            rss_timer = settings.max_rss.map(|_| clock.sleep(OWN_RSS_SAMPLE));
+        }
         let env = supervisor.env.clone();
-        let watchdog = supervisor
-            .options
-            .notifier
-            .as_ref()
-            .and_then(Notifier::watchdog_interval);
         tokio::select! {
             control = controls.recv() => match control {
                 Some(Control::Reload) => {
@@ -207,10 +221,7 @@ pub async fn run(
                 // A closed control channel means nobody can ask us to stop any more.
                 Some(Control::Shutdown) | None => break false,
             },
-            _ = async { match recycle_at {
-                Some(at) => env.clock.sleep_until(at).await,
-                None => std::future::pending().await,
-            } } => {
+            _ = wait_for(recycle_timer.as_mut().map(|(_, sleep)| sleep)) => {
                 tracing::info!(max_uptime = %humantime::format_duration(settings.max_uptime.unwrap_or_default()), "max_uptime reached; draining and exiting to be restarted fresh");
                 break true;
             }
@@ -219,13 +230,18 @@ pub async fn run(
                 break true;
             }
             // Pinged from this loop itself, so a stuck scheduler stops pinging.
-            _ = async { match watchdog {
-                Some(interval) => env.clock.sleep(interval).await,
-                None => std::future::pending().await,
-            } } => supervisor.notify(&format!("WATCHDOG=1\nSTATUS={}", supervisor.status())),
-            rss = own_rss_over(&env.clock, settings.max_rss) => {
-                tracing::info!(rss = %bytesize::ByteSize(rss), max_rss = %bytesize::ByteSize(settings.max_rss.unwrap_or_default()), "max_rss exceeded; draining and exiting to be restarted fresh");
-                break true;
+            _ = wait_for(watchdog_timer.as_mut()) => {
+                supervisor.notify(&format!("WATCHDOG=1\nSTATUS={}", supervisor.status()));
+                watchdog_timer = watchdog.map(|interval| clock.sleep(interval));
+            }
+            _ = wait_for(rss_timer.as_mut()) => {
+                let rss = crate::process::own_rss();
+                let limit = settings.max_rss.unwrap_or(u64::MAX);
+                if rss > limit {
+                    tracing::info!(rss = %bytesize::ByteSize(rss), max_rss = %bytesize::ByteSize(limit), "max_rss exceeded; draining and exiting to be restarted fresh");
+                    break true;
+                }
+                rss_timer = Some(clock.sleep(OWN_RSS_SAMPLE));
             }
         }
     };
@@ -433,18 +449,11 @@ impl Supervisor {
 /// How often the daemon's own memory is checked against `[daemon] max_rss`.
 const OWN_RSS_SAMPLE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Resolves with the daemon's resident size once it exceeds `limit` (checked every second);
-/// never without a limit.
-async fn own_rss_over(clock: &Clock, limit: Option<u64>) -> u64 {
-    let Some(limit) = limit else {
-        return std::future::pending().await;
-    };
-    loop {
-        clock.sleep(OWN_RSS_SAMPLE).await;
-        let rss = crate::process::own_rss();
-        if rss > limit {
-            return rss;
-        }
+/// Waits for `timer`, or forever when there is none.
+async fn wait_for(timer: Option<&mut crate::clock::Sleep>) {
+    match timer {
+        Some(sleep) => sleep.await,
+        None => std::future::pending().await,
     }
 }
 

@@ -36,22 +36,42 @@ impl Notifier {
             }
             None => SocketAddr::from_pathname(&path)?,
         };
+        let watchdog = Self::watchdog_from_env();
+        Notifier::to(address, watchdog).map(Some)
+    }
+
+    /// A notifier for the socket at `path` whose manager expects a `WATCHDOG=1` within every
+    /// `watchdog` (systemd's `WatchdogSec`), if any: for a program that runs tickd under a
+    /// manager of its own, and for tests.
+    pub fn new(path: &std::path::Path, watchdog: Option<Duration>) -> io::Result<Notifier> {
+        Notifier::to(SocketAddr::from_pathname(path)?, watchdog)
+    }
+
+    fn to(address: SocketAddr, watchdog: Option<Duration>) -> io::Result<Notifier> {
+        let socket = UnixDatagram::unbound()?;
+        // A manager that does not read (its queue holds ~10 datagrams) must never block the
+        // supervisor's loop: a message that does not fit is dropped (and logged at debug).
+        socket.set_nonblocking(true)?;
+        Ok(Notifier {
+            inner: Arc::new(Inner {
+                socket,
+                address,
+                watchdog,
+            }),
+        })
+    }
+
+    /// `WATCHDOG_USEC`, when `WATCHDOG_PID` is unset or names this process.
+    fn watchdog_from_env() -> Option<Duration> {
         let for_us = std::env::var("WATCHDOG_PID")
             .ok()
             .and_then(|pid| pid.parse::<u32>().ok())
             .is_none_or(|pid| pid == std::process::id());
-        let watchdog = std::env::var("WATCHDOG_USEC")
+        std::env::var("WATCHDOG_USEC")
             .ok()
             .and_then(|usec| usec.parse::<u64>().ok())
             .filter(|usec| *usec > 0 && for_us)
-            .map(Duration::from_micros);
-        Ok(Some(Notifier {
-            inner: Arc::new(Inner {
-                socket: UnixDatagram::unbound()?,
-                address,
-                watchdog,
-            }),
-        }))
+            .map(Duration::from_micros)
     }
 
     /// How often to send `WATCHDOG=1`: half the manager's timeout, as systemd recommends.

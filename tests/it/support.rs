@@ -128,6 +128,16 @@ impl InProcess {
 
     /// Like [`InProcess::start`], in a given directory (to share a state file between daemons).
     pub fn start_in(dir: TempDir, config: &str, wall_start: DateTime<Utc>) -> Self {
+        Self::start_with(dir, config, wall_start, None)
+    }
+
+    /// Like [`InProcess::start_in`], telling `notifier` what a service manager is told.
+    pub fn start_with(
+        dir: TempDir,
+        config: &str,
+        wall_start: DateTime<Utc>,
+        notifier: Option<tickd::notify::Notifier>,
+    ) -> Self {
         let path = dir.path().join("jobs.toml");
         write_settled(&path, config);
         let events = Arc::new(Mutex::new(Vec::new()));
@@ -141,7 +151,7 @@ impl InProcess {
             handlers,
             clock: clock.clone(),
             group_keeper: None,
-            notifier: None,
+            notifier,
             subreaper: false,
         };
         let daemon = tokio::spawn(tickd::run(config, options, rx));
