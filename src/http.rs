@@ -369,6 +369,181 @@ fn set_paused(state: &ApiState, name: &str, paused: bool) -> Response {
 mod tests {
     use super::*;
     use crate::job::JobCommand;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// Far longer than anything here should take, so that a slow machine never fails a test.
+    const PATIENCE: Duration = Duration::from_secs(20);
+
+    /// The endpoint with `directory` and `limits`, serving on a loopback port until the token is
+    /// cancelled; the task ends when `serve` returns.
+    async fn endpoint(
+        limits: Limits,
+        directory: Directory,
+    ) -> (
+        std::net::SocketAddr,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("addr");
+        let env = RunEnv::new(
+            crate::Clock::system(),
+            crate::Handlers::with_builtins(),
+            None,
+            None,
+        )
+        .expect("run env");
+        let state = ApiState {
+            directory,
+            draining: Arc::default(),
+            env: Arc::new(env),
+            token: None,
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(serve(listener, state, stop.clone(), limits));
+        (addr, stop, task)
+    }
+
+    fn limits(max_connections: usize, header_read_timeout: Duration) -> Limits {
+        Limits {
+            header_read_timeout,
+            request_timeout: Duration::from_secs(10),
+            max_connections,
+            shutdown_grace: Duration::from_millis(200),
+        }
+    }
+
+    /// Reads until the server closes the connection (EOF or reset); panics if it stays open for
+    /// the whole patience.
+    async fn closed_by_server(stream: &mut TcpStream) -> Vec<u8> {
+        let mut read = Vec::new();
+        match tokio::time::timeout(PATIENCE, stream.read_to_end(&mut read)).await {
+            Ok(_) => read,
+            Err(_) => panic!("the server kept the connection open"),
+        }
+    }
+
+    const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+
+    /// Sends `/healthz` on `stream` (keep-alive) and returns the start of the answer.
+    async fn healthz_on(stream: &mut TcpStream) -> String {
+        stream.write_all(HEALTHZ).await.expect("write");
+        let mut answer = vec![0u8; 1024];
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut answer))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    }
+
+    #[test]
+    fn the_connection_cap_leaves_the_reserve_and_half_the_rest_to_the_daemon() {
+        assert_eq!(Limits::for_descriptor_limit(65_536).max_connections, 256);
+        assert_eq!(Limits::for_descriptor_limit(1_024).max_connections, 256);
+        assert_eq!(Limits::for_descriptor_limit(200).max_connections, 68);
+        assert_eq!(Limits::for_descriptor_limit(10).max_connections, 1);
+        assert_eq!(Limits::for_descriptor_limit(u64::MAX).max_connections, 256);
+    }
+
+    #[tokio::test]
+    async fn a_connection_over_the_cap_is_closed_at_once_and_its_slot_is_reused() {
+        let (addr, stop, task) =
+            endpoint(limits(1, Duration::from_secs(60)), Directory::default()).await;
+        let mut first = TcpStream::connect(addr).await.expect("connect");
+        assert!(healthz_on(&mut first).await.starts_with("HTTP/1.1 200"));
+        // The first holds the only slot (kept alive): the second is closed unanswered.
+        let mut second = TcpStream::connect(addr).await.expect("connect");
+        let _ = second.write_all(HEALTHZ).await;
+        assert!(closed_by_server(&mut second).await.is_empty());
+        // Once the first is gone its slot serves the next.
+        drop(first);
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let mut next = TcpStream::connect(addr).await.expect("connect");
+            let _ = next
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .await;
+            if closed_by_server(&mut next)
+                .await
+                .starts_with(b"HTTP/1.1 200")
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the slot was never freed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.cancel();
+        task.await.expect("serve");
+    }
+
+    #[tokio::test]
+    async fn a_partial_head_and_an_idle_keep_alive_connection_are_closed_after_the_header_timeout()
+    {
+        let (addr, stop, task) =
+            endpoint(limits(8, Duration::from_millis(300)), Directory::default()).await;
+        let mut slow = TcpStream::connect(addr).await.expect("connect");
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+            .await
+            .expect("write");
+        let mut idle = TcpStream::connect(addr).await.expect("connect");
+        assert!(healthz_on(&mut idle).await.starts_with("HTTP/1.1 200"));
+        assert!(closed_by_server(&mut slow).await.is_empty());
+        assert!(closed_by_server(&mut idle).await.is_empty());
+        stop.cancel();
+        task.await.expect("serve");
+    }
+
+    #[tokio::test]
+    async fn a_request_not_answered_within_the_request_limit_gets_503() {
+        let directory = Directory::default();
+        // A job whose task never answers makes `/healthz` wait its own 2 s.
+        let (blocked, _inbox_never_read) = JobControl::detached();
+        directory
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert("blocked".to_owned(), blocked);
+        let mut limits = limits(8, Duration::from_secs(60));
+        limits.request_timeout = Duration::from_millis(100);
+        let (addr, stop, task) = endpoint(limits, directory).await;
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let answer = String::from_utf8_lossy(&closed_by_server(&mut stream).await).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        // The time limit's answer, not `/healthz`'s own (which names the job).
+        assert!(!answer.contains("blocked"), "{answer}");
+        stop.cancel();
+        task.await.expect("serve");
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_idle_and_slow_connections_instead_of_waiting_for_them() {
+        // Timeouts far beyond the patience: only the shutdown can end these connections.
+        let (addr, stop, task) =
+            endpoint(limits(8, Duration::from_secs(3600)), Directory::default()).await;
+        let mut slow = TcpStream::connect(addr).await.expect("connect");
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+            .await
+            .expect("write");
+        let mut idle = TcpStream::connect(addr).await.expect("connect");
+        assert!(healthz_on(&mut idle).await.starts_with("HTTP/1.1 200"));
+        stop.cancel();
+        tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("serve returned")
+            .expect("serve");
+        assert!(closed_by_server(&mut idle).await.is_empty());
+        assert!(closed_by_server(&mut slow).await.is_empty());
+        assert!(TcpStream::connect(addr).await.is_err(), "still listening");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn job_tasks_that_are_gone_or_blocked_are_reported() {
