@@ -321,3 +321,33 @@ fn slow_http_clients_cannot_take_the_descriptors_runs_and_healthz_need() {
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(), 0, "{}", d.log());
 }
+
+/// tickd raises its soft descriptor limit to the hard one, so that HTTP clients and runs have room,
+/// but its children start with the soft limit tickd was given: a program using `select()` breaks
+/// on descriptors numbered 1,024 and above.
+#[test]
+fn the_daemon_raises_its_descriptor_limit_and_children_keep_the_original() {
+    let mut d = Daemon::start_with_nofile_limit(
+        "[jobs.limits]\nevery = \"1h\"\nrun_on_start = true\n\
+         shell = 'echo \"$(ulimit -S -n) $(ulimit -H -n)\" > limits'\n",
+        100,
+        300,
+    );
+    assert_eq!(d.wait_file("limits"), "100 300\n", "{}", d.log());
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.child.id()))
+        .expect("/proc/PID/limits");
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("the open files line")
+        .split_whitespace()
+        .collect();
+    assert_eq!(open_files[3..5], ["300", "300"], "{limits}");
+    assert!(
+        d.log().contains("raised the descriptor limit"),
+        "{}",
+        d.log()
+    );
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0, "{}", d.log());
+}
