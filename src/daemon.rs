@@ -175,7 +175,12 @@ pub async fn run(
                 .as_deref()
                 .map(Arc::from),
         };
-        tokio::spawn(crate::http::serve(listener, state, http_stop.clone()))
+        tokio::spawn(crate::http::serve(
+            listener,
+            state,
+            http_stop.clone(),
+            crate::http::Limits::for_this_process(),
+        ))
     });
     tracing::info!(
         jobs = supervisor.jobs.len(),

@@ -14,8 +14,14 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tower_http::timeout::TimeoutLayer;
 
 use crate::job::{FireResult, JobControl};
 use crate::run::RunEnv;
@@ -36,8 +42,69 @@ pub struct ApiState {
     pub token: Option<Arc<str>>,
 }
 
-/// Serves the endpoint on `listener` until `stop`.
-pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, stop: CancellationToken) {
+/// The endpoint's defences against slow and many clients; [`Limits::for_this_process`] gives
+/// the daemon's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A connection must send a whole request head within this, counted from when the server
+    /// starts waiting for it: from the accept, or from the end of the previous answer. So it is
+    /// also the keep-alive idle timeout (hyper's `header_read_timeout` restarts its timer for each
+    /// head), and a slow or silent client holds its descriptor this long at most.
+    pub header_read_timeout: Duration,
+    /// A request's answer must be ready within this, or it is 503 (the handlers' own waits are
+    /// shorter: `/healthz` waits 2 s); a stuck handler does not hold its connection for ever.
+    pub request_timeout: Duration,
+    /// Connections served at once. One more is closed as soon as it is accepted, before
+    /// anything is read from it: accepting it costs a descriptor for an instant, not for its life.
+    pub max_connections: usize,
+    /// At shutdown, how long the requests in progress have to be answered; connections still open
+    /// then (a client mid-head, one that never reads its answer) are closed. Idle keep-alive
+    /// connections are closed at once.
+    pub shutdown_grace: Duration,
+}
+
+/// The connection cap when descriptors are plentiful.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Descriptors the endpoint never competes for: the daemon's own (runtime, timers, state file,
+/// group keeper) and a floor for runs (a child run takes about four: a pidfd and output pipes).
+pub const DESCRIPTOR_RESERVE: u64 = 64;
+
+impl Limits {
+    /// The limits for a process whose soft descriptor limit (`RLIMIT_NOFILE`) is `nofile`: a 10 s
+    /// head and keep-alive timeout, a 10 s request limit, a 2 s shutdown grace, and at most
+    /// [`MAX_CONNECTIONS`] connections, or half of the descriptors beyond [`DESCRIPTOR_RESERVE`]
+    /// if that is fewer (at least 1). So however low the limit, the endpoint leaves the reserve
+    /// and as many descriptors again as it can take to the runs; with the daemon's raised limit
+    /// (tickd raises its soft limit to the hard one at start; the systemd unit sets 65536) the
+    /// cap is 256 and the reserve is thousands.
+    pub fn for_descriptor_limit(nofile: u64) -> Limits {
+        let share = nofile.saturating_sub(DESCRIPTOR_RESERVE) / 2;
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            max_connections: usize::try_from(share)
+                .unwrap_or(usize::MAX)
+                .clamp(1, MAX_CONNECTIONS),
+            shutdown_grace: Duration::from_secs(2),
+        }
+    }
+
+    /// [`Limits::for_descriptor_limit`] for this process's soft limit, read now (an unreadable
+    /// one counts as plentiful).
+    pub fn for_this_process() -> Limits {
+        let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(u64::MAX, |(soft, _hard)| soft);
+        Limits::for_descriptor_limit(nofile)
+    }
+}
+
+/// After a failed accept (most likely out of descriptors: EMFILE, ENFILE), how long the endpoint
+/// waits before the next: the condition does not clear by retrying at once.
+const ACCEPT_PAUSE: Duration = Duration::from_secs(1);
+
+/// The endpoint's routes, with the token check and the per-request time limit.
+fn router(state: ApiState, request_timeout: Duration) -> Router {
     let protected = Router::new()
         .route("/metrics", get(metrics))
         .route("/jobs", get(jobs))
@@ -46,16 +113,93 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, stop: Can
         .route("/jobs/{name}/pause", post(pause))
         .route("/jobs/{name}/resume", post(resume))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    let app = Router::new()
+    Router::new()
         .route("/healthz", get(healthz))
         .merge(protected)
-        .with_state(state);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
-    if let Err(err) = result {
-        tracing::error!("the HTTP endpoint failed: {err}");
+        .with_state(state)
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            request_timeout,
+        ))
+}
+
+/// Serves the endpoint on `listener` until `stop`, within `limits`.
+///
+/// The accept loop is our own, not `axum::serve`: that one has no header-read timeout and no
+/// connection cap, and 1,100 clients sending a partial head every 10 s took every descriptor the
+/// daemon had ("Hardening, part 2"). Each connection is hyper's HTTP/1 server with its
+/// `header_read_timeout`; a [`Semaphore`] permit is its slot under the cap; hyper-util's
+/// [`GracefulShutdown`] ends them at `stop`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    stop: CancellationToken,
+    limits: Limits,
+) {
+    let app = router(state, limits.request_timeout);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    // Connections closed at the cap since the last one served: one warning per episode, not one
+    // per connection (a flood would flood the log).
+    let mut refused: u64 = 0;
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        // Finished connections are collected here, so the set holds the live ones and a few.
+        while connections.try_join_next().is_some() {}
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                tracing::warn!("the HTTP endpoint cannot accept a connection: {err}");
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(ACCEPT_PAUSE) => continue,
+                }
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if refused == 0 {
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    "the HTTP endpoint is at its connection cap: closing new connections until one ends"
+                );
+            }
+            refused += 1;
+            drop(stream);
+            continue;
+        };
+        if refused > 0 {
+            tracing::info!(
+                refused,
+                "the HTTP endpoint is below its connection cap again"
+            );
+            refused = 0;
+        }
+        let connection =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let connection = graceful.watch(connection);
+        connections.spawn(async move {
+            // A client that was too slow, or went away, is not the daemon's error.
+            if let Err(err) = connection.await {
+                tracing::debug!(%peer, "HTTP connection ended: {err}");
+            }
+            drop(slot);
+        });
     }
+    drop(listener);
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("closing the HTTP connections still open after the shutdown grace");
+    }
+    connections.shutdown().await;
 }
 
 async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
@@ -225,6 +369,181 @@ fn set_paused(state: &ApiState, name: &str, paused: bool) -> Response {
 mod tests {
     use super::*;
     use crate::job::JobCommand;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// Far longer than anything here should take, so that a slow machine never fails a test.
+    const PATIENCE: Duration = Duration::from_secs(20);
+
+    /// The endpoint with `directory` and `limits`, serving on a loopback port until the token is
+    /// cancelled; the task ends when `serve` returns.
+    async fn endpoint(
+        limits: Limits,
+        directory: Directory,
+    ) -> (
+        std::net::SocketAddr,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("addr");
+        let env = RunEnv::new(
+            crate::Clock::system(),
+            crate::Handlers::with_builtins(),
+            None,
+            None,
+        )
+        .expect("run env");
+        let state = ApiState {
+            directory,
+            draining: Arc::default(),
+            env: Arc::new(env),
+            token: None,
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(serve(listener, state, stop.clone(), limits));
+        (addr, stop, task)
+    }
+
+    fn limits(max_connections: usize, header_read_timeout: Duration) -> Limits {
+        Limits {
+            header_read_timeout,
+            request_timeout: Duration::from_secs(10),
+            max_connections,
+            shutdown_grace: Duration::from_millis(200),
+        }
+    }
+
+    /// Reads until the server closes the connection (EOF or reset); panics if it stays open for
+    /// the whole patience.
+    async fn closed_by_server(stream: &mut TcpStream) -> Vec<u8> {
+        let mut read = Vec::new();
+        match tokio::time::timeout(PATIENCE, stream.read_to_end(&mut read)).await {
+            Ok(_) => read,
+            Err(_) => panic!("the server kept the connection open"),
+        }
+    }
+
+    const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+
+    /// Sends `/healthz` on `stream` (keep-alive) and returns the start of the answer.
+    async fn healthz_on(stream: &mut TcpStream) -> String {
+        stream.write_all(HEALTHZ).await.expect("write");
+        let mut answer = vec![0u8; 1024];
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut answer))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    }
+
+    #[test]
+    fn the_connection_cap_leaves_the_reserve_and_half_the_rest_to_the_daemon() {
+        assert_eq!(Limits::for_descriptor_limit(65_536).max_connections, 256);
+        assert_eq!(Limits::for_descriptor_limit(1_024).max_connections, 256);
+        assert_eq!(Limits::for_descriptor_limit(200).max_connections, 68);
+        assert_eq!(Limits::for_descriptor_limit(10).max_connections, 1);
+        assert_eq!(Limits::for_descriptor_limit(u64::MAX).max_connections, 256);
+    }
+
+    #[tokio::test]
+    async fn a_connection_over_the_cap_is_closed_at_once_and_its_slot_is_reused() {
+        let (addr, stop, task) =
+            endpoint(limits(1, Duration::from_secs(60)), Directory::default()).await;
+        let mut first = TcpStream::connect(addr).await.expect("connect");
+        assert!(healthz_on(&mut first).await.starts_with("HTTP/1.1 200"));
+        // The first holds the only slot (kept alive): the second is closed unanswered.
+        let mut second = TcpStream::connect(addr).await.expect("connect");
+        let _ = second.write_all(HEALTHZ).await;
+        assert!(closed_by_server(&mut second).await.is_empty());
+        // Once the first is gone its slot serves the next.
+        drop(first);
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let mut next = TcpStream::connect(addr).await.expect("connect");
+            let _ = next
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .await;
+            if closed_by_server(&mut next)
+                .await
+                .starts_with(b"HTTP/1.1 200")
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the slot was never freed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.cancel();
+        task.await.expect("serve");
+    }
+
+    #[tokio::test]
+    async fn a_partial_head_and_an_idle_keep_alive_connection_are_closed_after_the_header_timeout()
+    {
+        let (addr, stop, task) =
+            endpoint(limits(8, Duration::from_millis(300)), Directory::default()).await;
+        let mut slow = TcpStream::connect(addr).await.expect("connect");
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+            .await
+            .expect("write");
+        let mut idle = TcpStream::connect(addr).await.expect("connect");
+        assert!(healthz_on(&mut idle).await.starts_with("HTTP/1.1 200"));
+        assert!(closed_by_server(&mut slow).await.is_empty());
+        assert!(closed_by_server(&mut idle).await.is_empty());
+        stop.cancel();
+        task.await.expect("serve");
+    }
+
+    #[tokio::test]
+    async fn a_request_not_answered_within_the_request_limit_gets_503() {
+        let directory = Directory::default();
+        // A job whose task never answers makes `/healthz` wait its own 2 s.
+        let (blocked, _inbox_never_read) = JobControl::detached();
+        directory
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert("blocked".to_owned(), blocked);
+        let mut limits = limits(8, Duration::from_secs(60));
+        limits.request_timeout = Duration::from_millis(100);
+        let (addr, stop, task) = endpoint(limits, directory).await;
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let answer = String::from_utf8_lossy(&closed_by_server(&mut stream).await).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        // The time limit's answer, not `/healthz`'s own (which names the job).
+        assert!(!answer.contains("blocked"), "{answer}");
+        stop.cancel();
+        task.await.expect("serve");
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_idle_and_slow_connections_instead_of_waiting_for_them() {
+        // Timeouts far beyond the patience: only the shutdown can end these connections.
+        let (addr, stop, task) =
+            endpoint(limits(8, Duration::from_secs(3600)), Directory::default()).await;
+        let mut slow = TcpStream::connect(addr).await.expect("connect");
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+            .await
+            .expect("write");
+        let mut idle = TcpStream::connect(addr).await.expect("connect");
+        assert!(healthz_on(&mut idle).await.starts_with("HTTP/1.1 200"));
+        stop.cancel();
+        tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("serve returned")
+            .expect("serve");
+        assert!(closed_by_server(&mut idle).await.is_empty());
+        assert!(closed_by_server(&mut slow).await.is_empty());
+        assert!(TcpStream::connect(addr).await.is_err(), "still listening");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn job_tasks_that_are_gone_or_blocked_are_reported() {

@@ -191,6 +191,8 @@ fn load_config(file: &Path) -> Option<Config> {
 }
 
 fn run_daemon(file: &Path, subreaper: bool) -> u8 {
+    // Before the runtime, so that its threads and everything they open see the raised limit.
+    raise_descriptor_limit();
     // Until `os_controls` listens, a control signal waits instead of being lost (see there).
     if let Err(err) = tickd::signals::hold_control_signals() {
         tracing::error!("cannot block signals: {err}");
@@ -244,6 +246,42 @@ fn run_daemon(file: &Path, subreaper: bool) -> u8 {
             }
         }
     })
+}
+
+/// Raises the soft descriptor limit (`RLIMIT_NOFILE`) to the hard one, as many daemons do: the
+/// usual soft limit of 1,024 (systemd's default, which `contrib/systemd/tickd.service` raises) is
+/// little for a daemon whose runs and HTTP clients each hold descriptors, and running out makes
+/// every run fail with EMFILE. Children get the original soft limit back (see
+/// `tickd::process::set_child_descriptor_limit`). A failure leaves the limit as it was: the HTTP
+/// endpoint sizes its connection cap from the limit it finds.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(err) => {
+            tracing::warn!("cannot read the descriptor limit: {err}");
+            return;
+        }
+    };
+    if soft >= hard {
+        tracing::debug!(
+            limit = soft,
+            "the descriptor limit is already the hard limit"
+        );
+        return;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => {
+            tickd::process::set_child_descriptor_limit(soft, hard);
+            tracing::debug!(from = soft, to = hard, "raised the descriptor limit");
+        }
+        Err(err) => {
+            tracing::warn!(
+                limit = soft,
+                "cannot raise the descriptor limit to {hard}: {err}"
+            );
+        }
+    }
 }
 
 /// This binary, for the group keeper; without it (no /proc?) only each run's first process is

@@ -73,6 +73,8 @@ pub fn watch_pidfd(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
 ///   check, and the child exits with [`Hardening::ORPHANED`];
 /// - starts with default dispositions for every signal and an empty signal mask, whatever the
 ///   daemon inherited (a `nohup`ed daemon ignores SIGHUP, which `exec` would otherwise pass on);
+/// - starts with `descriptor_limit` as its `RLIMIT_NOFILE`, if given (the limit the daemon was
+///   started with, before it raised its own: see `process::set_child_descriptor_limit`);
 /// - inherits no descriptor but 0, 1 and 2 (tickd opens everything close-on-exec, but a descriptor
 ///   the daemon itself inherited from its parent would otherwise leak into every job).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +83,8 @@ pub struct Hardening {
     pub daemon_pid: u32,
     /// `(groups, gid, uid)` to take, for `run_as`.
     pub credentials: Option<(Vec<libc::gid_t>, libc::gid_t, libc::uid_t)>,
+    /// `(soft, hard)` descriptor limit to take instead of the daemon's.
+    pub descriptor_limit: Option<(u64, u64)>,
 }
 
 /// The step of [`Hardening::apply`] that failed.
@@ -110,6 +114,20 @@ impl Hardening {
                 {
                     return Err((HardeningStep::Credentials, io::Error::last_os_error()));
                 }
+            }
+            if let Some((soft, hard)) = self.descriptor_limit {
+                // prlimit64 on ourselves (pid 0): a raw syscall, async-signal-safe. The kernel's
+                // `struct rlimit64` is two u64s, current (soft) then maximum (hard). A failure is
+                // ignored: lowering the soft limit below the hard one cannot fail, and a child
+                // left with the daemon's larger limit still runs.
+                let limit: [u64; 2] = [soft, hard];
+                libc::syscall(
+                    libc::SYS_prlimit64,
+                    0 as libc::pid_t,
+                    libc::RLIMIT_NOFILE,
+                    limit.as_ptr(),
+                    std::ptr::null_mut::<[u64; 2]>(),
+                );
             }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                 return Err((HardeningStep::ParentDeathSignal, io::Error::last_os_error()));

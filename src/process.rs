@@ -32,6 +32,21 @@ mod spawner;
 use spawner::resolve_program;
 pub use spawner::{ChildProcess, Spawner};
 
+/// The descriptor limit (`RLIMIT_NOFILE`: soft, hard) every child starts with, when the daemon
+/// changed its own; see [`set_child_descriptor_limit`]. Process-wide, as the limit itself is.
+static CHILD_DESCRIPTOR_LIMIT: OnceLock<(u64, u64)> = OnceLock::new();
+
+/// Starts every child from now on with the descriptor limit `soft`, `hard`, not the daemon's.
+///
+/// For a daemon that raised its own soft limit (the binary raises it to the hard limit at start,
+/// so that HTTP clients and runs cannot exhaust it): its children get back the soft limit it was
+/// started with, as systemd and nginx do, since a program using `select()` breaks on descriptors
+/// numbered 1024 and above; a child that wants more can raise its own up to `hard`. The first call
+/// wins; without one, children inherit the daemon's limit.
+pub fn set_child_descriptor_limit(soft: u64, hard: u64) {
+    let _ = CHILD_DESCRIPTOR_LIMIT.set((soft, hard));
+}
+
 /// The longest output line logged whole; longer lines are cut and marked.
 pub const MAX_LINE: usize = 64 * 1024;
 /// How long output is still read after the process exited (its pipes may be held open by a
@@ -355,6 +370,7 @@ fn plan(spec: &ProcessSpec, run: &ChildRun<'_>) -> io::Result<(ExecPlan, OutputP
     let hardening = Hardening {
         daemon_pid: std::process::id(),
         credentials: run.run_as.map(|r| (r.groups.clone(), r.gid, r.uid)),
+        descriptor_limit: CHILD_DESCRIPTOR_LIMIT.get().copied(),
     };
     let plan = ExecPlan::new(
         &program,

@@ -36,13 +36,37 @@ impl Daemon {
         daemon
     }
 
+    /// `start`, under a descriptor limit (`RLIMIT_NOFILE`) of `soft` and `hard`, set by a shell
+    /// that then execs tickd (same pid): the tests may not use `unsafe` (`pre_exec`).
+    pub(crate) fn start_with_nofile_limit(config: &str, soft: u64, hard: u64) -> Daemon {
+        let mut command = Command::new("sh");
+        command.args([
+            "-c",
+            &format!("ulimit -S -n {soft} && ulimit -H -n {hard} && exec \"$0\" run jobs.toml"),
+            env!("CARGO_BIN_EXE_tickd"),
+        ]);
+        let daemon = Daemon::launch_command(command, config, |command, log| {
+            command.stderr(fs::File::create(log).expect("log file"));
+        });
+        daemon.wait_log("scheduler started");
+        daemon
+    }
+
     /// Starts `tickd` in a temp dir holding `config` as `jobs.toml`; `prepare` sets the arguments
     /// and stderr (given the log file's path).
     pub(crate) fn launch(config: &str, prepare: impl FnOnce(&mut Command, &Path)) -> Daemon {
+        Daemon::launch_command(tickd(), config, prepare)
+    }
+
+    /// `launch`, with `command` (tickd, or something that execs it) instead of plain `tickd`.
+    fn launch_command(
+        mut command: Command,
+        config: &str,
+        prepare: impl FnOnce(&mut Command, &Path),
+    ) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::write(dir.path().join("jobs.toml"), config).expect("write config");
         let log = dir.path().join("tickd.log");
-        let mut command = tickd();
         command
             .current_dir(dir.path())
             .env("TICKD_LOG", "debug")

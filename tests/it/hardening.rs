@@ -196,3 +196,158 @@ fn status_fails_clearly_on_an_answer_that_is_not_the_jobs_list() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// "Hardening, part 2": 1,100 loopback connections, each sending a partial request head and then
+/// nothing, took every descriptor the daemon had; every child run failed with EMFILE and
+/// `/healthz` did not answer. Here, under a limit of 200 descriptors, 400 such connections: the
+/// endpoint refuses those over its cap, closes the rest after the header-read timeout, and runs
+/// and `/healthz` go on.
+#[test]
+fn slow_http_clients_cannot_take_the_descriptors_runs_and_healthz_need() {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::{Duration, Instant};
+
+    use crate::binary::{eventually, PATIENCE};
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut d = Daemon::start_with_nofile_limit(
+        &format!(
+            "[daemon]\nhttp = \"127.0.0.1:{port}\"\n\n\
+             [jobs.tick]\nevery = \"200ms\"\nshell = \"date +%s%N >> ticks\"\n"
+        ),
+        200,
+        200,
+    );
+    let ticks = || {
+        std::fs::read_to_string(d.path("ticks"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    eventually("the job ticks", || ticks() >= 2);
+
+    // The slow clients: a partial head each, then nothing. Bounded in count, and in time: a
+    // connect that does not complete in 2 s (a full backlog) ends the opening.
+    let mut slow = Vec::new();
+    for _ in 0..400 {
+        let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+            break;
+        };
+        let _ = stream.write_all(b"GET /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ");
+        slow.push(stream);
+    }
+    let descriptors = || {
+        std::fs::read_dir(format!("/proc/{}/fd", d.child.id()))
+            .map(|dir| dir.count())
+            .unwrap_or(0)
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let in_use = descriptors();
+    eprintln!(
+        "{} slow connections opened; the daemon holds {in_use} descriptors of 200",
+        slow.len()
+    );
+    assert!(
+        in_use < 200 - 32,
+        "{in_use} descriptors in use: no room for runs"
+    );
+
+    // (b) Runs go on while the slow connections are open.
+    let before = ticks();
+    eventually("runs go on while slow clients are connected", || {
+        ticks() >= before + 5
+    });
+
+    // (a) `/healthz` answers; it may have to wait for the slow connections in the cap to time out.
+    let deadline = Instant::now() + PATIENCE;
+    let answer = loop {
+        let answer = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+            let mut answer = String::new();
+            s.read_to_string(&mut answer)?;
+            Ok(answer)
+        });
+        match answer {
+            Ok(answer) if answer.starts_with("HTTP/1.1 200") => break answer,
+            _ => {
+                assert!(
+                    Instant::now() < deadline,
+                    "/healthz never answered 200 ({answer:?}); log:\n{}",
+                    d.log()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    assert!(answer.ends_with("ok\n"), "{answer}");
+
+    // (c) The server ends every slow connection: refused at once over the cap, closed after the
+    // header-read timeout under it. A read that times out means the server still holds it.
+    let deadline = Instant::now() + PATIENCE;
+    for (i, stream) in slow.iter_mut().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .expect("read timeout");
+        let mut rest = Vec::new();
+        if let Err(err) = stream.read_to_end(&mut rest) {
+            assert!(
+                !matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "slow connection {i} is still open"
+            );
+        }
+    }
+    drop(slow);
+    let before = ticks();
+    eventually("runs go on after the slow clients", || {
+        ticks() >= before + 2
+    });
+
+    let log = d.log();
+    assert!(!log.contains("Too many open files"), "{log}");
+    assert!(
+        log.contains("the HTTP endpoint is at its connection cap"),
+        "{log}"
+    );
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0, "{}", d.log());
+}
+
+/// tickd raises its soft descriptor limit to the hard one, so that HTTP clients and runs have room,
+/// but its children start with the soft limit tickd was given: a program using `select()` breaks
+/// on descriptors numbered 1,024 and above.
+#[test]
+fn the_daemon_raises_its_descriptor_limit_and_children_keep_the_original() {
+    let mut d = Daemon::start_with_nofile_limit(
+        "[jobs.limits]\nevery = \"1h\"\nrun_on_start = true\n\
+         shell = 'echo \"$(ulimit -S -n) $(ulimit -H -n)\" > limits'\n",
+        100,
+        300,
+    );
+    assert_eq!(d.wait_file("limits"), "100 300\n", "{}", d.log());
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.child.id()))
+        .expect("/proc/PID/limits");
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("the open files line")
+        .split_whitespace()
+        .collect();
+    assert_eq!(open_files[3..5], ["300", "300"], "{limits}");
+    assert!(
+        d.log().contains("raised the descriptor limit"),
+        "{}",
+        d.log()
+    );
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0, "{}", d.log());
+}
