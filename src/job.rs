@@ -930,25 +930,20 @@ impl JobActor {
             scheduled,
             cancel,
         };
-        let ended = self.ended_tx.clone();
+        let end = RunEnd {
+            spec: spec.clone(),
+            env: env.clone(),
+            run_id,
+            attempt,
+            started,
+            started_wall,
+            metrics,
+            status,
+            ended: Some(self.ended_tx.clone()),
+        };
         self.runs.spawn(async move {
             let report = run::execute(&spec, ctx, &env).await;
-            let duration = env.clock.now().saturating_duration_since(started);
-            let duration_ms = millis(duration);
-            metrics.run_ended(&report, duration, started_wall);
-            status.update(|s| record_run(s, run_id.0, &report, started_wall, duration_ms));
-            let exit_code = report.exit_code.map(i64::from);
-            let reason = report.reason.as_deref().unwrap_or("");
-            match report.outcome {
-                Outcome::Success => tracing::info!(job = %spec.name, run = %run_id, outcome = %report.outcome, duration_ms, exit_code, "run finished"),
-                _ => tracing::warn!(job = %spec.name, run = %run_id, outcome = %report.outcome, duration_ms, exit_code, killed = report.killed, reason, "run finished"),
-            }
-            // The job may have been removed meanwhile; then nobody needs to know.
-            let _ = ended.send(RunEnded {
-                run_id,
-                attempt,
-                report,
-            });
+            end.finish(report);
         });
         run_id
     }
@@ -972,6 +967,68 @@ impl JobActor {
 
     fn is_fixed_delay(&self) -> bool {
         matches!(&self.spec.schedule, Schedule::Every(e) if e.mode == EveryMode::FixedDelay)
+    }
+}
+
+/// The end of a run, reported exactly once: by [`RunEnd::finish`] with the run's report, or,
+/// if the run's task panicked (or was aborted) before that, by its `Drop` as a failure. Without
+/// it a panic outside the handler's own catch (a future whose drop panics) never told the job,
+/// and with `overlap = "skip"` the job never fired again.
+struct RunEnd {
+    spec: Arc<JobSpec>,
+    env: Arc<RunEnv>,
+    run_id: RunId,
+    attempt: u32,
+    started: Instant,
+    started_wall: DateTime<Utc>,
+    metrics: Arc<JobMetrics>,
+    status: SharedStatus,
+    /// Taken by the one report.
+    ended: Option<mpsc::UnboundedSender<RunEnded>>,
+}
+
+impl RunEnd {
+    fn finish(mut self, report: RunReport) {
+        self.report(report);
+    }
+
+    /// Counts, logs and tells the job how the run ended; a no-op after the first call.
+    fn report(&mut self, report: RunReport) {
+        let Some(ended) = self.ended.take() else {
+            return;
+        };
+        let (spec, run_id) = (&self.spec, self.run_id);
+        let duration = self.env.clock.now().saturating_duration_since(self.started);
+        let duration_ms = millis(duration);
+        self.metrics.run_ended(&report, duration, self.started_wall);
+        let started_wall = self.started_wall;
+        self.status
+            .update(|s| record_run(s, run_id.0, &report, started_wall, duration_ms));
+        let exit_code = report.exit_code.map(i64::from);
+        let reason = report.reason.as_deref().unwrap_or("");
+        match report.outcome {
+            Outcome::Success => tracing::info!(job = %spec.name, run = %run_id, outcome = %report.outcome, duration_ms, exit_code, "run finished"),
+            _ => tracing::warn!(job = %spec.name, run = %run_id, outcome = %report.outcome, duration_ms, exit_code, killed = report.killed, reason, "run finished"),
+        }
+        // The job may have been removed meanwhile; then nobody needs to know.
+        let _ = ended.send(RunEnded {
+            run_id,
+            attempt: self.attempt,
+            report,
+        });
+    }
+}
+
+impl Drop for RunEnd {
+    fn drop(&mut self) {
+        if self.ended.is_some() {
+            let why = if std::thread::panicking() {
+                "the run's task panicked (a bug: please report it)"
+            } else {
+                "the run's task was stopped before it reported"
+            };
+            self.report(RunReport::failure(None, why));
+        }
     }
 }
 
@@ -1109,6 +1166,53 @@ mod tests {
         let at = |m| start - chrono::Duration::seconds(30) + chrono::Duration::minutes(m);
         assert_eq!(*seen.lock().expect("lock"), [at(11)]);
         assert_eq!(job.control.status.snapshot().runs.missed, 10);
+        stop.cancel();
+    }
+
+    /// Panics in its drop: a handler future holding one panics where the handler's
+    /// `catch_unwind` does not reach, when it is dropped after its timeout and grace.
+    struct PanicsOnDrop;
+
+    impl Drop for PanicsOnDrop {
+        fn drop(&mut self) {
+            panic!("a bug in a handler's state");
+        }
+    }
+
+    /// A panicking run task never sent `RunEnded`: with `overlap = "skip"` the job never fired
+    /// again, silently.
+    #[tokio::test(start_paused = true)]
+    async fn a_run_task_that_panics_still_ends_its_run() {
+        let start = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let mut handlers = Handlers::with_builtins();
+        handlers.register("stuck", |_ctx: RunContext| {
+            let guard = PanicsOnDrop;
+            async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        });
+        let spec = crate::config::parse(
+            std::path::Path::new("jobs.toml"),
+            "[jobs.p]\nevery = \"1s\"\ntimeout = \"100ms\"\nkill_grace = \"0s\"\nhandler = \"stuck\"\n",
+            &handlers,
+        )
+        .expect("valid")
+        .jobs["p"]
+        .clone();
+        let env = Arc::new(RunEnv::new(Clock::manual(start), handlers, None, None).expect("env"));
+        let stop = CancellationToken::new();
+        let job = JobHandle::spawn(spec, env, TaskTracker::new(), stop.clone());
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        let status = job.control.status.snapshot();
+        // Runs at 1 s, 2 s and 3 s, each ended (as a failure), none left "running".
+        assert_eq!(status.runs.failure, 3, "{status:?}");
+        assert_eq!(status.running, 0, "{status:?}");
+        let reason = status.last_run.and_then(|r| r.reason).unwrap_or_default();
+        assert!(reason.contains("panicked"), "{reason}");
         stop.cancel();
     }
 

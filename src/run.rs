@@ -161,7 +161,8 @@ impl RunReport {
         }
     }
 
-    fn failure(exit_code: Option<i32>, reason: impl Into<String>) -> Self {
+    /// A failed run, with why.
+    pub(crate) fn failure(exit_code: Option<i32>, reason: impl Into<String>) -> Self {
         RunReport {
             outcome: Outcome::Failure,
             exit_code,
