@@ -272,6 +272,11 @@ struct JobActor {
     metrics: Arc<JobMetrics>,
     /// Paused through the endpoint.
     paused: bool,
+    /// Set while this job's `on_failure` hook runs: at most one at a time, so a job failing
+    /// fast cannot pile up hooks (and their descriptors) until other jobs fail with EMFILE.
+    hook_running: Arc<std::sync::atomic::AtomicBool>,
+    /// Final failures that got no hook because one was running; told to the next hook.
+    failures_without_hook: u64,
 }
 
 impl JobActor {
@@ -296,6 +301,8 @@ impl JobActor {
             status,
             metrics,
             paused: false,
+            hook_running: Arc::default(),
+            failures_without_hook: 0,
         };
         actor.restart_schedule();
         actor
@@ -814,10 +821,18 @@ impl JobActor {
     /// Runs the job's `on_failure` command (with TICKD_JOB, TICKD_RUN_ID, TICKD_EXIT_CODE and
     /// TICKD_REASON in its environment, the job's working directory and user) on the run tracker,
     /// so a shutdown drains it too.
-    fn spawn_failure_hook(&self, ended: &RunEnded) {
+    fn spawn_failure_hook(&mut self, ended: &RunEnded) {
+        use std::sync::atomic::Ordering;
         let Some(argv) = self.spec.on_failure.clone() else {
             return;
         };
+        if self.hook_running.swap(true, Ordering::AcqRel) {
+            self.failures_without_hook += 1;
+            tracing::debug!(job = %self.spec.name, run = %ended.run_id, "on_failure hook still running; this failure is told to the next one");
+            return;
+        }
+        let hook_running = self.hook_running.clone();
+        let failures_without_hook = std::mem::take(&mut self.failures_without_hook);
         let env = self.env.clone();
         let job = self.spec.name.clone();
         let mut vars = match &self.spec.action {
@@ -838,6 +853,10 @@ impl JobActor {
             "TICKD_REASON".to_owned(),
             ended.report.reason.clone().unwrap_or_default(),
         );
+        vars.insert(
+            "TICKD_FAILURES_WITHOUT_HOOK".to_owned(),
+            failures_without_hook.to_string(),
+        );
         // The hook runs where and as whom the job runs.
         let cwd = match &self.spec.action {
             crate::config::Action::Process(p) => p.cwd.clone(),
@@ -854,6 +873,8 @@ impl JobActor {
         let cancel = self.runs_cancel.child_token();
         let kill_grace = self.spec.kill_grace;
         self.runs.spawn(async move {
+            // Frees the job's hook slot however this task ends.
+            let _slot = HookSlot(hook_running);
             let hook_job = format!("{job}/on_failure");
             let end = crate::process::run_child(
                 &spec,
@@ -970,6 +991,15 @@ impl JobActor {
     }
 }
 
+/// A job's `on_failure` slot, freed when the hook's task ends (or unwinds).
+struct HookSlot(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for HookSlot {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// The end of a run, reported exactly once: by [`RunEnd::finish`] with the run's report, or,
 /// if the run's task panicked (or was aborted) before that, by its `Drop` as a failure. Without
 /// it a panic outside the handler's own catch (a future whose drop panics) never told the job,
@@ -1007,8 +1037,12 @@ impl RunEnd {
         let exit_code = report.exit_code.map(i64::from);
         let reason = report.reason.as_deref().unwrap_or("");
         match report.outcome {
-            Outcome::Success => tracing::info!(job = %spec.name, run = %run_id, outcome = %report.outcome, duration_ms, exit_code, "run finished"),
-            _ => tracing::warn!(job = %spec.name, run = %run_id, outcome = %report.outcome, duration_ms, exit_code, killed = report.killed, reason, "run finished"),
+            Outcome::Success => {
+                tracing::info!(job = %spec.name, run = %run_id, outcome = %report.outcome, duration_ms, exit_code, "run finished")
+            }
+            _ => {
+                tracing::warn!(job = %spec.name, run = %run_id, outcome = %report.outcome, duration_ms, exit_code, killed = report.killed, reason, "run finished")
+            }
         }
         // The job may have been removed meanwhile; then nobody needs to know.
         let _ = ended.send(RunEnded {

@@ -351,3 +351,32 @@ fn the_daemon_raises_its_descriptor_limit_and_children_keep_the_original() {
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(), 0, "{}", d.log());
 }
+
+/// A job failing at 10 Hz with a slow `on_failure` hook started a hook for every failure (66
+/// after 5 s, 3 descriptors each) until unrelated jobs failed with EMFILE. One hook at a time;
+/// the failures meanwhile are told to the next one.
+#[test]
+fn on_failure_hooks_do_not_pile_up() {
+    let mut d = Daemon::start(
+        r#"
+[jobs.flaky]
+every = "100ms"
+command = ["false"]
+on_failure = ["sh", "-c", "echo $TICKD_FAILURES_WITHOUT_HOOK >> hooks; sleep 1"]
+"#,
+    );
+    d.wait_log_n("on_failure hook ended", 3);
+    let hooks = std::fs::read_to_string(d.path("hooks")).unwrap_or_default();
+    let counts: Vec<u64> = hooks
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    // About one hook a second, while the job failed ten times a second.
+    assert!(counts.len() <= 6, "{} hooks: {hooks}", counts.len());
+    assert!(
+        counts.iter().skip(1).any(|n| *n >= 3),
+        "failures told to the next hook: {counts:?}"
+    );
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0, "{}", d.log());
+}
