@@ -516,8 +516,15 @@ fn signal_group(group: Pid, signal: Signal) {
     }
 }
 
+/// Whether a live process is left in `group`. `killpg(group, 0)` also succeeds for a zombie (one
+/// whose new parent, PID 1, has not reaped it yet; one that never reaps would make every run
+/// wait its `kill_grace`), so a hit is checked against `/proc`: a zombie is not alive.
 fn group_alive(group: Pid) -> bool {
-    killpg(group, None).is_ok()
+    if killpg(group, None).is_err() {
+        return false;
+    }
+    let pgrp = group.as_raw().to_string();
+    processes().any(|(_, stat)| stat.pgrp == pgrp && !matches!(stat.state.as_str(), "Z" | "X"))
 }
 
 fn describe_spawn_error(spec: &ProcessSpec, err: &io::Error) -> String {

@@ -48,12 +48,19 @@ impl Spawner {
         let (requests, queue) = std_mpsc::channel::<(ExecPlan, SpawnReply)>();
         let own: Arc<Mutex<HashSet<i32>>> = Arc::default();
         let registry = own.clone();
+        let (blocked_tx, blocked) = std_mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("tickd-spawner".to_owned())
             .spawn(move || {
                 // Signals go to the daemon's other threads; a clone child inherits this mask
-                // and resets every disposition before it unblocks anything.
-                let _ = nix::sys::signal::SigSet::all().thread_block();
+                // and resets every disposition before it unblocks anything. Without the mask
+                // that precondition of the clone child breaks: then no child is ever started.
+                let mask = nix::sys::signal::SigSet::all().thread_block();
+                let failed = mask.is_err();
+                let _ = blocked_tx.send(mask);
+                if failed {
+                    return;
+                }
                 let mut stack = vec![0u8; CHILD_STACK];
                 while let Ok((plan, reply)) = queue.recv() {
                     let mut own = registry.lock().unwrap_or_else(PoisonError::into_inner);
@@ -75,7 +82,13 @@ impl Spawner {
                     }
                 }
             })?;
-        Ok(Spawner { requests, own })
+        match blocked.recv() {
+            Ok(Ok(())) => Ok(Spawner { requests, own }),
+            Ok(Err(errno)) => Err(io::Error::other(format!(
+                "cannot block signals on the spawner thread: {errno}"
+            ))),
+            Err(_) => Err(io::Error::other("the spawner thread ended at its start")),
+        }
     }
 
     /// Starts `plan` on the spawner thread.

@@ -380,3 +380,39 @@ on_failure = ["sh", "-c", "echo $TICKD_FAILURES_WITHOUT_HOOK >> hooks; sleep 1"]
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(), 0, "{}", d.log());
 }
+
+/// A zombie left in a run's process group (exited, its parent gone to another group and not
+/// reaping it) counted as alive: the run waited its whole `kill_grace` for it.
+#[test]
+fn a_zombie_left_in_the_run_group_is_not_alive() {
+    // The leader's background python forks a child that exits at once, then moves itself to a
+    // group of its own and never reaps it: the run's group holds only that zombie.
+    let mut d = Daemon::start(
+        r#"
+[jobs.z]
+every = "1h"
+run_on_start = true
+kill_grace = "30s"
+shell = 'python3 -c "$SCRIPT" & sleep 0.5'
+env = { SCRIPT = "import os, time\nif os.fork() == 0:\n    os._exit(0)\nos.setpgid(0, 0)\nopen('parent', 'w').write(str(os.getpid()) + '\\n')\ntime.sleep(60)\n" }
+"#,
+    );
+    let log = d.wait_log("run finished");
+    let parent: i32 = d.wait_file("parent").trim().parse().expect("pid");
+    let finished = log
+        .lines()
+        .find(|l| l.contains("run finished"))
+        .expect("line");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(parent), Signal::SIGKILL);
+    assert!(!log.contains("processes are left"), "{log}");
+    let duration: f64 = finished
+        .split("duration_ms=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|ms| ms.parse().ok())
+        .expect("duration");
+    // Well under the 30 s grace the zombie used to cost.
+    assert!(duration < 15_000.0, "{finished}");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0, "{}", d.log());
+}
