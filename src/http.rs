@@ -239,7 +239,22 @@ async fn healthz(State(state): State<ApiState>) -> Response {
         stuck.retain(|name| current.contains_key(name));
     }
     if stuck.is_empty() {
-        return (StatusCode::OK, "ok\n").into_response();
+        // Healthy, since the restarted tasks answer; but a restart is a bug worth seeing.
+        let restarted: Vec<String> = directory_snapshot(&state)
+            .iter()
+            .filter_map(|(name, job)| {
+                let restarts = job.status.snapshot().task_restarts;
+                (restarts > 0).then(|| format!("{name} ({restarts}x)"))
+            })
+            .collect();
+        if restarted.is_empty() {
+            return (StatusCode::OK, "ok\n").into_response();
+        }
+        let body = format!(
+            "ok; job tasks restarted after a panic: {}\n",
+            restarted.join(", ")
+        );
+        return (StatusCode::OK, body).into_response();
     }
     tracing::error!(jobs = ?stuck, "job tasks are not answering; those jobs are not firing");
     let more = stuck.len().saturating_sub(HEALTH_NAMES);

@@ -91,6 +91,9 @@ pub(crate) enum JobCommand {
     Resume,
     /// Answer at once: the health check's proof that the task is alive and not blocked.
     Ping(oneshot::Sender<()>),
+    /// Panic, as a bug in the task would: for the test of its restart.
+    #[cfg(test)]
+    Panic,
 }
 
 /// What a fire did.
@@ -170,8 +173,14 @@ impl JobHandle {
     ) -> Self {
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let status = SharedStatus::default();
-        let actor = JobActor::new(spec.clone(), env, runs, status.clone());
-        let task = tokio::spawn(actor.run(commands_rx, stop.clone()));
+        let task = tokio::spawn(supervise_actor(
+            spec.clone(),
+            env,
+            runs,
+            status.clone(),
+            commands_rx,
+            stop.clone(),
+        ));
         JobHandle {
             spec,
             control: JobControl { commands, status },
@@ -272,6 +281,8 @@ struct JobActor {
     metrics: Arc<JobMetrics>,
     /// Paused through the endpoint.
     paused: bool,
+    /// The definition last given (reloads), for a restart of the task after a panic.
+    latest_spec: Arc<std::sync::Mutex<Arc<JobSpec>>>,
     /// Set while this job's `on_failure` hook runs: at most one at a time, so a job failing
     /// fast cannot pile up hooks (and their descriptors) until other jobs fail with EMFILE.
     hook_running: Arc<std::sync::atomic::AtomicBool>,
@@ -281,6 +292,7 @@ struct JobActor {
 
 impl JobActor {
     fn new(spec: Arc<JobSpec>, env: Arc<RunEnv>, runs: TaskTracker, status: SharedStatus) -> Self {
+        let spec_for_restart = spec.clone();
         let (ended_tx, ended_rx) = mpsc::unbounded_channel();
         let anchor = env.clock.now();
         let runs_cancel = env.stop_runs.child_token();
@@ -301,6 +313,7 @@ impl JobActor {
             status,
             metrics,
             paused: false,
+            latest_spec: Arc::new(std::sync::Mutex::new(spec_for_restart)),
             hook_running: Arc::default(),
             failures_without_hook: 0,
         };
@@ -310,7 +323,7 @@ impl JobActor {
 
     async fn run(
         mut self,
-        mut commands: mpsc::UnboundedReceiver<JobCommand>,
+        commands: &mut mpsc::UnboundedReceiver<JobCommand>,
         stop: CancellationToken,
     ) {
         let schedule = self.spec.schedule.to_string();
@@ -686,6 +699,8 @@ impl JobActor {
             JobCommand::Ping(reply) => {
                 let _ = reply.send(());
             }
+            #[cfg(test)]
+            JobCommand::Panic => panic!("a bug in the job task"),
         }
     }
 
@@ -971,6 +986,10 @@ impl JobActor {
 
     fn update(&mut self, spec: Arc<JobSpec>) {
         let schedule_changed = spec.schedule != self.spec.schedule;
+        *self
+            .latest_spec
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = spec.clone();
         self.spec = spec;
         let schedule = self.spec.schedule.to_string();
         self.status.update(|s| s.schedule = schedule);
@@ -988,6 +1007,41 @@ impl JobActor {
 
     fn is_fixed_delay(&self) -> bool {
         matches!(&self.spec.schedule, Schedule::Every(e) if e.mode == EveryMode::FixedDelay)
+    }
+}
+
+/// Runs a job's actor until `stop`; an actor that panics (a bug) is logged, counted in the job's
+/// status and `tickd_job_task_restarts_total`, and started again from its schedule with the
+/// definition it last had, so a bug cannot silently stop a job for good. Runs it had in flight
+/// go on, unknown to the new actor.
+async fn supervise_actor(
+    spec: Arc<JobSpec>,
+    env: Arc<RunEnv>,
+    runs: TaskTracker,
+    status: SharedStatus,
+    mut commands: mpsc::UnboundedReceiver<JobCommand>,
+    stop: CancellationToken,
+) {
+    use futures_util::FutureExt;
+    let mut spec = spec;
+    loop {
+        let actor = JobActor::new(spec.clone(), env.clone(), runs.clone(), status.clone());
+        let latest = actor.latest_spec.clone();
+        let ran = std::panic::AssertUnwindSafe(actor.run(&mut commands, stop.clone()))
+            .catch_unwind()
+            .await;
+        let Err(panic) = ran else { return };
+        let message = crate::run::panic_message(&*panic);
+        spec = latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        tracing::error!(job = %spec.name, "the job's task panicked (a bug: please report it); restarting it from its schedule: {message}");
+        env.metrics.job_task_restarted(&spec.name);
+        status.update(|s| s.task_restarts += 1);
+        if stop.is_cancelled() {
+            return;
+        }
     }
 }
 
@@ -1201,6 +1255,46 @@ mod tests {
         assert_eq!(*seen.lock().expect("lock"), [at(11)]);
         assert_eq!(job.control.status.snapshot().runs.missed, 10);
         stop.cancel();
+    }
+
+    /// A panicked job task's `JoinError` was dropped: the job stopped firing for good, silently.
+    #[tokio::test(start_paused = true)]
+    async fn a_job_task_that_panics_is_restarted_with_its_latest_definition() {
+        let start = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let handlers = Handlers::with_builtins();
+        let spec = |every: &str| {
+            crate::config::parse(
+                std::path::Path::new("jobs.toml"),
+                &format!("[jobs.j]\nevery = \"{every}\"\nhandler = \"log\"\n"),
+                &handlers,
+            )
+            .expect("valid")
+            .jobs["j"]
+                .clone()
+        };
+        let env =
+            Arc::new(RunEnv::new(Clock::manual(start), handlers.clone(), None, None).expect("env"));
+        let stop = CancellationToken::new();
+        let mut job = JobHandle::spawn(spec("1s"), env.clone(), TaskTracker::new(), stop.clone());
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        job.update(spec("500ms"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        job.control.commands.send(JobCommand::Panic).expect("send");
+        tokio::time::sleep(Duration::from_millis(2_050)).await;
+        let status = job.control.status.snapshot();
+        assert_eq!(status.task_restarts, 1);
+        // 1 run before the panic; then every 500 ms (the latest definition) from the restart.
+        assert_eq!(status.runs.success, 1 + 4, "{status:?}");
+        assert_eq!(status.schedule, "every 500ms");
+        let metrics = env.metrics.encode();
+        assert!(
+            metrics.contains("tickd_job_task_restarts_total{job=\"j\"} 1"),
+            "{metrics}"
+        );
+        stop.cancel();
+        job.stop().await.expect("the task ends when stopped");
     }
 
     /// Panics in its drop: a handler future holding one panics where the handler's

@@ -32,6 +32,8 @@ pub struct JobStatus {
     pub last_run: Option<LastRun>,
     /// When the last successful run started.
     pub last_success: Option<DateTime<Utc>>,
+    /// How often the job's task panicked and was started again (a bug in tickd).
+    pub task_restarts: u64,
 }
 
 /// Runs of a job by outcome, and fires skipped by the overlap policy.
@@ -129,6 +131,7 @@ pub struct Metrics {
     last_success: Family<JobLabel, Gauge<f64, AtomicU64>>,
     reloads: Family<ResultLabel, Counter>,
     rss: Gauge,
+    task_restarts: Family<JobLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -191,7 +194,14 @@ impl Metrics {
             "The daemon's resident memory",
             rss.clone(),
         );
+        let task_restarts = Family::<JobLabel, Counter>::default();
+        registry.register(
+            "job_task_restarts",
+            "Job tasks that panicked (a bug) and were started again, by job",
+            task_restarts.clone(),
+        );
         Metrics {
+            task_restarts,
             registry,
             runs,
             duration,
@@ -202,6 +212,15 @@ impl Metrics {
             reloads,
             rss,
         }
+    }
+
+    /// Counts a restart of `job`'s task after a panic.
+    pub fn job_task_restarted(&self, job: &str) {
+        self.task_restarts
+            .get_or_create(&JobLabel {
+                job: job.to_owned(),
+            })
+            .inc();
     }
 
     /// The metrics of one job, looked up once: recording a run then takes no lock and no
@@ -249,6 +268,7 @@ impl Metrics {
         self.lateness.remove(&label);
         self.missed.remove(&label);
         self.last_success.remove(&label);
+        self.task_restarts.remove(&label);
     }
 
     /// A reload was applied (`true`) or rejected.
