@@ -445,7 +445,23 @@ impl Supervisor {
         // 3. Stop what is left: cancel handlers, TERM process groups, KILL after the grace.
         tracing::warn!(runs = self.runs.len(), "runs still going; stopping them");
         self.env.stop_runs.cancel();
-        self.runs.wait().await;
+        // 4. Bounded too: a process in uninterruptible sleep outlives even SIGKILL.
+        let longest_grace = self
+            .config
+            .jobs
+            .values()
+            .map(|job| job.kill_grace)
+            .max()
+            .unwrap_or(config::DEFAULT_KILL_GRACE);
+        let bound = longest_grace.saturating_add(AFTER_KILL_BOUND);
+        if !wait_for_runs(&self.runs, &self.env.clock, bound).await {
+            tracing::error!(
+                pids = ?self.env.spawner.live_children(),
+                bound = %humantime::format_duration(bound),
+                "shut down: runs would not end even after SIGKILL (a process in uninterruptible sleep?); exiting without them"
+            );
+            return true;
+        }
         tracing::warn!("shut down: runs had to be stopped");
         true
     }
@@ -453,6 +469,18 @@ impl Supervisor {
 
 /// How often the daemon's own memory is checked against `[daemon] max_rss`.
 const OWN_RSS_SAMPLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long, after the longest `kill_grace`, the shutdown still waits for stopped runs to end
+/// before it exits without them.
+pub const AFTER_KILL_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits up to `bound` for every run on `runs` to end; `false` if some did not.
+async fn wait_for_runs(runs: &TaskTracker, clock: &Clock, bound: std::time::Duration) -> bool {
+    tokio::select! {
+        _ = runs.wait() => true,
+        _ = clock.sleep(bound) => false,
+    }
+}
 
 /// Waits for `timer`, or forever when there is none.
 async fn wait_for(timer: Option<&mut crate::clock::Sleep>) {
@@ -518,5 +546,30 @@ fn report(
             missed = counts.missed,
             "status report"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After SIGKILL the wait for runs had no bound: a child in uninterruptible sleep hung the
+    /// daemon. A run that never ends is given up after the bound.
+    #[tokio::test(start_paused = true)]
+    async fn the_last_wait_for_stopped_runs_is_bounded() {
+        let clock = Clock::manual(chrono::Utc::now());
+        let runs = TaskTracker::new();
+        runs.spawn(std::future::pending::<()>());
+        runs.spawn(async {});
+        runs.close();
+        let started = clock.now();
+        let bound = std::time::Duration::from_secs(20);
+        assert!(!wait_for_runs(&runs, &clock, bound).await);
+        assert_eq!(clock.now() - started, bound);
+
+        let runs = TaskTracker::new();
+        runs.spawn(async {});
+        runs.close();
+        assert!(wait_for_runs(&runs, &clock, bound).await);
     }
 }

@@ -108,6 +108,19 @@ impl Spawner {
         })
     }
 
+    /// The pids of the children started and not reaped yet.
+    pub fn live_children(&self) -> Vec<i32> {
+        let mut pids: Vec<i32> = self
+            .own
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect();
+        pids.sort_unstable();
+        pids
+    }
+
     /// Forgets a child we have reaped.
     fn forget(&self, pid: i32) {
         self.own
