@@ -299,6 +299,10 @@ pub fn spawn_hardened(
             fail(9)
         }
     };
+    // The descriptor the child's pidfd will take, reserved before the child starts: at the
+    // descriptor limit (EMFILE) the run then fails before anything ran, instead of after the
+    // child had exec'd (when it ran unwatched, was never reaped, and a retry ran it twice).
+    let reserved = std::fs::File::open("/dev/null").map_err(|err| (SpawnStep::Setup, err))?;
     // SAFETY: CLONE_VM | CLONE_VFORK: the child runs on `stack`, shares our memory and keeps us
     // suspended until it execs or exits, so everything it borrows stays valid; it makes only
     // async-signal-safe calls (above).
@@ -326,9 +330,20 @@ pub fn spawn_hardened(
         };
         return Err((step, err));
     }
-    pidfd_open(pid)
-        .map(|fd| (pid, fd))
-        .map_err(|err| (SpawnStep::Setup, err))
+    drop(reserved);
+    match pidfd_open(pid) {
+        Ok(fd) => Ok((pid, fd)),
+        Err(err) => {
+            // Another thread took the reserved descriptor: a child we cannot watch is not left
+            // running unsupervised (its own group, so this reaches what it started too).
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            Err((SpawnStep::Setup, err))
+        }
+    }
 }
 
 /// A pidfd for our child `pid` (Linux >= 5.3): readable once it has exited.
