@@ -2,7 +2,7 @@
 //! HTTP endpoint) and the Prometheus metrics.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -117,6 +117,15 @@ const RUN_OUTCOMES: [&str; 5] = [
     "skipped_overlap",
 ];
 
+/// Log lines dropped because the log writer's queue was full (stderr not keeping up), exported by
+/// every [`Metrics`] as `tickd_log_lines_dropped_total`.
+///
+/// A static, not a [`Metrics`] field: what drops lines is the process-wide `tracing` subscriber,
+/// which the binary sets up before any daemon (and its [`Metrics`]) exists, and which outlives
+/// it. The binary adds to it; a program that embeds the daemon may add its own drops, or leave
+/// it at 0.
+pub static LOG_LINES_DROPPED: LazyLock<Counter> = LazyLock::new(Counter::default);
+
 /// The Prometheus metrics (the `prometheus-client` crate, text exposition format).
 #[derive(Debug)]
 pub struct Metrics {
@@ -190,6 +199,11 @@ impl Metrics {
             "process_resident_memory_bytes",
             "The daemon's resident memory",
             rss.clone(),
+        );
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because stderr was not keeping up (the log queue was full)",
+            LOG_LINES_DROPPED.clone(),
         );
         Metrics {
             registry,

@@ -1552,7 +1552,7 @@ fn a_stopped_and_continued_daemon_does_not_burst() {
 }
 
 /// A free loopback port (bound then released: a small race, fine for a test).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -1561,7 +1561,7 @@ fn free_port() -> u16 {
 }
 
 /// A minimal HTTP/1.0 request: (status, body).
-fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+pub(crate) fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
@@ -1585,7 +1585,7 @@ fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, Strin
 }
 
 /// The value of a Prometheus sample line that starts with `series`.
-fn sample(metrics: &str, series: &str) -> f64 {
+pub(crate) fn sample(metrics: &str, series: &str) -> f64 {
     metrics
         .lines()
         .find(|l| l.starts_with(series))

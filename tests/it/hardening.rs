@@ -196,3 +196,88 @@ fn status_fails_clearly_on_an_answer_that_is_not_the_jobs_list() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// Log lines were written to stderr synchronously by the task that logged them: with stderr on a
+/// pipe nobody reads, every worker blocked in a write, a 5 Hz job stopped firing next to a chatty
+/// in-process job, and SIGTERM was ignored. Lines now go through a bounded queue to a writer
+/// thread; what does not fit is dropped and counted.
+#[test]
+fn a_stderr_pipe_nobody_reads_stalls_neither_jobs_nor_shutdown() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let port = crate::binary::free_port();
+    // The read end stays open (so writes block instead of failing) and is not read until the
+    // drops are counted.
+    let (read_end, write_end) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("a pipe for stderr");
+    let mut d = Daemon::launch(
+        &format!(
+            r#"
+[daemon]
+http = "127.0.0.1:{port}"
+
+[jobs.chatty]
+every = "10ms"
+handler = "log"
+
+[jobs.tick]
+every = "200ms"
+shell = "echo x >> ticks"
+"#
+        ),
+        |command, _log| {
+            command
+                .args(["run", "jobs.toml"])
+                .stderr(Stdio::from(write_end));
+        },
+    );
+    let ticks = || std::fs::read_to_string(d.path("ticks")).map_or(0, |text| text.lines().count());
+    crate::binary::eventually("the 5 Hz job fires", || ticks() > 0);
+    let first = ticks();
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(10));
+    let fired = ticks() - first;
+    let expected = started.elapsed().as_secs_f64() * 5.0;
+    // Generous: only a stall (the bug took it to 0) must fail this.
+    assert!(
+        fired as f64 >= 0.6 * expected,
+        "{fired} fires in 10 s, {expected:.0} expected"
+    );
+    // The queue fills in seconds more: lines are dropped, and counted.
+    let dropped = || {
+        let metrics = crate::binary::http(port, "GET", "/metrics", None).1;
+        crate::binary::sample(&metrics, "tickd_log_lines_dropped_total")
+    };
+    crate::binary::eventually("dropped log lines are counted", || dropped() > 0.0);
+    // Once stderr is read again, one line tells how many were lost; then it blocks again.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut pipe = std::fs::File::from(read_end);
+        let mut text = Vec::new();
+        let mut buf = [0u8; 65536];
+        while let Ok(n @ 1..) = pipe.read(&mut buf) {
+            text.extend_from_slice(&buf[..n]);
+            let notice = String::from_utf8_lossy(&text)
+                .lines()
+                .find(|l| l.contains("log lines were dropped"))
+                .map(str::to_owned);
+            if let Some(notice) = notice {
+                // Keeps the read end open, unread, for the rest of the test.
+                let _ = tx.send((notice, pipe));
+                return;
+            }
+        }
+    });
+    let (notice, _read_end) = rx
+        .recv_timeout(crate::binary::PATIENCE)
+        .expect("a line saying log lines were dropped");
+    let count: u64 = notice
+        .split_once("dropped=")
+        .and_then(|(_, n)| n.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(count > 0 && count as f64 <= dropped(), "{notice}");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0, "SIGTERM with stderr blocked");
+}
