@@ -265,6 +265,22 @@ impl Metrics {
         self.last_success.remove(&label);
     }
 
+    /// Exports the group keeper's `tickd_group_keeper_up` and `tickd_group_keeper_restarts_total`
+    /// (only a daemon that runs a keeper has them).
+    pub fn register_group_keeper(&mut self, keeper: &crate::process::GroupKeeper) {
+        let (up, restarts) = keeper.metrics();
+        self.registry.register(
+            "group_keeper_up",
+            "1 while the group keeper (which kills the jobs' process groups should the daemon die) runs",
+            up,
+        );
+        self.registry.register(
+            "group_keeper_restarts",
+            "Group keepers started again after the previous one died",
+            restarts,
+        );
+    }
+
     /// A reload was applied (`true`) or rejected.
     pub fn reloaded(&self, applied: bool) {
         let result = if applied { "applied" } else { "rejected" };
