@@ -39,10 +39,19 @@ impl Daemon {
     /// Starts `tickd` in a temp dir holding `config` as `jobs.toml`; `prepare` sets the arguments
     /// and stderr (given the log file's path).
     pub(crate) fn launch(config: &str, prepare: impl FnOnce(&mut Command, &Path)) -> Daemon {
+        Daemon::launch_program(Path::new(env!("CARGO_BIN_EXE_tickd")), config, prepare)
+    }
+
+    /// [`Daemon::launch`] with another copy of the binary.
+    pub(crate) fn launch_program(
+        program: &Path,
+        config: &str,
+        prepare: impl FnOnce(&mut Command, &Path),
+    ) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::write(dir.path().join("jobs.toml"), config).expect("write config");
         let log = dir.path().join("tickd.log");
-        let mut command = tickd();
+        let mut command = Command::new(program);
         command
             .current_dir(dir.path())
             .env("TICKD_LOG", "debug")
