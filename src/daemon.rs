@@ -93,6 +93,20 @@ pub struct DaemonOptions {
     pub subreaper: bool,
 }
 
+/// Every [`crate::process::KEEPER_CHECK`]: replaces a dead group keeper and writes what its pipe
+/// could not take (see [`GroupKeeper::check`]), until `stop`.
+async fn watch_keeper(env: Arc<RunEnv>, stop: CancellationToken) {
+    let Some(keeper) = env.keeper.as_ref() else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = env.clock.sleep(crate::process::KEEPER_CHECK) => keeper.check(),
+        }
+    }
+}
+
 /// Runs the daemon with an already validated `config` until a [`Control::Shutdown`] arrives or
 /// `controls` closes, then drains: stop firing, wait for runs in flight up to the configured
 /// `shutdown_timeout`, stop what is left (TERM, KILL after each job's `kill_grace`).
@@ -130,6 +144,11 @@ pub async fn run(
         tracing::info!("reaping orphaned processes (child subreaper)");
     }
     let _reaper_stop = reaper_stop.drop_guard();
+    let keeper_stop = CancellationToken::new();
+    if env.keeper.is_some() {
+        tokio::spawn(watch_keeper(env.clone(), keeper_stop.clone()));
+    }
+    let _keeper_stop = keeper_stop.drop_guard();
     let state_writer_stop = CancellationToken::new();
     let state_writer = state.map(|state| {
         tokio::spawn(state.write_until(options.clock.clone(), state_writer_stop.clone()))

@@ -223,11 +223,16 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// At most this many stuck jobs are named in `/healthz`'s answer.
 const HEALTH_NAMES: usize = 10;
 
-/// 200 while the scheduler runs and every job task answers; 503 while draining, or when a job's
-/// task is gone (it panicked) or blocked: that job would silently stop firing.
+/// 200 while the scheduler runs and every job task answers; 503 while draining, while the group
+/// keeper is down, or when a job's task is gone (it panicked) or blocked: that job would silently
+/// stop firing.
 async fn healthz(State(state): State<ApiState>) -> Response {
     if state.draining.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    // Until it is replaced, a killed daemon would leave its jobs' processes behind.
+    if let Some(down) = state.env.keeper.as_ref().and_then(|k| k.down()) {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{down}\n")).into_response();
     }
     let mut stuck = unresponsive_jobs(&directory_snapshot(&state), HEALTH_TIMEOUT).await;
     // A job removed by a reload while we waited is not stuck.

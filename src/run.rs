@@ -67,6 +67,10 @@ impl RunEnv {
         state: Option<Arc<StateStore>>,
     ) -> Result<Self, RunEnvError> {
         process::start_output_thread();
+        let mut metrics = crate::status::Metrics::new();
+        if let Some(keeper) = &keeper {
+            metrics.register_group_keeper(keeper);
+        }
         Ok(RunEnv {
             clock,
             handlers,
@@ -76,7 +80,7 @@ impl RunEnv {
             machine_id: machine_id(),
             max_runs: AtomicU64::new(0),
             recycle: tokio::sync::Notify::new(),
-            metrics: crate::status::Metrics::new(),
+            metrics,
             http: reqwest::Client::builder()
                 .user_agent(concat!("tickd/", env!("CARGO_PKG_VERSION")))
                 .build()

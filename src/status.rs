@@ -2,7 +2,7 @@
 //! HTTP endpoint) and the Prometheus metrics.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -119,6 +119,15 @@ const RUN_OUTCOMES: [&str; 5] = [
     "skipped_overlap",
 ];
 
+/// Log lines dropped because the log writer's queue was full (stderr not keeping up), exported by
+/// every [`Metrics`] as `tickd_log_lines_dropped_total`.
+///
+/// A static, not a [`Metrics`] field: what drops lines is the process-wide `tracing` subscriber,
+/// which the binary sets up before any daemon (and its [`Metrics`]) exists, and which outlives
+/// it. The binary adds to it; a program that embeds the daemon may add its own drops, or leave
+/// it at 0.
+pub static LOG_LINES_DROPPED: LazyLock<Counter> = LazyLock::new(Counter::default);
+
 /// The Prometheus metrics (the `prometheus-client` crate, text exposition format).
 #[derive(Debug)]
 pub struct Metrics {
@@ -200,6 +209,11 @@ impl Metrics {
             "Job tasks that panicked (a bug) and were started again, by job",
             task_restarts.clone(),
         );
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because stderr was not keeping up (the log queue was full)",
+            LOG_LINES_DROPPED.clone(),
+        );
         Metrics {
             task_restarts,
             registry,
@@ -269,6 +283,22 @@ impl Metrics {
         self.missed.remove(&label);
         self.last_success.remove(&label);
         self.task_restarts.remove(&label);
+    }
+
+    /// Exports the group keeper's `tickd_group_keeper_up` and `tickd_group_keeper_restarts_total`
+    /// (only a daemon that runs a keeper has them).
+    pub fn register_group_keeper(&mut self, keeper: &crate::process::GroupKeeper) {
+        let (up, restarts) = keeper.metrics();
+        self.registry.register(
+            "group_keeper_up",
+            "1 while the group keeper (which kills the jobs' process groups should the daemon die) runs",
+            up,
+        );
+        self.registry.register(
+            "group_keeper_restarts",
+            "Group keepers started again after the previous one died",
+            restarts,
+        );
     }
 
     /// A reload was applied (`true`) or rejected.

@@ -55,7 +55,16 @@ impl Daemon {
     /// Starts `tickd` in a temp dir holding `config` as `jobs.toml`; `prepare` sets the arguments
     /// and stderr (given the log file's path).
     pub(crate) fn launch(config: &str, prepare: impl FnOnce(&mut Command, &Path)) -> Daemon {
-        Daemon::launch_command(tickd(), config, prepare)
+        Daemon::launch_program(Path::new(env!("CARGO_BIN_EXE_tickd")), config, prepare)
+    }
+
+    /// [`Daemon::launch`] with another copy of the binary.
+    pub(crate) fn launch_program(
+        program: &Path,
+        config: &str,
+        prepare: impl FnOnce(&mut Command, &Path),
+    ) -> Daemon {
+        Daemon::launch_command(Command::new(program), config, prepare)
     }
 
     /// `launch`, with `command` (tickd, or something that execs it) instead of plain `tickd`.
@@ -1576,7 +1585,7 @@ fn a_stopped_and_continued_daemon_does_not_burst() {
 }
 
 /// A free loopback port (bound then released: a small race, fine for a test).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -1585,7 +1594,7 @@ fn free_port() -> u16 {
 }
 
 /// A minimal HTTP/1.0 request: (status, body).
-fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+pub(crate) fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
@@ -1609,7 +1618,7 @@ fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, Strin
 }
 
 /// The value of a Prometheus sample line that starts with `series`.
-fn sample(metrics: &str, series: &str) -> f64 {
+pub(crate) fn sample(metrics: &str, series: &str) -> f64 {
     metrics
         .lines()
         .find(|l| l.starts_with(series))

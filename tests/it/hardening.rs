@@ -416,3 +416,232 @@ env = { SCRIPT = "import os, time\nif os.fork() == 0:\n    os._exit(0)\nos.setpg
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(), 0, "{}", d.log());
 }
+
+/// Log lines were written to stderr synchronously by the task that logged them: with stderr on a
+/// pipe nobody reads, every worker blocked in a write, a 5 Hz job stopped firing next to a chatty
+/// in-process job, and SIGTERM was ignored. Lines now go through a bounded queue to a writer
+/// thread; what does not fit is dropped and counted.
+#[test]
+fn a_stderr_pipe_nobody_reads_stalls_neither_jobs_nor_shutdown() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let port = crate::binary::free_port();
+    // The read end stays open (so writes block instead of failing) and is not read until the
+    // drops are counted.
+    let (read_end, write_end) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("a pipe for stderr");
+    let mut d = Daemon::launch(
+        &format!(
+            r#"
+[daemon]
+http = "127.0.0.1:{port}"
+
+[jobs.chatty]
+every = "10ms"
+handler = "log"
+
+[jobs.tick]
+every = "200ms"
+shell = "echo x >> ticks"
+"#
+        ),
+        |command, _log| {
+            command
+                .args(["run", "jobs.toml"])
+                .stderr(Stdio::from(write_end));
+        },
+    );
+    let ticks = || std::fs::read_to_string(d.path("ticks")).map_or(0, |text| text.lines().count());
+    crate::binary::eventually("the 5 Hz job fires", || ticks() > 0);
+    let first = ticks();
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(10));
+    let fired = ticks() - first;
+    let expected = started.elapsed().as_secs_f64() * 5.0;
+    // Generous: only a stall (the bug took it to 0) must fail this.
+    assert!(
+        fired as f64 >= 0.6 * expected,
+        "{fired} fires in 10 s, {expected:.0} expected"
+    );
+    // The queue fills in seconds more: lines are dropped, and counted.
+    let dropped = || {
+        let metrics = crate::binary::http(port, "GET", "/metrics", None).1;
+        crate::binary::sample(&metrics, "tickd_log_lines_dropped_total")
+    };
+    crate::binary::eventually("dropped log lines are counted", || dropped() > 0.0);
+    // Once stderr is read again, one line tells how many were lost; then it blocks again.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut pipe = std::fs::File::from(read_end);
+        let mut text = Vec::new();
+        let mut buf = [0u8; 65536];
+        while let Ok(n @ 1..) = pipe.read(&mut buf) {
+            text.extend_from_slice(&buf[..n]);
+            let notice = String::from_utf8_lossy(&text)
+                .lines()
+                .find(|l| l.contains("log lines were dropped"))
+                .map(str::to_owned);
+            if let Some(notice) = notice {
+                // Keeps the read end open, unread, for the rest of the test.
+                let _ = tx.send((notice, pipe));
+                return;
+            }
+        }
+    });
+    let (notice, _read_end) = rx
+        .recv_timeout(crate::binary::PATIENCE)
+        .expect("a line saying log lines were dropped");
+    let count: u64 = notice
+        .split_once("dropped=")
+        .and_then(|(_, n)| n.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(count > 0 && count as f64 <= dropped(), "{notice}");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0, "SIGTERM with stderr blocked");
+}
+
+/// The daemon's group keeper: its child whose command line holds `__keeper`.
+fn keeper_of(daemon: &Daemon) -> Option<i32> {
+    let me = daemon.child.id() as i32;
+    crate::binary::all_processes()
+        .into_iter()
+        .filter(|(_, state, ppid, _)| *ppid == me && state != "Z")
+        .map(|(pid, ..)| pid)
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("__keeper"))
+        })
+}
+
+/// The keeper's pipe was written blocking, under a lock: with the keeper SIGSTOPped, once the
+/// pipe was full (~4,900 runs) every run start blocked its worker, in-process jobs stopped too
+/// and SIGTERM was ignored. The pipe is shrunk to one page here so that it fills in seconds.
+#[test]
+fn a_stopped_group_keeper_stalls_neither_runs_nor_shutdown() {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::time::{Duration, Instant};
+
+    let mut d = Daemon::start(
+        r#"
+[jobs.child]
+every = "50ms"
+command = ["true"]
+
+[jobs.busy]
+every = "20ms"
+command = ["true"]
+
+[jobs.inproc]
+every = "50ms"
+handler = "log"
+"#,
+    );
+    let keeper = keeper_of(&d).expect("a group keeper");
+    {
+        let pipe = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(format!("/proc/{keeper}/fd/0"))
+            .expect("the keeper's pipe");
+        nix::fcntl::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&pipe),
+            nix::fcntl::FcntlArg::F_SETPIPE_SZ(4096),
+        )
+        .expect("shrink the pipe");
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(keeper), Signal::SIGSTOP).expect("stop");
+    let started = |log: &str, job: &str| {
+        log.lines()
+            .filter(|l| l.contains("run started") && l.contains(&format!("job={job} ")))
+            .count()
+    };
+    let processes = |log: &str| log.matches("process started").count();
+    let log = d.log();
+    let (child, inproc, spawned) = (
+        started(&log, "child"),
+        started(&log, "inproc"),
+        processes(&log),
+    );
+    let since = Instant::now();
+    std::thread::sleep(Duration::from_secs(12));
+    let log = d.log();
+    let expected = since.elapsed().as_secs_f64() * 20.0;
+    let spawned = processes(&log) - spawned;
+    // Each process is a "+PGID\n" and a "-PGID\n" line (6 to 8 bytes each): far more than the
+    // 4096 bytes the stopped keeper's pipe holds.
+    assert!(spawned > 600, "{spawned} processes started");
+    for (job, before) in [("child", child), ("inproc", inproc)] {
+        let fired = started(&log, job) - before;
+        assert!(
+            fired as f64 >= 0.6 * expected,
+            "{job}: {fired} runs in 12 s, {expected:.0} expected"
+        );
+    }
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0, "{}", d.log());
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(keeper), Signal::SIGCONT);
+}
+
+/// A SIGKILLed keeper was logged once, stayed a zombie, was never replaced, `/healthz` stayed
+/// 200, and a daemon killed later left its jobs' grandchildren alive. Here the first restart
+/// fails (the binary is moved away), so the outage is seen; then it is put back.
+#[test]
+fn a_killed_group_keeper_is_reaped_reported_and_replaced() {
+    use crate::binary::{eventually, http, is_alive, proc_stat, sample};
+
+    let bin = tempfile::tempdir().expect("tempdir");
+    let program = bin.path().join("tickd");
+    let moved = bin.path().join("tickd.away");
+    std::fs::copy(env!("CARGO_BIN_EXE_tickd"), &program).expect("copy tickd");
+    let port = crate::binary::free_port();
+    let mut d = Daemon::launch_program(
+        &program,
+        &format!(
+            r#"
+[daemon]
+http = "127.0.0.1:{port}"
+
+[jobs.family]
+every = "1h"
+run_on_start = true
+shell = "sleep 300 & echo $! > gc; wait"
+"#
+        ),
+        |command, log| {
+            command
+                .args(["run", "jobs.toml"])
+                .stderr(std::fs::File::create(log).expect("log file"));
+        },
+    );
+    d.wait_log("scheduler started");
+    let grandchild: i32 = d.wait_file("gc").trim().parse().expect("a pid");
+    let metric = |name: &str| sample(&http(port, "GET", "/metrics", None).1, name);
+    assert_eq!(metric("tickd_group_keeper_up"), 1.0);
+    let first = keeper_of(&d).expect("a group keeper");
+    std::fs::rename(&program, &moved).expect("move the binary away");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), Signal::SIGKILL).expect("kill");
+    eventually("/healthz reports the keeper down", || {
+        let (code, body) = http(port, "GET", "/healthz", None);
+        code == 503 && body.contains("group keeper")
+    });
+    assert_eq!(metric("tickd_group_keeper_up"), 0.0);
+    eventually("the dead keeper is reaped", || proc_stat(first).is_none());
+    std::fs::rename(&moved, &program).expect("put the binary back");
+    eventually("a new keeper runs", || {
+        keeper_of(&d).is_some_and(|pid| pid != first)
+    });
+    eventually("/healthz is fine again", || {
+        http(port, "GET", "/healthz", None).0 == 200
+    });
+    assert_eq!(metric("tickd_group_keeper_up"), 1.0);
+    assert_eq!(metric("tickd_group_keeper_restarts_total"), 1.0);
+    // The group registered before the restart was registered with the new keeper too.
+    assert!(is_alive(grandchild));
+    d.signal(Signal::SIGKILL);
+    d.wait_exit();
+    eventually("the grandchild died with the daemon", || {
+        !is_alive(grandchild)
+    });
+}
