@@ -1313,7 +1313,7 @@ fn supervisorctl_stop_drains_the_run_and_restart_works() {
 }
 
 /// Zombies whose parent is `parent`.
-fn zombies_of(parent: u32) -> Vec<i32> {
+pub(crate) fn zombies_of(parent: u32) -> Vec<i32> {
     all_processes()
         .into_iter()
         .filter(|(_, state, ppid, _)| state == "Z" && u32::try_from(*ppid).ok() == Some(parent))

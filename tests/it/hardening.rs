@@ -645,3 +645,46 @@ shell = "sleep 300 & echo $! > gc; wait"
         !is_alive(grandchild)
     });
 }
+
+/// At `ulimit -n 40`, `pidfd_open` failed after the child had exec'd: 35 runs logged "Too many
+/// open files" yet ran (with `retry` they would have run twice), and each left a zombie. A run
+/// that fails for want of a descriptor now never starts its process, and nothing is left behind.
+#[test]
+fn a_run_that_fails_for_want_of_descriptors_did_not_run_and_leaves_no_zombie() {
+    let jobs: String = (0..20)
+        .map(|k| format!("[jobs.j{k}]\nevery = \"200ms\"\nshell = \"echo $TICKD_JOB/$TICKD_RUN_ID >> ran\"\n"))
+        .collect();
+    let mut d = Daemon::start_with_nofile_limit(&jobs, 40, 40);
+    let log = d.wait_log_n("open files", 20);
+    let pid = d.child.id();
+    let zombies_before = crate::binary::zombies_of(pid);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let zombies_after = crate::binary::zombies_of(pid);
+    let lasting: Vec<_> = zombies_before
+        .iter()
+        .filter(|z| zombies_after.contains(z))
+        .collect();
+    assert!(lasting.is_empty(), "zombies left: {lasting:?}");
+    d.signal(Signal::SIGTERM);
+    d.wait_exit();
+    let ran = std::fs::read_to_string(d.path("ran")).unwrap_or_default();
+    let ran: std::collections::HashSet<&str> = ran.lines().collect();
+    let failed: Vec<String> = log
+        .lines()
+        .filter(|l| l.contains("run finished") && l.contains("open files"))
+        .filter_map(|l| {
+            let job = l.split("job=").nth(1)?.split_whitespace().next()?;
+            let run = l.split("run=").nth(1)?.split_whitespace().next()?;
+            Some(format!("{job}/{run}"))
+        })
+        .collect();
+    assert!(!failed.is_empty(), "{log}");
+    let ran_anyway: Vec<&String> = failed
+        .iter()
+        .filter(|id| ran.contains(id.as_str()))
+        .collect();
+    assert!(
+        ran_anyway.is_empty(),
+        "failed runs that ran anyway: {ran_anyway:?}"
+    );
+}
