@@ -666,7 +666,10 @@ async fn watch_memory(group: Pid, run: &ChildRun<'_>) -> u64 {
     };
     loop {
         run.clock.sleep(RSS_SAMPLE).await;
-        let rss = group_rss(group);
+        // A scan of all of /proc: not on a worker that fires jobs.
+        let Ok(rss) = tokio::task::spawn_blocking(move || group_rss(group)).await else {
+            continue;
+        };
         if rss > limit {
             return rss;
         }

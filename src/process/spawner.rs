@@ -146,8 +146,14 @@ impl Spawner {
                     _ = sigchld.recv() => {}
                     _ = stop.cancelled() => return,
                 }
+                // The scan of /proc runs off the workers and outside the lock the spawner
+                // needs; the lock is taken only to tell our runs from orphans and reap those.
+                // A run that exited while being registered is in `own` by the time we hold it.
+                let Ok(zombies) = tokio::task::spawn_blocking(super::zombie_children).await else {
+                    continue;
+                };
                 let own = own.lock().unwrap_or_else(PoisonError::into_inner);
-                for pid in super::zombie_children() {
+                for pid in zombies {
                     if !own.contains(&pid) {
                         let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
                     }
