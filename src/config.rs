@@ -435,6 +435,11 @@ pub fn read_settled(path: &Path, quiet: Duration) -> std::io::Result<Vec<u8>> {
     loop {
         let before = std::fs::metadata(path)?;
         let bytes = std::fs::read(path)?;
+        // A pipe or a device (`tickd check /dev/stdin`) can be read only once, and a writer
+        // that replaces the file does so through a regular one.
+        if !before.is_file() {
+            return Ok(bytes);
+        }
         let after = std::fs::metadata(path)?;
         let age = after
             .modified()

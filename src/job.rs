@@ -321,16 +321,21 @@ impl JobActor {
         actor
     }
 
+    /// Runs the actor until `stop`; `restarted` after a panic of the one before, which already
+    /// made the start-up fire.
     async fn run(
         mut self,
         commands: &mut mpsc::UnboundedReceiver<JobCommand>,
         stop: CancellationToken,
+        restarted: bool,
     ) {
         let schedule = self.spec.schedule.to_string();
         self.status.update(|s| s.schedule = schedule);
         tracing::debug!(job = %self.spec.name, schedule = %self.spec.schedule, "job scheduled");
-        if let Some(due) = self.startup_fire() {
-            self.fire(due);
+        if !restarted {
+            if let Some(due) = self.startup_fire() {
+                self.fire(due);
+            }
         }
         // Long-lived futures, created once: re-registering a cancellation waiter and a timer
         // deadline on every wake-up is measurable at thousands of fires a second.
@@ -1024,10 +1029,14 @@ async fn supervise_actor(
 ) {
     use futures_util::FutureExt;
     let mut spec = spec;
+    let mut restarted = false;
+    let mut backoff = TASK_RESTART_BACKOFF;
     loop {
-        let actor = JobActor::new(spec.clone(), env.clone(), runs.clone(), status.clone());
+        let mut actor = JobActor::new(spec.clone(), env.clone(), runs.clone(), status.clone());
+        // What the endpoint set survives the restart.
+        actor.paused = restarted && status.snapshot().paused;
         let latest = actor.latest_spec.clone();
-        let ran = std::panic::AssertUnwindSafe(actor.run(&mut commands, stop.clone()))
+        let ran = std::panic::AssertUnwindSafe(actor.run(&mut commands, stop.clone(), restarted))
             .catch_unwind()
             .await;
         let Err(panic) = ran else { return };
@@ -1039,11 +1048,21 @@ async fn supervise_actor(
         tracing::error!(job = %spec.name, "the job's task panicked (a bug: please report it); restarting it from its schedule: {message}");
         env.metrics.job_task_restarted(&spec.name);
         status.update(|s| s.task_restarts += 1);
-        if stop.is_cancelled() {
-            return;
+        // A task that panics at once must not spin: wait, longer each time.
+        tokio::select! {
+            _ = env.clock.sleep(backoff) => {}
+            _ = stop.cancelled() => return,
         }
+        backoff = (backoff * 2).min(TASK_RESTART_BACKOFF_MAX);
+        restarted = true;
     }
 }
+
+/// The wait before a panicked job task is started again, doubling up to
+/// [`TASK_RESTART_BACKOFF_MAX`].
+const TASK_RESTART_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait before a panicked job task is started again.
+const TASK_RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// A job's `on_failure` slot, freed when the hook's task ends (or unwinds).
 struct HookSlot(Arc<std::sync::atomic::AtomicBool>);
@@ -1285,8 +1304,9 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(2_050)).await;
         let status = job.control.status.snapshot();
         assert_eq!(status.task_restarts, 1);
-        // 1 run before the panic; then every 500 ms (the latest definition) from the restart.
-        assert_eq!(status.runs.success, 1 + 4, "{status:?}");
+        // 1 run before the panic; the restart 1 s later (the backoff), then every 500 ms (the
+        // latest definition): at 3.1 s and 3.6 s.
+        assert_eq!(status.runs.success, 1 + 2, "{status:?}");
         assert_eq!(status.schedule, "every 500ms");
         let metrics = env.metrics.encode();
         assert!(

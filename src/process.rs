@@ -189,7 +189,13 @@ impl GroupKeeper {
         } else {
             state.groups.remove(&pgid);
         }
-        state.dirty.insert(pgid);
+        // Only a group whose news the keeper has not been sent is backlog: one registered and
+        // unregistered while the keeper was stopped is owed nothing.
+        if state.groups.contains(&pgid) == state.told.contains(&pgid) {
+            state.dirty.remove(&pgid);
+        } else {
+            state.dirty.insert(pgid);
+        }
         state.flush();
         self.up.set(i64::from(state.down.is_none()));
     }
@@ -713,7 +719,7 @@ fn exited(status: io::Result<ExitStatus>) -> ChildEnd {
 /// Stops what is left of the run's process group after its leader exited (e.g. a backgrounded
 /// grandchild), so that no process outlives its run.
 async fn stop_leftovers(group: Pid, run: &ChildRun<'_>) {
-    if !group_alive(group) {
+    if !group_alive_off_workers(group).await {
         return;
     }
     tracing::warn!(
@@ -723,7 +729,7 @@ async fn stop_leftovers(group: Pid, run: &ChildRun<'_>) {
     );
     terminate(group);
     let deadline = run.clock.now() + run.kill_grace;
-    while group_alive(group) {
+    while group_alive_off_workers(group).await {
         if run.clock.now() >= deadline {
             signal_group(group, Signal::SIGKILL);
             return;
@@ -755,8 +761,20 @@ fn group_alive(group: Pid) -> bool {
     if killpg(group, None).is_err() {
         return false;
     }
+    // Without a readable /proc (not mounted, another namespace's), trust killpg: alive.
+    if std::fs::read_dir("/proc").is_err() {
+        return true;
+    }
     let pgrp = group.as_raw().to_string();
     processes().any(|(_, stat)| stat.pgrp == pgrp && !matches!(stat.state.as_str(), "Z" | "X"))
+}
+
+/// [`group_alive`] off the workers: its scan of `/proc` is polled every [`LEFTOVER_POLL`] while
+/// leftovers are stopped.
+async fn group_alive_off_workers(group: Pid) -> bool {
+    tokio::task::spawn_blocking(move || group_alive(group))
+        .await
+        .unwrap_or(true)
 }
 
 fn describe_spawn_error(spec: &ProcessSpec, err: &io::Error) -> String {

@@ -314,17 +314,26 @@ async fn run_http(
     for (name, value) in &http.headers {
         request = request.header(name, value);
     }
-    for (name, value) in identity {
-        request = request.header(*name, value);
-    }
     if let Some(body) = &http.body {
         request = request.body(body.clone());
     }
     if let Some(timeout) = http.timeout {
         request = request.timeout(timeout);
     }
+    let mut request = match request.build() {
+        Ok(request) => request,
+        Err(err) => return RunReport::failure(None, format!("request failed: {err}")),
+    };
+    // Replacing, not appending: a job's `headers` cannot fake the run's identity.
+    for (name, value) in identity {
+        let name = reqwest::header::HeaderName::from_bytes(name.as_bytes());
+        let value = reqwest::header::HeaderValue::from_str(value);
+        if let (Ok(name), Ok(value)) = (name, value) {
+            request.headers_mut().insert(name, value);
+        }
+    }
     tokio::select! {
-        response = request.send() => match response {
+        response = env.http.execute(request) => match response {
             Ok(response) => {
                 let status = response.status();
                 let code = Some(i32::from(status.as_u16()));

@@ -119,7 +119,7 @@ env = {{ TICKD_JOB = "fake" }}
 [jobs.web]
 every = "1h"
 run_on_start = true
-http = {{ url = "http://127.0.0.1:{port}/ok" }}
+http = {{ url = "http://127.0.0.1:{port}/ok", headers = {{ X-Tickd-Job = "fake" }} }}
 "#
     ));
     let ids = d.wait_file("ids");
@@ -154,6 +154,10 @@ http = {{ url = "http://127.0.0.1:{port}/ok" }}
         .expect("a request")
         .to_ascii_lowercase();
     assert!(request.contains("x-tickd-job: web\r\n"), "{request}");
+    assert!(
+        !request.contains("fake"),
+        "a job's headers cannot fake it: {request}"
+    );
     assert!(request.contains("x-tickd-run-id: "), "{request}");
     assert!(request.contains("x-tickd-scheduled: 20"), "{request}");
     d.signal(Signal::SIGTERM);
@@ -687,4 +691,50 @@ fn a_run_that_fails_for_want_of_descriptors_did_not_run_and_leaves_no_zombie() {
         ran_anyway.is_empty(),
         "failed runs that ran anyway: {ran_anyway:?}"
     );
+}
+
+/// Waiting for a file to settle read a pipe twice: `tickd check` on a FIFO (or `/dev/stdin` for
+/// a user) saw an empty second read, or waited for a second writer for ever.
+#[test]
+fn a_jobs_file_on_a_pipe_is_read_once() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("jobs.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("fifo");
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&fifo)
+                .expect("open");
+            file.write_all(b"[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\n")
+                .expect("write");
+        })
+    };
+    let mut child = crate::binary::tickd()
+        .arg("check")
+        .arg(&fifo)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tickd check");
+    let deadline = std::time::Instant::now() + crate::binary::PATIENCE;
+    while child.try_wait().expect("try_wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tickd check hung on a FIFO");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    writer.join().expect("writer");
+    let out = child.wait_with_output().expect("output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("OK, 1 jobs"), "{stdout}");
 }
