@@ -20,7 +20,7 @@ handler = "log"
 [jobs.long]
 every = "1h"
 run_on_start = true
-shell = "echo started > started; sleep 1; echo done > done"
+shell = "echo started > started; sleep 4; echo done > done"
 "#,
     );
     d.wait_file("started");
@@ -45,8 +45,17 @@ shell = "echo started > started; sleep 1; echo done > done"
         assert!(log.contains("ignored"), "{log}");
         d.wait_log_n("job=tick", runs + 4);
     }
-    // SIGQUIT: a drain like SIGTERM, not a core dump: the run in flight finishes, exit 0.
+    // SIGQUIT: a drain like SIGTERM, not a core dump: the run in flight finishes, exit 0. A
+    // report during the drain says so.
     d.signal(Signal::SIGQUIT);
+    d.wait_log("waiting for runs in flight");
+    d.signal(Signal::SIGUSR1);
+    let log = d.wait_log("draining");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("status report") && l.contains("draining")),
+        "{log}"
+    );
     assert_eq!(d.wait_exit(), 0, "{}", d.log());
     assert_eq!(
         std::fs::read_to_string(d.path("done")).ok().as_deref(),
