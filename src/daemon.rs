@@ -348,14 +348,15 @@ impl Supervisor {
         // Reading waits for the file to settle and resolves users (NSS may ask LDAP): not on a
         // worker that fires jobs.
         let handlers = self.options.handlers.clone();
-        let loaded = tokio::task::spawn_blocking(move || config::load(&path, &handlers)).await;
+        let loaded =
+            crate::blocking::off_the_workers("a reload", move || config::load(&path, &handlers))
+                .await;
         let rejected = match loaded {
-            Ok(Ok(new)) if new.jobs.is_empty() && !self.jobs.is_empty() && !new.no_jobs_on_purpose => {
+            Ok(new) if new.jobs.is_empty() && !self.jobs.is_empty() && !new.no_jobs_on_purpose => {
                 Err("the file has no jobs: it may be empty or half-written, so every job keeps running; to remove every job, leave an empty [jobs] table in the file".to_owned())
             }
-            Ok(Ok(new)) => Ok(new),
-            Ok(Err(err)) => Err(err.to_string()),
-            Err(err) => Err(format!("the configuration could not be loaded: {err}")),
+            Ok(new) => Ok(new),
+            Err(err) => Err(err.to_string()),
         };
         let new = match rejected {
             Ok(new) => new,

@@ -48,6 +48,7 @@
 //! The binary (`src/main.rs`) is a thin layer: command line, logging, OS signals mapped to
 //! [`daemon::Control`], and exit codes.
 
+mod blocking;
 pub mod clock;
 pub mod config;
 pub mod crontab;

@@ -673,9 +673,8 @@ async fn watch_memory(group: Pid, run: &ChildRun<'_>) -> u64 {
     loop {
         run.clock.sleep(RSS_SAMPLE).await;
         // A scan of all of /proc: not on a worker that fires jobs.
-        let Ok(rss) = tokio::task::spawn_blocking(move || group_rss(group)).await else {
-            continue;
-        };
+        let rss =
+            crate::blocking::off_the_workers("a memory sample", move || group_rss(group)).await;
         if rss > limit {
             return rss;
         }
@@ -772,9 +771,7 @@ fn group_alive(group: Pid) -> bool {
 /// [`group_alive`] off the workers: its scan of `/proc` is polled every [`LEFTOVER_POLL`] while
 /// leftovers are stopped.
 async fn group_alive_off_workers(group: Pid) -> bool {
-    tokio::task::spawn_blocking(move || group_alive(group))
-        .await
-        .unwrap_or(true)
+    crate::blocking::off_the_workers("a process group check", move || group_alive(group)).await
 }
 
 fn describe_spawn_error(spec: &ProcessSpec, err: &io::Error) -> String {

@@ -126,13 +126,10 @@ impl StateStore {
 
     async fn flush_logged(self: &Arc<Self>) {
         let store = self.clone();
-        let result = tokio::task::spawn_blocking(move || store.flush()).await;
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                tracing::warn!(state_file = %self.path.display(), "cannot write the state file: {err}")
-            }
-            Err(err) => tracing::warn!("state writer failed: {err}"),
+        let result =
+            crate::blocking::off_the_workers("the state file", move || store.flush()).await;
+        if let Err(err) = result {
+            tracing::warn!(state_file = %self.path.display(), "cannot write the state file: {err}")
         }
     }
 }

@@ -149,9 +149,9 @@ impl Spawner {
                 // The scan of /proc runs off the workers and outside the lock the spawner
                 // needs; the lock is taken only to tell our runs from orphans and reap those.
                 // A run that exited while being registered is in `own` by the time we hold it.
-                let Ok(zombies) = tokio::task::spawn_blocking(super::zombie_children).await else {
-                    continue;
-                };
+                let zombies =
+                    crate::blocking::off_the_workers("the orphan reaper", super::zombie_children)
+                        .await;
                 let own = own.lock().unwrap_or_else(PoisonError::into_inner);
                 for pid in zombies {
                     if !own.contains(&pid) {
