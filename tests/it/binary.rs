@@ -16,8 +16,8 @@ pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
 /// A `tickd run` process with its log (stderr) in a file.
 pub(crate) struct Daemon {
     pub(crate) child: Child,
-    dir: TempDir,
-    log: PathBuf,
+    pub(crate) dir: TempDir,
+    pub(crate) log: PathBuf,
 }
 
 pub(crate) fn tickd() -> Command {

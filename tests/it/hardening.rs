@@ -747,3 +747,104 @@ fn a_jobs_file_on_a_pipe_is_read_once() {
     );
     assert!(stdout.contains("OK, 1 jobs"), "{stdout}");
 }
+
+/// Under a thread limit tokio's blocking pool panicked "OS can't spawn worker thread": once in
+/// the HTTP client's DNS lookup (the `http` job then stayed "running" for ever and every later
+/// fire was skipped) and once in the state writer (the state was never written again). The
+/// daemon runs as an otherwise unused uid that then may start no thread or process at all.
+#[test]
+fn a_thread_limit_fails_runs_and_degrades_loudly_but_wedges_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+
+    use crate::binary::{free_port, http, is_root, tickd, PATIENCE};
+    if !is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "needs root to run the daemon as another uid"
+        );
+        return;
+    }
+    const UID: u32 = 47_223;
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    std::fs::write(
+        dir.path().join("jobs.toml"),
+        format!(
+            "[daemon]\nhttp = \"127.0.0.1:{port}\"\nstate_file = \"tickd.state\"\n\
+             [jobs.web]\nevery = \"1h\"\nhttp = {{ url = \"http://localhost:9/\" }}\n\
+             [jobs.kept]\nevery = \"1h\"\nhandler = \"log\"\non_missed = \"once\"\n"
+        ),
+    )
+    .expect("config");
+    let log = dir.path().join("tickd.log");
+    let child = tickd()
+        .args(["run", "jobs.toml"])
+        .current_dir(dir.path())
+        .env("TICKD_LOG", "info")
+        .uid(UID)
+        .gid(UID)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("start tickd");
+    let mut d = Daemon { child, dir, log };
+    d.wait_log("HTTP endpoint listening");
+    // From here this uid may start nothing: no thread, no process.
+    // As the daemon's own uid, as an unprivileged `prlimit` may.
+    let status = Command::new("setpriv")
+        .args([
+            &format!("--reuid={UID}"),
+            &format!("--regid={UID}"),
+            "--clear-groups",
+            "prlimit",
+            "--pid",
+            &d.child.id().to_string(),
+            "--nproc=1:",
+        ])
+        .status()
+        .expect("prlimit");
+    assert!(status.success());
+    // The HTTP job's lookup cannot get a thread: the run fails, and the job is not wedged.
+    for runs in 1..=2 {
+        let (code, body) = http(port, "POST", "/jobs/web/run", None);
+        assert_eq!(code, 202, "run {runs}: {body}\n{}", d.log());
+        d.wait_log_n("job=web", 2 * runs);
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while d
+            .log()
+            .lines()
+            .filter(|l| l.contains("run finished") && l.contains("job=web"))
+            .count()
+            < runs
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the web run never ended:\n{}",
+                d.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    // The state writer cannot get a thread either: it says so and writes anyway.
+    let (code, _) = http(port, "POST", "/jobs/kept/run", None);
+    assert_eq!(code, 202);
+    d.wait_log("cannot start a thread for the state file");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !std::fs::read_to_string(d.path("tickd.state"))
+        .unwrap_or_default()
+        .contains("kept")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no state written:\n{}",
+            d.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0, "{}", d.log());
+}
