@@ -170,6 +170,15 @@ impl Clock {
     }
 }
 
+/// Waits for `timer`, or forever when there is none: for a `select!` branch whose timer is
+/// optional.
+pub(crate) async fn sleep_or_never(timer: Option<&mut Sleep>) {
+    match timer {
+        Some(sleep) => sleep.await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Steps of the wall clock since the subscription or the last [`WallSteps::changed`]; see
 /// [`Clock::wall_steps`].
 #[derive(Debug)]

@@ -245,7 +245,7 @@ pub async fn run(
                 // A closed control channel means nobody can ask us to stop any more.
                 Some(Control::Shutdown) | None => break false,
             },
-            _ = wait_for(recycle_timer.as_mut().map(|(_, sleep)| sleep)) => {
+            _ = crate::clock::sleep_or_never(recycle_timer.as_mut().map(|(_, sleep)| sleep)) => {
                 tracing::info!(max_uptime = %humantime::format_duration(settings.max_uptime.unwrap_or_default()), "max_uptime reached; draining and exiting to be restarted fresh");
                 break true;
             }
@@ -254,11 +254,11 @@ pub async fn run(
                 break true;
             }
             // Pinged from this loop itself, so a stuck scheduler stops pinging.
-            _ = wait_for(watchdog_timer.as_mut()) => {
+            _ = crate::clock::sleep_or_never(watchdog_timer.as_mut()) => {
                 supervisor.notify(&format!("WATCHDOG=1\nSTATUS={}", supervisor.status()));
                 watchdog_timer = watchdog.map(|interval| clock.sleep(interval));
             }
-            _ = wait_for(rss_timer.as_mut()) => {
+            _ = crate::clock::sleep_or_never(rss_timer.as_mut()) => {
                 let rss = crate::process::own_rss();
                 let limit = settings.max_rss.unwrap_or(u64::MAX);
                 if rss > limit {
@@ -499,14 +499,6 @@ async fn wait_for_runs(runs: &TaskTracker, clock: &Clock, bound: std::time::Dura
     tokio::select! {
         _ = runs.wait() => true,
         _ = clock.sleep(bound) => false,
-    }
-}
-
-/// Waits for `timer`, or forever when there is none.
-async fn wait_for(timer: Option<&mut crate::clock::Sleep>) {
-    match timer {
-        Some(sleep) => sleep.await,
-        None => std::future::pending().await,
     }
 }
 

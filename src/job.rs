@@ -748,6 +748,9 @@ impl JobActor {
     /// [`LONG_RUN_FIRES`] (then 10x, 100x ...) fires: a hung HTTP call or script would otherwise
     /// only show as skipped fires at debug level.
     fn note_long_runs(&mut self) {
+        if self.running.is_empty() {
+            return;
+        }
         let now = self.env.clock.now();
         for (run_id, run) in &mut self.running {
             run.fires_since += 1;
@@ -1141,10 +1144,7 @@ impl Drop for RunEnd {
 
 /// Waits for the job's timer, or forever when it has none.
 async fn wait(timer: &mut Option<(Instant, Sleep)>) {
-    match timer {
-        Some((_, sleep)) => sleep.await,
-        None => std::future::pending().await,
-    }
+    crate::clock::sleep_or_never(timer.as_mut().map(|(_, sleep)| sleep)).await
 }
 
 /// Milliseconds with microsecond resolution, for log fields.

@@ -209,12 +209,12 @@ pub fn run_identity(ctx: &RunContext) -> [(&'static str, &'static str, String); 
 
 /// Performs one run of `spec`. `ctx.cancel` stops it early; the job's timeout stops it too.
 pub async fn execute(spec: &JobSpec, ctx: RunContext, env: &RunEnv) -> RunReport {
-    let identity = run_identity(&ctx);
     match &spec.action {
         Action::Process(process) => {
-            let run_vars: Vec<(&'static str, String)> = identity
-                .iter()
-                .map(|(var, _, value)| (*var, value.clone()))
+            // Built for the actions that pass it on: a handler has it in its context.
+            let run_vars: Vec<(&'static str, String)> = run_identity(&ctx)
+                .into_iter()
+                .map(|(var, _, value)| (var, value))
                 .collect();
             let end = process::run_child(
                 process,
@@ -237,7 +237,7 @@ pub async fn execute(spec: &JobSpec, ctx: RunContext, env: &RunEnv) -> RunReport
             child_report(end)
         }
         Action::Http(http) => {
-            let headers = identity.map(|(_, header, value)| (header, value));
+            let headers = run_identity(&ctx).map(|(_, header, value)| (header, value));
             run_http(http, &headers, spec.timeout, &ctx.cancel, env).await
         }
         Action::Handler(name) => match env.handlers.get(name) {
