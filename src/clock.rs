@@ -102,26 +102,23 @@ impl Clock {
         }
     }
 
+    /// Both clocks, read together: "now" for the pure schedule maths.
+    pub fn read(&self) -> Now {
+        Now {
+            instant: self.now(),
+            wall: self.wall_now(),
+        }
+    }
+
     /// The monotonic instant at which the wall clock will read `wall`, assuming it is not stepped
     /// meanwhile. A time in the past maps to "now".
     pub fn instant_for_wall(&self, wall: DateTime<Utc>) -> Instant {
-        let now = self.now();
-        let wall_now = self.wall_now();
-        match (wall - wall_now).to_std() {
-            Ok(ahead) => now + ahead,
-            Err(_) => now,
-        }
+        self.read().instant_for_wall(wall)
     }
 
     /// The wall-clock time that corresponds to a monotonic instant (past or future).
     pub fn wall_for_instant(&self, instant: Instant) -> DateTime<Utc> {
-        let now = self.now();
-        let wall_now = self.wall_now();
-        if instant >= now {
-            wall_now + to_chrono(instant - now)
-        } else {
-            wall_now - to_chrono(now - instant)
-        }
+        self.read().wall_for_instant(instant)
     }
 
     /// A future that completes at the monotonic `deadline`. It registers its deadline when first
@@ -166,6 +163,44 @@ impl Clock {
         if let ClockKind::Manual { anchor, stepped } = &*self.kind {
             anchor.lock().unwrap_or_else(PoisonError::into_inner).wall += by;
             stepped.send_modify(|generation| *generation += 1);
+        }
+    }
+}
+
+/// One reading of both clocks, taken together ([`Clock::read`]): what functions that compute
+/// with time are given instead of a clock, so that they stay pure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// The monotonic instant.
+    pub instant: Instant,
+    /// The wall-clock time.
+    pub wall: DateTime<Utc>,
+}
+
+impl Now {
+    /// The monotonic instant at which the wall clock will read `wall`, assuming it is not
+    /// stepped meanwhile. A time in the past maps to this instant.
+    pub fn instant_for_wall(&self, wall: DateTime<Utc>) -> Instant {
+        match (wall - self.wall).to_std() {
+            Ok(ahead) => self.instant + ahead,
+            Err(_) => self.instant,
+        }
+    }
+
+    /// The wall-clock time that corresponds to a monotonic instant (past or future).
+    pub fn wall_for_instant(&self, instant: Instant) -> DateTime<Utc> {
+        if instant >= self.instant {
+            self.wall + to_chrono(instant - self.instant)
+        } else {
+            self.wall - to_chrono(self.instant - instant)
+        }
+    }
+
+    /// What both clocks read at `instant`, the wall clock not being stepped meanwhile.
+    pub fn advanced_to(&self, instant: Instant) -> Now {
+        Now {
+            instant,
+            wall: self.wall_for_instant(instant),
         }
     }
 }

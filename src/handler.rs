@@ -16,9 +16,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// A run's identity: unique for the life of the daemon, increasing.
@@ -28,6 +30,49 @@ pub struct RunId(pub u64);
 impl fmt::Display for RunId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
+    }
+}
+
+/// Hands out [`RunId`]s, which count the daemon's runs from 1, and tells whoever waits on
+/// [`RunIds::limit_reached`] when the run numbered by [`RunIds::set_limit`] starts (`[daemon]
+/// max_runs`: the supervisor then recycles the daemon).
+#[derive(Debug)]
+pub struct RunIds {
+    next: AtomicU64,
+    /// The run whose start reaches the limit; 0 for none.
+    limit: AtomicU64,
+    reached: Notify,
+}
+
+impl Default for RunIds {
+    fn default() -> Self {
+        RunIds {
+            next: AtomicU64::new(1),
+            limit: AtomicU64::new(0),
+            reached: Notify::new(),
+        }
+    }
+}
+
+impl RunIds {
+    /// A fresh id for a run that starts now.
+    pub fn next(&self) -> RunId {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let limit = self.limit.load(Ordering::Relaxed);
+        if limit > 0 && id == limit {
+            self.reached.notify_one();
+        }
+        RunId(id)
+    }
+
+    /// Sets (or with `None` clears) how many runs reach the limit.
+    pub fn set_limit(&self, runs: Option<u64>) {
+        self.limit.store(runs.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Resolves once the limit's run has started (at once if it started since the last wait).
+    pub async fn limit_reached(&self) {
+        self.reached.notified().await
     }
 }
 

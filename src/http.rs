@@ -24,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::job::{FireResult, JobControl};
-use crate::run::RunEnv;
+use crate::metrics::Metrics;
+use crate::process::GroupKeeper;
 
 /// The jobs the endpoint can see, kept current by the supervisor across reloads.
 pub type Directory = Arc<RwLock<BTreeMap<String, JobControl>>>;
@@ -36,8 +37,10 @@ pub struct ApiState {
     pub directory: Directory,
     /// Set while the daemon drains: `/healthz` answers 503.
     pub draining: Arc<AtomicBool>,
-    /// For the metrics.
-    pub env: Arc<RunEnv>,
+    /// What `/metrics` shows.
+    pub metrics: Arc<Metrics>,
+    /// The group keeper, whose being down `/healthz` reports; `None` when there is none.
+    pub keeper: Option<Arc<GroupKeeper>>,
     /// The bearer token, if one is required.
     pub token: Option<Arc<str>>,
 }
@@ -231,7 +234,7 @@ async fn healthz(State(state): State<ApiState>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
     // Until it is replaced, a killed daemon would leave its jobs' processes behind.
-    if let Some(down) = state.env.keeper.as_ref().and_then(|k| k.down()) {
+    if let Some(down) = state.keeper.as_ref().and_then(|k| k.down()) {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("{down}\n")).into_response();
     }
     let mut stuck = unresponsive_jobs(&directory_snapshot(&state), HEALTH_TIMEOUT).await;
@@ -292,7 +295,7 @@ async fn metrics(State(state): State<ApiState>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.env.metrics.encode(),
+        state.metrics.encode(),
     )
         .into_response()
 }
@@ -409,17 +412,11 @@ mod tests {
             .await
             .expect("bind loopback");
         let addr = listener.local_addr().expect("addr");
-        let env = RunEnv::new(
-            crate::Clock::system(),
-            crate::Handlers::with_builtins(),
-            None,
-            None,
-        )
-        .expect("run env");
         let state = ApiState {
             directory,
             draining: Arc::default(),
-            env: Arc::new(env),
+            metrics: Arc::default(),
+            keeper: None,
             token: None,
         };
         let stop = CancellationToken::new();

@@ -48,6 +48,7 @@
 //! The binary (`src/main.rs`) is a thin layer: command line, logging, OS signals mapped to
 //! [`daemon::Control`], and exit codes.
 
+pub mod action;
 mod blocking;
 pub mod clock;
 pub mod config;
@@ -56,10 +57,10 @@ pub mod daemon;
 pub mod handler;
 pub mod http;
 pub mod job;
+pub mod metrics;
 pub mod notify;
 mod os;
 pub mod process;
-pub mod run;
 pub mod schedule;
 pub mod signals;
 pub mod state;

@@ -861,7 +861,7 @@ handler = "log"
         "{stdout}"
     );
     let delay =
-        tickd::schedule::stable_delay(&tickd::run::machine_id(), "spread", Duration::from_secs(5));
+        tickd::schedule::stable_delay(&tickd::job::machine_id(), "spread", Duration::from_secs(5));
     let first = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:10Z").expect("time")
         + chrono::Duration::from_std(delay).expect("delay");
     let expected = first.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);

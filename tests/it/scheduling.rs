@@ -432,7 +432,7 @@ async fn spread_gives_a_stable_delay_per_job_and_machine() {
     );
     d.run_for(5_600).await;
     let delay =
-        tickd::schedule::stable_delay(&tickd::run::machine_id(), "s", Duration::from_millis(500))
+        tickd::schedule::stable_delay(&tickd::job::machine_id(), "s", Duration::from_millis(500))
             .as_micros()
             .div_ceil(1000); // tokio's timer rounds a deadline up to the next millisecond
     let expected: Vec<u128> = (1..=5).map(|k| k * 1000 + delay).collect();

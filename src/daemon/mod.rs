@@ -1,4 +1,5 @@
-//! The supervisor: starts one task per job, applies reloads, and runs the shutdown sequence.
+//! The supervisor: starts what the jobs share and one task per job, applies reloads, recycles
+//! the daemon at its limits (`recycle`), and runs the shutdown sequence.
 //!
 //! Control comes in from outside as [`Control`] messages (the binary maps OS signals to them;
 //! tests send them directly), so the daemon has no `if test` branches and no signal handling of
@@ -12,15 +13,19 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::action::RunEnv;
 use crate::clock::Clock;
 use crate::config::{self, Config};
 use crate::handler::Handlers;
 use crate::http::Directory;
-use crate::job::JobHandle;
+use crate::job::{JobEnv, JobHandle};
+use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::process::GroupKeeper;
-use crate::run::RunEnv;
 use crate::state::StateStore;
+
+mod recycle;
+use recycle::Recycler;
 
 /// What the outside world asks of a running daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +60,7 @@ pub enum Stopped {
 pub enum DaemonError {
     /// What runs need (the process spawner, the HTTP client) could not be set up.
     #[error(transparent)]
-    RunEnv(#[from] crate::run::RunEnvError),
+    RunEnv(#[from] crate::action::RunEnvError),
     /// The orphan reaper could not be set up.
     #[error("cannot become a subreaper: {0}")]
     Subreaper(#[source] std::io::Error),
@@ -95,14 +100,11 @@ pub struct DaemonOptions {
 
 /// Every [`crate::process::KEEPER_CHECK`]: replaces a dead group keeper and writes what its pipe
 /// could not take (see [`GroupKeeper::check`]), until `stop`.
-async fn watch_keeper(env: Arc<RunEnv>, stop: CancellationToken) {
-    let Some(keeper) = env.keeper.as_ref() else {
-        return;
-    };
+async fn watch_keeper(keeper: Arc<GroupKeeper>, clock: Clock, stop: CancellationToken) {
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            () = env.clock.sleep(crate::process::KEEPER_CHECK) => keeper.check(),
+            () = clock.sleep(crate::process::KEEPER_CHECK) => keeper.check(),
         }
     }
 }
@@ -118,42 +120,13 @@ pub async fn run(
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    let keeper = match &options.group_keeper {
-        Some(program) => Some(GroupKeeper::start(program).map_err(DaemonError::Keeper)?),
-        None => None,
-    };
-    let state = config
-        .daemon
-        .state_file
-        .as_deref()
-        .map(|path| Arc::new(StateStore::open(path)));
-    let env = Arc::new(
-        RunEnv::new(
-            options.clock.clone(),
-            options.handlers.clone(),
-            keeper,
-            state.clone(),
-        )
-        .map_err(DaemonError::RunEnv)?,
-    );
-    let reaper_stop = CancellationToken::new();
-    if options.subreaper {
-        env.spawner
-            .reap_orphans(reaper_stop.clone())
-            .map_err(DaemonError::Subreaper)?;
-        tracing::info!("reaping orphaned processes (child subreaper)");
-    }
-    let _reaper_stop = reaper_stop.drop_guard();
-    let keeper_stop = CancellationToken::new();
-    if env.keeper.is_some() {
-        tokio::spawn(watch_keeper(env.clone(), keeper_stop.clone()));
-    }
-    let _keeper_stop = keeper_stop.drop_guard();
-    let state_writer_stop = CancellationToken::new();
-    let state_writer = state.map(|state| {
-        tokio::spawn(state.write_until(options.clock.clone(), state_writer_stop.clone()))
+    // Stopped when this function returns, however it does.
+    let background = CancellationToken::new();
+    let _background = background.clone().drop_guard();
+    let jobs = start_services(&config, &options, &background)?;
+    let state_writer = jobs.state.clone().map(|state| {
+        tokio::spawn(state.write_until(options.clock.clone(), background.child_token()))
     });
-    let started = options.clock.now();
     let http_listener = match config.daemon.http {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -162,119 +135,22 @@ pub async fn run(
         ),
         None => None,
     };
-    let mut supervisor = Supervisor {
-        env,
-        runs: TaskTracker::new(),
-        firing: CancellationToken::new(),
-        jobs: BTreeMap::new(),
-        directory: Directory::default(),
-        draining: Arc::default(),
-        started: options.clock.now(),
-        config,
-        options,
-    };
-    for spec in supervisor.config.jobs.values() {
-        let handle = supervisor.spawn_job(spec.clone());
-        supervisor.jobs.insert(spec.name.clone(), handle);
-    }
-    supervisor.publish_directory();
+    let mut supervisor = Supervisor::start(config, options, jobs);
     let http_stop = CancellationToken::new();
-    let http_task = http_listener.map(|listener| {
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "HTTP endpoint listening");
-        }
-        let state = crate::http::ApiState {
-            directory: supervisor.directory.clone(),
-            draining: supervisor.draining.clone(),
-            env: supervisor.env.clone(),
-            token: supervisor
-                .config
-                .daemon
-                .http_token
-                .as_deref()
-                .map(Arc::from),
-        };
-        tokio::spawn(crate::http::serve(
-            listener,
-            state,
-            http_stop.clone(),
-            crate::http::Limits::for_this_process(),
-        ))
-    });
+    let http_task = http_listener.map(|listener| supervisor.serve_endpoint(listener, &http_stop));
     tracing::info!(
         jobs = supervisor.jobs.len(),
         config = %supervisor.options.config_path.display(),
         "scheduler started"
     );
     supervisor.notify(&format!("READY=1\nSTATUS={}", supervisor.status()));
-    // The timers are pinned here, once: re-created on every pass of the loop, each reload or
-    // watchdog ping restarted the others (reloads faster than the watchdog interval starved
-    // WATCHDOG=1; pings faster than the RSS sample meant max_rss was never checked).
-    let clock = supervisor.env.clock.clone();
-    let watchdog = supervisor
-        .options
-        .notifier
-        .as_ref()
-        .and_then(Notifier::watchdog_interval);
-    let mut watchdog_timer = watchdog.map(|interval| clock.sleep(interval));
-    let mut rss_timer: Option<crate::clock::Sleep> = None;
-    let mut recycle_timer: Option<(crate::clock::Instant, crate::clock::Sleep)> = None;
-    let recycle = loop {
-        let settings = supervisor.config.daemon.clone();
-        supervisor.env.max_runs.store(
-            settings.max_runs.unwrap_or(0),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        // Kept as long as max_uptime stays the same across reloads.
-        let recycle_at = settings.max_uptime.map(|uptime| started + uptime);
-        if recycle_timer.as_ref().map(|(at, _)| *at) != recycle_at {
-            recycle_timer = recycle_at.map(|at| (at, clock.sleep_until(at)));
-        }
-        if settings.max_rss.is_some() != rss_timer.is_some() {
-            rss_timer = settings.max_rss.map(|_| clock.sleep(OWN_RSS_SAMPLE));
-        }
-        let env = supervisor.env.clone();
-        tokio::select! {
-            control = controls.recv() => match control {
-                Some(Control::Reload) => {
-                    supervisor.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", crate::notify::monotonic_usec()));
-                    supervisor.reload().await;
-                    supervisor.notify(&format!("READY=1\nSTATUS={}", supervisor.status()));
-                }
-                Some(Control::Report) => report(&supervisor.directory, &supervisor.runs, &supervisor.env.clock, started, "running"),
-                // A closed control channel means nobody can ask us to stop any more.
-                Some(Control::Shutdown) | None => break false,
-            },
-            _ = crate::clock::sleep_or_never(recycle_timer.as_mut().map(|(_, sleep)| sleep)) => {
-                tracing::info!(max_uptime = %humantime::format_duration(settings.max_uptime.unwrap_or_default()), "max_uptime reached; draining and exiting to be restarted fresh");
-                break true;
-            }
-            _ = env.recycle.notified() => {
-                tracing::info!(max_runs = settings.max_runs.unwrap_or_default(), "max_runs reached; draining and exiting to be restarted fresh");
-                break true;
-            }
-            // Pinged from this loop itself, so a stuck scheduler stops pinging.
-            _ = crate::clock::sleep_or_never(watchdog_timer.as_mut()) => {
-                supervisor.notify(&format!("WATCHDOG=1\nSTATUS={}", supervisor.status()));
-                watchdog_timer = watchdog.map(|interval| clock.sleep(interval));
-            }
-            _ = crate::clock::sleep_or_never(rss_timer.as_mut()) => {
-                let rss = crate::process::own_rss();
-                let limit = settings.max_rss.unwrap_or(u64::MAX);
-                if rss > limit {
-                    tracing::info!(rss = %bytesize::ByteSize(rss), max_rss = %bytesize::ByteSize(limit), "max_rss exceeded; draining and exiting to be restarted fresh");
-                    break true;
-                }
-                rss_timer = Some(clock.sleep(OWN_RSS_SAMPLE));
-            }
-        }
-    };
+    let recycle = supervisor.supervise(&mut controls).await;
     let runs_stopped = supervisor.shut_down(controls).await;
     http_stop.cancel();
     if let Some(task) = http_task {
         let _ = task.await;
     }
-    state_writer_stop.cancel();
+    background.cancel();
     if let Some(writer) = state_writer {
         let _ = writer.await;
     }
@@ -285,10 +161,59 @@ pub async fn run(
     })
 }
 
+/// Starts what the jobs share, the background tasks that serve it (the orphan reaper, the group
+/// keeper's watch) running until `background` is cancelled.
+fn start_services(
+    config: &Config,
+    options: &DaemonOptions,
+    background: &CancellationToken,
+) -> Result<JobEnv, DaemonError> {
+    let keeper = match &options.group_keeper {
+        Some(program) => Some(Arc::new(
+            GroupKeeper::start(program).map_err(DaemonError::Keeper)?,
+        )),
+        None => None,
+    };
+    let actions = RunEnv::new(
+        options.clock.clone(),
+        options.handlers.clone(),
+        keeper.clone(),
+    )
+    .map_err(DaemonError::RunEnv)?;
+    if options.subreaper {
+        actions
+            .spawner
+            .reap_orphans(background.child_token())
+            .map_err(DaemonError::Subreaper)?;
+        tracing::info!("reaping orphaned processes (child subreaper)");
+    }
+    let mut metrics = Metrics::new();
+    if let Some(keeper) = keeper {
+        metrics.register_group_keeper(&keeper);
+        tokio::spawn(watch_keeper(
+            keeper,
+            options.clock.clone(),
+            background.child_token(),
+        ));
+    }
+    Ok(JobEnv {
+        actions: Arc::new(actions),
+        metrics: Arc::new(metrics),
+        state: config
+            .daemon
+            .state_file
+            .as_deref()
+            .map(|path| Arc::new(StateStore::open(path))),
+        machine_id: crate::job::machine_id(),
+        run_ids: Arc::default(),
+        stop_runs: CancellationToken::new(),
+        runs: TaskTracker::new(),
+    })
+}
+
 struct Supervisor {
-    env: Arc<RunEnv>,
-    /// Every run of every job: what the shutdown drains.
-    runs: TaskTracker,
+    /// What the jobs share; its run tracker is what the shutdown drains.
+    env: Arc<JobEnv>,
     /// Cancelled to stop all jobs from firing; each job's stop token is a child of it.
     firing: CancellationToken,
     jobs: BTreeMap<String, JobHandle>,
@@ -303,6 +228,87 @@ struct Supervisor {
 }
 
 impl Supervisor {
+    /// Starts a task for each job of `config`.
+    fn start(config: Config, options: DaemonOptions, env: JobEnv) -> Self {
+        let mut supervisor = Supervisor {
+            env: Arc::new(env),
+            firing: CancellationToken::new(),
+            jobs: BTreeMap::new(),
+            directory: Directory::default(),
+            draining: Arc::default(),
+            started: options.clock.now(),
+            config,
+            options,
+        };
+        for spec in supervisor.config.jobs.values() {
+            let handle = supervisor.spawn_job(spec.clone());
+            supervisor.jobs.insert(spec.name.clone(), handle);
+        }
+        supervisor.publish_directory();
+        supervisor
+    }
+
+    /// Serves the HTTP endpoint on `listener` until `stop`.
+    fn serve_endpoint(
+        &self,
+        listener: tokio::net::TcpListener,
+        stop: &CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "HTTP endpoint listening");
+        }
+        let state = crate::http::ApiState {
+            directory: self.directory.clone(),
+            draining: self.draining.clone(),
+            metrics: self.env.metrics.clone(),
+            keeper: self.env.actions.keeper.clone(),
+            token: self.config.daemon.http_token.as_deref().map(Arc::from),
+        };
+        tokio::spawn(crate::http::serve(
+            listener,
+            state,
+            stop.clone(),
+            crate::http::Limits::for_this_process(),
+        ))
+    }
+
+    /// Serves controls until a stop request (`false`) or a recycle limit (`true`).
+    async fn supervise(&mut self, controls: &mut mpsc::Receiver<Control>) -> bool {
+        // The timers are pinned here, once: re-created on every pass of the loop, each reload or
+        // watchdog ping restarted the others (reloads faster than the watchdog interval starved
+        // WATCHDOG=1).
+        let clock = self.options.clock.clone();
+        let watchdog = self
+            .options
+            .notifier
+            .as_ref()
+            .and_then(Notifier::watchdog_interval);
+        let mut watchdog_timer = watchdog.map(|interval| clock.sleep(interval));
+        let mut recycler = Recycler::new(clock.clone(), self.started, self.env.run_ids.clone());
+        loop {
+            let settings = self.config.daemon.clone();
+            recycler.apply(&settings);
+            tokio::select! {
+                control = controls.recv() => match control {
+                    Some(Control::Reload) => {
+                        self.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", crate::notify::monotonic_usec()));
+                        self.reload().await;
+                        self.notify(&format!("READY=1\nSTATUS={}", self.status()));
+                    }
+                    Some(Control::Report) => self.report("running"),
+                    // A closed control channel means nobody can ask us to stop any more.
+                    Some(Control::Shutdown) | None => return false,
+                },
+                () = recycler.due(&settings) => return true,
+                // Pinged from this loop itself, so a stuck scheduler stops pinging.
+                _ = crate::clock::sleep_or_never(watchdog_timer.as_mut()) => {
+                    self.notify(&format!("WATCHDOG=1\nSTATUS={}", self.status()));
+                    watchdog_timer = watchdog.map(|interval| clock.sleep(interval));
+                }
+            }
+        }
+    }
+
     /// Publishes the current jobs to the HTTP endpoint.
     fn publish_directory(&self) {
         let jobs = self
@@ -327,17 +333,23 @@ impl Supervisor {
         format!(
             "{} jobs, {} runs in flight",
             self.jobs.len(),
-            self.runs.len()
+            self.env.runs.len()
+        )
+    }
+
+    /// Writes the status report ([`Control::Report`]); `state` says what the daemon is doing.
+    fn report(&self, state: &str) {
+        report(
+            &self.directory,
+            &self.env.runs,
+            &self.options.clock,
+            self.started,
+            state,
         )
     }
 
     fn spawn_job(&self, spec: Arc<config::JobSpec>) -> JobHandle {
-        JobHandle::spawn(
-            spec,
-            self.env.clone(),
-            self.runs.clone(),
-            self.firing.child_token(),
-        )
+        JobHandle::spawn(spec, self.env.clone(), self.firing.child_token())
     }
 
     /// Loads the file anew and applies it whole, or not at all: the new configuration is built
@@ -422,40 +434,32 @@ impl Supervisor {
     }
 
     /// Returns whether runs had to be stopped.
-    async fn shut_down(self, mut controls: mpsc::Receiver<Control>) -> bool {
+    async fn shut_down(mut self, mut controls: mpsc::Receiver<Control>) -> bool {
         self.notify(&format!(
             "STOPPING=1\nSTATUS=stopping: {} runs in flight",
-            self.runs.len()
+            self.env.runs.len()
         ));
         self.draining
             .store(true, std::sync::atomic::Ordering::Relaxed);
         // 1. Stop firing.
         self.firing.cancel();
-        for (_, job) in self.jobs {
+        for (_, job) in std::mem::take(&mut self.jobs) {
             let _ = job.stop().await;
         }
         // 2. Wait for runs in flight, up to the drain timeout or a second stop request.
-        self.runs.close();
+        self.env.runs.close();
         let timeout = self.config.daemon.shutdown_timeout;
-        if !self.runs.is_empty() {
+        if !self.env.runs.is_empty() {
             tracing::info!(
-                runs = self.runs.len(),
+                runs = self.env.runs.len(),
                 timeout = %humantime::format_duration(timeout),
                 "shutting down: waiting for runs in flight"
             );
         }
-        let report_drain = || {
-            report(
-                &self.directory,
-                &self.runs,
-                &self.env.clock,
-                self.started,
-                "draining",
-            )
-        };
+        let report_drain = || self.report("draining");
         let drained = tokio::select! {
-            _ = self.runs.wait() => true,
-            _ = self.env.clock.sleep(timeout) => false,
+            _ = self.env.runs.wait() => true,
+            _ = self.options.clock.sleep(timeout) => false,
             _ = second_stop(&mut controls, report_drain) => false,
         };
         if drained {
@@ -463,7 +467,10 @@ impl Supervisor {
             return false;
         }
         // 3. Stop what is left: cancel handlers, TERM process groups, KILL after the grace.
-        tracing::warn!(runs = self.runs.len(), "runs still going; stopping them");
+        tracing::warn!(
+            runs = self.env.runs.len(),
+            "runs still going; stopping them"
+        );
         self.env.stop_runs.cancel();
         // 4. Bounded too: a process in uninterruptible sleep outlives even SIGKILL.
         let longest_grace = self
@@ -474,9 +481,9 @@ impl Supervisor {
             .max()
             .unwrap_or(config::DEFAULT_KILL_GRACE);
         let bound = longest_grace.saturating_add(AFTER_KILL_BOUND);
-        if !wait_for_runs(&self.runs, &self.env.clock, bound).await {
+        if !wait_for_runs(&self.env.runs, &self.options.clock, bound).await {
             tracing::error!(
-                pids = ?self.env.spawner.live_children(),
+                pids = ?self.env.actions.spawner.live_children(),
                 bound = %humantime::format_duration(bound),
                 "shut down: runs would not end even after SIGKILL (a process in uninterruptible sleep?); exiting without them"
             );
@@ -486,9 +493,6 @@ impl Supervisor {
         true
     }
 }
-
-/// How often the daemon's own memory is checked against `[daemon] max_rss`.
-const OWN_RSS_SAMPLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long, after the longest `kill_grace`, the shutdown still waits for stopped runs to end
 /// before it exits without them.
@@ -553,7 +557,8 @@ fn report(
             success = counts.success,
             failure = counts.failure,
             timeout = counts.timeout,
-            killed = counts.killed,
+            stopped = counts.stopped,
+            retries_dropped = counts.retries_dropped,
             skipped = counts.skipped_overlap,
             missed = counts.missed,
             "status report"

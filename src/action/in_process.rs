@@ -1,0 +1,91 @@
+//! An in-process handler's run: its panics caught, its timeout and cancellation applied, and
+//! dropped after `kill_grace` if it does not return (the in-process equivalent of SIGKILL).
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::config::JobSpec;
+use crate::handler::{HandlerFn, HandlerFuture, RunContext};
+
+use super::{timeout_elapsed, RunReport};
+
+/// Runs `handler` for one run of `spec`.
+pub(super) async fn run(
+    handler: &HandlerFn,
+    ctx: RunContext,
+    spec: &JobSpec,
+    clock: &Clock,
+) -> RunReport {
+    let cancel = ctx.cancel.clone();
+    // Run inline in the run's task (one task per run, not two: this is the hot path of
+    // in-process jobs); a panic is caught by `CatchUnwind`.
+    let future = CatchUnwind(
+        std::panic::catch_unwind(AssertUnwindSafe(|| handler(ctx)))
+            .map_err(|panic| panic_message(&*panic)),
+    );
+    drive(future, cancel, spec.timeout, spec.kill_grace, clock).await
+}
+
+/// A handler's future with its panics caught: a panic is a failed run, not a dead daemon.
+struct CatchUnwind(Result<HandlerFuture, String>);
+
+impl Future for CatchUnwind {
+    type Output = Result<(), String>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            Err(panic) => Poll::Ready(Err(format!("handler panicked: {panic}"))),
+            Ok(future) => {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+                    Ok(Poll::Pending) => Poll::Pending,
+                    Ok(Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
+                    Ok(Poll::Ready(Err(err))) => Poll::Ready(Err(err.to_string())),
+                    Err(panic) => {
+                        let message = panic_message(&*panic);
+                        self.0 = Err(message.clone());
+                        Poll::Ready(Err(format!("handler panicked: {message}")))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The text of a caught panic.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
+}
+
+/// Drives a handler; on timeout or cancellation, cancels its token and gives it `kill_grace` to
+/// return before dropping it (the in-process equivalent of SIGKILL).
+async fn drive(
+    mut future: CatchUnwind,
+    cancel: CancellationToken,
+    timeout: Option<Duration>,
+    kill_grace: Duration,
+    clock: &Clock,
+) -> RunReport {
+    let timed_out = tokio::select! {
+        result = &mut future => return match result {
+            Ok(()) => RunReport::success(None),
+            Err(reason) => RunReport::failure(None, reason),
+        },
+        _ = cancel.cancelled() => false,
+        _ = timeout_elapsed(clock, timeout) => true,
+    };
+    cancel.cancel();
+    tokio::select! {
+        _ = &mut future => RunReport::stopped(timed_out, false, None),
+        _ = clock.sleep(kill_grace) => RunReport::stopped(timed_out, true, None),
+    }
+}

@@ -1,0 +1,220 @@
+//! One run of a job: performs its action (a child process, an HTTP request or an in-process
+//! handler) and reports how it ended. A run's failure is a report, never an error of the daemon.
+//!
+//! This module knows nothing of schedules, jobs' state or metrics: a job task hands it a spec,
+//! the run's [`RunContext`] and the [`RunEnv`], and gets a [`RunReport`] back.
+
+mod child;
+mod http;
+mod in_process;
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::clock::Clock;
+use crate::config::{Action, JobSpec};
+use crate::handler::{Handlers, RunContext};
+use crate::process::{self, ChildRun, GroupKeeper, Spawner};
+
+pub(crate) use in_process::panic_message;
+
+/// What every run needs from the daemon, shared by all jobs: the means to perform actions, and
+/// nothing of the daemon's own bookkeeping.
+#[derive(Debug)]
+pub struct RunEnv {
+    /// The one source of time.
+    pub clock: Clock,
+    /// In-process handlers.
+    pub handlers: Handlers,
+    /// Starts child processes.
+    pub spawner: Spawner,
+    /// Kills runs' process groups if the daemon dies; `None` when not configured.
+    pub keeper: Option<Arc<GroupKeeper>>,
+    /// Shared HTTP client (connection pool) for `http` jobs.
+    pub http: reqwest::Client,
+}
+
+/// Why a [`RunEnv`] could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RunEnvError {
+    /// The thread that spawns child processes could not be started.
+    #[error("cannot start the process spawner: {0}")]
+    Spawner(#[source] std::io::Error),
+    /// The HTTP client for `http` jobs could not be built (its TLS roots, a resolver thread).
+    #[error("cannot set up the HTTP client for http jobs: {0}")]
+    HttpClient(#[source] reqwest::Error),
+}
+
+impl RunEnv {
+    /// A run environment; must be created inside a tokio runtime (it starts the spawner thread).
+    pub fn new(
+        clock: Clock,
+        handlers: Handlers,
+        keeper: Option<Arc<GroupKeeper>>,
+    ) -> Result<Self, RunEnvError> {
+        process::start_output_thread();
+        Ok(RunEnv {
+            clock,
+            handlers,
+            spawner: Spawner::start().map_err(RunEnvError::Spawner)?,
+            keeper,
+            http: reqwest::Client::builder()
+                .user_agent(concat!("tickd/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(RunEnvError::HttpClient)?,
+        })
+    }
+}
+
+/// How a run ended: one vocabulary, the same in the log (`outcome=`), the metrics' `outcome`
+/// label, `/jobs` and the command line (see [`Outcome::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exit code 0, a 2xx response, or `Ok(())` from a handler.
+    Success,
+    /// Anything else the action did on its own: non-zero exit, death by signal, failure to start,
+    /// an HTTP error, an `Err` or a panic from a handler.
+    Failure,
+    /// Stopped by tickd because the job's `timeout` passed.
+    Timeout,
+    /// Stopped by tickd: replaced by a newer run, or shut down after the drain timeout.
+    Stopped,
+}
+
+impl Outcome {
+    /// Every outcome, in the order the status and the metrics list them.
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Success,
+        Outcome::Failure,
+        Outcome::Timeout,
+        Outcome::Stopped,
+    ];
+
+    /// The outcome's name everywhere it is shown.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+            Outcome::Timeout => "timeout",
+            Outcome::Stopped => "stopped",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The result of one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunReport {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The child's exit code, or the HTTP status code.
+    pub exit_code: Option<i32>,
+    /// Why it did not succeed, for the log.
+    pub reason: Option<String>,
+    /// Whether stopping it took force after its grace period: SIGKILL for a process group, a
+    /// dropped future for a handler.
+    pub forced: bool,
+}
+
+impl RunReport {
+    fn success(exit_code: Option<i32>) -> Self {
+        RunReport {
+            outcome: Outcome::Success,
+            exit_code,
+            reason: None,
+            forced: false,
+        }
+    }
+
+    /// A failed run, with why.
+    pub(crate) fn failure(exit_code: Option<i32>, reason: impl Into<String>) -> Self {
+        RunReport {
+            outcome: Outcome::Failure,
+            exit_code,
+            reason: Some(reason.into()),
+            forced: false,
+        }
+    }
+
+    /// A run tickd stopped: at its timeout, or for a replacement or a shutdown.
+    fn stopped(timed_out: bool, forced: bool, exit_code: Option<i32>) -> Self {
+        let (outcome, reason) = if timed_out {
+            (Outcome::Timeout, "timeout reached")
+        } else {
+            (Outcome::Stopped, "stopped by tickd")
+        };
+        RunReport {
+            outcome,
+            exit_code,
+            reason: Some(reason.to_owned()),
+            forced,
+        }
+    }
+}
+
+/// What identifies a run to what it starts, as `(environment variable, HTTP header, value)`:
+/// a child gets the variables, an HTTP request the headers, a handler has the same in its
+/// [`RunContext`]. Jobs use them to log and to make their work idempotent; `TICKD_SCHEDULED` is
+/// the due time in RFC 3339 with milliseconds, as the log's `scheduled` field shows it.
+pub fn run_identity(ctx: &RunContext) -> [(&'static str, &'static str, String); 3] {
+    [
+        ("TICKD_JOB", "X-Tickd-Job", ctx.job.to_string()),
+        ("TICKD_RUN_ID", "X-Tickd-Run-Id", ctx.run_id.to_string()),
+        (
+            "TICKD_SCHEDULED",
+            "X-Tickd-Scheduled",
+            ctx.scheduled
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        ),
+    ]
+}
+
+/// Performs one run of `spec`. `ctx.cancel` stops it early; the job's timeout stops it too.
+pub async fn execute(spec: &JobSpec, ctx: RunContext, env: &RunEnv) -> RunReport {
+    match &spec.action {
+        Action::Process(process) => {
+            // Built for the actions that pass it on: a handler has it in its context.
+            let run_vars: Vec<(&'static str, String)> = run_identity(&ctx)
+                .into_iter()
+                .map(|(var, _, value)| (var, value))
+                .collect();
+            let end = process::run_child(
+                process,
+                ChildRun {
+                    job: &spec.name,
+                    run_id: ctx.run_id,
+                    output: spec.output,
+                    timeout: spec.timeout,
+                    kill_grace: spec.kill_grace,
+                    cancel: &ctx.cancel,
+                    clock: &env.clock,
+                    spawner: &env.spawner,
+                    keeper: env.keeper.as_deref(),
+                    max_rss: spec.max_rss,
+                    run_as: spec.run_as.as_ref(),
+                    run_vars: &run_vars,
+                },
+            )
+            .await;
+            child::report(end)
+        }
+        Action::Http(http) => {
+            let headers = run_identity(&ctx).map(|(_, header, value)| (header, value));
+            http::run(http, &headers, spec.timeout, &ctx.cancel, env).await
+        }
+        Action::Handler(name) => match env.handlers.get(name) {
+            Some(handler) => in_process::run(&handler, ctx, spec, &env.clock).await,
+            None => RunReport::failure(None, format!("handler \"{name}\" is not registered")),
+        },
+    }
+}
+
+/// Sleeps until `timeout` from now, or forever when there is none.
+async fn timeout_elapsed(clock: &Clock, timeout: Option<std::time::Duration>) {
+    crate::clock::sleep_or_never(timeout.map(|timeout| clock.sleep(timeout)).as_mut()).await
+}

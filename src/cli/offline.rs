@@ -1,0 +1,222 @@
+//! The commands that need no daemon: `check`, `next`, `exec` and `import-crontab`.
+
+use std::io::Write;
+use std::path::Path;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use chrono_tz::Tz;
+
+use tickd::config::JobSpec;
+use tickd::schedule::{CronSchedule, Schedule};
+use tickd::{Clock, Handlers};
+
+use super::{eprintln_safe, exit, load_config, small_runtime};
+
+/// Runs one job once, here and now, like Laravel's `schedule:test`.
+pub(crate) fn exec(file: &Path, name: &str) -> u8 {
+    let Some(config) = load_config(file) else {
+        return exit::INVALID;
+    };
+    let Some(spec) = config.jobs.get(name) else {
+        eprintln_safe(&format!(
+            "tickd: no job named \"{name}\" in {}",
+            file.display()
+        ));
+        return exit::INVALID;
+    };
+    let mut spec = (**spec).clone();
+    // The output goes to this terminal.
+    spec.output = tickd::config::OutputMode::Inherit;
+    let Some(runtime) = small_runtime() else {
+        return exit::FATAL;
+    };
+    runtime.block_on(async {
+        let env = match tickd::action::RunEnv::new(Clock::system(), Handlers::with_builtins(), None)
+        {
+            Ok(env) => env,
+            Err(err) => {
+                eprintln_safe(&format!("tickd: {err}"));
+                return exit::FATAL;
+            }
+        };
+        let ctx = tickd::RunContext {
+            job: spec.name.as_str().into(),
+            run_id: tickd::handler::RunIds::default().next(),
+            scheduled: env.clock.wall_now(),
+            cancel: tokio_util::sync::CancellationToken::new(),
+        };
+        let report = tickd::action::execute(&spec, ctx, &env).await;
+        if let Some(reason) = &report.reason {
+            eprintln_safe(&format!("tickd: {name}: {}: {reason}", report.outcome));
+        }
+        match (report.outcome, report.exit_code) {
+            (tickd::action::Outcome::Success, _) => exit::OK,
+            (_, Some(code)) if (1..=255).contains(&code) => code as u8,
+            _ => exit::FATAL,
+        }
+    })
+}
+
+pub(crate) fn import_crontab(file: &Path, system: bool, skip_invalid: bool) -> u8 {
+    let text = if file == Path::new("-") {
+        let mut text = String::new();
+        if let Err(err) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut text) {
+            eprintln_safe(&format!("tickd: cannot read standard input: {err}"));
+            return exit::INVALID;
+        }
+        text
+    } else {
+        match std::fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(err) => {
+                eprintln_safe(&format!("tickd: cannot read {}: {err}", file.display()));
+                return exit::INVALID;
+            }
+        }
+    };
+    let import = tickd::crontab::import(&text, system, local_zone().as_deref());
+    for problem in &import.problems {
+        eprintln_safe(&format!("{}:{problem}", file.display()));
+    }
+    if !import.problems.is_empty() && !skip_invalid {
+        eprintln_safe(&format!(
+            "tickd: {} line(s) could not be translated; fix them, or pass --skip-invalid to write the jobs file with them as comments",
+            import.problems.len()
+        ));
+        return exit::INVALID;
+    }
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(import.toml.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => exit::OK,
+        // A reader that stopped early (`| head`) asked for no more.
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
+        // Anything else leaves a jobs file cut short: it must not look like a success.
+        Err(err) => {
+            eprintln_safe(&format!("tickd: cannot write the jobs file: {err}"));
+            exit::FATAL
+        }
+    }
+}
+
+/// The machine's IANA zone, from `$TZ` or the `/etc/localtime` link.
+fn local_zone() -> Option<String> {
+    let zone = std::env::var("TZ").ok().or_else(|| {
+        let target = std::fs::read_link("/etc/localtime").ok()?;
+        let target = target.to_string_lossy().into_owned();
+        target
+            .split_once("zoneinfo/")
+            .map(|(_, zone)| zone.to_owned())
+    })?;
+    zone.parse::<Tz>().is_ok().then_some(zone)
+}
+
+pub(crate) fn check(file: &Path) -> u8 {
+    let Some(config) = load_config(file) else {
+        return exit::INVALID;
+    };
+    let mut out = std::io::stdout().lock();
+    for warning in &config.warnings {
+        eprintln_safe(&warning.to_string());
+    }
+    let _ = writeln!(out, "{}: OK, {} jobs", file.display(), config.jobs.len());
+    for spec in config.jobs.values() {
+        let _ = writeln!(out, "  {}: {}", spec.name, spec.schedule);
+    }
+    exit::OK
+}
+
+pub(crate) fn next(
+    file: &Path,
+    job: Option<&str>,
+    count: usize,
+    cron: Option<&str>,
+    tz: &str,
+    after: Option<&str>,
+) -> u8 {
+    let after = match after.map(DateTime::parse_from_rfc3339) {
+        None => Clock::system().wall_now(),
+        Some(Ok(t)) => t.with_timezone(&Utc),
+        Some(Err(err)) => {
+            eprintln_safe(&format!("tickd: invalid --after time: {err}"));
+            return exit::INVALID;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if let Some(expression) = cron {
+        let Ok(zone) = tz.parse::<Tz>() else {
+            eprintln_safe(&format!("tickd: unknown time zone \"{tz}\""));
+            return exit::INVALID;
+        };
+        let schedule = match CronSchedule::parse(expression, zone) {
+            Ok(schedule) => schedule,
+            Err(err) => {
+                eprintln_safe(&format!("tickd: {err}"));
+                return exit::INVALID;
+            }
+        };
+        for time in upcoming_cron(&schedule, after, count) {
+            let _ = writeln!(out, "{}", rfc3339(&time.with_timezone(&zone)));
+        }
+        return exit::OK;
+    }
+    let Some(config) = load_config(file) else {
+        return exit::INVALID;
+    };
+    let jobs: Vec<&JobSpec> = match job {
+        Some(name) => match config.jobs.get(name) {
+            Some(spec) => vec![spec],
+            None => {
+                eprintln_safe(&format!(
+                    "tickd: no job named \"{name}\" in {}",
+                    file.display()
+                ));
+                return exit::INVALID;
+            }
+        },
+        None => config.jobs.values().map(|s| s.as_ref()).collect(),
+    };
+    let machine_id = tickd::job::machine_id();
+    let now = Clock::system().read();
+    let now = tickd::clock::Now { wall: after, ..now };
+    for spec in jobs {
+        let _ = writeln!(out, "{} ({}):", spec.name, spec.schedule);
+        let upcoming = tickd::job::upcoming(spec, &machine_id, now, count);
+        // A stable (`spread`) delay is part of every fire time; a random one can only be told.
+        if let Some(max) = upcoming.random_delay {
+            let _ = writeln!(
+                out,
+                "  (each run starts after a random delay of up to {})",
+                humantime::format_duration(max)
+            );
+        }
+        for time in upcoming.times {
+            match &spec.schedule {
+                Schedule::Every(_) => {
+                    let _ = writeln!(out, "  {}", rfc3339(&time));
+                }
+                Schedule::Cron(cron) => {
+                    let local = time.with_timezone(&cron.timezone());
+                    let _ = writeln!(out, "  {}  ({})", rfc3339(&local), rfc3339(&time));
+                }
+            }
+        }
+    }
+    exit::OK
+}
+
+/// The next `count` fires of one cron expression after `after`.
+fn upcoming_cron(cron: &CronSchedule, after: DateTime<Utc>, count: usize) -> Vec<DateTime<Utc>> {
+    std::iter::successors(cron.next_after(after), |t| cron.next_after(*t))
+        .take(count)
+        .collect()
+}
+
+fn rfc3339<Z: chrono::TimeZone>(time: &DateTime<Z>) -> String
+where
+    Z::Offset: std::fmt::Display,
+{
+    time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}

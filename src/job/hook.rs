@@ -1,0 +1,129 @@
+//! A job's `on_failure` hook: a command run after a run's final failure, at most one at a time
+//! per job, so a job failing fast cannot pile up hooks (and their descriptors) until other jobs
+//! fail with EMFILE. Failures that found the hook busy are counted and told to the next one.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::action::RunReport;
+use crate::config::{Action, JobSpec, OutputMode, ProcessSpec};
+use crate::handler::RunId;
+use crate::process::{self, ChildRun};
+
+use super::JobEnv;
+
+/// The longest an `on_failure` hook may run.
+const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One job's hook slot.
+#[derive(Debug, Default)]
+pub(crate) struct FailureHook {
+    /// Set while the hook runs.
+    running: Arc<AtomicBool>,
+    /// Final failures that got no hook because one was running; told to the next hook.
+    failures_without_hook: u64,
+}
+
+impl FailureHook {
+    /// Runs `spec`'s `on_failure` command for the failed run `run_id` (with TICKD_JOB,
+    /// TICKD_RUN_ID, TICKD_EXIT_CODE, TICKD_REASON and TICKD_FAILURES_WITHOUT_HOOK in its
+    /// environment, in the job's working directory and as its user) on the run tracker, so a
+    /// shutdown drains it too; `cancel` stops it.
+    pub fn spawn(
+        &mut self,
+        spec: &JobSpec,
+        run_id: RunId,
+        report: &RunReport,
+        env: &Arc<JobEnv>,
+        cancel: CancellationToken,
+    ) {
+        let Some(argv) = spec.on_failure.clone() else {
+            return;
+        };
+        if self.running.swap(true, Ordering::AcqRel) {
+            self.failures_without_hook += 1;
+            tracing::debug!(job = %spec.name, run = %run_id, "on_failure hook still running; this failure is told to the next one");
+            return;
+        }
+        let failures_without_hook = std::mem::take(&mut self.failures_without_hook);
+        let hook = hook_spec(spec, argv, run_id, report, failures_without_hook);
+        let slot = HookSlot(self.running.clone());
+        let (env, job, run_as, kill_grace) = (
+            env.clone(),
+            spec.name.clone(),
+            spec.run_as.clone(),
+            spec.kill_grace,
+        );
+        env.runs.clone().spawn(async move {
+            // Frees the job's hook slot however this task ends.
+            let _slot = slot;
+            let hook_job = format!("{job}/on_failure");
+            let actions = &env.actions;
+            let end = process::run_child(
+                &hook,
+                ChildRun {
+                    job: &hook_job,
+                    run_id,
+                    output: OutputMode::Log,
+                    timeout: Some(HOOK_TIMEOUT),
+                    kill_grace,
+                    cancel: &cancel,
+                    clock: &actions.clock,
+                    spawner: &actions.spawner,
+                    keeper: actions.keeper.as_deref(),
+                    max_rss: None,
+                    run_as: run_as.as_ref(),
+                    run_vars: &[],
+                },
+            )
+            .await;
+            tracing::info!(job = %job, run = %run_id, "on_failure hook ended: {end:?}");
+        });
+    }
+}
+
+/// The hook's process: its command, with the job's variables and working directory and the
+/// failure's in `TICKD_*` variables.
+fn hook_spec(
+    spec: &JobSpec,
+    argv: Vec<String>,
+    run_id: RunId,
+    report: &RunReport,
+    failures_without_hook: u64,
+) -> ProcessSpec {
+    let (mut vars, cwd) = match &spec.action {
+        Action::Process(p) => (p.env.clone(), p.cwd.clone()),
+        _ => Default::default(),
+    };
+    let exit_code = report.exit_code.map(|c| c.to_string()).unwrap_or_default();
+    for (name, value) in [
+        ("TICKD_JOB", spec.name.clone()),
+        ("TICKD_RUN_ID", run_id.to_string()),
+        ("TICKD_EXIT_CODE", exit_code),
+        ("TICKD_REASON", report.reason.clone().unwrap_or_default()),
+        (
+            "TICKD_FAILURES_WITHOUT_HOOK",
+            failures_without_hook.to_string(),
+        ),
+    ] {
+        vars.insert(name.to_owned(), value);
+    }
+    ProcessSpec {
+        argv,
+        cwd,
+        env: vars,
+        inherit: spec.env_policy.clone(),
+    }
+}
+
+/// A job's `on_failure` slot, freed when the hook's task ends (or unwinds).
+struct HookSlot(Arc<AtomicBool>);
+
+impl Drop for HookSlot {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}

@@ -1,0 +1,536 @@
+//! One task per job: it owns the job's plan and its runs in flight, and decides what each fire
+//! does. Overlap is state, not timing: a fire looks at the runs this task knows are still going
+//! and applies the job's policy.
+//!
+//! - [`plan`]: when the next fire is due (pure maths over a given "now");
+//! - [`runs`](self::runs): the runs going, queued and waiting to retry, and the pure overlap and
+//!   retry decisions;
+//! - `actor`: the task's `select!` loop that wires them to the clock, the commands and the runs'
+//!   ends;
+//! - `hook`: the `on_failure` command, one at a time.
+//!
+//! This module: the handles the daemon and the endpoint hold, and the supervision that restarts
+//! a task that panicked.
+
+mod actor;
+mod hook;
+pub mod plan;
+pub(crate) mod runs;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::action::RunEnv;
+use crate::clock::Clock;
+use crate::config::JobSpec;
+use crate::handler::{RunId, RunIds};
+use crate::metrics::Metrics;
+use crate::state::StateStore;
+use crate::status::SharedStatus;
+
+use actor::JobActor;
+
+pub use plan::{machine_id, upcoming, Upcoming};
+
+/// What every job task shares with the others.
+#[derive(Debug)]
+pub(crate) struct JobEnv {
+    /// What runs need to perform their actions.
+    pub actions: Arc<RunEnv>,
+    /// The daemon's metrics; each job takes its handles once.
+    pub metrics: Arc<Metrics>,
+    /// Last fire times of `on_missed = "once"` jobs; `None` without `[daemon] state_file`.
+    pub state: Option<Arc<StateStore>>,
+    /// This machine's identity: seeds `spread` delays.
+    pub machine_id: String,
+    /// Numbers the runs (and tells the supervisor when `max_runs` is reached).
+    pub run_ids: Arc<RunIds>,
+    /// Parent of every run's cancellation token: cancelled when shutdown stops the runs that
+    /// outlived the drain timeout.
+    pub stop_runs: CancellationToken,
+    /// Every run of every job: what the shutdown drains.
+    pub runs: TaskTracker,
+}
+
+impl JobEnv {
+    /// An environment of its own for a job under test.
+    #[cfg(test)]
+    pub fn for_test(
+        clock: Clock,
+        handlers: crate::Handlers,
+        state: Option<Arc<StateStore>>,
+    ) -> Arc<Self> {
+        Arc::new(JobEnv {
+            actions: Arc::new(RunEnv::new(clock, handlers, None).expect("run env")),
+            metrics: Arc::default(),
+            state,
+            machine_id: machine_id(),
+            run_ids: Arc::default(),
+            stop_runs: CancellationToken::new(),
+            runs: TaskTracker::new(),
+        })
+    }
+
+    /// The one source of time.
+    pub fn clock(&self) -> &Clock {
+        &self.actions.clock
+    }
+}
+
+/// What can be asked of a job task.
+#[derive(Debug)]
+pub(crate) enum JobCommand {
+    /// A new definition (reload).
+    Update(Arc<JobSpec>),
+    /// Start a run now, subject to the overlap policy.
+    RunNow(oneshot::Sender<FireResult>),
+    /// Stop firing until resumed.
+    Pause,
+    /// Fire again, from the next fire after now.
+    Resume,
+    /// Answer at once: the health check's proof that the task is alive and not blocked.
+    Ping(oneshot::Sender<()>),
+    /// Panic, as a bug in the task would: for the test of its restart.
+    #[cfg(test)]
+    Panic,
+}
+
+/// What a fire did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FireResult {
+    /// A run started.
+    Started(RunId),
+    /// A run is queued behind the current one (`queue`), or will replace it (`replace`).
+    Queued,
+    /// Nothing will run: the overlap policy skipped the fire.
+    Skipped,
+}
+
+/// A handle to talk to a job task from outside (the HTTP endpoint). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct JobControl {
+    commands: mpsc::UnboundedSender<JobCommand>,
+    /// The job's status, written by its task.
+    pub status: SharedStatus,
+}
+
+impl JobControl {
+    /// Asks for a run now; `None` if the job is gone.
+    pub async fn run_now(&self) -> Option<FireResult> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(JobCommand::RunNow(reply)).ok()?;
+        answer.await.ok()
+    }
+
+    /// Pauses (`true`) or resumes the job; `false` if the job is gone.
+    pub fn set_paused(&self, paused: bool) -> bool {
+        let command = if paused {
+            JobCommand::Pause
+        } else {
+            JobCommand::Resume
+        };
+        self.commands.send(command).is_ok()
+    }
+
+    /// A control whose commands land in the returned receiver, for tests that play the task.
+    #[cfg(test)]
+    pub(crate) fn detached() -> (Self, mpsc::UnboundedReceiver<JobCommand>) {
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let status = SharedStatus::default();
+        (JobControl { commands, status }, receiver)
+    }
+
+    /// Asks the job's task to answer; the receiver yields `Err` if the task is gone. The caller
+    /// bounds the wait: a task that never answers is stuck.
+    pub(crate) fn ping(&self) -> oneshot::Receiver<()> {
+        let (reply, answer) = oneshot::channel();
+        // A failed send drops `reply`, so `answer` reports the task gone.
+        let _ = self.commands.send(JobCommand::Ping(reply));
+        answer
+    }
+}
+
+/// The daemon's handle on a job task.
+#[derive(Debug)]
+pub(crate) struct JobHandle {
+    /// The definition the task was last given.
+    pub spec: Arc<JobSpec>,
+    /// For the endpoint.
+    pub control: JobControl,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl JobHandle {
+    /// Starts the task for `spec`. It stops firing when `stop` is cancelled; its runs are spawned
+    /// on `env.runs`, so they outlive it and are drained by the daemon.
+    pub fn spawn(spec: Arc<JobSpec>, env: Arc<JobEnv>, stop: CancellationToken) -> Self {
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let status = SharedStatus::default();
+        let task = tokio::spawn(supervise_actor(
+            spec.clone(),
+            env,
+            status.clone(),
+            commands_rx,
+            stop.clone(),
+        ));
+        JobHandle {
+            spec,
+            control: JobControl { commands, status },
+            stop,
+            task,
+        }
+    }
+
+    /// Gives the job a new definition, effective from its next fire. The grid is kept when the
+    /// schedule is unchanged.
+    pub fn update(&mut self, spec: Arc<JobSpec>) {
+        self.spec = spec.clone();
+        // The task only ends after `stop`, and then an update has nothing left to do.
+        let _ = self.control.commands.send(JobCommand::Update(spec));
+    }
+
+    /// Stops firing; runs in flight go on. Returns the task to await.
+    pub fn stop(self) -> JoinHandle<()> {
+        self.stop.cancel();
+        self.task
+    }
+}
+
+/// Runs a job's actor until `stop`; an actor that panics (a bug) is logged, counted in the job's
+/// status and `tickd_job_task_restarts_total`, and started again from its schedule with the
+/// definition it last had, so a bug cannot silently stop a job for good. Runs it had in flight
+/// go on, unknown to the new actor.
+async fn supervise_actor(
+    spec: Arc<JobSpec>,
+    env: Arc<JobEnv>,
+    status: SharedStatus,
+    mut commands: mpsc::UnboundedReceiver<JobCommand>,
+    stop: CancellationToken,
+) {
+    use futures_util::FutureExt;
+    let mut spec = spec;
+    let mut restarted = false;
+    let mut backoff = TASK_RESTART_BACKOFF;
+    loop {
+        let mut actor = JobActor::new(spec.clone(), env.clone(), status.clone());
+        // What the endpoint set survives the restart.
+        actor.paused = restarted && status.snapshot().paused;
+        let latest = actor.latest_spec.clone();
+        let ran = std::panic::AssertUnwindSafe(actor.run(&mut commands, stop.clone(), restarted))
+            .catch_unwind()
+            .await;
+        let Err(panic) = ran else { return };
+        let message = crate::action::panic_message(&*panic);
+        spec = latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        tracing::error!(job = %spec.name, "the job's task panicked (a bug: please report it); restarting it from its schedule: {message}");
+        env.metrics.job_task_restarted(&spec.name);
+        status.update(|s| s.task_restarts += 1);
+        // A task that panics at once must not spin: wait, longer each time.
+        tokio::select! {
+            _ = env.clock().sleep(backoff) => {}
+            _ = stop.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(TASK_RESTART_BACKOFF_MAX);
+        restarted = true;
+    }
+}
+
+/// The wait before a panicked job task is started again, doubling up to
+/// [`TASK_RESTART_BACKOFF_MAX`].
+const TASK_RESTART_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait before a panicked job task is started again.
+const TASK_RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+
+    use super::*;
+    use crate::handler::{Handlers, RunContext};
+
+    /// The scheduled times the `record` handler's runs were given.
+    type Seen = Arc<std::sync::Mutex<Vec<DateTime<Utc>>>>;
+
+    /// A run environment whose `record` handler writes its runs' scheduled times to [`Seen`].
+    fn recording_env(clock: Clock, state: Arc<crate::state::StateStore>) -> (Arc<JobEnv>, Seen) {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut handlers = Handlers::with_builtins();
+        let record = seen.clone();
+        handlers.register("record", move |ctx: RunContext| {
+            record.lock().expect("lock").push(ctx.scheduled);
+            async { Ok(()) }
+        });
+        (JobEnv::for_test(clock, handlers, Some(state)), seen)
+    }
+
+    /// A state file from year 0001 made the catch-up stand for 0069-01-19 (an `i32` of periods
+    /// overflowed); one from year 9999 gave no catch-up and no warning. The catch-up stands for
+    /// the latest missed fire, every missed fire is counted, and a future time counts from now.
+    #[tokio::test(start_paused = true)]
+    async fn state_file_times_from_long_ago_or_the_future_are_clamped() {
+        let now = DateTime::parse_from_rfc3339("2026-01-01T00:00:00.500Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state");
+        std::fs::write(
+            &path,
+            "[last_fire]\nevery = \"0001-01-01T00:00:00Z\"\ncron = \"0001-01-01T00:00:00Z\"\nfuture = \"9999-12-31T23:59:59Z\"\n",
+        )
+        .expect("state");
+        let state = Arc::new(crate::state::StateStore::open(&path));
+        let (env, seen) = recording_env(Clock::manual(now), state);
+        let handlers = Handlers::with_builtins();
+        let spec = |name: &str, schedule: &str| {
+            let mut handlers = handlers.clone();
+            handlers.register("record", |_ctx: RunContext| async { Ok(()) });
+            let text = format!("[daemon]\nstate_file = \"unused\"\n[jobs.{name}]\n{schedule}\nhandler = \"record\"\non_missed = \"once\"\n");
+            crate::config::parse(std::path::Path::new("jobs.toml"), &text, &handlers)
+                .expect("valid")
+                .jobs[name]
+                .clone()
+        };
+        let stop = CancellationToken::new();
+        let run = |spec| JobHandle::spawn(spec, env.clone(), stop.clone());
+        let every = run(spec("every", "every = \"1s\""));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // One catch-up, standing for 00:00:00 (not year 69), for ~63.9 billion missed seconds.
+        assert_eq!(
+            *seen.lock().expect("lock"),
+            [now - chrono::Duration::milliseconds(500)]
+        );
+        let missed = every.control.status.snapshot().runs.missed;
+        assert!(
+            (63_000_000_000..64_000_000_000).contains(&missed),
+            "{missed}"
+        );
+
+        seen.lock().expect("lock").clear();
+        let cron = run(spec("cron", "cron = \"0 * * * * *\""));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            *seen.lock().expect("lock"),
+            [now - chrono::Duration::milliseconds(500)]
+        );
+        // 2025 years of minutes, estimated: about 1.065 billion.
+        let missed = cron.control.status.snapshot().runs.missed;
+        assert!((1_060_000_000..1_070_000_000).contains(&missed), "{missed}");
+
+        seen.lock().expect("lock").clear();
+        let future = run(spec("future", "every = \"1s\""));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            seen.lock().expect("lock").is_empty(),
+            "no catch-up from the future"
+        );
+        assert_eq!(future.control.status.snapshot().runs.missed, 0);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let runs = future.control.status.snapshot().runs.success;
+        assert_eq!(runs, 1, "then the job runs on its grid");
+        stop.cancel();
+    }
+
+    /// The step notification stored no permit and the task made a new waiter each loop: a step
+    /// that landed while the task was in another branch (here: handling a command) was lost, and
+    /// the cron job fired at its stale deadline, standing for 00:01:00 ten minutes late.
+    #[tokio::test(start_paused = true)]
+    async fn a_wall_clock_step_while_the_job_task_is_busy_is_not_lost() {
+        let start = DateTime::parse_from_rfc3339("2026-01-01T00:00:30Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let clock = Clock::manual(start);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = Arc::new(crate::state::StateStore::open(&dir.path().join("state")));
+        let (env, seen) = recording_env(clock.clone(), state);
+        let mut handlers = Handlers::with_builtins();
+        handlers.register("record", |_ctx: RunContext| async { Ok(()) });
+        let spec = crate::config::parse(
+            std::path::Path::new("jobs.toml"),
+            "[jobs.c]\ncron = \"0 * * * * *\"\nhandler = \"record\"\n",
+            &handlers,
+        )
+        .expect("valid")
+        .jobs["c"]
+            .clone();
+        let stop = CancellationToken::new();
+        let job = JobHandle::spawn(spec, env, stop.clone());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Wake the task with a command, and step the clock before it runs.
+        assert!(job.control.set_paused(false));
+        clock.step_wall(chrono::Duration::minutes(10));
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        let at = |m| start - chrono::Duration::seconds(30) + chrono::Duration::minutes(m);
+        assert_eq!(*seen.lock().expect("lock"), [at(11)]);
+        assert_eq!(job.control.status.snapshot().runs.missed, 10);
+        stop.cancel();
+    }
+
+    /// A panicked job task's `JoinError` was dropped: the job stopped firing for good, silently.
+    #[tokio::test(start_paused = true)]
+    async fn a_job_task_that_panics_is_restarted_with_its_latest_definition() {
+        let start = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let handlers = Handlers::with_builtins();
+        let spec = |every: &str| {
+            crate::config::parse(
+                std::path::Path::new("jobs.toml"),
+                &format!("[jobs.j]\nevery = \"{every}\"\nhandler = \"log\"\n"),
+                &handlers,
+            )
+            .expect("valid")
+            .jobs["j"]
+                .clone()
+        };
+        let env = JobEnv::for_test(Clock::manual(start), handlers.clone(), None);
+        let stop = CancellationToken::new();
+        let mut job = JobHandle::spawn(spec("1s"), env.clone(), stop.clone());
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        job.update(spec("500ms"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        job.control.commands.send(JobCommand::Panic).expect("send");
+        tokio::time::sleep(Duration::from_millis(2_050)).await;
+        let status = job.control.status.snapshot();
+        assert_eq!(status.task_restarts, 1);
+        // 1 run before the panic; the restart 1 s later (the backoff), then every 500 ms (the
+        // latest definition): at 3.1 s and 3.6 s.
+        assert_eq!(status.runs.success, 1 + 2, "{status:?}");
+        assert_eq!(status.schedule, "every 500ms");
+        let metrics = env.metrics.encode();
+        assert!(
+            metrics.contains("tickd_job_task_restarts_total{job=\"j\"} 1"),
+            "{metrics}"
+        );
+        stop.cancel();
+        job.stop().await.expect("the task ends when stopped");
+    }
+
+    /// Panics in its drop: a handler future holding one panics where the handler's
+    /// `catch_unwind` does not reach, when it is dropped after its timeout and grace.
+    struct PanicsOnDrop;
+
+    impl Drop for PanicsOnDrop {
+        fn drop(&mut self) {
+            panic!("a bug in a handler's state");
+        }
+    }
+
+    /// A panicking run task never sent `RunEnded`: with `overlap = "skip"` the job never fired
+    /// again, silently.
+    #[tokio::test(start_paused = true)]
+    async fn a_run_task_that_panics_still_ends_its_run() {
+        let start = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let mut handlers = Handlers::with_builtins();
+        handlers.register("stuck", |_ctx: RunContext| {
+            let guard = PanicsOnDrop;
+            async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        });
+        let spec = crate::config::parse(
+            std::path::Path::new("jobs.toml"),
+            "[jobs.p]\nevery = \"1s\"\ntimeout = \"100ms\"\nkill_grace = \"0s\"\nhandler = \"stuck\"\n",
+            &handlers,
+        )
+        .expect("valid")
+        .jobs["p"]
+        .clone();
+        let env = JobEnv::for_test(Clock::manual(start), handlers, None);
+        let stop = CancellationToken::new();
+        let job = JobHandle::spawn(spec, env, stop.clone());
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        let status = job.control.status.snapshot();
+        // Runs at 1 s, 2 s and 3 s, each ended (as a failure), none left "running".
+        assert_eq!(status.runs.failure, 3, "{status:?}");
+        assert_eq!(status.running, 0, "{status:?}");
+        let reason = status.last_run.and_then(|r| r.reason).unwrap_or_default();
+        assert!(reason.contains("panicked"), "{reason}");
+        stop.cancel();
+    }
+
+    /// Wall-clock steps forward by an hour, three hours and a day: each gives at most one
+    /// catch-up per job (robfig/cron ran one 720 times), and the fires passed over are counted
+    /// in the job's status and metrics.
+    #[tokio::test(start_paused = true)]
+    async fn wall_clock_jumps_run_at_most_one_catch_up_and_are_counted() {
+        let handlers = Handlers::with_builtins();
+        let config = crate::config::parse(
+            std::path::Path::new("jobs.toml"),
+            "[daemon]\nstate_file = \"unused\"\n\
+             [jobs.once]\ncron = \"0 * * * * *\"\nhandler = \"log\"\non_missed = \"once\"\n\
+             [jobs.skip]\ncron = \"0 * * * * *\"\nhandler = \"log\"\n",
+            &handlers,
+        )
+        .expect("valid config");
+        let start = DateTime::parse_from_rfc3339("2026-01-01T00:00:30Z")
+            .expect("valid time")
+            .with_timezone(&Utc);
+        let clock = Clock::manual(start);
+        let env = JobEnv::for_test(clock.clone(), handlers, None);
+        let stop = CancellationToken::new();
+        let jobs: Vec<JobHandle> = config
+            .jobs
+            .values()
+            .map(|spec| JobHandle::spawn(spec.clone(), env.clone(), stop.clone()))
+            .collect();
+        let counts = || {
+            jobs.iter()
+                .map(|job| job.control.status.snapshot().runs)
+                .collect::<Vec<_>>()
+        };
+        tokio::time::sleep(Duration::from_secs(31)).await; // both fire at 00:01:00
+        assert_eq!(
+            counts().iter().map(|c| c.success).collect::<Vec<_>>(),
+            [1, 1]
+        );
+
+        // (step, fires passed over): from 00:01:01 the next fire is 00:02:00, so an hour's step
+        // passes 00:02 ... 01:01; each later step starts 1 min 0.1 s after the one before.
+        let steps = [(1, 60), (3, 180), (24, 1440)];
+        let mut missed = 0;
+        for (k, (hours, passed)) in steps.into_iter().enumerate() {
+            let k = k as u64;
+            clock.step_wall(chrono::Duration::hours(hours));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            missed += passed;
+            let now = counts();
+            // `once`: its one catch-up at the jump; `skip`: nothing until the next minute.
+            assert_eq!(
+                (now[0].success, now[1].success),
+                (2 + 2 * k, 1 + k),
+                "{hours} h"
+            );
+            assert_eq!(
+                (now[0].missed, now[1].missed),
+                (missed, missed),
+                "{hours} h"
+            );
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            let now = counts();
+            assert_eq!(
+                (now[0].success, now[1].success),
+                (3 + 2 * k, 2 + k),
+                "{hours} h"
+            );
+        }
+        let metrics = env.metrics.encode();
+        for job in ["once", "skip"] {
+            let series = format!("tickd_fires_missed_total{{job=\"{job}\"}} {missed}");
+            assert!(metrics.contains(&series), "{series} in\n{metrics}");
+        }
+        stop.cancel();
+    }
+}

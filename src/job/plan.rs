@@ -1,0 +1,381 @@
+//! A job's plan: when its next fire is due. Pure maths over a [`Now`] it is given: a drift-free
+//! grid for `every` (fixed rate), a delay from the end of the last run (fixed delay), or the
+//! calendar for `cron`, each with the job's jitter. The job's task and `tickd next` both ask it.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::clock::{Instant, Now};
+use crate::config::{Jitter, JobSpec};
+use crate::schedule::{
+    grid_offset, next_grid_index, offset_past_alignment, stable_delay, CronSchedule, EveryMode,
+    Schedule,
+};
+
+/// The finest step of a cron expression: two of its fires are at least this far apart.
+const CRON_RESOLUTION: Duration = Duration::from_secs(1);
+
+/// How many missed calendar fires are counted exactly before the rest is estimated.
+const COUNTED_FIRES: u64 = 64;
+
+/// A fire that is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Due {
+    /// The fire's monotonic instant (grid point, or calendar time converted), before jitter.
+    pub instant: Instant,
+    /// The fire's calendar time: set for `cron` schedules and for catch-up runs.
+    pub wall: Option<DateTime<Utc>>,
+    /// The jitter delay added before the run starts.
+    pub delay: Duration,
+}
+
+impl Due {
+    /// A fire at `instant` with no calendar time and no delay: a run asked for now, a retry.
+    pub fn at(instant: Instant) -> Self {
+        Due {
+            instant,
+            wall: None,
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// When the run should start.
+    pub fn start_at(&self) -> Instant {
+        self.instant + self.delay
+    }
+
+    /// The calendar time the fire stands for: its own for cron and catch-ups, else the wall time
+    /// of its start instant.
+    pub fn scheduled_wall(&self, now: Now) -> DateTime<Utc> {
+        let delay = chrono::Duration::from_std(self.delay).unwrap_or_default();
+        match self.wall {
+            Some(wall) => wall + delay,
+            None => now.wall_for_instant(self.start_at()),
+        }
+    }
+}
+
+/// The delay a job's jitter adds to each fire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FireDelay {
+    None,
+    /// The same for every fire (`spread`): stable per job and machine.
+    Stable(Duration),
+    /// Drawn afresh for each fire, below this.
+    Random(Duration),
+}
+
+impl FireDelay {
+    fn of(jitter: Option<Jitter>, job: &str, machine_id: &str) -> Self {
+        match jitter {
+            None => FireDelay::None,
+            Some(jitter) if jitter.spread => {
+                FireDelay::Stable(stable_delay(machine_id, job, jitter.max))
+            }
+            Some(jitter) => FireDelay::Random(jitter.max),
+        }
+    }
+
+    fn draw(self) -> Duration {
+        match self {
+            FireDelay::None => Duration::ZERO,
+            FireDelay::Stable(delay) => delay,
+            FireDelay::Random(max) => {
+                let max_ns = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+                Duration::from_nanos(fastrand::u64(..max_ns))
+            }
+        }
+    }
+}
+
+/// Fires a job missed while the daemon was down, from the state file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MissedWhileDown {
+    /// The last fire the state file recorded.
+    pub recorded: DateTime<Utc>,
+    /// The latest fire missed since: what the catch-up run stands for.
+    pub latest: DateTime<Utc>,
+    /// How many fires were missed.
+    pub count: u64,
+    /// Whether `count` is estimated from the rate of the first ones (a long downtime).
+    pub estimated: bool,
+}
+
+/// When a job fires. Kept by the job's task across fires; see the module doc.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    job: String,
+    schedule: Schedule,
+    delay: FireDelay,
+    /// Where an `every` grid starts (grid point 0).
+    anchor: Instant,
+    /// The grid index of the last fire handed out, for fixed-rate `every` schedules.
+    next_index: u64,
+}
+
+impl Plan {
+    /// The plan of `spec`, its grid anchored at `now`; `machine_id` seeds `spread` delays.
+    pub fn new(spec: &JobSpec, machine_id: &str, now: Now) -> Self {
+        Plan {
+            job: spec.name.clone(),
+            schedule: spec.schedule.clone(),
+            delay: FireDelay::of(spec.jitter, &spec.name, machine_id),
+            anchor: now.instant,
+            next_index: 0,
+        }
+    }
+
+    /// Takes a new definition; returns whether the schedule changed (then [`Plan::first`] must
+    /// be asked again: the grid restarts). An unchanged schedule keeps its grid.
+    pub fn update(&mut self, spec: &JobSpec, machine_id: &str) -> bool {
+        self.delay = FireDelay::of(spec.jitter, &spec.name, machine_id);
+        let changed = spec.schedule != self.schedule;
+        self.schedule = spec.schedule.clone();
+        changed
+    }
+
+    /// Whether fires are calendar times (and so move when the wall clock is stepped).
+    pub fn is_calendar(&self) -> bool {
+        matches!(self.schedule, Schedule::Cron(_))
+    }
+
+    /// Whether the next fire is counted from the end of the last run.
+    pub fn is_fixed_delay(&self) -> bool {
+        matches!(&self.schedule, Schedule::Every(e) if e.mode == EveryMode::FixedDelay)
+    }
+
+    /// (Re)starts the plan from `now`: a new grid anchor, and the first fire.
+    pub fn first(&mut self, now: Now) -> Option<Due> {
+        match &self.schedule {
+            Schedule::Every(every) => {
+                self.anchor = now.instant;
+                if every.align {
+                    let since_epoch = now.wall.signed_duration_since(DateTime::UNIX_EPOCH);
+                    let offset = offset_past_alignment(
+                        every.period,
+                        since_epoch.to_std().unwrap_or_default(),
+                    );
+                    self.anchor = now.instant.checked_sub(offset).unwrap_or(now.instant);
+                }
+                self.next_index = next_grid_index(every.period, now.instant - self.anchor);
+                Some(self.grid_point(every.period))
+            }
+            Schedule::Cron(_) => self.calendar_after(now.wall, now),
+        }
+    }
+
+    /// The fire after `fired`: the next grid point or calendar time in the future. Points missed
+    /// while the daemon was stalled or the run was going are skipped, never caught up. A
+    /// fixed-delay job has none while `runs_going` (see [`Plan::after_run`]).
+    pub fn after(&mut self, fired: Due, now: Now, runs_going: bool) -> Option<Due> {
+        match &self.schedule {
+            Schedule::Every(every) if every.mode == EveryMode::FixedRate => {
+                let elapsed = now.instant.saturating_duration_since(self.anchor);
+                self.next_index = next_grid_index(every.period, elapsed).max(self.next_index + 1);
+                Some(self.grid_point(every.period))
+            }
+            // If the fire started no run, count from now.
+            Schedule::Every(every) => (!runs_going).then(|| self.delayed(every.period, now)),
+            Schedule::Cron(_) => {
+                let fired_wall = fired.wall.unwrap_or(now.wall);
+                self.calendar_after(fired_wall.max(now.wall), now)
+            }
+        }
+    }
+
+    /// The fire after the job's last run ended at `now`: only fixed-delay jobs have one.
+    pub fn after_run(&self, now: Now) -> Option<Due> {
+        match &self.schedule {
+            Schedule::Every(every) if every.mode == EveryMode::FixedDelay => {
+                Some(self.delayed(every.period, now))
+            }
+            _ => None,
+        }
+    }
+
+    /// The first calendar fire after `after`.
+    pub fn calendar_after(&self, after: DateTime<Utc>, now: Now) -> Option<Due> {
+        let Schedule::Cron(cron) = &self.schedule else {
+            return None;
+        };
+        let next = cron.next_after(after);
+        if next.is_none() {
+            tracing::warn!(job = %self.job, "the cron expression has no future fire time; the job will not run again");
+        }
+        next.map(|wall| {
+            self.with_delay(Due {
+                instant: now.instant_for_wall(wall),
+                wall: Some(wall),
+                delay: Duration::ZERO,
+            })
+        })
+    }
+
+    /// The time from `due` to the fire after it; `None` for fixed-delay schedules, which have no
+    /// "next" until the run ends. For a calendar fire less than a second late the answer is
+    /// "more than `lateness`" without asking the expression: its fires are whole seconds apart,
+    /// and the search is the costliest step of a fire when a thousand jobs share a second.
+    pub fn gap_after(&self, due: &Due, lateness: Duration) -> Option<Duration> {
+        match &self.schedule {
+            Schedule::Every(every) if every.mode == EveryMode::FixedRate => Some(every.period),
+            Schedule::Every(_) => None,
+            Schedule::Cron(_) if lateness < CRON_RESOLUTION => None,
+            Schedule::Cron(cron) => {
+                let wall = due.wall?;
+                (cron.next_after(wall)? - wall).to_std().ok()
+            }
+        }
+    }
+
+    /// How many fires `late` past `due` stands for (`due` itself included): at least one.
+    pub fn fires_in(&self, due: &Due, late: Duration) -> u64 {
+        match self.gap_after(due, late) {
+            Some(gap) => missed_count(late, gap),
+            None => 1,
+        }
+    }
+
+    /// The fires missed between `recorded` (the last fire the state file knows) and `now`, for
+    /// the one catch-up run of `on_missed = "once"`. `None` when none were missed or `recorded`
+    /// is in the future.
+    pub fn missed_since(
+        &self,
+        recorded: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Option<MissedWhileDown> {
+        if recorded > now {
+            return None;
+        }
+        // Whole nanoseconds since, without chrono's i64 limit (~292 years).
+        let since = (now - recorded).to_std().ok()?;
+        match &self.schedule {
+            Schedule::Every(every) => {
+                let period = every.period.as_nanos().max(1);
+                let periods = since.as_nanos() / period;
+                if periods == 0 {
+                    return None;
+                }
+                // The latest grid point after `recorded`: now, less the part of a period since.
+                let past_it = Duration::from_nanos(
+                    u64::try_from(since.as_nanos() % period).unwrap_or(u64::MAX),
+                );
+                let latest = now - chrono::Duration::from_std(past_it).ok()?;
+                Some(MissedWhileDown {
+                    recorded,
+                    latest,
+                    count: u64::try_from(periods).unwrap_or(u64::MAX),
+                    estimated: false,
+                })
+            }
+            Schedule::Cron(cron) => {
+                let first = cron.next_after(recorded)?;
+                if first > now {
+                    return None;
+                }
+                let latest = cron.last_at_or_before(now).unwrap_or(first);
+                let (count, estimated) = count_calendar_fires(cron, first, now);
+                Some(MissedWhileDown {
+                    recorded,
+                    latest,
+                    count,
+                    estimated,
+                })
+            }
+        }
+    }
+
+    fn grid_point(&self, period: Duration) -> Due {
+        self.with_delay(Due::at(self.anchor + grid_offset(period, self.next_index)))
+    }
+
+    fn delayed(&self, period: Duration, now: Now) -> Due {
+        self.with_delay(Due::at(now.instant + period))
+    }
+
+    fn with_delay(&self, due: Due) -> Due {
+        Due {
+            delay: self.delay.draw(),
+            ..due
+        }
+    }
+}
+
+/// The next `count` fire times of `spec` after `now`, as a daemon started then would fire them
+/// (each run taking no time): what `tickd next` prints. A random jitter's delay cannot be
+/// told in advance; it is returned instead of being added.
+pub fn upcoming(spec: &JobSpec, machine_id: &str, now: Now, count: usize) -> Upcoming {
+    let mut plan = Plan::new(spec, machine_id, now);
+    let random_delay = match plan.delay {
+        FireDelay::Random(max) => {
+            plan.delay = FireDelay::None;
+            Some(max)
+        }
+        _ => None,
+    };
+    let mut times = Vec::with_capacity(count);
+    let mut next = plan.first(now);
+    while let Some(due) = next.filter(|_| times.len() < count) {
+        let at = now.advanced_to(due.start_at());
+        times.push(due.scheduled_wall(at));
+        next = plan.after(due, now.advanced_to(due.instant), false);
+    }
+    Upcoming {
+        times,
+        random_delay,
+    }
+}
+
+/// A job's next fire times; see [`upcoming`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upcoming {
+    /// The fire times, a `spread` delay included.
+    pub times: Vec<DateTime<Utc>>,
+    /// The job's random jitter: each run starts up to this much after its time.
+    pub random_delay: Option<Duration>,
+}
+
+/// `/etc/machine-id` (stable per installation, as systemd uses it), else the host name: what
+/// seeds `spread` delays.
+pub fn machine_id() -> String {
+    ["/etc/machine-id", "/proc/sys/kernel/hostname"]
+        .iter()
+        .find_map(|path| {
+            std::fs::read_to_string(path)
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or_default()
+}
+
+/// How many fires `gap` apart fell in `late` (the first at its start): at least one.
+fn missed_count(late: Duration, gap: Duration) -> u64 {
+    let count = late.as_nanos() / gap.as_nanos().max(1) + 1;
+    u64::try_from(count).unwrap_or(u64::MAX)
+}
+
+/// How many calendar fires fall in `[first, until]`, `first` being one: counted one by one up to
+/// [`COUNTED_FIRES`], then estimated from their rate, so a state file from long ago costs a few
+/// searches, not millions.
+fn count_calendar_fires(
+    cron: &CronSchedule,
+    first: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> (u64, bool) {
+    let mut count = 1u64;
+    let mut at = first;
+    while count < COUNTED_FIRES {
+        match cron.next_after(at) {
+            Some(next) if next <= until => {
+                count += 1;
+                at = next;
+            }
+            _ => return (count, false),
+        }
+    }
+    let counted_span = (at - first).num_seconds().max(1) as f64;
+    let rest = (until - at).num_seconds().max(0) as f64;
+    let estimate = count as f64 + rest * (count - 1) as f64 / counted_span;
+    (estimate as u64, true)
+}
