@@ -205,6 +205,14 @@ impl Now {
     }
 }
 
+/// `CLOCK_MONOTONIC` in microseconds, for the service manager's `RELOADING=1`, which wants the
+/// kernel's clock itself (not tokio's, which a test may pause).
+pub fn monotonic_usec() -> u128 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|ts| Duration::from(ts).as_micros())
+        .unwrap_or(0)
+}
+
 /// Waits for `timer`, or forever when there is none: for a `select!` branch whose timer is
 /// optional.
 pub(crate) async fn sleep_or_never(timer: Option<&mut Sleep>) {

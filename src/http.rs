@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower_http::timeout::TimeoutLayer;
 
+use crate::clock::Clock;
 use crate::job::{FireResult, JobControl};
 use crate::metrics::Metrics;
 use crate::process::GroupKeeper;
@@ -43,6 +44,9 @@ pub struct ApiState {
     pub keeper: Option<Arc<GroupKeeper>>,
     /// The bearer token, if one is required.
     pub token: Option<Arc<str>>,
+    /// The source of time for the endpoint's own waits (the connections' timeouts are hyper's
+    /// and tower's timers).
+    pub clock: Clock,
 }
 
 /// The endpoint's defences against slow and many clients; [`Limits::for_this_process`] gives
@@ -139,6 +143,7 @@ pub async fn serve(
     stop: CancellationToken,
     limits: Limits,
 ) {
+    let clock = state.clock.clone();
     let app = router(state, limits.request_timeout);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -162,7 +167,7 @@ pub async fn serve(
                 tracing::warn!("the HTTP endpoint cannot accept a connection: {err}");
                 tokio::select! {
                     () = stop.cancelled() => break,
-                    () = tokio::time::sleep(ACCEPT_PAUSE) => continue,
+                    () = clock.sleep(ACCEPT_PAUSE) => continue,
                 }
             }
         };
@@ -196,11 +201,11 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::debug!("closing the HTTP connections still open after the shutdown grace");
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = clock.sleep(limits.shutdown_grace) => {
+            tracing::debug!("closing the HTTP connections still open after the shutdown grace");
+        }
     }
     connections.shutdown().await;
 }
@@ -237,7 +242,8 @@ async fn healthz(State(state): State<ApiState>) -> Response {
     if let Some(down) = state.keeper.as_ref().and_then(|k| k.down()) {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("{down}\n")).into_response();
     }
-    let mut stuck = unresponsive_jobs(&directory_snapshot(&state), HEALTH_TIMEOUT).await;
+    let mut stuck =
+        unresponsive_jobs(&directory_snapshot(&state), HEALTH_TIMEOUT, &state.clock).await;
     // A job removed by a reload while we waited is not stuck.
     {
         let current = state
@@ -277,12 +283,23 @@ async fn healthz(State(state): State<ApiState>) -> Response {
 
 /// The jobs whose task did not answer a ping within `timeout`: gone, or blocked. All are
 /// pinged at once, so the wait is one `timeout` at most however many jobs there are.
-async fn unresponsive_jobs(jobs: &BTreeMap<String, JobControl>, timeout: Duration) -> Vec<String> {
+async fn unresponsive_jobs(
+    jobs: &BTreeMap<String, JobControl>,
+    timeout: Duration,
+    clock: &Clock,
+) -> Vec<String> {
     let pings: Vec<_> = jobs.iter().map(|(name, job)| (name, job.ping())).collect();
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = clock.sleep(timeout);
+    tokio::pin!(deadline);
     let mut stuck = Vec::new();
     for (name, answer) in pings {
-        if !matches!(tokio::time::timeout_at(deadline, answer).await, Ok(Ok(()))) {
+        // An answer that is in counts, even once the deadline has passed.
+        let answered = tokio::select! {
+            biased;
+            answer = answer => answer.is_ok(),
+            () = &mut deadline => false,
+        };
+        if !answered {
             stuck.push(name.clone());
         }
     }
@@ -418,6 +435,7 @@ mod tests {
             metrics: Arc::default(),
             keeper: None,
             token: None,
+            clock: Clock::system(),
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(serve(listener, state, stop.clone(), limits));
@@ -580,8 +598,9 @@ mod tests {
         let (blocked, _inbox_never_read) = JobControl::detached();
         jobs.insert("blocked".to_owned(), blocked);
 
+        let clock = Clock::manual(chrono::DateTime::UNIX_EPOCH);
         let started = tokio::time::Instant::now();
-        let stuck = unresponsive_jobs(&jobs, Duration::from_secs(2)).await;
+        let stuck = unresponsive_jobs(&jobs, Duration::from_secs(2), &clock).await;
         assert_eq!(stuck, ["blocked", "gone"]);
         // One timeout for all, not one per stuck job.
         let waited = started.elapsed();
@@ -593,7 +612,7 @@ mod tests {
         jobs.remove("blocked");
         jobs.remove("gone");
         let started = tokio::time::Instant::now();
-        assert!(unresponsive_jobs(&jobs, Duration::from_secs(2))
+        assert!(unresponsive_jobs(&jobs, Duration::from_secs(2), &clock)
             .await
             .is_empty());
         assert!(started.elapsed() < Duration::from_secs(1));

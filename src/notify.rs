@@ -91,10 +91,3 @@ impl Notifier {
         }
     }
 }
-
-/// `CLOCK_MONOTONIC` in microseconds, for `RELOADING=1`'s `MONOTONIC_USEC`.
-pub fn monotonic_usec() -> u128 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|ts| Duration::from(ts).as_micros())
-        .unwrap_or(0)
-}

@@ -134,8 +134,9 @@ impl CronSchedule {
             .parse(trimmed)
             .map_err(|e| error(e.to_string()))?;
         // An expression that can never match (e.g. February 30th) is a config error, not a job
-        // that silently never runs.
-        let probe = Utc::now().with_timezone(&timezone);
+        // that silently never runs. Without a year field an expression that matches at all
+        // matches from any time on, so the probe starts at a fixed one: parsing reads no clock.
+        let probe = DateTime::UNIX_EPOCH.with_timezone(&timezone);
         cron.find_next_occurrence(&probe, false)
             .map_err(|e| error(format!("it never matches ({e})")))?;
         Ok(CronSchedule {

@@ -263,6 +263,7 @@ impl Supervisor {
             metrics: self.env.metrics.clone(),
             keeper: self.env.actions.keeper.clone(),
             token: self.config.daemon.http_token.as_deref().map(Arc::from),
+            clock: self.options.clock.clone(),
         };
         tokio::spawn(crate::http::serve(
             listener,
@@ -291,7 +292,7 @@ impl Supervisor {
             tokio::select! {
                 control = controls.recv() => match control {
                     Some(Control::Reload) => {
-                        self.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", crate::notify::monotonic_usec()));
+                        self.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", crate::clock::monotonic_usec()));
                         self.reload().await;
                         self.notify(&format!("READY=1\nSTATUS={}", self.status()));
                     }
