@@ -379,3 +379,129 @@ fn count_calendar_fires(
     let estimate = count as f64 + rest * (count - 1) as f64 / counted_span;
     (estimate as u64, true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handler::Handlers;
+
+    fn spec(body: &str) -> JobSpec {
+        let text = format!("[jobs.j]\n{body}\nhandler = \"log\"\n");
+        let config = crate::config::parse(
+            std::path::Path::new("jobs.toml"),
+            &text,
+            &Handlers::with_builtins(),
+        )
+        .expect("valid");
+        (*config.jobs["j"]).clone()
+    }
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .expect("time")
+            .with_timezone(&Utc)
+    }
+
+    fn now(wall: &str) -> Now {
+        Now {
+            instant: Instant::now(),
+            wall: at(wall),
+        }
+    }
+
+    #[test]
+    fn a_fixed_rate_grid_skips_the_points_a_stall_passed_over() {
+        let start = now("2026-01-01T00:00:00Z");
+        let mut plan = Plan::new(&spec("every = \"10s\""), "m", start);
+        let first = plan.first(start).expect("a first fire");
+        assert_eq!(first.instant - start.instant, Duration::from_secs(10));
+        // Fired 35 s late: the points at 20, 30 and 40 s are gone; the next is at 50 s.
+        let late = start.advanced_to(start.instant + Duration::from_secs(45));
+        let next = plan.after(first, late, false).expect("a next fire");
+        assert_eq!(next.instant - start.instant, Duration::from_secs(50));
+        assert_eq!(
+            plan.gap_after(&next, Duration::ZERO),
+            Some(Duration::from_secs(10))
+        );
+    }
+
+    #[test]
+    fn an_aligned_grid_fires_on_multiples_of_its_period_since_the_epoch() {
+        let start = now("2026-01-01T12:00:07.300Z");
+        let mut plan = Plan::new(&spec("every = \"10s\"\nalign = true"), "m", start);
+        let first = plan.first(start).expect("a first fire");
+        assert_eq!(first.scheduled_wall(start), at("2026-01-01T12:00:10Z"));
+    }
+
+    #[test]
+    fn a_fixed_delay_job_has_no_next_fire_while_its_run_goes() {
+        let start = now("2026-01-01T00:00:00Z");
+        let mut plan = Plan::new(&spec("every = \"5s\"\nmode = \"fixed-delay\""), "m", start);
+        let first = plan.first(start).expect("a first fire");
+        assert_eq!(plan.after(first, start, true), None);
+        let ended = start.advanced_to(start.instant + Duration::from_secs(8));
+        let next = plan.after_run(ended).expect("counted from the run's end");
+        assert_eq!(next.instant - start.instant, Duration::from_secs(13));
+    }
+
+    #[test]
+    fn upcoming_fires_follow_the_calendar_and_include_a_stable_delay_only() {
+        let start = now("2026-01-01T10:07:00Z");
+        let cron = upcoming(&spec("cron = \"0 */15 * * * *\""), "m", start, 3);
+        assert_eq!(
+            cron.times,
+            [
+                at("2026-01-01T10:15:00Z"),
+                at("2026-01-01T10:30:00Z"),
+                at("2026-01-01T10:45:00Z")
+            ]
+        );
+        assert_eq!(cron.random_delay, None);
+
+        let spread = spec("every = \"1m\"\njitter = \"30s\"\nspread = true");
+        let delay = stable_delay("m", "j", Duration::from_secs(30));
+        let delay = chrono::Duration::from_std(delay).expect("small");
+        let times = upcoming(&spread, "m", start, 2).times;
+        assert_eq!(
+            times,
+            [
+                at("2026-01-01T10:08:00Z") + delay,
+                at("2026-01-01T10:09:00Z") + delay
+            ]
+        );
+
+        let random = upcoming(&spec("every = \"1m\"\njitter = \"30s\""), "m", start, 2);
+        assert_eq!(
+            random.times,
+            [at("2026-01-01T10:08:00Z"), at("2026-01-01T10:09:00Z")]
+        );
+        assert_eq!(random.random_delay, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn fires_missed_while_down_are_counted_from_the_recorded_one() {
+        let every = Plan::new(&spec("every = \"1m\""), "m", now("2026-01-01T00:00:00Z"));
+        let missed = every
+            .missed_since(at("2026-01-01T09:00:00Z"), at("2026-01-01T10:00:30Z"))
+            .expect("missed");
+        assert_eq!((missed.count, missed.estimated), (60, false));
+        assert_eq!(missed.latest, at("2026-01-01T10:00:00Z"));
+        assert_eq!(
+            every.missed_since(at("2026-01-01T10:00:00Z"), at("2026-01-01T10:00:30Z")),
+            None
+        );
+
+        let cron = Plan::new(
+            &spec("cron = \"0 0 * * * *\""),
+            "m",
+            now("2026-01-01T00:00:00Z"),
+        );
+        let missed = cron
+            .missed_since(at("2026-01-01T07:00:00Z"), at("2026-01-01T10:30:00Z"))
+            .expect("missed");
+        assert_eq!(
+            (missed.count, missed.latest),
+            (3, at("2026-01-01T10:00:00Z"))
+        );
+    }
+}
