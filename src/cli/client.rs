@@ -75,7 +75,10 @@ pub(crate) fn status(file: &Path, json: bool) -> u8 {
     for job in jobs {
         let runs = &job["runs"];
         let count = |k: &str| runs[k].as_u64().unwrap_or(0);
-        let total = count("success") + count("failure") + count("timeout") + count("killed");
+        let total: u64 = tickd::action::Outcome::ALL
+            .iter()
+            .map(|outcome| count(outcome.as_str()))
+            .sum();
         let next = if job["paused"].as_bool().unwrap_or(false) {
             "paused".to_owned()
         } else {

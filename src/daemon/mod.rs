@@ -353,9 +353,9 @@ impl Supervisor {
         JobHandle::spawn(spec, self.env.clone(), self.firing.child_token())
     }
 
-    /// Loads the file anew and applies it whole, or not at all: the new configuration is built
-    /// and validated completely before any running job is touched.
-    async fn reload(&mut self) {
+    /// The file's new configuration, or `None` (logged) if it must be rejected: invalid, or with
+    /// no jobs while jobs run and no explicit empty `[jobs]`.
+    async fn load_for_reload(&self) -> Option<Config> {
         let path = self.options.config_path.clone();
         tracing::info!(config = %path.display(), "reloading configuration");
         // Reading waits for the file to settle and resolves users (NSS may ask LDAP): not on a
@@ -366,20 +366,21 @@ impl Supervisor {
                 .await;
         let rejected = match loaded {
             Ok(new) if new.jobs.is_empty() && !self.jobs.is_empty() && !new.no_jobs_on_purpose => {
-                Err("the file has no jobs: it may be empty or half-written, so every job keeps running; to remove every job, leave an empty [jobs] table in the file".to_owned())
+                "the file has no jobs: it may be empty or half-written, so every job keeps running; to remove every job, leave an empty [jobs] table in the file".to_owned()
             }
-            Ok(new) => Ok(new),
-            Err(err) => Err(err.to_string()),
+            Ok(new) => return Some(new),
+            Err(err) => err.to_string(),
         };
-        let new = match rejected {
-            Ok(new) => new,
-            Err(err) => {
-                tracing::error!(
-                    "reload rejected, the running configuration stays in force:\n{err}"
-                );
-                self.env.metrics.reloaded(false);
-                return;
-            }
+        tracing::error!("reload rejected, the running configuration stays in force:\n{rejected}");
+        None
+    }
+
+    /// Loads the file anew and applies it whole, or not at all: the new configuration is built
+    /// and validated completely before any running job is touched.
+    async fn reload(&mut self) {
+        let Some(new) = self.load_for_reload().await else {
+            self.env.metrics.reloaded(false);
+            return;
         };
         for warning in &new.warnings {
             tracing::warn!("{warning}");
