@@ -1,14 +1,16 @@
 //! The one module that owns time.
 //!
 //! Nothing else in tickd reads a clock or sleeps: the scheduler asks a [`Clock`] for "now" (both the
-//! monotonic instant and the wall-clock time) and to sleep until a monotonic deadline.
+//! monotonic instant and the wall-clock time) and to sleep until a monotonic deadline. Code that
+//! computes with time (a job's plan, `tickd next`) is given one reading of both, a [`Now`], and
+//! stays pure.
 //!
 //! Two kinds of time are involved and they are kept apart on purpose:
 //! - **Monotonic instants** ([`Instant`], tokio's) drive every deadline. Periodic (`every`) grids are
 //!   pure monotonic arithmetic, so a wall-clock step never moves them.
 //! - **Wall-clock time** ([`DateTime<Utc>`]) is only used to compute calendar (`cron`) fire times, and
 //!   is then converted into a monotonic deadline. When the wall clock is stepped, the scheduler is
-//!   told through [`Clock::wall_clock_changed`] and recomputes calendar deadlines from the new "now".
+//!   told through [`Clock::wall_steps`] and recomputes calendar deadlines from the new "now".
 //!
 //! Tests use [`Clock::manual`] together with `tokio::time::pause()`: tokio's paused time drives the
 //! monotonic side, and the manual wall clock follows it and can be stepped by hand.

@@ -52,7 +52,7 @@ const NICKNAMES: &[&str] = &[
 /// Translates `text`, a crontab; `system` for the format with a user column. `local_zone` is
 /// the zone cron ran the jobs in (the machine's), written as `[daemon] timezone`.
 ///
-/// Two passes: the lines are read into [`Item`]s in order, then the sleep hack's lines are
+/// Two passes: the lines are read into `Item`s in order, then the sleep hack's lines are
 /// merged (they may be anywhere in the file), then everything is written out in order, so that
 /// comments stay next to the lines they describe.
 pub fn import(text: &str, system: bool, local_zone: Option<&str>) -> Import {

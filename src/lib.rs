@@ -2,24 +2,29 @@
 //!
 //! # Theory of operation
 //!
-//! A TOML file is loaded and validated by [`config::load`] into [`config::Config`]: typed job
-//! definitions that cannot hold an invalid value. [`daemon::run`] then starts one task per job
-//! ([`job`]), which owns that job's schedule and its runs in flight:
+//! A TOML file is read and validated by [`config::load`] into a [`config::Config`]: the typed
+//! definitions every other module works from (a bad file is refused whole, with each problem
+//! located). [`daemon::run`] then starts what the jobs share ([`action::RunEnv`], the metrics, the
+//! state file) and one task per job ([`job`]); that task is the only owner of its job's state.
 //!
-//! 1. The job task asks the [`clock::Clock`] to sleep until its next due instant. `every` jobs sit
-//!    on a drift-free monotonic grid (`anchor + k * period`); `cron` jobs are computed in wall-clock
-//!    time by [`schedule`] and converted to a monotonic deadline.
-//! 2. On a fire, the job applies its overlap policy (`skip`, `queue`, `allow`, `replace`) against
-//!    the runs it knows are still going, and starts a run as a task on the daemon's run tracker.
-//! 3. A run ([`run`]) performs the action: a child process in its own process group
-//!    ([`process`]), an HTTP request, or an in-process [`handler`]. Its end is reported back to the
-//!    job task and logged with its outcome; a failing run never stops the daemon.
-//! 4. The next due time is the next grid point (or calendar time) in the future: missed fires are
-//!    skipped, never caught up in a burst.
+//! 1. **Plan.** The job's [`job::plan`] says when the next fire is due, as pure maths over a
+//!    reading of both clocks ([`clock::Now`]): `every` jobs sit on a drift-free monotonic grid
+//!    (`anchor + k * period`), `cron` jobs are computed in wall-clock time by [`schedule`] and
+//!    converted to a monotonic deadline. [`clock`] is the only module that reads time or sleeps.
+//! 2. **Fire.** The job task sleeps until that instant. On a fire, `job::runs` decides what the
+//!    overlap policy (`skip`, `queue`, `allow`, `replace`) makes of it, from the runs the task
+//!    knows are going; a decision is a value, tested without a runtime.
+//! 3. **Run.** A run is a task on the daemon's run tracker: [`action`] performs the job's action
+//!    (a child process in its own process group through [`process`], an HTTP request, or an
+//!    in-process [`handler`]) and returns a report. A failing run never stops the daemon.
+//! 4. **End.** The report is counted ([`metrics`], [`status`]), logged with its outcome, and sent
+//!    back to the job task, which may retry, queue the next run, or plan a fixed-delay fire. Fires
+//!    missed while the daemon was stalled are skipped, never caught up in a burst.
 //!
-//! Control comes from outside as [`daemon::Control`] messages: `Reload` re-reads the file and
-//! applies it whole or not at all; `Shutdown` stops firing, waits for runs in flight up to the
-//! drain timeout, then stops what is left (TERM the process group, KILL after the grace period).
+//! Control comes from outside as [`daemon::Control`] messages (the binary maps OS signals to
+//! them, see [`signals`]): `Reload` re-reads the file and applies it whole or not at all;
+//! `Shutdown` stops firing, waits for runs in flight up to the drain timeout, then stops what is
+//! left (TERM the process group, KILL after the grace period).
 //!
 //! # Embedding
 //!
@@ -45,8 +50,8 @@
 //! # }
 //! ```
 //!
-//! The binary (`src/main.rs`) is a thin layer: command line, logging, OS signals mapped to
-//! [`daemon::Control`], and exit codes.
+//! The binary (`src/main.rs` and `src/cli/`) is a thin layer: command line, logging, OS signals
+//! mapped to [`daemon::Control`], the client of a running daemon's endpoint, and exit codes.
 
 pub mod action;
 mod blocking;

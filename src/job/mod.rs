@@ -3,7 +3,7 @@
 //! and applies the job's policy.
 //!
 //! - [`plan`]: when the next fire is due (pure maths over a given "now");
-//! - [`runs`](self::runs): the runs going, queued and waiting to retry, and the pure overlap and
+//! - `runs`: the runs going, queued and waiting to retry, and the pure overlap and
 //!   retry decisions;
 //! - `actor`: the task's `select!` loop that wires them to the clock, the commands and the runs'
 //!   ends;
