@@ -170,69 +170,27 @@ fn read(text: &str, system: bool) -> (Vec<Item>, Vec<LineProblem>) {
     for (index, raw) in text.lines().enumerate() {
         let number = index + 1;
         let line = raw.trim();
-        if line.is_empty() {
-            items.push(Item::Text(String::new()));
-            continue;
-        }
-        if let Some(text) = line.strip_prefix('#') {
-            items.push(Item::Text(comment(text)));
-            continue;
-        }
-        if let Some((name, value)) = env_line(line) {
-            if name == "CRON_TZ" && value.parse::<Tz>().is_err() {
-                // cron hands it to the C library, which reads a POSIX TZ string (`JST-9`) its
-                // own way and anything else as UTC: no zone tickd can take, and not the jobs'
-                // environment. The jobs below lose the zone of a CRON_TZ above.
-                context.zone = None;
-                let message = format!(
-                    "CRON_TZ \"{value}\" is not a time zone tickd knows (an IANA name such as Europe/Berlin): the jobs below it are imported without a timezone of their own"
-                );
-                problems.push(LineProblem {
+        let item = if line.is_empty() {
+            Ok(Item::Text(String::new()))
+        } else if let Some(text) = line.strip_prefix('#') {
+            Ok(Item::Text(comment(text)))
+        } else if let Some((name, value)) = env_line(line) {
+            context
+                .set(&name, &value)
+                .map(|note| Item::Text(comment(&format!(" {name}={value}: {note}"))))
+        } else {
+            translate(line, system, &context).map(|(schedule, user, command)| {
+                Item::Job(Job {
                     line: number,
-                    message: message.clone(),
-                });
-                items.push(Item::Skipped {
-                    line: number,
-                    message,
-                    text: format!(" {}", raw.trim_end()),
-                });
-                continue;
-            }
-            let note = match name.as_str() {
-                "SHELL" => {
-                    context.shell = (value != "/bin/sh").then(|| value.clone());
-                    if context.shell.is_some() {
-                        "the jobs below run as command = [SHELL, \"-c\", ...]"
-                    } else {
-                        "tickd runs shell jobs with /bin/sh -c"
-                    }
-                }
-                "MAILTO" => "tickd sends no mail; it logs each run's output and outcome. Use on_failure = [...] to alert.",
-                // cronie schedules by CRON_TZ only, Debian's cron by neither: TZ is the jobs'.
-                "CRON_TZ" => {
-                    context.zone = Some(value.clone());
-                    "set as the jobs' timezone below"
-                }
-                _ => {
-                    context.env.insert(name.clone(), value.clone());
-                    if name == "TZ" {
-                        "in the env of the jobs below (cron does not schedule by TZ; CRON_TZ would)"
-                    } else {
-                        "in the env of the jobs below"
-                    }
-                }
-            };
-            items.push(Item::Text(comment(&format!(" {name}={value}: {note}"))));
-            continue;
-        }
-        match translate(line, system, &context) {
-            Ok((schedule, user, command)) => items.push(Item::Job(Job {
-                line: number,
-                schedule,
-                user,
-                command,
-                context: context.clone(),
-            })),
+                    schedule,
+                    user,
+                    command,
+                    context: context.clone(),
+                })
+            })
+        };
+        match item {
+            Ok(item) => items.push(item),
             Err(message) => {
                 problems.push(LineProblem {
                     line: number,
@@ -247,6 +205,46 @@ fn read(text: &str, system: bool) -> (Vec<Item>, Vec<LineProblem>) {
         }
     }
     (items, problems)
+}
+
+impl Context {
+    /// Takes the variable line `name=value` into the context of the jobs below it; returns the
+    /// note the jobs file gets for it, or why the line does not translate.
+    fn set(&mut self, name: &str, value: &str) -> Result<&'static str, String> {
+        if name == "CRON_TZ" && value.parse::<Tz>().is_err() {
+            // cron hands it to the C library, which reads a POSIX TZ string (`JST-9`) its own
+            // way and anything else as UTC: no zone tickd can take, and not the jobs'
+            // environment. The jobs below lose the zone of a CRON_TZ above.
+            self.zone = None;
+            return Err(format!(
+                "CRON_TZ \"{value}\" is not a time zone tickd knows (an IANA name such as Europe/Berlin): the jobs below it are imported without a timezone of their own"
+            ));
+        }
+        Ok(match name {
+            "SHELL" => {
+                self.shell = (value != "/bin/sh").then(|| value.to_owned());
+                if self.shell.is_some() {
+                    "the jobs below run as command = [SHELL, \"-c\", ...]"
+                } else {
+                    "tickd runs shell jobs with /bin/sh -c"
+                }
+            }
+            "MAILTO" => "tickd sends no mail; it logs each run's output and outcome. Use on_failure = [...] to alert.",
+            // cronie schedules by CRON_TZ only, Debian's cron by neither: TZ is the jobs'.
+            "CRON_TZ" => {
+                self.zone = Some(value.to_owned());
+                "set as the jobs' timezone below"
+            }
+            _ => {
+                self.env.insert(name.to_owned(), value.to_owned());
+                if name == "TZ" {
+                    "in the env of the jobs below (cron does not schedule by TZ; CRON_TZ would)"
+                } else {
+                    "in the env of the jobs below"
+                }
+            }
+        })
+    }
 }
 
 /// A job line's schedule (checked as cron and tickd would), user and command (`%` applied).
