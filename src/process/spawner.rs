@@ -5,11 +5,9 @@
 //! thread, and watched through a pidfd.
 
 use std::collections::HashSet;
-use std::ffi::OsString;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::{mpsc as std_mpsc, Arc, Mutex, PoisonError};
 
@@ -149,9 +147,11 @@ impl Spawner {
                 // The scan of /proc runs off the workers and outside the lock the spawner
                 // needs; the lock is taken only to tell our runs from orphans and reap those.
                 // A run that exited while being registered is in `own` by the time we hold it.
-                let zombies =
-                    crate::blocking::off_the_workers("the orphan reaper", super::zombie_children)
-                        .await;
+                let zombies = crate::blocking::off_the_workers(
+                    "the orphan reaper",
+                    super::procfs::zombie_children,
+                )
+                .await;
                 let own = own.lock().unwrap_or_else(PoisonError::into_inner);
                 for pid in zombies {
                     if !own.contains(&pid) {
@@ -238,17 +238,4 @@ impl Drop for ChildProcess {
             });
         }
     }
-}
-
-/// The program `argv0` names, found as `execvp` would: a name with a `/` is used as it is, a bare
-/// name is searched in `path` (the job's `PATH`), relative to `cwd`.
-pub fn resolve_program(argv0: &str, path: Option<&OsString>, cwd: &Path) -> io::Result<PathBuf> {
-    if argv0.contains('/') {
-        return Ok(PathBuf::from(argv0));
-    }
-    let default_path = OsString::from("/usr/local/bin:/usr/bin:/bin");
-    which::which_in(argv0, Some(path.unwrap_or(&default_path)), cwd).map_err(|err| match err {
-        which::Error::CannotFindBinaryPath => io::Error::from_raw_os_error(libc::ENOENT),
-        other => io::Error::other(other.to_string()),
-    })
 }
