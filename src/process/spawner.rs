@@ -5,11 +5,9 @@
 //! thread, and watched through a pidfd.
 
 use std::collections::HashSet;
-use std::ffi::OsString;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::{mpsc as std_mpsc, Arc, Mutex, PoisonError};
 
@@ -51,37 +49,7 @@ impl Spawner {
         let (blocked_tx, blocked) = std_mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("tickd-spawner".to_owned())
-            .spawn(move || {
-                // Signals go to the daemon's other threads; a clone child inherits this mask
-                // and resets every disposition before it unblocks anything. Without the mask
-                // that precondition of the clone child breaks: then no child is ever started.
-                let mask = nix::sys::signal::SigSet::all().thread_block();
-                let failed = mask.is_err();
-                let _ = blocked_tx.send(mask);
-                if failed {
-                    return;
-                }
-                let mut stack = vec![0u8; CHILD_STACK];
-                while let Ok((plan, reply)) = queue.recv() {
-                    let mut own = registry.lock().unwrap_or_else(PoisonError::into_inner);
-                    let spawned = crate::os::spawn_hardened(&plan, &mut stack);
-                    if let Ok((pid, _)) = &spawned {
-                        own.insert(*pid);
-                    }
-                    drop(own);
-                    // Closes our copies of the child's ends of its output pipes, so that the
-                    // readers see EOF when the child's side closes.
-                    drop(plan);
-                    if let Err(Ok((pid, _))) = reply.send(spawned.map_err(describe_step)) {
-                        // The requester has gone (cancelled): stop and reap the child.
-                        kill_and_reap(pid);
-                        registry
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .remove(&pid);
-                    }
-                }
-            })?;
+            .spawn(move || serve(&queue, &registry, &blocked_tx))?;
         match blocked.recv() {
             Ok(Ok(())) => Ok(Spawner { requests, own }),
             Ok(Err(errno)) => Err(io::Error::other(format!(
@@ -149,9 +117,11 @@ impl Spawner {
                 // The scan of /proc runs off the workers and outside the lock the spawner
                 // needs; the lock is taken only to tell our runs from orphans and reap those.
                 // A run that exited while being registered is in `own` by the time we hold it.
-                let zombies =
-                    crate::blocking::off_the_workers("the orphan reaper", super::zombie_children)
-                        .await;
+                let zombies = crate::blocking::off_the_workers(
+                    "the orphan reaper",
+                    super::procfs::zombie_children,
+                )
+                .await;
                 let own = own.lock().unwrap_or_else(PoisonError::into_inner);
                 for pid in zombies {
                     if !own.contains(&pid) {
@@ -161,6 +131,44 @@ impl Spawner {
             }
         });
         Ok(())
+    }
+}
+
+/// The spawner thread: blocks every signal (told on `blocked`), then starts what is asked on
+/// `queue` until every [`Spawner`] is gone, registering each child in `registry`.
+fn serve(
+    queue: &std_mpsc::Receiver<(ExecPlan, SpawnReply)>,
+    registry: &Mutex<HashSet<i32>>,
+    blocked: &std_mpsc::SyncSender<nix::Result<()>>,
+) {
+    // Signals go to the daemon's other threads; a clone child inherits this mask and resets
+    // every disposition before it unblocks anything. Without the mask that precondition of the
+    // clone child breaks: then no child is ever started.
+    let mask = nix::sys::signal::SigSet::all().thread_block();
+    let failed = mask.is_err();
+    let _ = blocked.send(mask);
+    if failed {
+        return;
+    }
+    let mut stack = vec![0u8; CHILD_STACK];
+    while let Ok((plan, reply)) = queue.recv() {
+        let mut own = registry.lock().unwrap_or_else(PoisonError::into_inner);
+        let spawned = crate::os::spawn_hardened(&plan, &mut stack);
+        if let Ok((pid, _)) = &spawned {
+            own.insert(*pid);
+        }
+        drop(own);
+        // Closes our copies of the child's ends of its output pipes, so that the readers see
+        // EOF when the child's side closes.
+        drop(plan);
+        if let Err(Ok((pid, _))) = reply.send(spawned.map_err(describe_step)) {
+            // The requester has gone (cancelled): stop and reap the child.
+            kill_and_reap(pid);
+            registry
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&pid);
+        }
     }
 }
 
@@ -238,17 +246,4 @@ impl Drop for ChildProcess {
             });
         }
     }
-}
-
-/// The program `argv0` names, found as `execvp` would: a name with a `/` is used as it is, a bare
-/// name is searched in `path` (the job's `PATH`), relative to `cwd`.
-pub fn resolve_program(argv0: &str, path: Option<&OsString>, cwd: &Path) -> io::Result<PathBuf> {
-    if argv0.contains('/') {
-        return Ok(PathBuf::from(argv0));
-    }
-    let default_path = OsString::from("/usr/local/bin:/usr/bin:/bin");
-    which::which_in(argv0, Some(path.unwrap_or(&default_path)), cwd).map_err(|err| match err {
-        which::Error::CannotFindBinaryPath => io::Error::from_raw_os_error(libc::ENOENT),
-        other => io::Error::other(other.to_string()),
-    })
 }

@@ -1,0 +1,141 @@
+//! What a run starts with: its environment, program, working directory, standard streams and
+//! hardening, prepared as an [`ExecPlan`] before the spawn.
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use crate::config::{OutputMode, ProcessSpec, RunAs, NEVER_INHERITED};
+use crate::os::{ExecPlan, Hardening};
+
+/// The descriptor limit (`RLIMIT_NOFILE`: soft, hard) every child starts with, when the daemon
+/// changed its own; see [`set_child_descriptor_limit`]. Process-wide, as the limit itself is.
+static CHILD_DESCRIPTOR_LIMIT: OnceLock<(u64, u64)> = OnceLock::new();
+
+/// Starts every child from now on with the descriptor limit `soft`, `hard`, not the daemon's.
+///
+/// For a daemon that raised its own soft limit (the binary raises it to the hard limit at start,
+/// so that HTTP clients and runs cannot exhaust it): its children get back the soft limit it was
+/// started with, as systemd and nginx do, since a program using `select()` breaks on descriptors
+/// numbered 1024 and above; a child that wants more can raise its own up to `hard`. The first call
+/// wins; without one, children inherit the daemon's limit.
+pub fn set_child_descriptor_limit(soft: u64, hard: u64) {
+    let _ = CHILD_DESCRIPTOR_LIMIT.set((soft, hard));
+}
+
+/// The read end of a pipe the child writes its output to; `None` when its output is not logged.
+pub(super) type OutputPipe = Option<OwnedFd>;
+
+/// Everything needed to start `spec`: the plan, and the read ends of its stdout and stderr pipes
+/// when its `output` is logged.
+pub(super) fn plan(
+    spec: &ProcessSpec,
+    output: OutputMode,
+    run_as: Option<&RunAs>,
+    run_vars: &[(&'static str, String)],
+) -> io::Result<(ExecPlan, OutputPipe, OutputPipe)> {
+    let env = job_environment(spec, run_as, run_vars);
+    let cwd = match &spec.cwd {
+        Some(cwd) => cwd.clone(),
+        None => std::env::current_dir()?,
+    };
+    let program = resolve_program(&spec.argv[0], env.get(OsStr::new("PATH")), &cwd)?;
+    let (stdout, stderr, stdio) = standard_streams(output)?;
+    let plan = ExecPlan::new(
+        &program,
+        &spec.argv,
+        env,
+        spec.cwd.as_deref(),
+        stdio,
+        hardening(run_as),
+    )?;
+    Ok((plan, stdout, stderr))
+}
+
+/// The environment `spec` runs with: the daemon's, as the job's policy lets it through, plus the
+/// job's own variables, plus the user's `HOME`, `USER` and `LOGNAME` for `run_as`.
+fn job_environment(
+    spec: &ProcessSpec,
+    run_as: Option<&RunAs>,
+    run_vars: &[(&'static str, String)],
+) -> BTreeMap<OsString, OsString> {
+    let policy = &spec.inherit;
+    let mut env: BTreeMap<OsString, OsString> = if policy.clear {
+        policy
+            .keep
+            .iter()
+            .filter_map(|name| Some((name.into(), std::env::var_os(name)?)))
+            .collect()
+    } else {
+        std::env::vars_os().collect()
+    };
+    for name in policy
+        .remove
+        .iter()
+        .map(String::as_str)
+        .chain(NEVER_INHERITED.iter().copied())
+    {
+        env.remove(OsStr::new(name));
+    }
+    env.extend(spec.env.iter().map(|(k, v)| (k.into(), v.into())));
+    if let Some(run_as) = run_as {
+        env.insert("HOME".into(), run_as.home.clone().into());
+        env.insert("USER".into(), run_as.user.clone().into());
+        env.insert("LOGNAME".into(), run_as.user.clone().into());
+    }
+    env.extend(run_vars.iter().map(|(k, v)| (k.into(), v.into())));
+    env
+}
+
+/// The program `argv0` names, found as `execvp` would: a name with a `/` is used as it is, a bare
+/// name is searched in `path` (the job's `PATH`), relative to `cwd`.
+fn resolve_program(argv0: &str, path: Option<&OsString>, cwd: &Path) -> io::Result<PathBuf> {
+    if argv0.contains('/') {
+        return Ok(PathBuf::from(argv0));
+    }
+    let default_path = OsString::from("/usr/local/bin:/usr/bin:/bin");
+    which::which_in(argv0, Some(path.unwrap_or(&default_path)), cwd).map_err(|err| match err {
+        which::Error::CannotFindBinaryPath => io::Error::from_raw_os_error(libc::ENOENT),
+        other => io::Error::other(other.to_string()),
+    })
+}
+
+/// The child's stdin, stdout and stderr for `output` (stdin is always `/dev/null`; `None` keeps
+/// the daemon's), and the read ends of the stdout and stderr pipes when output is logged.
+fn standard_streams(
+    output: OutputMode,
+) -> io::Result<(OutputPipe, OutputPipe, [Option<OwnedFd>; 3])> {
+    let null = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map(OwnedFd::from)
+    };
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
+    Ok(match output {
+        OutputMode::Log => {
+            let (out_read, out_write) = pipe()?;
+            let (err_read, err_write) = pipe()?;
+            (
+                Some(out_read),
+                Some(err_read),
+                [Some(null()?), Some(out_write), Some(err_write)],
+            )
+        }
+        OutputMode::Inherit => (None, None, [Some(null()?), None, None]),
+        OutputMode::Discard => (None, None, [Some(null()?), Some(null()?), Some(null()?)]),
+    })
+}
+
+/// What the child does to itself before it runs the job: see [`Hardening`].
+fn hardening(run_as: Option<&RunAs>) -> Hardening {
+    Hardening {
+        daemon_pid: std::process::id(),
+        credentials: run_as.map(|r| (r.groups.clone(), r.gid, r.uid)),
+        descriptor_limit: CHILD_DESCRIPTOR_LIMIT.get().copied(),
+    }
+}
