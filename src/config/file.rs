@@ -42,7 +42,7 @@ pub(super) fn read_text(path: &Path) -> Result<String, ConfigError> {
 /// the same before and after the read, and the modification is at least `quiet` old (else it
 /// waits and reads again). A modification time in the future (a clock that was set back, files
 /// unpacked with their times) cannot say how old it is: then two reads `quiet` apart must agree.
-/// A file still changing after [`SETTLE_LIMIT`] is an error, so a half-written file is never
+/// A file still changing after `SETTLE_LIMIT` (5 s) is an error, so a half-written file is never
 /// applied.
 ///
 /// Modification times are wall-clock times by nature, so this compares them with the system's
