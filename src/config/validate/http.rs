@@ -54,7 +54,8 @@ fn default_http_timeout(schedule: &Schedule) -> Duration {
     let period = match schedule {
         Schedule::Every(every) => Some(every.period),
         Schedule::Cron(cron) => {
-            let first = cron.next_after(chrono::Utc::now());
+            // The machine's clock, asked through the one module that reads time.
+            let first = cron.next_after(crate::clock::Clock::system().wall_now());
             let second = first.and_then(|t| cron.next_after(t));
             first.zip(second).and_then(|(a, b)| (b - a).to_std().ok())
         }
