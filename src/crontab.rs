@@ -1019,19 +1019,16 @@ SHELL=/bin/sh
     fn debians_etc_crontab_round_trips() {
         let (config, import) = round_trip(DEBIAN_ETC_CRONTAB, true);
         assert!(import.problems.is_empty(), "{:?}", import.problems);
-        assert_eq!(config.jobs.len(), 4, "{}", import.toml);
+        assert_eq!(config.jobs().len(), 4, "{}", import.toml);
         assert!(import.toml.contains("# /etc/crontab: system-wide crontab"));
         let hourly = config
-            .jobs
+            .jobs()
             .values()
-            .find(|j| matches!(&j.action, Action::Process(p) if p.argv[2].contains("cron.hourly")))
+            .find(|j| matches!(&j.action(), Action::Process(p) if p.argv()[2].contains("cron.hourly")))
             .expect("the hourly job");
-        assert_eq!(
-            hourly.run_as.as_ref().map(|r| r.user.as_str()),
-            Some("root")
-        );
+        assert_eq!(hourly.run_as().map(|r| r.user()), Some("root"));
         // The schedule agrees with cron's: 17 past every hour; the weekly one on Sundays (7).
-        let Schedule::Cron(cron) = &hourly.schedule else {
+        let Schedule::Cron(cron) = &hourly.schedule() else {
             panic!("cron schedule")
         };
         let t = Utc
@@ -1047,11 +1044,11 @@ SHELL=/bin/sh
             )
         );
         let weekly = config
-            .jobs
+            .jobs()
             .values()
-            .find(|j| matches!(&j.action, Action::Process(p) if p.argv[2].contains("cron.weekly")))
+            .find(|j| matches!(&j.action(), Action::Process(p) if p.argv()[2].contains("cron.weekly")))
             .expect("the weekly job");
-        let Schedule::Cron(cron) = &weekly.schedule else {
+        let Schedule::Cron(cron) = &weekly.schedule() else {
             panic!("cron schedule")
         };
         // 2026-01-01 is a Thursday: next Sunday 06:47 is the 4th.
@@ -1090,20 +1087,20 @@ APP_ENV = \"prod\"
             import.toml
         );
         // Names are unique.
-        assert!(config.jobs.contains_key("artisan-report-nightly-2"));
-        let sync = &config.jobs["sync"];
-        let Action::Process(p) = &sync.action else {
+        assert!(config.jobs().contains_key("artisan-report-nightly-2"));
+        let sync = &config.jobs()["sync"];
+        let Action::Process(p) = &sync.action() else {
             panic!("shell job")
         };
-        assert_eq!(p.argv, ["/bin/sh", "-c", "/usr/local/bin/sync --fast"]);
-        assert_eq!(p.env["PATH"], "/usr/local/bin:/usr/bin:/bin");
-        assert_eq!(p.env["APP_ENV"], "prod");
-        let date = &config.jobs["date"];
-        let Action::Process(p) = &date.action else {
+        assert_eq!(p.argv(), ["/bin/sh", "-c", "/usr/local/bin/sync --fast"]);
+        assert_eq!(p.env()["PATH"], "/usr/local/bin:/usr/bin:/bin");
+        assert_eq!(p.env()["APP_ENV"], "prod");
+        let date = &config.jobs()["date"];
+        let Action::Process(p) = &date.action() else {
             panic!("shell job")
         };
-        assert_eq!(p.argv[2], "date +%Y-%m-%d >> /tmp/stamps");
-        let Schedule::Cron(cron) = &sync.schedule else {
+        assert_eq!(p.argv()[2], "date +%Y-%m-%d >> /tmp/stamps");
+        let Schedule::Cron(cron) = &sync.schedule() else {
             panic!("cron")
         };
         let t = Utc
@@ -1145,12 +1142,12 @@ APP_ENV = \"prod\"
     fn a_shell_other_than_sh_and_cron_tz_carry_over() {
         let text = "SHELL=/bin/bash\nCRON_TZ=Europe/Berlin\n0 9 * * * echo {a,b}\n";
         let (config, import) = round_trip(text, false);
-        let job = config.jobs.values().next().expect("a job");
-        let Action::Process(p) = &job.action else {
+        let job = config.jobs().values().next().expect("a job");
+        let Action::Process(p) = &job.action() else {
             panic!("command job")
         };
-        assert_eq!(p.argv, ["/bin/bash", "-c", "echo {a,b}"]);
-        let Schedule::Cron(cron) = &job.schedule else {
+        assert_eq!(p.argv(), ["/bin/bash", "-c", "echo {a,b}"]);
+        let Schedule::Cron(cron) = &job.schedule() else {
             panic!("cron")
         };
         assert_eq!(
@@ -1188,17 +1185,17 @@ CRON_TZ=\"Mars/Olympus_Mons\"
         );
         // Neither the jobs' environment nor their zone; the job above keeps its zone.
         let zone = |name: &str| {
-            let Schedule::Cron(cron) = &config.jobs[name].schedule else {
+            let Schedule::Cron(cron) = &config.jobs()[name].schedule() else {
                 panic!("cron")
             };
             cron.timezone()
         };
         assert_eq!(zone("alpha"), chrono_tz::Europe::Berlin, "{}", import.toml);
-        assert_eq!(zone("beta"), config.daemon.timezone, "{}", import.toml);
-        let Action::Process(p) = &config.jobs["beta"].action else {
+        assert_eq!(zone("beta"), config.daemon().timezone(), "{}", import.toml);
+        let Action::Process(p) = &config.jobs()["beta"].action() else {
             panic!("shell job")
         };
-        assert!(!p.env.contains_key("CRON_TZ"), "{}", import.toml);
+        assert!(!p.env().contains_key("CRON_TZ"), "{}", import.toml);
     }
 
     #[test]
@@ -1210,7 +1207,7 @@ CRON_TZ=\"Mars/Olympus_Mons\"
             &Handlers::with_builtins(),
         )
         .expect("valid");
-        assert_eq!(config.daemon.timezone, chrono_tz::America::New_York);
+        assert_eq!(config.daemon().timezone(), chrono_tz::America::New_York);
     }
 
     /// The messages of the problems `text` gives, in line order.
@@ -1246,7 +1243,7 @@ CRON_TZ=\"Mars/Olympus_Mons\"
     /// of `numbers`, the same schedule in cron's numbers parsed directly.
     fn fires_imported_and_numbered(expression: &str, numbers: &str) -> (Vec<i64>, Vec<i64>) {
         let (job, import) = the_job(&format!("{expression} true\n"), false);
-        let Schedule::Cron(imported) = &job.schedule else {
+        let Schedule::Cron(imported) = &job.schedule() else {
             panic!("cron: {}", import.toml)
         };
         let numbered = CronSchedule::parse(numbers, imported.timezone()).expect(numbers);
@@ -1416,27 +1413,32 @@ CRON_TZ=\"Mars/Olympus_Mons\"
         // cronie schedules by CRON_TZ only, Debian's cron by neither: TZ only reaches the job.
         let text = "TZ=Asia/Tokyo\n0 9 * * * date\n";
         let (config, import) = round_trip(text, false);
-        let job = config.jobs.values().next().expect("a job");
-        let Schedule::Cron(cron) = &job.schedule else {
+        let job = config.jobs().values().next().expect("a job");
+        let Schedule::Cron(cron) = &job.schedule() else {
             panic!("cron")
         };
-        assert_eq!(cron.timezone(), config.daemon.timezone, "{}", import.toml);
-        let Action::Process(p) = &job.action else {
+        assert_eq!(
+            cron.timezone(),
+            config.daemon().timezone(),
+            "{}",
+            import.toml
+        );
+        let Action::Process(p) = &job.action() else {
             panic!("shell job")
         };
-        assert_eq!(p.env["TZ"], "Asia/Tokyo");
+        assert_eq!(p.env()["TZ"], "Asia/Tokyo");
         // CRON_TZ still sets the zone, and is not passed on.
         let (config, _) = round_trip("CRON_TZ=Asia/Tokyo\nTZ=UTC\n0 9 * * * date\n", false);
-        let job = config.jobs.values().next().expect("a job");
-        let Schedule::Cron(cron) = &job.schedule else {
+        let job = config.jobs().values().next().expect("a job");
+        let Schedule::Cron(cron) = &job.schedule() else {
             panic!("cron")
         };
         assert_eq!(cron.timezone(), chrono_tz::Asia::Tokyo);
-        let Action::Process(p) = &job.action else {
+        let Action::Process(p) = &job.action() else {
             panic!("shell job")
         };
-        assert_eq!(p.env["TZ"], "UTC");
-        assert!(!p.env.contains_key("CRON_TZ"));
+        assert_eq!(p.env()["TZ"], "UTC");
+        assert!(!p.env().contains_key("CRON_TZ"));
     }
 
     #[test]
@@ -1463,7 +1465,7 @@ CRON_TZ=\"Mars/Olympus_Mons\"
 * * * * * mail -s hi root%body%
 ";
         let (config, import) = round_trip(text, false);
-        assert_eq!(config.jobs.len(), 1, "{}", import.toml);
+        assert_eq!(config.jobs().len(), 1, "{}", import.toml);
         assert!(
             import.toml.contains(
                 "# warm the cache at boot\n\
@@ -1499,8 +1501,8 @@ CRON_TZ=\"Mars/Olympus_Mons\"
     fn the_job(text: &str, system: bool) -> (std::sync::Arc<crate::config::JobSpec>, Import) {
         let (config, import) = round_trip(text, system);
         assert!(import.problems.is_empty(), "{:?}", import.problems);
-        assert_eq!(config.jobs.len(), 1, "{}", import.toml);
-        let job = config.jobs.into_values().next().expect("a job");
+        assert_eq!(config.jobs().len(), 1, "{}", import.toml);
+        let job = config.jobs().values().next().cloned().expect("a job");
         (job, import)
     }
 
@@ -1517,7 +1519,7 @@ CRON_TZ=\"Mars/Olympus_Mons\"
 ";
         let (job, import) = the_job(text, false);
         assert_eq!(
-            job.schedule,
+            *job.schedule(),
             Schedule::Every(crate::schedule::EverySchedule {
                 period: std::time::Duration::from_secs(10),
                 mode: crate::schedule::EveryMode::FixedRate,
@@ -1526,10 +1528,10 @@ CRON_TZ=\"Mars/Olympus_Mons\"
             "{}",
             import.toml
         );
-        let Action::Process(p) = &job.action else {
+        let Action::Process(p) = &job.action() else {
             panic!("shell job")
         };
-        assert_eq!(p.argv[2], "/usr/bin/php /srv/app/worker.php");
+        assert_eq!(p.argv()[2], "/usr/bin/php /srv/app/worker.php");
         assert!(
             import.toml.contains("# the worker, every 10 seconds\n"),
             "{}",
@@ -1556,7 +1558,7 @@ CRON_TZ=\"Mars/Olympus_Mons\"
                 text.push_str("# between\n");
             }
             let (job, import) = the_job(&text, true);
-            let Schedule::Every(every) = job.schedule else {
+            let Schedule::Every(every) = job.schedule() else {
                 panic!("every: {}", import.toml)
             };
             assert_eq!(
@@ -1566,10 +1568,7 @@ CRON_TZ=\"Mars/Olympus_Mons\"
                 import.toml
             );
             assert!(every.align);
-            assert_eq!(
-                job.run_as.as_ref().map(|r| r.user.as_str()),
-                Some("www-data")
-            );
+            assert_eq!(job.run_as().map(|r| r.user()), Some("www-data"));
         }
     }
 
@@ -1580,10 +1579,10 @@ CRON_TZ=\"Mars/Olympus_Mons\"
             assert!(import.problems.is_empty(), "{:?}", import.problems);
             assert!(!import.toml.contains("recognised"), "{}", import.toml);
             assert!(config
-                .jobs
+                .jobs()
                 .values()
-                .all(|j| matches!(j.schedule, Schedule::Cron(_))));
-            config.jobs.len()
+                .all(|j| matches!(j.schedule(), Schedule::Cron(_))));
+            config.jobs().len()
         };
         // Only 0, 10 and 20.
         assert_eq!(

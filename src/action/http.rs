@@ -16,15 +16,15 @@ pub(super) async fn run(
     cancel: &CancellationToken,
     env: &RunEnv,
 ) -> RunReport {
-    let method = http.method.clone();
-    let mut request = env.http.request(method, &http.url);
-    for (name, value) in &http.headers {
+    let method = http.method().clone();
+    let mut request = env.http.request(method, http.url());
+    for (name, value) in http.headers() {
         request = request.header(name, value);
     }
-    if let Some(body) = &http.body {
-        request = request.body(body.clone());
+    if let Some(body) = http.body() {
+        request = request.body(body.to_owned());
     }
-    if let Some(timeout) = http.timeout {
+    if let Some(timeout) = http.timeout() {
         request = request.timeout(timeout);
     }
     let mut request = match request.build() {

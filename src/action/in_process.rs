@@ -29,7 +29,7 @@ pub(super) async fn run(
         std::panic::catch_unwind(AssertUnwindSafe(|| handler(ctx)))
             .map_err(|panic| panic_message(&*panic)),
     );
-    drive(future, cancel, spec.timeout, spec.kill_grace, clock).await
+    drive(future, cancel, spec.timeout(), spec.kill_grace(), clock).await
 }
 
 /// A handler's future with its panics caught: a panic is a failed run, not a dead daemon.

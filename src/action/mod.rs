@@ -176,7 +176,7 @@ pub fn run_identity(ctx: &RunContext) -> [(&'static str, &'static str, String); 
 
 /// Performs one run of `spec`. `ctx.cancel` stops it early; the job's timeout stops it too.
 pub async fn execute(spec: &JobSpec, ctx: RunContext, env: &RunEnv) -> RunReport {
-    match &spec.action {
+    match &spec.action() {
         Action::Process(process) => {
             // Built for the actions that pass it on: a handler has it in its context.
             let run_vars: Vec<(&'static str, String)> = run_identity(&ctx)
@@ -186,17 +186,17 @@ pub async fn execute(spec: &JobSpec, ctx: RunContext, env: &RunEnv) -> RunReport
             let end = process::run_child(
                 process,
                 ChildRun {
-                    job: &spec.name,
+                    job: spec.name(),
                     run_id: ctx.run_id,
-                    output: spec.output,
-                    timeout: spec.timeout,
-                    kill_grace: spec.kill_grace,
+                    output: spec.output(),
+                    timeout: spec.timeout(),
+                    kill_grace: spec.kill_grace(),
                     cancel: &ctx.cancel,
                     clock: &env.clock,
                     spawner: &env.spawner,
                     keeper: env.keeper.as_deref(),
-                    max_rss: spec.max_rss,
-                    run_as: spec.run_as.as_ref(),
+                    max_rss: spec.max_rss(),
+                    run_as: spec.run_as(),
                     run_vars: &run_vars,
                 },
             )
@@ -205,7 +205,7 @@ pub async fn execute(spec: &JobSpec, ctx: RunContext, env: &RunEnv) -> RunReport
         }
         Action::Http(http) => {
             let headers = run_identity(&ctx).map(|(_, header, value)| (header, value));
-            http::run(http, &headers, spec.timeout, &ctx.cancel, env).await
+            http::run(http, &headers, spec.timeout(), &ctx.cancel, env).await
         }
         Action::Handler(name) => match env.handlers.get(name) {
             Some(handler) => in_process::run(&handler, ctx, spec, &env.clock).await,

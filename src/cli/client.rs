@@ -9,7 +9,7 @@ use super::{eprintln_safe, exit, load_config, small_runtime};
 /// Calls the endpoint named in the config: `GET` or `POST` `path`; returns status and body.
 fn call_endpoint(file: &Path, post: bool, path: &str) -> Result<(u16, String), u8> {
     let config = load_config(file).ok_or(exit::INVALID)?;
-    let Some(mut addr) = config.daemon.http else {
+    let Some(mut addr) = config.daemon().http() else {
         eprintln_safe(&format!(
             "tickd: {} has no [daemon] http address; this command talks to a running daemon's endpoint",
             file.display()
@@ -28,7 +28,7 @@ fn call_endpoint(file: &Path, post: bool, path: &str) -> Result<(u16, String), u
         } else {
             client.get(&url)
         };
-        if let Some(token) = &config.daemon.http_token {
+        if let Some(token) = &config.daemon().http_token() {
             request = request.bearer_auth(token);
         }
         match request.send().await {

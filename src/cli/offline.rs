@@ -17,16 +17,17 @@ pub(crate) fn exec(file: &Path, name: &str) -> u8 {
     let Some(config) = load_config(file) else {
         return exit::INVALID;
     };
-    let Some(spec) = config.jobs.get(name) else {
+    let Some(spec) = config.jobs().get(name) else {
         eprintln_safe(&format!(
             "tickd: no job named \"{name}\" in {}",
             file.display()
         ));
         return exit::INVALID;
     };
-    let mut spec = (**spec).clone();
     // The output goes to this terminal.
-    spec.output = tickd::config::OutputMode::Inherit;
+    let spec = (**spec)
+        .clone()
+        .with_output(tickd::config::OutputMode::Inherit);
     let Some(runtime) = small_runtime() else {
         return exit::FATAL;
     };
@@ -40,7 +41,7 @@ pub(crate) fn exec(file: &Path, name: &str) -> u8 {
             }
         };
         let ctx = tickd::RunContext {
-            job: spec.name.as_str().into(),
+            job: spec.name().into(),
             run_id: tickd::handler::RunIds::default().next(),
             scheduled: env.clock.wall_now(),
             cancel: tokio_util::sync::CancellationToken::new(),
@@ -118,12 +119,12 @@ pub(crate) fn check(file: &Path) -> u8 {
         return exit::INVALID;
     };
     let mut out = std::io::stdout().lock();
-    for warning in &config.warnings {
+    for warning in config.warnings() {
         eprintln_safe(&warning.to_string());
     }
-    let _ = writeln!(out, "{}: OK, {} jobs", file.display(), config.jobs.len());
-    for spec in config.jobs.values() {
-        let _ = writeln!(out, "  {}: {}", spec.name, spec.schedule);
+    let _ = writeln!(out, "{}: OK, {} jobs", file.display(), config.jobs().len());
+    for spec in config.jobs().values() {
+        let _ = writeln!(out, "  {}: {}", spec.name(), spec.schedule());
     }
     exit::OK
 }
@@ -166,7 +167,7 @@ pub(crate) fn next(
         return exit::INVALID;
     };
     let jobs: Vec<&JobSpec> = match job {
-        Some(name) => match config.jobs.get(name) {
+        Some(name) => match config.jobs().get(name) {
             Some(spec) => vec![spec],
             None => {
                 eprintln_safe(&format!(
@@ -176,13 +177,13 @@ pub(crate) fn next(
                 return exit::INVALID;
             }
         },
-        None => config.jobs.values().map(|s| s.as_ref()).collect(),
+        None => config.jobs().values().map(|s| s.as_ref()).collect(),
     };
     let machine_id = tickd::job::machine_id();
     let now = Clock::system().read();
     let now = tickd::clock::Now { wall: after, ..now };
     for spec in jobs {
-        let _ = writeln!(out, "{} ({}):", spec.name, spec.schedule);
+        let _ = writeln!(out, "{} ({}):", spec.name(), spec.schedule());
         let upcoming = tickd::job::upcoming(spec, &machine_id, now, count);
         // A stable (`spread`) delay is part of every fire time; a random one can only be told.
         if let Some(max) = upcoming.random_delay {
@@ -193,7 +194,7 @@ pub(crate) fn next(
             );
         }
         for time in upcoming.times {
-            match &spec.schedule {
+            match spec.schedule() {
                 Schedule::Every(_) => {
                     let _ = writeln!(out, "  {}", rfc3339(&time));
                 }

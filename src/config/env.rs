@@ -7,11 +7,28 @@
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EnvPolicy {
     /// Start from an empty environment instead of the daemon's.
-    pub clear: bool,
+    pub(in crate::config) clear: bool,
     /// With `clear`: the variables passed through anyway.
-    pub keep: Vec<String>,
+    pub(in crate::config) keep: Vec<String>,
     /// Without `clear`: the variables taken out.
-    pub remove: Vec<String>,
+    pub(in crate::config) remove: Vec<String>,
+}
+
+impl EnvPolicy {
+    /// Start from an empty environment instead of the daemon's.
+    pub fn clear(&self) -> bool {
+        self.clear
+    }
+
+    /// With `clear`: the variables passed through anyway.
+    pub fn keep(&self) -> &[String] {
+        &self.keep
+    }
+
+    /// Without `clear`: the variables taken out.
+    pub fn remove(&self) -> &[String] {
+        &self.remove
+    }
 }
 
 /// The service manager's variables for tickd itself, never inherited by jobs.

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,80 +28,274 @@ pub const MIN_DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file it was loaded from.
-    pub source: PathBuf,
+    pub(in crate::config) source: PathBuf,
     /// Daemon-wide settings.
-    pub daemon: DaemonSettings,
+    pub(in crate::config) daemon: DaemonSettings,
     /// The jobs, by name.
-    pub jobs: BTreeMap<String, Arc<JobSpec>>,
+    pub(in crate::config) jobs: BTreeMap<String, Arc<JobSpec>>,
     /// Things that load but deserve a look (a state directory others can write): `tickd check`
     /// prints them, the daemon logs them at start and reload.
-    pub warnings: Vec<Problem>,
+    pub(in crate::config) warnings: Vec<Problem>,
     /// The file has an explicit, empty `[jobs]` table. A reload to a file with no jobs is refused
     /// without it: an empty or truncated file (an editor or a `>` redirect caught mid-write) must
     /// not stop every job.
-    pub no_jobs_on_purpose: bool,
+    pub(in crate::config) no_jobs_on_purpose: bool,
+}
+
+impl Config {
+    /// This configuration with the endpoint settings (`[daemon] http`, `http_token`) of
+    /// `running`: the endpoint stays as it was bound until the next start.
+    pub fn with_endpoint_of(mut self, running: &Config) -> Config {
+        self.daemon.http = running.daemon.http;
+        self.daemon.http_token = running.daemon.http_token.clone();
+        self
+    }
+
+    /// The file it was loaded from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// Daemon-wide settings.
+    pub fn daemon(&self) -> &DaemonSettings {
+        &self.daemon
+    }
+
+    /// The jobs, by name.
+    pub fn jobs(&self) -> &BTreeMap<String, Arc<JobSpec>> {
+        &self.jobs
+    }
+
+    /// Things that load but deserve a look (a state directory others can write): `tickd check`
+    /// prints them, the daemon logs them at start and reload.
+    pub fn warnings(&self) -> &[Problem] {
+        &self.warnings
+    }
+
+    /// The file has an explicit, empty `[jobs]` table. A reload to a file with no jobs is refused
+    /// without it: an empty or truncated file (an editor or a `>` redirect caught mid-write) must
+    /// not stop every job.
+    pub fn no_jobs_on_purpose(&self) -> bool {
+        self.no_jobs_on_purpose
+    }
 }
 
 /// The `[daemon]` table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DaemonSettings {
     /// How long SIGTERM/SIGINT waits for runs in flight before stopping them.
-    pub shutdown_timeout: Duration,
+    pub(in crate::config) shutdown_timeout: Duration,
     /// The default zone for cron schedules.
-    pub timezone: Tz,
+    pub(in crate::config) timezone: Tz,
     /// After this long, drain and exit with the recycle code (75) so the process manager starts
     /// a fresh daemon.
-    pub max_uptime: Option<Duration>,
+    pub(in crate::config) max_uptime: Option<Duration>,
     /// Where the last fire time of `on_missed = "once"` jobs is kept across restarts (a relative
     /// path is relative to the configuration file's directory).
-    pub state_file: Option<PathBuf>,
+    pub(in crate::config) state_file: Option<PathBuf>,
     /// After this many runs (all jobs together), drain and exit with the recycle code.
-    pub max_runs: Option<u64>,
+    pub(in crate::config) max_runs: Option<u64>,
     /// When the daemon's own resident memory exceeds this many bytes, drain and exit with the
     /// recycle code.
-    pub max_rss: Option<u64>,
+    pub(in crate::config) max_rss: Option<u64>,
     /// Where the HTTP endpoint listens; off when `None`.
-    pub http: Option<std::net::SocketAddr>,
+    pub(in crate::config) http: Option<std::net::SocketAddr>,
     /// The bearer token the endpoint requires (all routes but `/healthz`).
-    pub http_token: Option<String>,
+    pub(in crate::config) http_token: Option<String>,
     /// What jobs inherit of the daemon's environment.
-    pub env: EnvPolicy,
+    pub(in crate::config) env: EnvPolicy,
+}
+
+impl DaemonSettings {
+    /// How long SIGTERM/SIGINT waits for runs in flight before stopping them.
+    pub fn shutdown_timeout(&self) -> Duration {
+        self.shutdown_timeout
+    }
+
+    /// The default zone for cron schedules.
+    pub fn timezone(&self) -> Tz {
+        self.timezone
+    }
+
+    /// After this long, drain and exit with the recycle code (75) so the process manager starts
+    /// a fresh daemon.
+    pub fn max_uptime(&self) -> Option<Duration> {
+        self.max_uptime
+    }
+
+    /// Where the last fire time of `on_missed = "once"` jobs is kept across restarts (a relative
+    /// path is relative to the configuration file's directory).
+    pub fn state_file(&self) -> Option<&Path> {
+        self.state_file.as_deref()
+    }
+
+    /// After this many runs (all jobs together), drain and exit with the recycle code.
+    pub fn max_runs(&self) -> Option<u64> {
+        self.max_runs
+    }
+
+    /// When the daemon's own resident memory exceeds this many bytes, drain and exit with the
+    /// recycle code.
+    pub fn max_rss(&self) -> Option<u64> {
+        self.max_rss
+    }
+
+    /// Where the HTTP endpoint listens; off when `None`.
+    pub fn http(&self) -> Option<std::net::SocketAddr> {
+        self.http
+    }
+
+    /// The bearer token the endpoint requires (all routes but `/healthz`).
+    pub fn http_token(&self) -> Option<&str> {
+        self.http_token.as_deref()
+    }
+
+    /// What jobs inherit of the daemon's environment.
+    pub fn env(&self) -> &EnvPolicy {
+        &self.env
+    }
 }
 
 /// One validated job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobSpec {
     /// The job's name (its table key).
-    pub name: String,
+    pub(in crate::config) name: String,
     /// When it fires.
-    pub schedule: Schedule,
+    pub(in crate::config) schedule: Schedule,
     /// What a run does.
-    pub action: Action,
+    pub(in crate::config) action: Action,
     /// What a fire does while a previous run is still going.
-    pub overlap: Overlap,
+    pub(in crate::config) overlap: Overlap,
     /// A run longer than this is stopped (process group: TERM, then KILL after `kill_grace`).
-    pub timeout: Option<Duration>,
+    pub(in crate::config) timeout: Option<Duration>,
     /// Time between the polite stop request and the forced one.
-    pub kill_grace: Duration,
+    pub(in crate::config) kill_grace: Duration,
     /// Where a child's stdout/stderr go.
-    pub output: OutputMode,
+    pub(in crate::config) output: OutputMode,
     /// A delay added before each run.
-    pub jitter: Option<Jitter>,
+    pub(in crate::config) jitter: Option<Jitter>,
     /// Run once right after the job is scheduled (daemon start, or the reload that adds it).
-    pub run_on_start: bool,
+    pub(in crate::config) run_on_start: bool,
     /// What to do about fires missed while the daemon was down, stopped or the clock jumped.
-    pub on_missed: OnMissed,
+    pub(in crate::config) on_missed: OnMissed,
     /// A child run whose process group's resident memory exceeds this many bytes is stopped
     /// like a timeout and fails.
-    pub max_rss: Option<u64>,
+    pub(in crate::config) max_rss: Option<u64>,
     /// Retries of failed runs.
-    pub retry: Option<Retry>,
+    pub(in crate::config) retry: Option<Retry>,
     /// A command run (argv) when a run has failed for good, for alerting.
-    pub on_failure: Option<Vec<String>>,
+    pub(in crate::config) on_failure: Option<Vec<String>>,
     /// The user (and groups) child processes run as; `None`: the daemon's own.
-    pub run_as: Option<RunAs>,
+    pub(in crate::config) run_as: Option<RunAs>,
     /// What this job's processes (and its `on_failure` hook) inherit of the daemon's environment.
-    pub env_policy: EnvPolicy,
+    pub(in crate::config) env_policy: EnvPolicy,
+}
+
+impl JobSpec {
+    /// This job with its children's output going to `output` (`tickd exec` shows it on the
+    /// terminal).
+    pub fn with_output(mut self, output: OutputMode) -> JobSpec {
+        self.output = output;
+        self
+    }
+
+    /// The process of the job's `on_failure` hook, if it has one: its command, run in the job's
+    /// working directory with the job's variables and `vars` on top, under the job's
+    /// environment policy.
+    pub fn failure_hook(
+        &self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Option<ProcessSpec> {
+        let argv = self.on_failure.clone()?;
+        let (mut env, cwd) = match &self.action {
+            Action::Process(process) => (process.env.clone(), process.cwd.clone()),
+            _ => Default::default(),
+        };
+        env.extend(vars);
+        Some(ProcessSpec {
+            argv,
+            cwd,
+            env,
+            inherit: self.env_policy.clone(),
+        })
+    }
+
+    /// The job's name (its table key).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// When it fires.
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    /// What a run does.
+    pub fn action(&self) -> &Action {
+        &self.action
+    }
+
+    /// What a fire does while a previous run is still going.
+    pub fn overlap(&self) -> Overlap {
+        self.overlap
+    }
+
+    /// A run longer than this is stopped (process group: TERM, then KILL after `kill_grace`).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// Time between the polite stop request and the forced one.
+    pub fn kill_grace(&self) -> Duration {
+        self.kill_grace
+    }
+
+    /// Where a child's stdout/stderr go.
+    pub fn output(&self) -> OutputMode {
+        self.output
+    }
+
+    /// A delay added before each run.
+    pub fn jitter(&self) -> Option<Jitter> {
+        self.jitter
+    }
+
+    /// Run once right after the job is scheduled (daemon start, or the reload that adds it).
+    pub fn run_on_start(&self) -> bool {
+        self.run_on_start
+    }
+
+    /// What to do about fires missed while the daemon was down, stopped or the clock jumped.
+    pub fn on_missed(&self) -> OnMissed {
+        self.on_missed
+    }
+
+    /// A child run whose process group's resident memory exceeds this many bytes is stopped
+    /// like a timeout and fails.
+    pub fn max_rss(&self) -> Option<u64> {
+        self.max_rss
+    }
+
+    /// Retries of failed runs.
+    pub fn retry(&self) -> Option<Retry> {
+        self.retry
+    }
+
+    /// A command run (argv) when a run has failed for good, for alerting.
+    pub fn on_failure(&self) -> Option<&[String]> {
+        self.on_failure.as_deref()
+    }
+
+    /// The user (and groups) child processes run as; `None`: the daemon's own.
+    pub fn run_as(&self) -> Option<&RunAs> {
+        self.run_as.as_ref()
+    }
+
+    /// What this job's processes (and its `on_failure` hook) inherit of the daemon's environment.
+    pub fn env_policy(&self) -> &EnvPolicy {
+        &self.env_policy
+    }
 }
 
 /// Retries of a failed run: up to `attempts` more runs, `backoff` after the failure and doubling
@@ -109,14 +303,40 @@ pub struct JobSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retry {
     /// How many retries at most after a failed run.
-    pub attempts: u32,
+    pub(in crate::config) attempts: u32,
     /// The delay before the first retry.
-    pub backoff: Duration,
+    pub(in crate::config) backoff: Duration,
     /// The longest delay between retries.
-    pub max_backoff: Duration,
+    pub(in crate::config) max_backoff: Duration,
 }
 
 impl Retry {
+    /// A retry policy, if it is one validation would accept: a backoff of at least
+    /// [`MIN_PERIOD`](super::MIN_PERIOD) (a shorter one retries in a hot loop) and a longest
+    /// backoff not below it.
+    pub fn new(attempts: u32, backoff: Duration, max_backoff: Duration) -> Option<Retry> {
+        (backoff >= super::MIN_PERIOD && max_backoff >= backoff).then_some(Retry {
+            attempts,
+            backoff,
+            max_backoff,
+        })
+    }
+
+    /// How many retries at most after a failed run.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The delay before the first retry.
+    pub fn backoff(&self) -> Duration {
+        self.backoff
+    }
+
+    /// The longest delay between retries.
+    pub fn max_backoff(&self) -> Duration {
+        self.max_backoff
+    }
+
     /// The delay before retry number `attempt` (1-based).
     pub fn delay(&self, attempt: u32) -> Duration {
         let factor = 1u32
@@ -130,24 +350,63 @@ impl Retry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunAs {
     /// The user's name.
-    pub user: String,
+    pub(in crate::config) user: String,
     /// The user id.
-    pub uid: u32,
+    pub(in crate::config) uid: u32,
     /// The primary group id.
-    pub gid: u32,
+    pub(in crate::config) gid: u32,
     /// Every group id (primary and supplementary), as `initgroups` would set them.
-    pub groups: Vec<u32>,
+    pub(in crate::config) groups: Vec<u32>,
     /// The user's home directory.
-    pub home: PathBuf,
+    pub(in crate::config) home: PathBuf,
+}
+
+impl RunAs {
+    /// The user's name.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The user id.
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+
+    /// The primary group id.
+    pub fn gid(&self) -> u32 {
+        self.gid
+    }
+
+    /// Every group id (primary and supplementary), as `initgroups` would set them.
+    pub fn groups(&self) -> &[u32] {
+        &self.groups
+    }
+
+    /// The user's home directory.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
 }
 
 /// A delay added before each run, so a fleet does not hit the same backend at :00.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Jitter {
     /// Delays are in `[0, max)`.
-    pub max: Duration,
+    pub(in crate::config) max: Duration,
     /// A stable delay per job and machine (`spread = true`) instead of a random one per run.
-    pub spread: bool,
+    pub(in crate::config) spread: bool,
+}
+
+impl Jitter {
+    /// Delays are in `[0, max)`.
+    pub fn max(&self) -> Duration {
+        self.max
+    }
+
+    /// A stable delay per job and machine (`spread = true`) instead of a random one per run.
+    pub fn spread(&self) -> bool {
+        self.spread
+    }
 }
 
 /// What happens to fires that were missed (daemon down, stopped, stalled, wall clock jumped).
@@ -176,28 +435,77 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProcessSpec {
     /// Program and arguments; never interpreted by a shell unless the program is the shell.
-    pub argv: Vec<String>,
+    pub(in crate::config) argv: Vec<String>,
     /// Working directory; the daemon's own when unset.
-    pub cwd: Option<PathBuf>,
+    pub(in crate::config) cwd: Option<PathBuf>,
     /// Extra environment variables, on top of what `inherit` lets through.
-    pub env: BTreeMap<String, String>,
+    pub(in crate::config) env: BTreeMap<String, String>,
     /// Which of the daemon's own environment variables the child gets.
-    pub inherit: EnvPolicy,
+    pub(in crate::config) inherit: EnvPolicy,
+}
+
+impl ProcessSpec {
+    /// Program and arguments; never interpreted by a shell unless the program is the shell.
+    pub fn argv(&self) -> &[String] {
+        &self.argv
+    }
+
+    /// Working directory; the daemon's own when unset.
+    pub fn cwd(&self) -> Option<&Path> {
+        self.cwd.as_deref()
+    }
+
+    /// Extra environment variables, on top of what `inherit` lets through.
+    pub fn env(&self) -> &BTreeMap<String, String> {
+        &self.env
+    }
+
+    /// Which of the daemon's own environment variables the child gets.
+    pub fn inherit(&self) -> &EnvPolicy {
+        &self.inherit
+    }
 }
 
 /// An HTTP request to make for each run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpSpec {
     /// Absolute `http://` or `https://` URL.
-    pub url: String,
+    pub(in crate::config) url: String,
     /// The method, `GET` by default (any token is a valid extension method, e.g. `PURGE`).
-    pub method: reqwest::Method,
+    pub(in crate::config) method: reqwest::Method,
     /// Request headers.
-    pub headers: BTreeMap<String, String>,
+    pub(in crate::config) headers: BTreeMap<String, String>,
     /// Request body.
-    pub body: Option<String>,
+    pub(in crate::config) body: Option<String>,
     /// Timeout of the request itself (the job's `timeout` also applies).
-    pub timeout: Option<Duration>,
+    pub(in crate::config) timeout: Option<Duration>,
+}
+
+impl HttpSpec {
+    /// Absolute `http://` or `https://` URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The method, `GET` by default (any token is a valid extension method, e.g. `PURGE`).
+    pub fn method(&self) -> &reqwest::Method {
+        &self.method
+    }
+
+    /// Request headers.
+    pub fn headers(&self) -> &BTreeMap<String, String> {
+        &self.headers
+    }
+
+    /// Request body.
+    pub fn body(&self) -> Option<&str> {
+        self.body.as_deref()
+    }
+
+    /// Timeout of the request itself (the job's `timeout` also applies).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
 }
 
 /// The overlap policy: what a fire does while a previous run of the job is still going.

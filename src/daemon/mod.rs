@@ -117,7 +117,7 @@ pub async fn run(
     options: DaemonOptions,
     mut controls: mpsc::Receiver<Control>,
 ) -> Result<Stopped, DaemonError> {
-    for warning in &config.warnings {
+    for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
     // Stopped when this function returns, however it does.
@@ -127,7 +127,7 @@ pub async fn run(
     let state_writer = jobs.state.clone().map(|state| {
         tokio::spawn(state.write_until(options.clock.clone(), background.child_token()))
     });
-    let http_listener = match config.daemon.http {
+    let http_listener = match config.daemon().http() {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
                 .await
@@ -200,9 +200,8 @@ fn start_services(
         actions: Arc::new(actions),
         metrics: Arc::new(metrics),
         state: config
-            .daemon
-            .state_file
-            .as_deref()
+            .daemon()
+            .state_file()
             .map(|path| Arc::new(StateStore::open(path))),
         machine_id: crate::job::machine_id(),
         run_ids: Arc::default(),
@@ -240,9 +239,9 @@ impl Supervisor {
             config,
             options,
         };
-        for spec in supervisor.config.jobs.values() {
+        for spec in supervisor.config.jobs().values() {
             let handle = supervisor.spawn_job(spec.clone());
-            supervisor.jobs.insert(spec.name.clone(), handle);
+            supervisor.jobs.insert(spec.name().to_string(), handle);
         }
         supervisor.publish_directory();
         supervisor
@@ -262,7 +261,7 @@ impl Supervisor {
             draining: self.draining.clone(),
             metrics: self.env.metrics.clone(),
             keeper: self.env.actions.keeper.clone(),
-            token: self.config.daemon.http_token.as_deref().map(Arc::from),
+            token: self.config.daemon().http_token().map(Arc::from),
             clock: self.options.clock.clone(),
         };
         tokio::spawn(crate::http::serve(
@@ -287,7 +286,7 @@ impl Supervisor {
         let mut watchdog_timer = watchdog.map(|interval| clock.sleep(interval));
         let mut recycler = Recycler::new(clock.clone(), self.started, self.env.run_ids.clone());
         loop {
-            let settings = self.config.daemon.clone();
+            let settings = self.config.daemon().clone();
             recycler.apply(&settings);
             tokio::select! {
                 control = controls.recv() => match control {
@@ -365,7 +364,7 @@ impl Supervisor {
             crate::blocking::off_the_workers("a reload", move || config::load(&path, &handlers))
                 .await;
         let rejected = match loaded {
-            Ok(new) if new.jobs.is_empty() && !self.jobs.is_empty() && !new.no_jobs_on_purpose => {
+            Ok(new) if new.jobs().is_empty() && !self.jobs.is_empty() && !new.no_jobs_on_purpose() => {
                 "the file has no jobs: it may be empty or half-written, so every job keeps running; to remove every job, leave an empty [jobs] table in the file".to_owned()
             }
             Ok(new) => return Some(new),
@@ -382,11 +381,11 @@ impl Supervisor {
             self.env.metrics.reloaded(false);
             return;
         };
-        for warning in &new.warnings {
+        for warning in new.warnings() {
             tracing::warn!("{warning}");
         }
-        if new.daemon.http != self.config.daemon.http
-            || new.daemon.http_token != self.config.daemon.http_token
+        if new.daemon().http() != self.config.daemon().http()
+            || new.daemon().http_token() != self.config.daemon().http_token()
         {
             tracing::warn!("[daemon] http and http_token take effect at the next start");
         }
@@ -394,7 +393,7 @@ impl Supervisor {
         let gone: Vec<String> = self
             .jobs
             .keys()
-            .filter(|name| !new.jobs.contains_key(*name))
+            .filter(|name| !new.jobs().contains_key(*name))
             .cloned()
             .collect();
         for name in gone {
@@ -406,7 +405,7 @@ impl Supervisor {
                 removed += 1;
             }
         }
-        for (name, spec) in &new.jobs {
+        for (name, spec) in new.jobs() {
             match self.jobs.get_mut(name) {
                 Some(job) if job.spec == *spec => {}
                 Some(job) => {
@@ -416,20 +415,14 @@ impl Supervisor {
                 None => {
                     let handle = self.spawn_job(spec.clone());
                     self.jobs.insert(name.clone(), handle);
-                    tracing::info!(job = %name, schedule = %spec.schedule, "job added");
+                    tracing::info!(job = %name, schedule = %spec.schedule(), "job added");
                     added += 1;
                 }
             }
         }
-        let unchanged = new.jobs.len() - added - changed;
+        let unchanged = new.jobs().len() - added - changed;
         // Keep the endpoint's settings as they were bound.
-        let (http, http_token) = (
-            self.config.daemon.http,
-            self.config.daemon.http_token.clone(),
-        );
-        self.config = new;
-        self.config.daemon.http = http;
-        self.config.daemon.http_token = http_token;
+        self.config = new.with_endpoint_of(&self.config);
         self.publish_directory();
         self.env.metrics.reloaded(true);
         tracing::info!(added, removed, changed, unchanged, "configuration reloaded");
@@ -450,7 +443,7 @@ impl Supervisor {
         }
         // 2. Wait for runs in flight, up to the drain timeout or a second stop request.
         self.env.runs.close();
-        let timeout = self.config.daemon.shutdown_timeout;
+        let timeout = self.config.daemon().shutdown_timeout();
         if !self.env.runs.is_empty() {
             tracing::info!(
                 runs = self.env.runs.len(),
@@ -477,9 +470,9 @@ impl Supervisor {
         // 4. Bounded too: a process in uninterruptible sleep outlives even SIGKILL.
         let longest_grace = self
             .config
-            .jobs
+            .jobs()
             .values()
-            .map(|job| job.kill_grace)
+            .map(|job| job.kill_grace())
             .max()
             .unwrap_or(config::DEFAULT_KILL_GRACE);
         let bound = longest_grace.saturating_add(AFTER_KILL_BOUND);

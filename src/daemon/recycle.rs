@@ -37,14 +37,14 @@ impl Recycler {
 
     /// Applies the settings (at start and after each reload).
     pub fn apply(&mut self, settings: &DaemonSettings) {
-        self.run_ids.set_limit(settings.max_runs);
+        self.run_ids.set_limit(settings.max_runs());
         // Kept as long as max_uptime stays the same across reloads.
-        let recycle_at = settings.max_uptime.map(|uptime| self.started + uptime);
+        let recycle_at = settings.max_uptime().map(|uptime| self.started + uptime);
         if self.uptime.as_ref().map(|(at, _)| *at) != recycle_at {
             self.uptime = recycle_at.map(|at| (at, self.clock.sleep_until(at)));
         }
-        if settings.max_rss.is_some() != self.rss.is_some() {
-            self.rss = settings.max_rss.map(|_| self.clock.sleep(OWN_RSS_SAMPLE));
+        if settings.max_rss().is_some() != self.rss.is_some() {
+            self.rss = settings.max_rss().map(|_| self.clock.sleep(OWN_RSS_SAMPLE));
         }
     }
 
@@ -53,16 +53,16 @@ impl Recycler {
         loop {
             tokio::select! {
                 _ = crate::clock::sleep_or_never(self.uptime.as_mut().map(|(_, sleep)| sleep)) => {
-                    tracing::info!(max_uptime = %humantime::format_duration(settings.max_uptime.unwrap_or_default()), "max_uptime reached; draining and exiting to be restarted fresh");
+                    tracing::info!(max_uptime = %humantime::format_duration(settings.max_uptime().unwrap_or_default()), "max_uptime reached; draining and exiting to be restarted fresh");
                     return;
                 }
                 _ = self.run_ids.limit_reached() => {
-                    tracing::info!(max_runs = settings.max_runs.unwrap_or_default(), "max_runs reached; draining and exiting to be restarted fresh");
+                    tracing::info!(max_runs = settings.max_runs().unwrap_or_default(), "max_runs reached; draining and exiting to be restarted fresh");
                     return;
                 }
                 _ = crate::clock::sleep_or_never(self.rss.as_mut()) => {
                     let rss = crate::process::own_rss();
-                    let limit = settings.max_rss.unwrap_or(u64::MAX);
+                    let limit = settings.max_rss().unwrap_or(u64::MAX);
                     if rss > limit {
                         tracing::info!(rss = %bytesize::ByteSize(rss), max_rss = %bytesize::ByteSize(limit), "max_rss exceeded; draining and exiting to be restarted fresh");
                         return;

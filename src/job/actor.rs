@@ -67,7 +67,7 @@ impl JobActor {
             ended_tx,
             ended_rx,
             runs_cancel: env.stop_runs.child_token(),
-            metrics: Arc::new(env.metrics.for_job(&spec.name)),
+            metrics: Arc::new(env.metrics.for_job(spec.name())),
             status,
             paused: false,
             latest_spec: Arc::new(Mutex::new(spec.clone())),
@@ -89,9 +89,9 @@ impl JobActor {
         stop: CancellationToken,
         restarted: bool,
     ) {
-        let schedule = self.spec.schedule.to_string();
+        let schedule = self.spec.schedule().to_string();
         self.status.update(|s| s.schedule = schedule);
-        tracing::debug!(job = %self.spec.name, schedule = %self.spec.schedule, "job scheduled");
+        tracing::debug!(job = %self.spec.name(), schedule = %self.spec.schedule(), "job scheduled");
         if !restarted {
             if let Some(due) = self.startup_fire() {
                 self.fire(due);
@@ -137,10 +137,10 @@ impl JobActor {
             }
         }
         if self.runs.queued.take().is_some() {
-            tracing::info!(job = %self.spec.name, "job stopped; its pending run is dropped");
+            tracing::info!(job = %self.spec.name(), "job stopped; its pending run is dropped");
         }
         let skipped = self.status.snapshot().runs.skipped_overlap;
-        tracing::debug!(job = %self.spec.name, skipped, "job stopped firing");
+        tracing::debug!(job = %self.spec.name(), skipped, "job stopped firing");
     }
 
     fn publish_next(&self, next: Option<Due>) {
@@ -157,7 +157,7 @@ impl JobActor {
     fn startup_fire(&mut self) -> Option<Due> {
         let now = self.now();
         let Some(missed) = self.missed_while_down(now.wall) else {
-            return self.spec.run_on_start.then_some(Due::at(now.instant));
+            return self.spec.run_on_start().then_some(Due::at(now.instant));
         };
         let count = if missed.estimated {
             format!("about {}", missed.count)
@@ -165,7 +165,7 @@ impl JobActor {
             missed.count.to_string()
         };
         tracing::warn!(
-            job = %self.spec.name,
+            job = %self.spec.name(),
             missed = %count,
             last_recorded = %rfc3339_millis(missed.recorded),
             latest_missed = %rfc3339_millis(missed.latest),
@@ -182,13 +182,13 @@ impl JobActor {
     /// future (a clock that was set back, a hand-edited file) is clamped to now with a warning:
     /// nothing is missed, and the next fire overwrites it.
     fn missed_while_down(&self, now: DateTime<Utc>) -> Option<super::plan::MissedWhileDown> {
-        if self.spec.on_missed != OnMissed::Once {
+        if self.spec.on_missed() != OnMissed::Once {
             return None;
         }
-        let recorded = self.env.state.as_ref()?.last_fire(&self.spec.name)?;
+        let recorded = self.env.state.as_ref()?.last_fire(self.spec.name())?;
         if recorded > now {
             tracing::warn!(
-                job = %self.spec.name,
+                job = %self.spec.name(),
                 last_recorded = %rfc3339_millis(recorded),
                 "the state file's last fire of this job is in the future (the clock was set back, or the file was edited); no catch-up, counting from now"
             );
@@ -242,7 +242,7 @@ impl JobActor {
                 let count = self.plan.fires_in(&due, past);
                 self.fires_missed(due, count, "the wall clock jumped past them");
             } else {
-                tracing::info!(job = %self.spec.name, "wall clock changed; recomputing the next fire");
+                tracing::info!(job = %self.spec.name(), "wall clock changed; recomputing the next fire");
             }
         }
         self.next = self.plan.calendar_after(now.wall, self.now());
@@ -258,15 +258,15 @@ impl JobActor {
     /// by a single run of `latest` with `on_missed = "once"`; never a burst.
     fn fires_missed(&mut self, latest: Due, count: u64, cause: &str) {
         self.count_missed(count);
-        match self.spec.on_missed {
+        match self.spec.on_missed() {
             OnMissed::Skip => tracing::warn!(
-                job = %self.spec.name,
+                job = %self.spec.name(),
                 missed = count,
                 "fires missed ({cause}); skipping to the next one"
             ),
             OnMissed::Once => {
                 tracing::warn!(
-                    job = %self.spec.name,
+                    job = %self.spec.name(),
                     missed = count,
                     "fires missed ({cause}); running one catch-up"
                 );
@@ -279,15 +279,15 @@ impl JobActor {
         match command {
             JobCommand::Update(spec) => self.update(spec),
             JobCommand::RunNow(reply) => {
-                tracing::info!(job = %self.spec.name, "run requested through the endpoint");
+                tracing::info!(job = %self.spec.name(), "run requested through the endpoint");
                 let _ = reply.send(self.fire(Due::at(self.now().instant)));
             }
             JobCommand::Pause => {
-                tracing::info!(job = %self.spec.name, "paused");
+                tracing::info!(job = %self.spec.name(), "paused");
                 self.paused = true;
             }
             JobCommand::Resume if self.paused => {
-                tracing::info!(job = %self.spec.name, "resumed");
+                tracing::info!(job = %self.spec.name(), "resumed");
                 self.paused = false;
                 // Fires that came due while paused are dropped: go on from now.
                 let now = self.now();
@@ -306,22 +306,22 @@ impl JobActor {
 
     /// A fire: start a run, or apply the overlap policy.
     fn fire(&mut self, due: Due) -> FireResult {
-        if self.spec.on_missed == OnMissed::Once {
+        if self.spec.on_missed() == OnMissed::Once {
             if let Some(state) = &self.env.state {
-                state.record(&self.spec.name, due.scheduled_wall(self.now()));
+                state.record(self.spec.name(), due.scheduled_wall(self.now()));
             }
         }
         self.warn_of_long_runs();
-        match self.runs.decide(&self.spec.overlap) {
+        match self.runs.decide(&self.spec.overlap()) {
             FireAction::Start => FireResult::Started(self.start_run(due)),
             FireAction::Skip(why) => self.skip(why),
             FireAction::Queue => {
-                tracing::debug!(job = %self.spec.name, "previous run still going; run queued");
+                tracing::debug!(job = %self.spec.name(), "previous run still going; run queued");
                 self.runs.queued = Some(due);
                 FireResult::Queued
             }
             FireAction::Replace => {
-                tracing::info!(job = %self.spec.name, "previous run still going; replacing it");
+                tracing::info!(job = %self.spec.name(), "previous run still going; replacing it");
                 self.runs.stop_all();
                 self.runs.queued = Some(due);
                 FireResult::Queued
@@ -339,7 +339,7 @@ impl JobActor {
         for long in self.runs.count_fire(self.now().instant) {
             let fires = long.fires;
             tracing::warn!(
-                job = %self.spec.name,
+                job = %self.spec.name(),
                 run = %long.run_id,
                 fires,
                 going_for = %humantime::format_duration(long.going_for),
@@ -354,14 +354,14 @@ impl JobActor {
             s.runs.skipped_overlap += 1;
             s.runs.skipped_overlap
         });
-        tracing::debug!(job = %self.spec.name, skipped_total, "fire skipped: {why}");
+        tracing::debug!(job = %self.spec.name(), skipped_total, "fire skipped: {why}");
         FireResult::Skipped
     }
 
     fn retry_dropped(&mut self, attempt: u32, why: &str) {
         self.metrics.retry_dropped();
         self.status.update(|s| s.runs.retries_dropped += 1);
-        tracing::warn!(job = %self.spec.name, attempt, "retry dropped: {why}");
+        tracing::warn!(job = %self.spec.name(), attempt, "retry dropped: {why}");
     }
 
     fn run_ended(&mut self, ended: RunEnded) {
@@ -384,10 +384,10 @@ impl JobActor {
     fn run_failed(&mut self, ended: &RunEnded) {
         let next_fire = self.next.map(|due| due.start_at());
         let now = self.now().instant;
-        match runs::after_failure(self.spec.retry, ended.attempt, now, next_fire) {
+        match runs::after_failure(self.spec.retry(), ended.attempt, now, next_fire) {
             AfterFailure::Retry(retry) => {
                 tracing::info!(
-                    job = %self.spec.name,
+                    job = %self.spec.name(),
                     run = %ended.run_id,
                     attempt = retry.attempt,
                     delay = %humantime::format_duration(retry.at - now),
@@ -430,7 +430,7 @@ impl JobActor {
         let lateness = now.instant.saturating_duration_since(due.start_at());
         let spec = self.spec.clone();
         tracing::info!(
-            job = %spec.name,
+            job = %spec.name(),
             run = %run_id,
             scheduled = %rfc3339_millis(scheduled),
             lateness_ms = millis(lateness),
@@ -440,7 +440,7 @@ impl JobActor {
         self.metrics.run_started(lateness);
         self.status.update(|s| s.running += 1);
         let ctx = RunContext {
-            job: Arc::from(spec.name.as_str()),
+            job: Arc::from(spec.name()),
             run_id,
             scheduled,
             cancel,
@@ -470,17 +470,17 @@ impl JobActor {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = spec.clone();
         self.spec = spec;
-        let schedule = self.spec.schedule.to_string();
+        let schedule = self.spec.schedule().to_string();
         self.status.update(|s| s.schedule = schedule);
         if self.plan.update(&self.spec, &self.env.machine_id) {
-            tracing::info!(job = %self.spec.name, schedule = %self.spec.schedule, "schedule changed; the grid restarts now");
+            tracing::info!(job = %self.spec.name(), schedule = %self.spec.schedule(), "schedule changed; the grid restarts now");
             self.next = self.plan.first(self.now());
             // A fixed-delay job with a run going waits for its end.
             if self.runs.going() > 0 && self.plan.is_fixed_delay() {
                 self.next = None;
             }
         } else {
-            tracing::info!(job = %self.spec.name, "definition changed; effective from the next fire");
+            tracing::info!(job = %self.spec.name(), "definition changed; effective from the next fire");
         }
     }
 }
@@ -547,10 +547,10 @@ impl RunEnd {
         let reason = report.reason.as_deref().unwrap_or("");
         match report.outcome {
             Outcome::Success => {
-                tracing::info!(job = %spec.name, run = %run_id, outcome = %report.outcome, duration_ms, exit_code, "run finished")
+                tracing::info!(job = %spec.name(), run = %run_id, outcome = %report.outcome, duration_ms, exit_code, "run finished")
             }
             _ => {
-                tracing::warn!(job = %spec.name, run = %run_id, outcome = %report.outcome, duration_ms, exit_code, forced = report.forced, reason, "run finished")
+                tracing::warn!(job = %spec.name(), run = %run_id, outcome = %report.outcome, duration_ms, exit_code, forced = report.forced, reason, "run finished")
             }
         }
         // The job may have been removed meanwhile; then nobody needs to know.

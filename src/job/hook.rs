@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::action::RunReport;
-use crate::config::{Action, JobSpec, OutputMode, ProcessSpec};
+use crate::config::{JobSpec, OutputMode};
 use crate::handler::RunId;
 use crate::process::{self, ChildRun};
 
@@ -40,22 +40,26 @@ impl FailureHook {
         env: &Arc<JobEnv>,
         cancel: CancellationToken,
     ) {
-        let Some(argv) = spec.on_failure.clone() else {
+        if spec.on_failure().is_none() {
             return;
-        };
+        }
         if self.running.swap(true, Ordering::AcqRel) {
             self.failures_without_hook += 1;
-            tracing::debug!(job = %spec.name, run = %run_id, "on_failure hook still running; this failure is told to the next one");
+            tracing::debug!(job = %spec.name(), run = %run_id, "on_failure hook still running; this failure is told to the next one");
             return;
         }
         let failures_without_hook = std::mem::take(&mut self.failures_without_hook);
-        let hook = hook_spec(spec, argv, run_id, report, failures_without_hook);
+        let Some(hook) =
+            spec.failure_hook(failure_vars(spec, run_id, report, failures_without_hook))
+        else {
+            return;
+        };
         let slot = HookSlot(self.running.clone());
         let (env, job, run_as, kill_grace) = (
             env.clone(),
-            spec.name.clone(),
-            spec.run_as.clone(),
-            spec.kill_grace,
+            spec.name().to_owned(),
+            spec.run_as().cloned(),
+            spec.kill_grace(),
         );
         env.runs.clone().spawn(async move {
             // Frees the job's hook slot however this task ends.
@@ -85,22 +89,16 @@ impl FailureHook {
     }
 }
 
-/// The hook's process: its command, with the job's variables and working directory and the
-/// failure's in `TICKD_*` variables.
-fn hook_spec(
+/// What the hook is told of the failure, in `TICKD_*` variables.
+fn failure_vars(
     spec: &JobSpec,
-    argv: Vec<String>,
     run_id: RunId,
     report: &RunReport,
     failures_without_hook: u64,
-) -> ProcessSpec {
-    let (mut vars, cwd) = match &spec.action {
-        Action::Process(p) => (p.env.clone(), p.cwd.clone()),
-        _ => Default::default(),
-    };
+) -> [(String, String); 5] {
     let exit_code = report.exit_code.map(|c| c.to_string()).unwrap_or_default();
-    for (name, value) in [
-        ("TICKD_JOB", spec.name.clone()),
+    [
+        ("TICKD_JOB", spec.name().to_owned()),
         ("TICKD_RUN_ID", run_id.to_string()),
         ("TICKD_EXIT_CODE", exit_code),
         ("TICKD_REASON", report.reason.clone().unwrap_or_default()),
@@ -108,15 +106,8 @@ fn hook_spec(
             "TICKD_FAILURES_WITHOUT_HOOK",
             failures_without_hook.to_string(),
         ),
-    ] {
-        vars.insert(name.to_owned(), value);
-    }
-    ProcessSpec {
-        argv,
-        cwd,
-        env: vars,
-        inherit: spec.env_policy.clone(),
-    }
+    ]
+    .map(|(name, value)| (name.to_owned(), value))
 }
 
 /// A job's `on_failure` slot, freed when the hook's task ends (or unwinds).

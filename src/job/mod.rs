@@ -231,8 +231,8 @@ async fn supervise_actor(
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        tracing::error!(job = %spec.name, "the job's task panicked (a bug: please report it); restarting it from its schedule: {message}");
-        env.metrics.job_task_restarted(&spec.name);
+        tracing::error!(job = %spec.name(), "the job's task panicked (a bug: please report it); restarting it from its schedule: {message}");
+        env.metrics.job_task_restarted(spec.name());
         status.update(|s| s.task_restarts += 1);
         // A task that panics at once must not spin: wait, longer each time.
         tokio::select! {
@@ -296,7 +296,7 @@ mod tests {
             let text = format!("[daemon]\nstate_file = \"unused\"\n[jobs.{name}]\n{schedule}\nhandler = \"record\"\non_missed = \"once\"\n");
             crate::config::parse(std::path::Path::new("jobs.toml"), &text, &handlers)
                 .expect("valid")
-                .jobs[name]
+                .jobs()[name]
                 .clone()
         };
         let stop = CancellationToken::new();
@@ -359,7 +359,7 @@ mod tests {
             &handlers,
         )
         .expect("valid")
-        .jobs["c"]
+        .jobs()["c"]
             .clone();
         let stop = CancellationToken::new();
         let job = JobHandle::spawn(spec, env, stop.clone());
@@ -388,7 +388,7 @@ mod tests {
                 &handlers,
             )
             .expect("valid")
-            .jobs["j"]
+            .jobs()["j"]
                 .clone()
         };
         let env = JobEnv::for_test(Clock::manual(start), handlers.clone(), None);
@@ -446,7 +446,7 @@ mod tests {
             &handlers,
         )
         .expect("valid")
-        .jobs["p"]
+        .jobs()["p"]
         .clone();
         let env = JobEnv::for_test(Clock::manual(start), handlers, None);
         let stop = CancellationToken::new();
@@ -482,7 +482,7 @@ mod tests {
         let env = JobEnv::for_test(clock.clone(), handlers, None);
         let stop = CancellationToken::new();
         let jobs: Vec<JobHandle> = config
-            .jobs
+            .jobs()
             .values()
             .map(|spec| JobHandle::spawn(spec.clone(), env.clone(), stop.clone()))
             .collect();

@@ -70,10 +70,10 @@ impl FireDelay {
     fn of(jitter: Option<Jitter>, job: &str, machine_id: &str) -> Self {
         match jitter {
             None => FireDelay::None,
-            Some(jitter) if jitter.spread => {
-                FireDelay::Stable(stable_delay(machine_id, job, jitter.max))
+            Some(jitter) if jitter.spread() => {
+                FireDelay::Stable(stable_delay(machine_id, job, jitter.max()))
             }
-            Some(jitter) => FireDelay::Random(jitter.max),
+            Some(jitter) => FireDelay::Random(jitter.max()),
         }
     }
 
@@ -118,9 +118,9 @@ impl Plan {
     /// The plan of `spec`, its grid anchored at `now`; `machine_id` seeds `spread` delays.
     pub fn new(spec: &JobSpec, machine_id: &str, now: Now) -> Self {
         Plan {
-            job: spec.name.clone(),
-            schedule: spec.schedule.clone(),
-            delay: FireDelay::of(spec.jitter, &spec.name, machine_id),
+            job: spec.name().to_owned(),
+            schedule: spec.schedule().clone(),
+            delay: FireDelay::of(spec.jitter(), spec.name(), machine_id),
             anchor: now.instant,
             next_index: 0,
         }
@@ -129,9 +129,9 @@ impl Plan {
     /// Takes a new definition; returns whether the schedule changed (then [`Plan::first`] must
     /// be asked again: the grid restarts). An unchanged schedule keeps its grid.
     pub fn update(&mut self, spec: &JobSpec, machine_id: &str) -> bool {
-        self.delay = FireDelay::of(spec.jitter, &spec.name, machine_id);
-        let changed = spec.schedule != self.schedule;
-        self.schedule = spec.schedule.clone();
+        self.delay = FireDelay::of(spec.jitter(), spec.name(), machine_id);
+        let changed = *spec.schedule() != self.schedule;
+        self.schedule = spec.schedule().clone();
         changed
     }
 
@@ -393,7 +393,7 @@ mod tests {
             &Handlers::with_builtins(),
         )
         .expect("valid");
-        (*config.jobs["j"]).clone()
+        (*config.jobs()["j"]).clone()
     }
 
     fn at(text: &str) -> DateTime<Utc> {

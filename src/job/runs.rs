@@ -91,7 +91,7 @@ pub(crate) fn after_failure(
     now: Instant,
     next_fire: Option<Instant>,
 ) -> AfterFailure {
-    let Some(policy) = policy.filter(|policy| attempt < policy.attempts) else {
+    let Some(policy) = policy.filter(|policy| attempt < policy.attempts()) else {
         return AfterFailure::Final;
     };
     let attempt = attempt + 1;
@@ -238,11 +238,7 @@ mod tests {
     #[test]
     fn a_retry_comes_before_the_next_fire_or_not_at_all() {
         let now = Instant::now();
-        let policy = Retry {
-            attempts: 2,
-            backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(60),
-        };
+        let policy = Retry::new(2, Duration::from_secs(1), Duration::from_secs(60)).expect("valid");
         let second = Duration::from_secs(1);
         assert_eq!(after_failure(None, 0, now, None), AfterFailure::Final);
         let retry = after_failure(Some(policy), 0, now, Some(now + 10 * second));

@@ -38,17 +38,17 @@ pub(super) fn plan(
     run_vars: &[(&'static str, String)],
 ) -> io::Result<(ExecPlan, OutputPipe, OutputPipe)> {
     let env = job_environment(spec, run_as, run_vars);
-    let cwd = match &spec.cwd {
-        Some(cwd) => cwd.clone(),
+    let cwd = match spec.cwd() {
+        Some(cwd) => cwd.to_owned(),
         None => std::env::current_dir()?,
     };
-    let program = resolve_program(&spec.argv[0], env.get(OsStr::new("PATH")), &cwd)?;
+    let program = resolve_program(&spec.argv()[0], env.get(OsStr::new("PATH")), &cwd)?;
     let (stdout, stderr, stdio) = standard_streams(output)?;
     let plan = ExecPlan::new(
         &program,
-        &spec.argv,
+        spec.argv(),
         env,
-        spec.cwd.as_deref(),
+        spec.cwd(),
         stdio,
         hardening(run_as),
     )?;
@@ -62,10 +62,10 @@ fn job_environment(
     run_as: Option<&RunAs>,
     run_vars: &[(&'static str, String)],
 ) -> BTreeMap<OsString, OsString> {
-    let policy = &spec.inherit;
-    let mut env: BTreeMap<OsString, OsString> = if policy.clear {
+    let policy = &spec.inherit();
+    let mut env: BTreeMap<OsString, OsString> = if policy.clear() {
         policy
-            .keep
+            .keep()
             .iter()
             .filter_map(|name| Some((name.into(), std::env::var_os(name)?)))
             .collect()
@@ -73,18 +73,18 @@ fn job_environment(
         std::env::vars_os().collect()
     };
     for name in policy
-        .remove
+        .remove()
         .iter()
         .map(String::as_str)
         .chain(NEVER_INHERITED.iter().copied())
     {
         env.remove(OsStr::new(name));
     }
-    env.extend(spec.env.iter().map(|(k, v)| (k.into(), v.into())));
+    env.extend(spec.env().iter().map(|(k, v)| (k.into(), v.into())));
     if let Some(run_as) = run_as {
-        env.insert("HOME".into(), run_as.home.clone().into());
-        env.insert("USER".into(), run_as.user.clone().into());
-        env.insert("LOGNAME".into(), run_as.user.clone().into());
+        env.insert("HOME".into(), run_as.home().into());
+        env.insert("USER".into(), run_as.user().into());
+        env.insert("LOGNAME".into(), run_as.user().into());
     }
     env.extend(run_vars.iter().map(|(k, v)| (k.into(), v.into())));
     env
@@ -135,7 +135,7 @@ fn standard_streams(
 fn hardening(run_as: Option<&RunAs>) -> Hardening {
     Hardening {
         daemon_pid: std::process::id(),
-        credentials: run_as.map(|r| (r.groups.clone(), r.gid, r.uid)),
+        credentials: run_as.map(|r| (r.groups().to_vec(), r.gid(), r.uid())),
         descriptor_limit: CHILD_DESCRIPTOR_LIMIT.get().copied(),
     }
 }

@@ -254,8 +254,8 @@ async fn stop_leftovers(group: Pid, run: &ChildRun<'_>) {
 }
 
 fn describe_spawn_error(spec: &ProcessSpec, err: &io::Error) -> String {
-    let program = &spec.argv[0];
-    match (&spec.cwd, err.kind()) {
+    let program = &spec.argv()[0];
+    match (&spec.cwd(), err.kind()) {
         (Some(cwd), io::ErrorKind::NotFound) if !cwd.is_dir() => format!(
             "cannot start \"{program}\": working directory {} does not exist",
             cwd.display()
