@@ -6,11 +6,7 @@ use std::time::Duration;
 use chrono::Duration as ChronoDuration;
 use tickd::{Control, Stopped};
 
-use crate::support::{times_in, wall, InProcess};
-
-fn t0() -> chrono::DateTime<chrono::Utc> {
-    wall(2026, 1, 1, 0, 0, 0)
-}
+use crate::support::{t0, times_in, wall, InProcess};
 
 #[tokio::test(start_paused = true)]
 async fn every_fires_on_a_drift_free_grid() {
@@ -626,80 +622,4 @@ async fn daemon_max_rss_recycles_the_daemon() {
         }
     );
     assert_eq!(start.elapsed(), Duration::from_secs(1));
-}
-
-/// A socket standing in for the service manager, and the messages it received so far.
-fn manager() -> (
-    tempfile::TempDir,
-    std::os::unix::net::UnixDatagram,
-    std::path::PathBuf,
-) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("notify");
-    let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
-    socket.set_nonblocking(true).expect("nonblocking");
-    (dir, socket, path)
-}
-
-fn received(socket: &std::os::unix::net::UnixDatagram) -> Vec<String> {
-    let mut buf = [0u8; 4096];
-    std::iter::from_fn(|| {
-        let n = socket.recv(&mut buf).ok()?;
-        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
-    })
-    .collect()
-}
-
-/// The supervisor re-created its timers on every pass of its loop: reloads more often than the
-/// watchdog interval starved WATCHDOG=1 (until systemd killed tickd).
-#[tokio::test(start_paused = true)]
-async fn frequent_reloads_do_not_starve_the_watchdog() {
-    let (_manager_dir, socket, path) = manager();
-    // WatchdogSec=2s: a ping every second.
-    let notifier =
-        tickd::notify::Notifier::new(&path, Some(Duration::from_secs(2))).expect("notifier");
-    let config = "[jobs.a]\nevery = \"1s\"\nhandler = \"record\"\n";
-    let d = InProcess::start_with(
-        tempfile::tempdir().expect("tempdir"),
-        config,
-        t0(),
-        Some(notifier),
-    );
-    let mut messages = Vec::new();
-    for _ in 0..20 {
-        d.run_for(400).await;
-        d.send(Control::Reload).await;
-        messages.extend(received(&socket));
-    }
-    d.run_for(100).await;
-    messages.extend(received(&socket));
-    let pings = messages
-        .iter()
-        .filter(|m| m.starts_with("WATCHDOG=1"))
-        .count();
-    // 8.1 s at one ping a second.
-    assert!((7..=9).contains(&pings), "{pings} watchdog pings in 8.1 s");
-    d.shut_down().await;
-}
-
-/// The 1 s sample of the daemon's own memory restarted after every watchdog ping: with
-/// WatchdogSec under 2 s, `max_rss` was never checked.
-#[tokio::test(start_paused = true)]
-async fn watchdog_pings_do_not_postpone_the_max_rss_check() {
-    let (_manager_dir, _socket, path) = manager();
-    let notifier =
-        tickd::notify::Notifier::new(&path, Some(Duration::from_millis(1_000))).expect("notifier");
-    // 1 byte: exceeded at the first sample.
-    let config = "[daemon]\nmax_rss = \"1B\"\n[jobs.a]\nevery = \"1s\"\nhandler = \"record\"\n";
-    let d = InProcess::start_with(
-        tempfile::tempdir().expect("tempdir"),
-        config,
-        t0(),
-        Some(notifier),
-    );
-    let stopped = tokio::time::timeout(Duration::from_secs(5), d.stopped()).await;
-    assert!(
-        matches!(stopped, Ok(Stopped::Recycled { .. })),
-        "max_rss was not checked: {stopped:?}"
-    );
 }

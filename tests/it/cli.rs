@@ -1,0 +1,401 @@
+//! The command line: `run` and `check` on bad files, `next`, `status`, `run-now` and `exec`
+//! against the endpoint, and `import-crontab`.
+
+use std::fs;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::support::{free_port, tickd, Daemon};
+
+#[test]
+fn a_bad_config_at_start_exits_2_before_anything_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("jobs.toml");
+    fs::write(
+        &path,
+        "[jobs.a]\nevery = \"1s\"\nshell = \"touch ran\"\n[jobs.b]\ncron = \"* * *\"\nshell = \"true\"\n",
+    )
+    .expect("write");
+    let out = tickd()
+        .args(["run", "jobs.toml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("run tickd");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("jobs.toml:5:8: job \"b\", key \"cron\""),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("ran").exists());
+
+    let out = tickd()
+        .args(["check", "jobs.toml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("check");
+    assert_eq!(out.status.code(), Some(2));
+    fs::write(&path, "[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\n").expect("write");
+    let out = tickd()
+        .args(["check", "jobs.toml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("check");
+    assert_eq!(out.status.code(), Some(0));
+    let out = tickd()
+        .args(["run", "missing.toml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let out = tickd().arg("frobnicate").output().expect("usage");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn the_shipped_jobs_toml_is_valid() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs.toml");
+    let out = tickd().arg("check").arg(&shipped).output().expect("check");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waiting for a file to settle read a pipe twice: `tickd check` on a FIFO (or `/dev/stdin` for
+/// a user) saw an empty second read, or waited for a second writer for ever.
+#[test]
+fn a_jobs_file_on_a_pipe_is_read_once() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("jobs.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("fifo");
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&fifo)
+                .expect("open");
+            file.write_all(b"[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\n")
+                .expect("write");
+        })
+    };
+    let mut child = crate::support::tickd()
+        .arg("check")
+        .arg(&fifo)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tickd check");
+    let deadline = std::time::Instant::now() + crate::support::PATIENCE;
+    while child.try_wait().expect("try_wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tickd check hung on a FIFO");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    writer.join().expect("writer");
+    let out = child.wait_with_output().expect("output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("OK, 1 jobs"), "{stdout}");
+}
+
+#[test]
+fn next_prints_the_fire_times_the_daemon_uses() {
+    let out = tickd()
+        .args([
+            "next",
+            "--cron",
+            "30 2 * * *",
+            "--tz",
+            "Europe/Berlin",
+            "--after",
+            "2026-03-28T12:00:00Z",
+            "-n",
+            "2",
+        ])
+        .output()
+        .expect("next");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "2026-03-29T03:00:00+02:00\n2026-03-30T02:30:00+02:00\n"
+    );
+    let out = tickd()
+        .args([
+            "next",
+            "--cron",
+            "*/10 * * * * *",
+            "--after",
+            "2026-01-01T00:00:03Z",
+            "-n",
+            "2",
+        ])
+        .output()
+        .expect("next");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "2026-01-01T00:00:10Z\n2026-01-01T00:00:20Z\n"
+    );
+    let out = tickd()
+        .args(["next", "--cron", "61 * * * *"])
+        .output()
+        .expect("next");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn next_shows_aligned_and_spread_fire_times() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(
+        dir.path().join("jobs.toml"),
+        r#"
+[jobs.aligned]
+every = "10s"
+align = true
+handler = "log"
+
+[jobs.spread]
+every = "10s"
+align = true
+jitter = "5s"
+spread = true
+handler = "log"
+
+[jobs.random]
+cron = "0 * * * *"
+timezone = "Europe/Berlin"
+jitter = "30s"
+handler = "log"
+"#,
+    )
+    .expect("write");
+    let out = tickd()
+        .args(["next", "--after", "2026-01-01T00:00:03Z", "-n", "2"])
+        .current_dir(dir.path())
+        .output()
+        .expect("next");
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "aligned (every 10s, aligned):\n  2026-01-01T00:00:10Z\n  2026-01-01T00:00:20Z\n"
+        ),
+        "{stdout}"
+    );
+    let delay =
+        tickd::schedule::stable_delay(&tickd::job::machine_id(), "spread", Duration::from_secs(5));
+    let first = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:10Z").expect("time")
+        + chrono::Duration::from_std(delay).expect("delay");
+    let expected = first.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+    assert!(
+        stdout.contains(&format!("spread (every 10s, aligned):\n  {expected}\n")),
+        "{stdout}"
+    );
+    // Cron jobs show the job's zone and UTC; a random delay is announced.
+    assert!(
+        stdout.contains("random (cron \"0 * * * *\" (Europe/Berlin)):\n  (each run starts after a random delay of up to 30s)\n  2026-01-01T02:00:00+01:00  (2026-01-01T01:00:00Z)\n"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn the_cli_talks_to_the_endpoint_and_exec_runs_a_job_in_the_foreground() {
+    let port = free_port();
+    let config = format!(
+        "[daemon]\nhttp = \"127.0.0.1:{port}\"\n[jobs.hello]\nevery = \"1h\"\nshell = \"echo from-exec; exit 7\"\n[jobs.tick]\nevery = \"100ms\"\nhandler = \"log\"\n"
+    );
+    let mut d = Daemon::start(&config);
+    d.wait_log("HTTP endpoint listening");
+    let cli = |args: &[&str]| {
+        tickd()
+            .args(args)
+            .current_dir(d.dir.path())
+            .output()
+            .expect("cli")
+    };
+    let out = cli(&["status"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("JOB"), "{table}");
+    assert!(
+        table.contains("\nhello ") && table.contains("\ntick "),
+        "{table}"
+    );
+    let out = cli(&["status", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json[0]["name"], "hello");
+    let out = cli(&["run-now", "hello"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d.wait_log("from-exec");
+    assert_eq!(cli(&["run-now", "nope"]).status.code(), Some(1));
+    // exec: no daemon involved; the job's output here, its exit code ours.
+    let out = cli(&["exec", "hello"]);
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from-exec\n");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0);
+}
+
+/// `tickd status` printed an empty table and exited 0 when the endpoint's answer was not the
+/// jobs list (another program on the port, a proxy's error page).
+#[test]
+fn status_fails_clearly_on_an_answer_that_is_not_the_jobs_list() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        if let Some(Ok(mut stream)) = listener.incoming().next() {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 13\r\nConnection: close\r\n\r\n<html></html>",
+            );
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("jobs.toml"),
+        format!("[daemon]\nhttp = \"127.0.0.1:{port}\"\n"),
+    )
+    .expect("config");
+    let out = crate::support::tickd()
+        .current_dir(dir.path())
+        .args(["status", "jobs.toml"])
+        .output()
+        .expect("tickd status");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not the list of jobs"), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "no table: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn import_crontab_round_trips_through_check_and_next() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let crontab = "PATH=/usr/bin:/bin\n# every five minutes\n*/5 * * * * /usr/bin/php /srv/artisan schedule:run\n@reboot /bin/true\n";
+    let import = |extra: &[&str]| {
+        let mut child = tickd()
+            .arg("import-crontab")
+            .args(extra)
+            .env("TZ", "UTC")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("import");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(crontab.as_bytes())
+            .expect("write");
+        child.wait_with_output().expect("output")
+    };
+    // @reboot cannot be translated: exit 2 with the line number...
+    let out = import(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-:line 4: @reboot"));
+    // ... unless asked to skip it.
+    let out = import(&["--skip-invalid"]);
+    assert_eq!(out.status.code(), Some(0));
+    fs::write(dir.path().join("jobs.toml"), &out.stdout).expect("write");
+    let check = tickd()
+        .args(["check", "jobs.toml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("check");
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // `tickd next` on the imported job agrees with the crontab's expression.
+    let after = ["--after", "2026-01-01T00:03:00Z", "-n", "3"];
+    let next_job = tickd()
+        .args(["next", "jobs.toml", "--job", "artisan-schedule-run"])
+        .args(after)
+        .current_dir(dir.path())
+        .output()
+        .expect("next");
+    let next_cron = tickd()
+        .args(["next", "--cron", "*/5 * * * *"])
+        .args(after)
+        .output()
+        .expect("next");
+    let job_times: Vec<String> = String::from_utf8_lossy(&next_job.stdout)
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap_or("").to_owned())
+        .collect();
+    let cron_times: Vec<String> = String::from_utf8_lossy(&next_cron.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(job_times, cron_times);
+    assert_eq!(cron_times[0], "2026-01-01T00:05:00Z");
+}
+
+#[test]
+fn import_crontab_fails_when_stdout_cannot_be_written_but_not_on_a_closed_pipe() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("crontab"), "*/5 * * * * /usr/bin/true\n").expect("write");
+    let import = |stdout: Stdio| {
+        tickd()
+            .args(["import-crontab", "crontab"])
+            .current_dir(dir.path())
+            .env("TZ", "UTC")
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("import")
+    };
+    // A full disk: the jobs file would be cut short, so this is an error.
+    let full = fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let out = import(Stdio::from(full));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("tickd: cannot write the jobs file: "),
+        "{stderr}"
+    );
+    // A reader that went away (`| head`) is not.
+    let (reader, writer) = nix::unistd::pipe().expect("pipe");
+    drop(reader);
+    let out = import(Stdio::from(writer));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("cannot write"), "{stderr}");
+}

@@ -1,0 +1,163 @@
+//! The daemon's own log: JSON lines, and a stderr that is closed, full or never read, which must
+//! stop neither the jobs nor a shutdown.
+
+use std::fs;
+use std::process::Stdio;
+
+use nix::sys::signal::Signal;
+
+use crate::support::{eventually, Daemon};
+
+#[test]
+fn json_logs_carry_the_same_fields() {
+    let d = Daemon::launch(
+        "[jobs.hello]\nevery = \"100ms\"\nshell = \"printf 'bin\\\\377ary\\\\n'\"\n",
+        |command, log| {
+            command
+                .args(["--log-format", "json", "run", "jobs.toml"])
+                .stderr(fs::File::create(log).expect("log file"));
+        },
+    );
+    let log = d.wait_log("run finished");
+    let finished: serde_json::Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "run finished")
+        .expect("a JSON line for a finished run");
+    assert_eq!(finished["job"], "hello");
+    assert_eq!(finished["outcome"], "success");
+    assert_eq!(finished["exit_code"], 0);
+    assert!(finished["run"].is_string() || finished["run"].is_number());
+    let output: serde_json::Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["stream"] == "stdout")
+        .expect("an output line");
+    // Not UTF-8: shown lossily.
+    assert_eq!(output["message"], "bin\u{FFFD}ary");
+    assert_eq!(output["job"], "hello");
+}
+
+#[test]
+fn a_closed_stderr_does_not_stop_scheduling() {
+    let mut d = Daemon::launch(
+        r#"
+[jobs.count]
+every = "50ms"
+shell = "echo tick >> ticks; echo some output"
+"#,
+        |command, _| {
+            command.args(["run", "jobs.toml"]).stderr(Stdio::piped());
+        },
+    );
+    // Close the read end of the daemon's stderr: every log line now fails with EPIPE.
+    drop(d.child.stderr.take());
+    eventually("20 runs after stderr was closed", || {
+        fs::read_to_string(d.path("ticks")).is_ok_and(|t| t.lines().count() >= 20)
+    });
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0);
+}
+
+#[test]
+fn a_full_stderr_does_not_stop_scheduling() {
+    let mut d = Daemon::launch(
+        "[jobs.count]\nevery = \"50ms\"\nshell = \"echo tick >> ticks; echo some output\"\n",
+        |command, _| {
+            command
+                .args(["run", "jobs.toml"])
+                .stdout(fs::File::create("/dev/full").expect("/dev/full"))
+                .stderr(fs::File::create("/dev/full").expect("/dev/full"));
+        },
+    );
+    eventually("20 runs with stdout and stderr full", || {
+        fs::read_to_string(d.path("ticks")).is_ok_and(|t| t.lines().count() >= 20)
+    });
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0);
+}
+
+/// Log lines were written to stderr synchronously by the task that logged them: with stderr on a
+/// pipe nobody reads, every worker blocked in a write, a 5 Hz job stopped firing next to a chatty
+/// in-process job, and SIGTERM was ignored. Lines now go through a bounded queue to a writer
+/// thread; what does not fit is dropped and counted.
+#[test]
+fn a_stderr_pipe_nobody_reads_stalls_neither_jobs_nor_shutdown() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let port = crate::support::free_port();
+    // The read end stays open (so writes block instead of failing) and is not read until the
+    // drops are counted.
+    let (read_end, write_end) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("a pipe for stderr");
+    let mut d = Daemon::launch(
+        &format!(
+            r#"
+[daemon]
+http = "127.0.0.1:{port}"
+
+[jobs.chatty]
+every = "10ms"
+handler = "log"
+
+[jobs.tick]
+every = "200ms"
+shell = "echo x >> ticks"
+"#
+        ),
+        |command, _log| {
+            command
+                .args(["run", "jobs.toml"])
+                .stderr(Stdio::from(write_end));
+        },
+    );
+    let ticks = || std::fs::read_to_string(d.path("ticks")).map_or(0, |text| text.lines().count());
+    crate::support::eventually("the 5 Hz job fires", || ticks() > 0);
+    let first = ticks();
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(10));
+    let fired = ticks() - first;
+    let expected = started.elapsed().as_secs_f64() * 5.0;
+    // Generous: only a stall (the bug took it to 0) must fail this.
+    assert!(
+        fired as f64 >= 0.6 * expected,
+        "{fired} fires in 10 s, {expected:.0} expected"
+    );
+    // The queue fills in seconds more: lines are dropped, and counted.
+    let dropped = || {
+        let metrics = crate::support::http(port, "GET", "/metrics", None).1;
+        crate::support::sample(&metrics, "tickd_log_lines_dropped_total")
+    };
+    crate::support::eventually("dropped log lines are counted", || dropped() > 0.0);
+    // Once stderr is read again, one line tells how many were lost; then it blocks again.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut pipe = std::fs::File::from(read_end);
+        let mut text = Vec::new();
+        let mut buf = [0u8; 65536];
+        while let Ok(n @ 1..) = pipe.read(&mut buf) {
+            text.extend_from_slice(&buf[..n]);
+            let notice = String::from_utf8_lossy(&text)
+                .lines()
+                .find(|l| l.contains("log lines were dropped"))
+                .map(str::to_owned);
+            if let Some(notice) = notice {
+                // Keeps the read end open, unread, for the rest of the test.
+                let _ = tx.send((notice, pipe));
+                return;
+            }
+        }
+    });
+    let (notice, _read_end) = rx
+        .recv_timeout(crate::support::PATIENCE)
+        .expect("a line saying log lines were dropped");
+    let count: u64 = notice
+        .split_once("dropped=")
+        .and_then(|(_, n)| n.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(count > 0 && count as f64 <= dropped(), "{notice}");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0, "SIGTERM with stderr blocked");
+}
