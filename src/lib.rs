@@ -3,8 +3,8 @@
 //! # Theory of operation
 //!
 //! A TOML file is read and validated by [`config::load`] into a [`config::Config`]: the typed
-//! definitions every other module works from (a bad file is refused whole, with each problem
-//! located). [`daemon::run`] then starts what the jobs share ([`action::RunEnv`], the metrics, the
+//! definitions every other module works from, whose fields only `config` can set, so they hold
+//! no invalid value (a bad file is refused whole, with each problem located). [`daemon::run`] then starts what the jobs share ([`action::RunEnv`], the metrics, the
 //! state file) and one task per job ([`job`]); that task is the only owner of its job's state.
 //!
 //! 1. **Plan.** The job's [`job::plan`] says when the next fire is due, as pure maths over a
