@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use chrono_tz::Tz;
@@ -166,7 +167,7 @@ pub(crate) fn next(
     let Some(config) = load_config(file) else {
         return exit::INVALID;
     };
-    let jobs: Vec<&JobSpec> = match job {
+    let jobs: Vec<&Arc<JobSpec>> = match job {
         Some(name) => match config.jobs().get(name) {
             Some(spec) => vec![spec],
             None => {
@@ -177,7 +178,7 @@ pub(crate) fn next(
                 return exit::INVALID;
             }
         },
-        None => config.jobs().values().map(|s| s.as_ref()).collect(),
+        None => config.jobs().values().collect(),
     };
     let machine_id = tickd::job::machine_id();
     let now = Clock::system().read();

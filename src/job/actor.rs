@@ -58,7 +58,7 @@ impl JobActor {
     pub fn new(spec: Arc<JobSpec>, env: Arc<JobEnv>, status: SharedStatus) -> Self {
         let (ended_tx, ended_rx) = mpsc::unbounded_channel();
         let now = env.clock().read();
-        let mut plan = Plan::new(&spec, &env.machine_id, now);
+        let mut plan = Plan::new(spec.clone(), &env.machine_id, now);
         let next = plan.first(now);
         JobActor {
             next,
@@ -472,7 +472,7 @@ impl JobActor {
         self.spec = spec;
         let schedule = self.spec.schedule().to_string();
         self.status.update(|s| s.schedule = schedule);
-        if self.plan.update(&self.spec, &self.env.machine_id) {
+        if self.plan.update(self.spec.clone(), &self.env.machine_id) {
             tracing::info!(job = %self.spec.name(), schedule = %self.spec.schedule(), "schedule changed; the grid restarts now");
             self.next = self.plan.first(self.now());
             // A fixed-delay job with a run going waits for its end.

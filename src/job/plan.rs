@@ -2,6 +2,7 @@
 //! grid for `every` (fixed rate), a delay from the end of the last run (fixed delay), or the
 //! calendar for `cron`, each with the job's jitter. The job's task and `tickd next` both ask it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -105,8 +106,8 @@ pub(crate) struct MissedWhileDown {
 /// When a job fires. Kept by the job's task across fires; see the module doc.
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
-    job: String,
-    schedule: Schedule,
+    /// The definition: shared with the job's task, not copied (a cron schedule is kilobytes).
+    spec: Arc<JobSpec>,
     delay: FireDelay,
     /// Where an `every` grid starts (grid point 0).
     anchor: Instant,
@@ -116,11 +117,10 @@ pub(crate) struct Plan {
 
 impl Plan {
     /// The plan of `spec`, its grid anchored at `now`; `machine_id` seeds `spread` delays.
-    pub fn new(spec: &JobSpec, machine_id: &str, now: Now) -> Self {
+    pub fn new(spec: Arc<JobSpec>, machine_id: &str, now: Now) -> Self {
         Plan {
-            job: spec.name().to_owned(),
-            schedule: spec.schedule().clone(),
             delay: FireDelay::of(spec.jitter(), spec.name(), machine_id),
+            spec,
             anchor: now.instant,
             next_index: 0,
         }
@@ -128,26 +128,26 @@ impl Plan {
 
     /// Takes a new definition; returns whether the schedule changed (then [`Plan::first`] must
     /// be asked again: the grid restarts). An unchanged schedule keeps its grid.
-    pub fn update(&mut self, spec: &JobSpec, machine_id: &str) -> bool {
+    pub fn update(&mut self, spec: Arc<JobSpec>, machine_id: &str) -> bool {
         self.delay = FireDelay::of(spec.jitter(), spec.name(), machine_id);
-        let changed = *spec.schedule() != self.schedule;
-        self.schedule = spec.schedule().clone();
+        let changed = spec.schedule() != self.spec.schedule();
+        self.spec = spec;
         changed
     }
 
     /// Whether fires are calendar times (and so move when the wall clock is stepped).
     pub fn is_calendar(&self) -> bool {
-        matches!(self.schedule, Schedule::Cron(_))
+        matches!(self.spec.schedule(), Schedule::Cron(_))
     }
 
     /// Whether the next fire is counted from the end of the last run.
     pub fn is_fixed_delay(&self) -> bool {
-        matches!(&self.schedule, Schedule::Every(e) if e.mode == EveryMode::FixedDelay)
+        matches!(self.spec.schedule(), Schedule::Every(e) if e.mode == EveryMode::FixedDelay)
     }
 
     /// (Re)starts the plan from `now`: a new grid anchor, and the first fire.
     pub fn first(&mut self, now: Now) -> Option<Due> {
-        match &self.schedule {
+        match self.spec.schedule() {
             Schedule::Every(every) => {
                 self.anchor = now.instant;
                 if every.align {
@@ -169,7 +169,7 @@ impl Plan {
     /// while the daemon was stalled or the run was going are skipped, never caught up. A
     /// fixed-delay job has none while `runs_going` (see [`Plan::after_run`]).
     pub fn after(&mut self, fired: Due, now: Now, runs_going: bool) -> Option<Due> {
-        match &self.schedule {
+        match self.spec.schedule() {
             Schedule::Every(every) if every.mode == EveryMode::FixedRate => {
                 let elapsed = now.instant.saturating_duration_since(self.anchor);
                 self.next_index = next_grid_index(every.period, elapsed).max(self.next_index + 1);
@@ -186,7 +186,7 @@ impl Plan {
 
     /// The fire after the job's last run ended at `now`: only fixed-delay jobs have one.
     pub fn after_run(&self, now: Now) -> Option<Due> {
-        match &self.schedule {
+        match self.spec.schedule() {
             Schedule::Every(every) if every.mode == EveryMode::FixedDelay => {
                 Some(self.delayed(every.period, now))
             }
@@ -196,12 +196,12 @@ impl Plan {
 
     /// The first calendar fire after `after`.
     pub fn calendar_after(&self, after: DateTime<Utc>, now: Now) -> Option<Due> {
-        let Schedule::Cron(cron) = &self.schedule else {
+        let Schedule::Cron(cron) = self.spec.schedule() else {
             return None;
         };
         let next = cron.next_after(after);
         if next.is_none() {
-            tracing::warn!(job = %self.job, "the cron expression has no future fire time; the job will not run again");
+            tracing::warn!(job = %self.spec.name(), "the cron expression has no future fire time; the job will not run again");
         }
         next.map(|wall| {
             self.with_delay(Due {
@@ -217,7 +217,7 @@ impl Plan {
     /// "more than `lateness`" without asking the expression: its fires are whole seconds apart,
     /// and the search is the costliest step of a fire when a thousand jobs share a second.
     pub fn gap_after(&self, due: &Due, lateness: Duration) -> Option<Duration> {
-        match &self.schedule {
+        match self.spec.schedule() {
             Schedule::Every(every) if every.mode == EveryMode::FixedRate => Some(every.period),
             Schedule::Every(_) => None,
             Schedule::Cron(_) if lateness < CRON_RESOLUTION => None,
@@ -249,7 +249,7 @@ impl Plan {
         }
         // Whole nanoseconds since, without chrono's i64 limit (~292 years).
         let since = (now - recorded).to_std().ok()?;
-        match &self.schedule {
+        match self.spec.schedule() {
             Schedule::Every(every) => {
                 let period = every.period.as_nanos().max(1);
                 let periods = since.as_nanos() / period;
@@ -304,8 +304,8 @@ impl Plan {
 /// The next `count` fire times of `spec` after `now`, as a daemon started then would fire them
 /// (each run taking no time): what `tickd next` prints. A random jitter's delay cannot be
 /// told in advance; it is returned instead of being added.
-pub fn upcoming(spec: &JobSpec, machine_id: &str, now: Now, count: usize) -> Upcoming {
-    let mut plan = Plan::new(spec, machine_id, now);
+pub fn upcoming(spec: &Arc<JobSpec>, machine_id: &str, now: Now, count: usize) -> Upcoming {
+    let mut plan = Plan::new(spec.clone(), machine_id, now);
     let random_delay = match plan.delay {
         FireDelay::Random(max) => {
             plan.delay = FireDelay::None;
@@ -385,7 +385,7 @@ mod tests {
     use super::*;
     use crate::handler::Handlers;
 
-    fn spec(body: &str) -> JobSpec {
+    fn spec(body: &str) -> Arc<JobSpec> {
         let text = format!("[jobs.j]\n{body}\nhandler = \"log\"\n");
         let config = crate::config::parse(
             std::path::Path::new("jobs.toml"),
@@ -393,7 +393,7 @@ mod tests {
             &Handlers::with_builtins(),
         )
         .expect("valid");
-        (*config.jobs()["j"]).clone()
+        config.jobs()["j"].clone()
     }
 
     fn at(text: &str) -> DateTime<Utc> {
@@ -412,7 +412,7 @@ mod tests {
     #[test]
     fn a_fixed_rate_grid_skips_the_points_a_stall_passed_over() {
         let start = now("2026-01-01T00:00:00Z");
-        let mut plan = Plan::new(&spec("every = \"10s\""), "m", start);
+        let mut plan = Plan::new(spec("every = \"10s\""), "m", start);
         let first = plan.first(start).expect("a first fire");
         assert_eq!(first.instant - start.instant, Duration::from_secs(10));
         // Fired 35 s late: the points at 20, 30 and 40 s are gone; the next is at 50 s.
@@ -428,7 +428,7 @@ mod tests {
     #[test]
     fn an_aligned_grid_fires_on_multiples_of_its_period_since_the_epoch() {
         let start = now("2026-01-01T12:00:07.300Z");
-        let mut plan = Plan::new(&spec("every = \"10s\"\nalign = true"), "m", start);
+        let mut plan = Plan::new(spec("every = \"10s\"\nalign = true"), "m", start);
         let first = plan.first(start).expect("a first fire");
         assert_eq!(first.scheduled_wall(start), at("2026-01-01T12:00:10Z"));
     }
@@ -436,7 +436,7 @@ mod tests {
     #[test]
     fn a_fixed_delay_job_has_no_next_fire_while_its_run_goes() {
         let start = now("2026-01-01T00:00:00Z");
-        let mut plan = Plan::new(&spec("every = \"5s\"\nmode = \"fixed-delay\""), "m", start);
+        let mut plan = Plan::new(spec("every = \"5s\"\nmode = \"fixed-delay\""), "m", start);
         let first = plan.first(start).expect("a first fire");
         assert_eq!(plan.after(first, start, true), None);
         let ended = start.advanced_to(start.instant + Duration::from_secs(8));
@@ -480,7 +480,7 @@ mod tests {
 
     #[test]
     fn fires_missed_while_down_are_counted_from_the_recorded_one() {
-        let every = Plan::new(&spec("every = \"1m\""), "m", now("2026-01-01T00:00:00Z"));
+        let every = Plan::new(spec("every = \"1m\""), "m", now("2026-01-01T00:00:00Z"));
         let missed = every
             .missed_since(at("2026-01-01T09:00:00Z"), at("2026-01-01T10:00:30Z"))
             .expect("missed");
@@ -492,7 +492,7 @@ mod tests {
         );
 
         let cron = Plan::new(
-            &spec("cron = \"0 0 * * * *\""),
+            spec("cron = \"0 0 * * * *\""),
             "m",
             now("2026-01-01T00:00:00Z"),
         );
