@@ -207,6 +207,14 @@ impl Now {
     }
 }
 
+/// `CLOCK_BOOTTIME`: like the monotonic clock, but it also counts the time the machine was
+/// suspended, so a lease measured with it cannot look younger after a suspend than it is.
+pub fn boot_time() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(Duration::from)
+        .unwrap_or_default()
+}
+
 /// `CLOCK_MONOTONIC` in microseconds, for the service manager's `RELOADING=1`, which wants the
 /// kernel's clock itself (not tokio's, which a test may pause).
 pub fn monotonic_usec() -> u128 {

@@ -89,6 +89,21 @@ pub struct RunContext {
     /// is shutting down after the drain timeout. A handler that ignores it is aborted after the
     /// job's `kill_grace`.
     pub cancel: CancellationToken,
+    /// With `[cluster]`, for a job that fires once per cluster: which fire this is.
+    pub cluster: Option<ClusterFire>,
+}
+
+/// A fire's identity in a cluster: the same on every node, so a job can make its work
+/// idempotent with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterFire {
+    /// `job@slot` (the slot in RFC 3339 with milliseconds): `TICKD_FIRE_ID`, and
+    /// `Idempotency-Key` on HTTP jobs.
+    pub fire_id: String,
+    /// The node that runs it: `TICKD_NODE`.
+    pub node: Arc<str>,
+    /// The epoch of the node's ownership under which it fired.
+    pub epoch: i64,
 }
 
 /// The error a handler returns; its text is logged as the reason of the failed run.

@@ -56,6 +56,7 @@
 pub mod action;
 mod blocking;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod crontab;
 pub mod daemon;

@@ -218,15 +218,19 @@ pub fn offset_past_alignment(period: Duration, since_epoch: Duration) -> Duratio
 /// Hand-written FNV-1a: std's `DefaultHasher` may change between Rust releases, which would
 /// move every job's offset on upgrade; this must stay put.
 pub fn stable_delay(machine: &str, job: &str, max: Duration) -> Duration {
-    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const FNV_PRIME: u64 = 0x0100_0000_01b3;
-    let mut hash = FNV_OFFSET;
-    for byte in machine.bytes().chain([0u8]).chain(job.bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(FNV_PRIME);
-    }
+    let hash = stable_hash(machine.bytes().chain([0u8]).chain(job.bytes()));
     let max_ns = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX).max(1);
     Duration::from_nanos(hash % max_ns)
+}
+
+/// FNV-1a over `bytes`: the same on every machine and every Rust release (what `spread` delays
+/// and a cluster's comparison of its nodes' jobs need; std's hashers promise neither).
+pub fn stable_hash(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0100_0000_01b3;
+    bytes.into_iter().fold(FNV_OFFSET, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(FNV_PRIME)
+    })
 }
 
 #[cfg(test)]

@@ -161,8 +161,9 @@ impl RunReport {
 /// a child gets the variables, an HTTP request the headers, a handler has the same in its
 /// [`RunContext`]. Jobs use them to log and to make their work idempotent; `TICKD_SCHEDULED` is
 /// the due time in RFC 3339 with milliseconds, as the log's `scheduled` field shows it.
-pub fn run_identity(ctx: &RunContext) -> [(&'static str, &'static str, String); 3] {
-    [
+/// In a cluster, `TICKD_FIRE_ID` (`Idempotency-Key`) and `TICKD_NODE` (`X-Tickd-Node`) too.
+pub fn run_identity(ctx: &RunContext) -> Vec<(&'static str, &'static str, String)> {
+    let mut identity = vec![
         ("TICKD_JOB", "X-Tickd-Job", ctx.job.to_string()),
         ("TICKD_RUN_ID", "X-Tickd-Run-Id", ctx.run_id.to_string()),
         (
@@ -171,7 +172,12 @@ pub fn run_identity(ctx: &RunContext) -> [(&'static str, &'static str, String); 
             ctx.scheduled
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         ),
-    ]
+    ];
+    if let Some(fire) = &ctx.cluster {
+        identity.push(("TICKD_FIRE_ID", "Idempotency-Key", fire.fire_id.clone()));
+        identity.push(("TICKD_NODE", "X-Tickd-Node", fire.node.to_string()));
+    }
+    identity
 }
 
 /// Performs one run of `spec`. `ctx.cancel` stops it early; the job's timeout stops it too.
@@ -204,7 +210,10 @@ pub async fn execute(spec: &JobSpec, ctx: RunContext, env: &RunEnv) -> RunReport
             child::report(end)
         }
         Action::Http(http) => {
-            let headers = run_identity(&ctx).map(|(_, header, value)| (header, value));
+            let headers: Vec<(&'static str, String)> = run_identity(&ctx)
+                .into_iter()
+                .map(|(_, header, value)| (header, value))
+                .collect();
             http::run(http, &headers, spec.timeout(), &ctx.cancel, env).await
         }
         Action::Handler(name) => match env.handlers.get(name) {

@@ -46,6 +46,7 @@ pub(crate) fn exec(file: &Path, name: &str) -> u8 {
             run_id: tickd::handler::RunIds::default().next(),
             scheduled: env.clock.wall_now(),
             cancel: tokio_util::sync::CancellationToken::new(),
+            cluster: None,
         };
         let report = tickd::action::execute(&spec, ctx, &env).await;
         if let Some(reason) = &report.reason {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::spec::{OnMissed, OutputMode};
+use super::spec::{OnMissed, OutputMode, Scope};
 use crate::schedule::EveryMode;
 
 /// Parses the text, naming the path of a bad key in the error (`jobs.NAME.key`).
@@ -25,6 +25,20 @@ pub(super) struct RawConfig {
     /// `None` when the file has no `[jobs]` table at all (see
     /// [`Config::no_jobs_on_purpose`](super::Config::no_jobs_on_purpose)).
     pub(super) jobs: Option<BTreeMap<String, Spanned<RawJob>>>,
+    /// `None`: tickd runs alone.
+    pub(super) cluster: Option<Spanned<RawCluster>>,
+}
+
+/// The `[cluster]` table.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    pub(super) postgres: Spanned<String>,
+    pub(super) node: Option<Spanned<String>>,
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) window: Option<Spanned<String>>,
+    pub(super) renew: Option<Spanned<String>>,
+    pub(super) dead_after: Option<Spanned<String>>,
 }
 
 /// The `[daemon]` table.
@@ -73,6 +87,7 @@ pub(super) struct RawJob {
     pub(super) on_failure: Option<Spanned<Vec<String>>>,
     pub(super) user: Option<Spanned<String>>,
     pub(super) group: Option<Spanned<String>>,
+    pub(super) scope: Option<Spanned<Scope>>,
 }
 
 /// A job's `retry = { ... }`.

@@ -40,6 +40,68 @@ pub struct Config {
     /// without it: an empty or truncated file (an editor or a `>` redirect caught mid-write) must
     /// not stop every job.
     pub(in crate::config) no_jobs_on_purpose: bool,
+    /// The `[cluster]` table: `None` when tickd runs alone.
+    pub(in crate::config) cluster: Option<ClusterSettings>,
+}
+
+/// The `[cluster]` table: several tickd share one PostgreSQL so that each fire runs once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// The database, as a `postgres://` URL (a password may come from `PGPASSWORD` instead).
+    pub(in crate::config) postgres: String,
+    /// This node's name, unique in the cluster (default: the host name).
+    pub(in crate::config) node: String,
+    /// The cluster's name: several clusters may share one database.
+    pub(in crate::config) name: String,
+    /// How far ahead the database confirms ownership to the owner at each renewal.
+    pub(in crate::config) window: Duration,
+    /// How often the owner renews (and a follower looks for a dead owner).
+    pub(in crate::config) renew: Duration,
+    /// How long the owner's renewals must have stopped before a follower takes over.
+    pub(in crate::config) dead_after: Duration,
+}
+
+impl ClusterSettings {
+    /// The database, as a `postgres://` URL (it may hold a password: never log it whole).
+    pub fn postgres(&self) -> &str {
+        &self.postgres
+    }
+
+    /// This node's name, unique in the cluster.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The cluster's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How far ahead the database confirms ownership to the owner at each renewal.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// How often the owner renews (and a follower looks for a dead owner).
+    pub fn renew(&self) -> Duration {
+        self.renew
+    }
+
+    /// How long the owner's renewals must have stopped before a follower takes over.
+    pub fn dead_after(&self) -> Duration {
+        self.dead_after
+    }
+}
+
+/// Where a job runs when tickd runs as a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Once per fire in the whole cluster, on the node that owns the cluster.
+    #[default]
+    Cluster,
+    /// On every node (clearing a local cache, rotating local logs).
+    Node,
 }
 
 impl Config {
@@ -77,6 +139,11 @@ impl Config {
     /// not stop every job.
     pub fn no_jobs_on_purpose(&self) -> bool {
         self.no_jobs_on_purpose
+    }
+
+    /// The `[cluster]` table: `None` when tickd runs alone.
+    pub fn cluster(&self) -> Option<&ClusterSettings> {
+        self.cluster.as_ref()
     }
 }
 
@@ -190,6 +257,8 @@ pub struct JobSpec {
     pub(in crate::config) run_as: Option<RunAs>,
     /// What this job's processes (and its `on_failure` hook) inherit of the daemon's environment.
     pub(in crate::config) env_policy: EnvPolicy,
+    /// With `[cluster]`: once per cluster (the default) or on every node.
+    pub(in crate::config) scope: Scope,
 }
 
 impl JobSpec {
@@ -295,6 +364,11 @@ impl JobSpec {
     /// What this job's processes (and its `on_failure` hook) inherit of the daemon's environment.
     pub fn env_policy(&self) -> &EnvPolicy {
         &self.env_policy
+    }
+
+    /// With `[cluster]`: once per cluster (the default) or on every node.
+    pub fn scope(&self) -> Scope {
+        self.scope
     }
 }
 

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::action::RunEnv;
 use crate::clock::Clock;
+use crate::cluster::Cluster;
 use crate::config::{self, Config};
 use crate::handler::Handlers;
 use crate::http::Directory;
@@ -207,6 +208,19 @@ fn start_services(
         run_ids: Arc::default(),
         stop_runs: CancellationToken::new(),
         runs: TaskTracker::new(),
+        cluster: config.cluster().map(|settings| {
+            tracing::info!(
+                node = settings.node(),
+                cluster = settings.name(),
+                "joining the cluster"
+            );
+            Cluster::join(
+                settings,
+                config,
+                options.clock.clone(),
+                background.child_token(),
+            )
+        }),
     })
 }
 
@@ -383,6 +397,12 @@ impl Supervisor {
         };
         for warning in new.warnings() {
             tracing::warn!("{warning}");
+        }
+        if new.cluster() != self.config.cluster() {
+            tracing::warn!("[cluster] changes take effect at the next start");
+        }
+        if let Some(cluster) = &self.env.cluster {
+            cluster.jobs_changed(&new);
         }
         if new.daemon().http() != self.config.daemon().http()
             || new.daemon().http_token() != self.config.daemon().http_token()

@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::action::{self, Outcome, RunReport};
 use crate::clock::{Instant, Now, Sleep};
-use crate::config::{JobSpec, OnMissed};
-use crate::handler::{RunContext, RunId};
+use crate::config::{JobSpec, OnMissed, Scope};
+use crate::handler::{ClusterFire, RunContext, RunId};
 use crate::metrics::JobMetrics;
 use crate::status::{record_run, SharedStatus};
 
@@ -59,6 +59,9 @@ impl JobActor {
         let (ended_tx, ended_rx) = mpsc::unbounded_channel();
         let now = env.clock().read();
         let mut plan = Plan::new(spec.clone(), &env.machine_id, now);
+        if env.cluster.is_some() && spec.scope() == Scope::Cluster {
+            plan = plan.with_cluster_slots();
+        }
         let next = plan.first(now);
         JobActor {
             next,
@@ -280,7 +283,8 @@ impl JobActor {
             JobCommand::Update(spec) => self.update(spec),
             JobCommand::RunNow(reply) => {
                 tracing::info!(job = %self.spec.name(), "run requested through the endpoint");
-                let _ = reply.send(self.fire(Due::at(self.now().instant)));
+                // Asked of this node: it runs here, owner of the cluster or not.
+                let _ = reply.send(self.start_or_overlap(Due::at(self.now().instant)));
             }
             JobCommand::Pause => {
                 tracing::info!(job = %self.spec.name(), "paused");
@@ -304,8 +308,31 @@ impl JobActor {
         }
     }
 
-    /// A fire: start a run, or apply the overlap policy.
+    /// A fire of the schedule. A cluster job fires only on the node that owns the slot.
     fn fire(&mut self, due: Due) -> FireResult {
+        let Some(cluster) = self
+            .env
+            .cluster
+            .as_ref()
+            .filter(|_| self.spec.scope() == Scope::Cluster)
+        else {
+            return self.start_or_overlap(due);
+        };
+        let slot = due.slot(self.now());
+        match cluster.may_fire(slot) {
+            Some(epoch) => self.start_or_overlap(Due {
+                epoch: Some(epoch),
+                ..due
+            }),
+            None => {
+                tracing::debug!(job = %self.spec.name(), slot = %rfc3339_millis(slot), "not this node's fire: it does not own the cluster");
+                FireResult::Skipped
+            }
+        }
+    }
+
+    /// Starts a run for `due`, or applies the overlap policy.
+    fn start_or_overlap(&mut self, due: Due) -> FireResult {
         if self.spec.on_missed() == OnMissed::Once {
             if let Some(state) = &self.env.state {
                 state.record(self.spec.name(), due.scheduled_wall(self.now()));
@@ -444,6 +471,14 @@ impl JobActor {
             run_id,
             scheduled,
             cancel,
+            cluster: due
+                .epoch
+                .zip(self.env.cluster.as_ref())
+                .map(|(epoch, cluster)| ClusterFire {
+                    fire_id: crate::cluster::fire_id(spec.name(), due.slot(now)),
+                    node: Arc::from(cluster.node()),
+                    epoch,
+                }),
         };
         let end = RunEnd {
             spec: spec.clone(),

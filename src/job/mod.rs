@@ -55,6 +55,8 @@ pub(crate) struct JobEnv {
     pub stop_runs: CancellationToken,
     /// Every run of every job: what the shutdown drains.
     pub runs: TaskTracker,
+    /// With `[cluster]`: this node's part in it, asked before a cluster job fires.
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 impl JobEnv {
@@ -73,6 +75,7 @@ impl JobEnv {
             run_ids: Arc::default(),
             stop_runs: CancellationToken::new(),
             runs: TaskTracker::new(),
+            cluster: None,
         })
     }
 

@@ -29,6 +29,8 @@ pub(crate) struct Due {
     pub wall: Option<DateTime<Utc>>,
     /// The jitter delay added before the run starts.
     pub delay: Duration,
+    /// The cluster epoch under which this node may fire it (`None`: alone, or a node job).
+    pub epoch: Option<i64>,
 }
 
 impl Due {
@@ -38,7 +40,14 @@ impl Due {
             instant,
             wall: None,
             delay: Duration::ZERO,
+            epoch: None,
         }
+    }
+
+    /// The slot the fire stands for, without its jitter: the same on every node of a cluster.
+    pub fn slot(&self, now: Now) -> DateTime<Utc> {
+        self.wall
+            .unwrap_or_else(|| now.wall_for_instant(self.instant))
     }
 
     /// When the run should start.
@@ -113,6 +122,11 @@ pub(crate) struct Plan {
     anchor: Instant,
     /// The grid index of the last fire handed out, for fixed-rate `every` schedules.
     next_index: u64,
+    /// Fires are slots the nodes of a cluster agree on: an `every` grid is aligned to the
+    /// epoch, and each grid fire carries its exact wall-clock slot.
+    cluster_slots: bool,
+    /// The wall-clock time of grid point 0, with `cluster_slots`.
+    anchor_wall: Option<DateTime<Utc>>,
 }
 
 impl Plan {
@@ -123,7 +137,16 @@ impl Plan {
             spec,
             anchor: now.instant,
             next_index: 0,
+            cluster_slots: false,
+            anchor_wall: None,
         }
+    }
+
+    /// This plan, for a job that fires once per cluster: its fires are slots every node
+    /// computes alike (see [`Due::slot`]).
+    pub fn with_cluster_slots(mut self) -> Self {
+        self.cluster_slots = true;
+        self
     }
 
     /// Takes a new definition; returns whether the schedule changed (then [`Plan::first`] must
@@ -150,13 +173,16 @@ impl Plan {
         match self.spec.schedule() {
             Schedule::Every(every) => {
                 self.anchor = now.instant;
-                if every.align {
+                if every.align || self.cluster_slots {
                     let since_epoch = now.wall.signed_duration_since(DateTime::UNIX_EPOCH);
                     let offset = offset_past_alignment(
                         every.period,
                         since_epoch.to_std().unwrap_or_default(),
                     );
                     self.anchor = now.instant.checked_sub(offset).unwrap_or(now.instant);
+                    self.anchor_wall = self
+                        .cluster_slots
+                        .then(|| now.wall - chrono::Duration::from_std(offset).unwrap_or_default());
                 }
                 self.next_index = next_grid_index(every.period, now.instant - self.anchor);
                 Some(self.grid_point(every.period))
@@ -205,9 +231,8 @@ impl Plan {
         }
         next.map(|wall| {
             self.with_delay(Due {
-                instant: now.instant_for_wall(wall),
                 wall: Some(wall),
-                delay: Duration::ZERO,
+                ..Due::at(now.instant_for_wall(wall))
             })
         })
     }
@@ -286,7 +311,14 @@ impl Plan {
     }
 
     fn grid_point(&self, period: Duration) -> Due {
-        self.with_delay(Due::at(self.anchor + grid_offset(period, self.next_index)))
+        let offset = grid_offset(period, self.next_index);
+        let wall = self
+            .anchor_wall
+            .map(|anchor| anchor + chrono::Duration::from_std(offset).unwrap_or_default());
+        self.with_delay(Due {
+            wall,
+            ..Due::at(self.anchor + offset)
+        })
     }
 
     fn delayed(&self, period: Duration, now: Now) -> Due {

@@ -12,7 +12,7 @@ use super::http::bound_http_timeout;
 use super::{At, Validator};
 use crate::config::raw::{RawJob, RawOverlap, RawRetry};
 use crate::config::spec::{
-    DaemonSettings, Jitter, JobSpec, OnMissed, Overlap, Retry, RunAs, DEFAULT_KILL_GRACE,
+    DaemonSettings, Jitter, JobSpec, OnMissed, Overlap, Retry, RunAs, Scope, DEFAULT_KILL_GRACE,
 };
 use crate::config::users;
 use crate::config::values::DurationRange;
@@ -24,6 +24,7 @@ impl Validator<'_> {
         name: &str,
         raw: Spanned<RawJob>,
         daemon: &DaemonSettings,
+        clustered: bool,
     ) -> Option<JobSpec> {
         let offset = raw.span().start;
         let raw = raw.into_inner();
@@ -58,6 +59,7 @@ impl Validator<'_> {
             .as_ref()
             .and_then(|v| self.program(v, at("on_failure"), "on_failure command"));
         let run_as = self.run_as(name, &raw);
+        let scope = self.scope(name, &raw, clustered);
 
         if self.problems.len() != problems_before {
             return None;
@@ -85,7 +87,24 @@ impl Validator<'_> {
             on_failure,
             run_as,
             env_policy: daemon.env.clone(),
+            scope,
         })
+    }
+
+    /// Where the job runs in a cluster. A fixed-delay job has no slots the nodes could agree
+    /// on, so with `[cluster]` it must run on every node.
+    fn scope(&mut self, name: &str, raw: &RawJob, clustered: bool) -> Scope {
+        let scope = raw.scope.as_ref().map(|v| *v.get_ref()).unwrap_or_default();
+        if let (true, Scope::Cluster, Some(mode)) = (clustered, scope, &raw.mode) {
+            if *mode.get_ref() == crate::schedule::EveryMode::FixedDelay {
+                self.reject(
+                    mode,
+                    At::job(name, "mode"),
+                    "a fixed-delay job has no slots the nodes of a cluster agree on: use mode = \"fixed-rate\", or scope = \"node\" to run it on every node".to_owned(),
+                );
+            }
+        }
+        scope
     }
 
     /// Job names appear in logs, metrics labels and URLs: a small alphabet keeps them plain.

@@ -7,6 +7,7 @@
 //! [`super::values`]; this file holds the [`Validator`] that locates and collects problems.
 
 mod action;
+mod cluster;
 mod daemon;
 mod http;
 mod job;
@@ -73,10 +74,12 @@ impl<'a> At<'a> {
 impl Validator<'_> {
     fn config(mut self, raw: RawConfig) -> Result<Config, Vec<Problem>> {
         let daemon = self.daemon(&raw.daemon);
+        let cluster = raw.cluster.as_ref().and_then(|v| self.cluster(v));
+        let clustered = raw.cluster.is_some();
         let no_jobs_on_purpose = raw.jobs.as_ref().is_some_and(BTreeMap::is_empty);
         let mut jobs = BTreeMap::new();
         for (name, job) in raw.jobs.unwrap_or_default() {
-            if let Some(spec) = self.job(&name, job, &daemon) {
+            if let Some(spec) = self.job(&name, job, &daemon, clustered) {
                 jobs.insert(name, Arc::new(spec));
             }
         }
@@ -91,6 +94,7 @@ impl Validator<'_> {
             jobs,
             warnings: self.warnings,
             no_jobs_on_purpose,
+            cluster,
         })
     }
 

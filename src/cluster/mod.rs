@@ -1,0 +1,245 @@
+//! Several tickd on one PostgreSQL (`[cluster]`): each fire of a cluster job runs on one node.
+//!
+//! One node owns the cluster at a time, fenced by an epoch and a window of time the database
+//! has confirmed to it (`lease`): the owner fires the slots inside its window, with no database
+//! round trip in front of a fire, and renews the window a few times a second; a follower takes
+//! over only once the owner's renewals have stopped, in one conditional statement that exactly
+//! one follower can win, and its window starts where the old one ended. So two epochs' windows
+//! never overlap and a slot (a fire's scheduled time, the same on every node) is fired by at most
+//! one node: a mistaken takeover costs a gap, never a duplicate. Decisions use the database's
+//! `now()`, never the nodes' clocks; a node's own expiry of its window is measured on
+//! `CLOCK_BOOTTIME`, which a suspend cannot stop.
+//!
+//! The engine does not change shape: a job task asks [`Cluster::may_fire`] before a fire of a
+//! `scope = "cluster"` job, and nothing else knows the cluster exists.
+
+mod lease;
+mod schema;
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::config::{ClusterSettings, Config, Scope};
+
+/// This node's part in a cluster: what job tasks ask before they fire. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    settings: ClusterSettings,
+    /// The hash of the cluster jobs' definitions: a node only takes ownership from a node with
+    /// the same jobs.
+    jobs_hash: Mutex<String>,
+    state: Mutex<State>,
+}
+
+/// What this node knows of its ownership, as of its last statement.
+#[derive(Debug, Clone, Default)]
+struct State {
+    /// `Some` while this node owns the cluster.
+    lease: Option<Lease>,
+    /// The database answered the last statement.
+    connected: bool,
+    /// The round trip of the last statement.
+    round_trip: Option<Duration>,
+    /// Why this node does not take ownership, when it could otherwise (its jobs differ).
+    refusal: Option<String>,
+}
+
+/// A window of ownership confirmed by the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Lease {
+    epoch: i64,
+    /// The slots this owner may fire: `[window_start, claimed_until)`, in the database's time.
+    window_start: DateTime<Utc>,
+    claimed_until: DateTime<Utc>,
+    /// When the window ends by this node's `CLOCK_BOOTTIME`, measured conservatively from
+    /// when the statement that confirmed it was sent.
+    ends_at_boot: Duration,
+}
+
+impl Lease {
+    fn admits(&self, slot: DateTime<Utc>, boot_now: Duration) -> bool {
+        slot >= self.window_start && slot < self.claimed_until && boot_now < self.ends_at_boot
+    }
+}
+
+/// A snapshot of this node's cluster state, for the endpoint and the status report.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ClusterStatus {
+    /// This node's name.
+    pub node: String,
+    /// Whether this node owns the cluster now.
+    pub owner: bool,
+    /// The epoch of this node's ownership, if it owns.
+    pub epoch: Option<i64>,
+    /// How long the confirmed window has left, in milliseconds, if it owns.
+    pub window_left_ms: Option<u64>,
+    /// Whether the database answered the last statement.
+    pub connected: bool,
+    /// The round trip of the last statement, in milliseconds.
+    pub round_trip_ms: Option<f64>,
+    /// Why this node refuses to own (its jobs differ from the owner's).
+    pub refusal: Option<String>,
+}
+
+impl Cluster {
+    /// Joins the cluster of `config` (which must have `[cluster]`): keeps trying to reach the
+    /// database, creates or upgrades the schema, and follows or owns, until `stop`. The database
+    /// need not be up: until it is, this node fires no cluster job.
+    pub fn join(
+        settings: &ClusterSettings,
+        config: &Config,
+        clock: Clock,
+        stop: CancellationToken,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            settings: settings.clone(),
+            jobs_hash: Mutex::new(jobs_hash(config)),
+            state: Mutex::new(State::default()),
+        });
+        tokio::spawn(lease::keep(shared.clone(), clock, stop));
+        Cluster { shared }
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        self.shared.settings.node()
+    }
+
+    /// The epoch under which this node may fire `slot` (a fire's scheduled time), or `None`
+    /// if it may not: it does not own the cluster, or the slot is outside its confirmed window.
+    pub fn may_fire(&self, slot: DateTime<Utc>) -> Option<i64> {
+        let lease = self.shared.lock_state().lease?;
+        lease
+            .admits(slot, crate::clock::boot_time())
+            .then_some(lease.epoch)
+    }
+
+    /// A reload's new jobs: ownership is kept or taken only with the same jobs as the owner's.
+    pub fn jobs_changed(&self, config: &Config) {
+        *self
+            .shared
+            .jobs_hash
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = jobs_hash(config);
+    }
+
+    /// What this node knows of the cluster now.
+    pub fn status(&self) -> ClusterStatus {
+        let state = self.shared.lock_state();
+        let boot_now = crate::clock::boot_time();
+        ClusterStatus {
+            node: self.node().to_owned(),
+            owner: state.lease.is_some_and(|l| boot_now < l.ends_at_boot),
+            epoch: state.lease.map(|l| l.epoch),
+            window_left_ms: state.lease.map(|l| {
+                u64::try_from(l.ends_at_boot.saturating_sub(boot_now).as_millis()).unwrap_or(0)
+            }),
+            connected: state.connected,
+            round_trip_ms: state.round_trip.map(|rtt| rtt.as_secs_f64() * 1000.0),
+            refusal: state.refusal.clone(),
+        }
+    }
+}
+
+impl Shared {
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn jobs_hash(&self) -> String {
+        self.jobs_hash
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// The hash of what the nodes must agree on: the cluster jobs' names, schedules, actions and
+/// run policies (not what may differ by machine, such as a user's uid).
+pub fn jobs_hash(config: &Config) -> String {
+    let mut text = String::new();
+    for spec in config.jobs().values() {
+        if spec.scope() != Scope::Cluster {
+            continue;
+        }
+        text.push_str(&format!(
+            "{}\u{0}{}\u{0}{:?}\u{0}{:?}\u{0}{:?}\u{0}{:?}\u{0}{:?}\u{1}",
+            spec.name(),
+            spec.schedule(),
+            spec.action(),
+            spec.overlap(),
+            spec.timeout(),
+            spec.retry(),
+            spec.jitter(),
+        ));
+    }
+    format!("{:016x}", crate::schedule::stable_hash(text.bytes()))
+}
+
+/// The identity of one fire in the cluster, the same on every node: `job@slot`.
+pub fn fire_id(job: &str, slot: DateTime<Utc>) -> String {
+    format!(
+        "{job}@{}",
+        slot.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .expect("time")
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn a_lease_admits_only_its_slots_and_only_until_it_ends() {
+        let lease = Lease {
+            epoch: 3,
+            window_start: at("2026-01-01T00:00:10Z"),
+            claimed_until: at("2026-01-01T00:00:11Z"),
+            ends_at_boot: Duration::from_secs(100),
+        };
+        let early = Duration::from_secs(99);
+        assert!(lease.admits(at("2026-01-01T00:00:10Z"), early));
+        assert!(lease.admits(at("2026-01-01T00:00:10.800Z"), early));
+        // The next epoch's window starts at `claimed_until`: not this one's.
+        assert!(!lease.admits(at("2026-01-01T00:00:11Z"), early));
+        assert!(!lease.admits(at("2026-01-01T00:00:09.999Z"), early));
+        // A node that was stopped or suspended past its window fires nothing more.
+        assert!(!lease.admits(at("2026-01-01T00:00:10.500Z"), Duration::from_secs(100)));
+    }
+
+    #[test]
+    fn nodes_with_the_same_cluster_jobs_agree_and_node_jobs_do_not_count() {
+        let parse = |text: &str| {
+            crate::config::parse(
+                std::path::Path::new("jobs.toml"),
+                text,
+                &crate::Handlers::with_builtins(),
+            )
+            .expect("valid")
+        };
+        let base = "[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\n";
+        let with_local =
+            format!("{base}[jobs.b]\nevery = \"5s\"\nscope = \"node\"\nhandler = \"log\"\n");
+        let changed = "[jobs.a]\nevery = \"2s\"\nhandler = \"log\"\n";
+        assert_eq!(jobs_hash(&parse(base)), jobs_hash(&parse(&with_local)));
+        assert_ne!(jobs_hash(&parse(base)), jobs_hash(&parse(changed)));
+        assert_eq!(
+            fire_id("a", at("2026-01-01T00:00:10Z")),
+            "a@2026-01-01T00:00:10.000Z"
+        );
+    }
+}

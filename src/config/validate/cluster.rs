@@ -1,0 +1,164 @@
+//! The `[cluster]` table.
+
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::{At, Validator};
+use crate::config::raw::RawCluster;
+use crate::config::spec::ClusterSettings;
+use crate::config::values::DurationRange;
+
+/// The default confirmed window: a node cut off from the database stops firing within it.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(1);
+/// The default renewal interval.
+pub const DEFAULT_RENEW: Duration = Duration::from_millis(200);
+/// The default time without renewals after which a follower takes over.
+pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(1);
+
+impl Validator<'_> {
+    /// The cluster settings; `None` (with the problems reported) if they are not usable.
+    pub(super) fn cluster(&mut self, raw: &Spanned<RawCluster>) -> Option<ClusterSettings> {
+        let problems_before = self.problems.len();
+        let at = At::daemon;
+        let cluster = raw.get_ref();
+        let url = &cluster.postgres;
+        if let Err(err) = url.get_ref().parse::<tokio_postgres::Config>() {
+            // The message never repeats the URL: it may hold a password.
+            self.reject(
+                url,
+                at("cluster.postgres"),
+                format!("not a PostgreSQL URL (postgres://user@host/database): {err}"),
+            );
+        }
+        let node = match &cluster.node {
+            Some(node) => self.plain_name(node, at("cluster.node")),
+            None => host_name(),
+        };
+        let name = match &cluster.name {
+            Some(name) => self.plain_name(name, at("cluster.name")),
+            None => "default".to_owned(),
+        };
+        let mut duration = |value: &Option<Spanned<String>>, key, default| {
+            value
+                .as_ref()
+                .and_then(|v| self.duration(v, at(key), DurationRange::PERIOD))
+                .unwrap_or(default)
+        };
+        let window = duration(&cluster.window, "cluster.window", DEFAULT_WINDOW);
+        let renew = duration(&cluster.renew, "cluster.renew", DEFAULT_RENEW);
+        let dead_after = duration(
+            &cluster.dead_after,
+            "cluster.dead_after",
+            DEFAULT_DEAD_AFTER,
+        );
+        // A window the owner cannot renew before it ends leaves gaps; a follower that takes over
+        // while the owner's window is still open starts after it, so `dead_after` below the
+        // window only delays the takeover: refuse what cannot be meant.
+        if renew >= window {
+            self.report(
+                raw.span().start,
+                None,
+                Some("cluster.renew"),
+                format!(
+                    "renew ({}) must be shorter than window ({}): the owner would let its window run out between renewals",
+                    humantime::format_duration(renew),
+                    humantime::format_duration(window)
+                ),
+            );
+        }
+        if dead_after < window {
+            self.report(
+                raw.span().start,
+                None,
+                Some("cluster.dead_after"),
+                format!(
+                    "dead_after ({}) must be at least window ({}): a follower may only take over once the owner's window has ended",
+                    humantime::format_duration(dead_after),
+                    humantime::format_duration(window)
+                ),
+            );
+        }
+        (self.problems.len() == problems_before).then(|| ClusterSettings {
+            postgres: url.get_ref().clone(),
+            node,
+            name,
+            window,
+            renew,
+            dead_after,
+        })
+    }
+
+    /// A node or cluster name: shown in logs and stored in the database, so plain.
+    fn plain_name(&mut self, value: &Spanned<String>, at: At<'_>) -> String {
+        let name = value.get_ref();
+        let plain = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !plain {
+            self.reject(
+                value,
+                at,
+                "use 1 to 64 letters, digits, '-', '_' and '.'".to_owned(),
+            );
+        }
+        name.clone()
+    }
+}
+
+/// The machine's host name: a node's default name.
+fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "node".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testing::{check, error};
+
+    const JOB: &str = "[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\n";
+
+    #[test]
+    fn a_cluster_table_validates_with_defaults() {
+        let config = check(&format!(
+            "[cluster]\npostgres = \"postgres://tickd@db/app\"\nnode = \"web-1\"\n{JOB}"
+        ))
+        .expect("valid");
+        let cluster = config.cluster().expect("a cluster");
+        assert_eq!(
+            (cluster.node(), cluster.name(), cluster.window()),
+            ("web-1", "default", super::DEFAULT_WINDOW)
+        );
+        assert!(check(JOB).expect("valid").cluster().is_none());
+    }
+
+    #[test]
+    fn cluster_problems_are_located_and_never_show_the_password() {
+        let msg = error(&format!(
+            "[cluster]\npostgres = \"mysql://u:s3cret@db/app\"\nnode = \"web 1\"\n{JOB}"
+        ));
+        assert!(msg.contains("key \"cluster.postgres\""), "{msg}");
+        assert!(!msg.contains("s3cret"), "{msg}");
+        assert!(msg.contains("key \"cluster.node\""), "{msg}");
+        let msg = error(&format!(
+            "[cluster]\npostgres = \"postgres://db/app\"\nrenew = \"2s\"\n{JOB}"
+        ));
+        assert!(
+            msg.contains("renew (2s) must be shorter than window (1s)"),
+            "{msg}"
+        );
+        let msg = error(
+            "[cluster]\npostgres = \"postgres://db/app\"\n[jobs.a]\nevery = \"1s\"\nmode = \"fixed-delay\"\nhandler = \"log\"\n",
+        );
+        assert!(
+            msg.contains("key \"mode\": a fixed-delay job has no slots"),
+            "{msg}"
+        );
+        assert!(check("[cluster]\npostgres = \"postgres://db/app\"\n[jobs.a]\nevery = \"1s\"\nmode = \"fixed-delay\"\nscope = \"node\"\nhandler = \"log\"\n").is_ok());
+    }
+}
