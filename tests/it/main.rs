@@ -1,12 +1,15 @@
 //! The integration-test binary, one module per area. `scheduling` and `extremes` run the daemon in
 //! process on paused time and a manual wall clock; the others run the real `tickd` binary end to
-//! end in a temp dir. `support` holds the fixtures they share.
+//! end in a temp dir. `support` holds the fixtures they share; `postgres` a throw-away PostgreSQL
+//! server for `cluster`, which runs three replicas on it.
 
 mod cli;
+mod cluster;
 mod endpoint;
 mod extremes;
 mod logging;
 mod orphans;
+mod postgres;
 mod process;
 mod reload;
 mod runs;

@@ -1,0 +1,700 @@
+//! The cluster (`[cluster]`, issue 15): three replicas of the real binary, each in a temp dir of its
+//! own with the same jobs (the files differ only in `node`), coordinating through a throw-away
+//! PostgreSQL ([`Postgres`]). Every run appends `job slot node fire-id` to one shared file, which a
+//! thread tails (complete lines only, each stamped with when it was first seen); the tests crash,
+//! pause and stop things by pid and assert on that file, with generous bounds: this is wall-clock
+//! time on a small, shared machine.
+//!
+//! The jobs: `fast` (every 200 ms), `second` (every 1 s) and `cron` (`* * * * * *`). `every` jobs
+//! of a cluster sit on a grid aligned to the epoch, so a slot is the same on every node.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use nix::sys::signal::Signal;
+use tempfile::TempDir;
+
+use crate::postgres::Postgres;
+use crate::support::{eventually, Daemon, PATIENCE};
+
+/// The replicas' node names.
+const NODES: [&str; 3] = ["n1", "n2", "n3"];
+/// The cluster timings the jobs file sets (the defaults, written out so that the bounds below
+/// follow from them): the confirmed window, the renewal interval, when an owner counts as dead.
+const WINDOW: Duration = Duration::from_secs(1);
+const RENEW: Duration = Duration::from_millis(200);
+const DEAD_AFTER: Duration = Duration::from_secs(1);
+/// The largest gap between consecutive `fast` slots across a failover. The documented bound is
+/// 1.5 s (`DEAD_AFTER` + a renewal, the new window starting where the old one ends); this machine
+/// is noisy, so the test allows more. A lost owner that is never replaced still fails it.
+const FAILOVER_GAP: Duration = Duration::from_millis(2500);
+/// How long after its window ends a fire may still show up in the file (a child to start and
+/// append its line).
+const APPEND_SLACK: Duration = Duration::from_millis(500);
+/// The `fast` job's period.
+const FAST: Duration = Duration::from_millis(200);
+
+/// One cluster test at a time: each runs three daemons and a database, and measures gaps.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn delta(d: Duration) -> TimeDelta {
+    TimeDelta::from_std(d).expect("a short duration")
+}
+
+/// One line of the shared file: a run of `job` for `slot` on `node`.
+#[derive(Debug, Clone)]
+struct Run {
+    job: String,
+    slot: DateTime<Utc>,
+    /// `TICKD_SCHEDULED` as given.
+    slot_text: String,
+    node: String,
+    /// `TICKD_FIRE_ID` as given.
+    fire_id: String,
+    /// When the tailing thread first saw the line (within ~20 ms of its append).
+    seen: DateTime<Utc>,
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} on {} (seen {})",
+            self.job,
+            self.slot_text,
+            self.node,
+            self.seen.format("%H:%M:%S%.3f")
+        )
+    }
+}
+
+/// `job slot node fire-id`, or None.
+fn parse_run(line: &str, seen: DateTime<Utc>) -> Option<Run> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let [job, slot_text, node, fire_id] = fields[..] else {
+        return None;
+    };
+    let slot = DateTime::parse_from_rfc3339(slot_text)
+        .ok()?
+        .with_timezone(&Utc);
+    Some(Run {
+        job: job.to_owned(),
+        slot,
+        slot_text: slot_text.to_owned(),
+        node: node.to_owned(),
+        fire_id: fire_id.to_owned(),
+        seen,
+    })
+}
+
+#[derive(Default)]
+struct Tailed {
+    runs: Vec<Run>,
+    /// Complete lines that are not `job slot node fire-id` (a variable missing, say).
+    malformed: Vec<String>,
+}
+
+/// A thread that reads the lines appended to a file every 20 ms, keeping a partial last line until
+/// its newline arrives; stops on drop.
+struct Tail {
+    tailed: Arc<Mutex<Tailed>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Tail {
+    fn start(path: PathBuf) -> Tail {
+        let tailed = Arc::new(Mutex::new(Tailed::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (tailed, stop) = (tailed.clone(), stop.clone());
+            thread::spawn(move || {
+                let mut offset = 0;
+                let mut pending = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    offset += read_from(&path, offset, &mut pending);
+                    let seen = Utc::now();
+                    let mut tailed = tailed.lock().unwrap_or_else(PoisonError::into_inner);
+                    while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                        let line: Vec<u8> = pending.drain(..=end).collect();
+                        let line = String::from_utf8_lossy(&line[..end]).into_owned();
+                        match parse_run(&line, seen) {
+                            Some(run) => tailed.runs.push(run),
+                            None => tailed.malformed.push(line),
+                        }
+                    }
+                    drop(tailed);
+                    thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        Tail {
+            tailed,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The runs so far, in the order of the file; fails on a malformed line.
+    fn runs(&self) -> Vec<Run> {
+        let tailed = self.tailed.lock().unwrap_or_else(PoisonError::into_inner);
+        assert!(
+            tailed.malformed.is_empty(),
+            "lines that are not `$TICKD_JOB $TICKD_SCHEDULED $TICKD_NODE $TICKD_FIRE_ID` \
+             (a variable missing?): {:?}",
+            tailed.malformed
+        );
+        tailed.runs.clone()
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Appends what `path` holds past `offset` to `buf`; returns how many bytes that was (0 while the
+/// file does not exist yet).
+fn read_from(path: &Path, offset: u64, buf: &mut Vec<u8>) -> u64 {
+    let Ok(mut file) = fs::File::open(path) else {
+        return 0;
+    };
+    if file.seek(SeekFrom::Start(offset)).is_err() {
+        return 0;
+    }
+    file.read_to_end(buf).map_or(0, |n| n as u64)
+}
+
+/// A replica's jobs file: the same for every node but for `node`.
+fn jobs_file(postgres: &str, node: &str, runs: &Path) -> String {
+    let shell = format!(
+        r#"echo \"$TICKD_JOB $TICKD_SCHEDULED $TICKD_NODE $TICKD_FIRE_ID\" >> '{}'"#,
+        runs.display()
+    );
+    format!(
+        r#"
+[cluster]
+postgres = "{postgres}"
+node = "{node}"
+name = "test"
+window = "{window}"
+renew = "{renew}"
+dead_after = "{dead_after}"
+
+[jobs.fast]
+every = "200ms"
+shell = "{shell}"
+
+[jobs.second]
+every = "1s"
+shell = "{shell}"
+
+[jobs.cron]
+cron = "* * * * * *"
+shell = "{shell}"
+"#,
+        window = humantime::format_duration(WINDOW),
+        renew = humantime::format_duration(RENEW),
+        dead_after = humantime::format_duration(DEAD_AFTER),
+    )
+}
+
+/// A database, three replicas on it and the tail of their shared file. Dropping it kills every
+/// replica by pid (SIGKILL works on a stopped one too), then stops the database: a failed
+/// assertion leaves nothing running.
+struct Cluster {
+    /// `(node, daemon)`, in `NODES` order; dropped first.
+    replicas: Vec<(String, Daemon)>,
+    tail: Tail,
+    pg: Postgres,
+    /// Holds the shared `runs.txt`.
+    shared: TempDir,
+}
+
+impl Cluster {
+    /// Starts a fresh database, then the three replicas at the same instant (one spawn after the
+    /// other, before waiting for any: they race to create the schema), and waits until each is
+    /// scheduling.
+    fn start() -> Cluster {
+        let pg = Postgres::start();
+        let shared = tempfile::tempdir().expect("tempdir");
+        let runs = shared.path().join("runs.txt");
+        let replicas: Vec<(String, Daemon)> = NODES
+            .iter()
+            .map(|node| {
+                let config = jobs_file(&pg.url(), node, &runs);
+                let daemon = Daemon::launch(&config, |command, log| {
+                    command
+                        .args(["run", "jobs.toml"])
+                        .stderr(fs::File::create(log).expect("log file"));
+                });
+                ((*node).to_owned(), daemon)
+            })
+            .collect();
+        let tail = Tail::start(runs);
+        let mut cluster = Cluster {
+            replicas,
+            tail,
+            pg,
+            shared,
+        };
+        for node in NODES {
+            cluster.wait_scheduling(node);
+        }
+        cluster
+    }
+
+    /// Waits until `node` logs that it is scheduling; fails at once if it exits instead.
+    fn wait_scheduling(&mut self, node: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let daemon = self.replica_mut(node);
+            if daemon.log().contains("scheduler started") {
+                return;
+            }
+            if let Some(status) = daemon.child.try_wait().expect("try_wait") {
+                panic!(
+                    "replica {node} exited ({status}) instead of starting; log:\n{}",
+                    daemon.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {node} did not start; log:\n{}",
+                daemon.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn replica(&self, node: &str) -> &Daemon {
+        self.replicas
+            .iter()
+            .find(|(n, _)| n == node)
+            .map(|(_, d)| d)
+            .expect("a replica of that name")
+    }
+
+    fn replica_mut(&mut self, node: &str) -> &mut Daemon {
+        self.replicas
+            .iter_mut()
+            .find(|(n, _)| n == node)
+            .map(|(_, d)| d)
+            .expect("a replica of that name")
+    }
+
+    /// Sends `signal` to `node`'s tickd, by pid.
+    fn signal(&self, node: &str, signal: Signal) {
+        self.replica(node).signal(signal);
+    }
+
+    fn runs(&self) -> Vec<Run> {
+        self.tail.runs()
+    }
+
+    /// Waits until at least `n` runs of `fast` are in the file.
+    fn wait_fast_runs(&self, n: usize) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.runs().iter().filter(|r| r.job == "fast").count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} runs of `fast` in {PATIENCE:?}\n{}",
+                self.diagnostics()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The owner: the node that ran the latest slot.
+    fn owner(&self) -> String {
+        let runs = self.runs();
+        let latest = runs
+            .iter()
+            .max_by_key(|r| r.slot)
+            .unwrap_or_else(|| panic!("no runs yet\n{}", self.diagnostics()));
+        latest.node.clone()
+    }
+
+    /// Fails unless every replica but `except` still runs.
+    fn assert_running(&mut self, except: &[&str]) {
+        for node in NODES.iter().filter(|n| !except.contains(n)) {
+            let exited = self.replica_mut(node).child.try_wait().expect("try_wait");
+            assert!(
+                exited.is_none(),
+                "replica {node} exited ({exited:?})\n{}",
+                self.diagnostics()
+            );
+        }
+    }
+
+    /// For failure messages: every run so far, the end of each replica's log and of the server's.
+    fn diagnostics(&self) -> String {
+        let tailed = self
+            .tail
+            .tailed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut text = format!(
+            "runs file {}:\n",
+            self.shared.path().join("runs.txt").display()
+        );
+        for run in &tailed.runs {
+            text += &format!("  {run}\n");
+        }
+        for line in &tailed.malformed {
+            text += &format!("  malformed: {line:?}\n");
+        }
+        drop(tailed);
+        for (node, daemon) in &self.replicas {
+            text += &format!("--- log of {node} (pid {}), end:\n", daemon.child.id());
+            text += &last_lines(&daemon.log(), 40);
+        }
+        text += "--- PostgreSQL's log, end:\n";
+        text += &last_lines(&self.pg.server_log(), 20);
+        text
+    }
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = lines[lines.len().saturating_sub(n)..].join("\n");
+    out.push('\n');
+    out
+}
+
+/// Fails if any `(job, slot)` ran more than once, naming the nodes that ran it.
+fn assert_each_slot_once(runs: &[Run], cluster: &Cluster) {
+    let mut nodes: BTreeMap<(&str, DateTime<Utc>), Vec<&str>> = BTreeMap::new();
+    for run in runs {
+        nodes
+            .entry((&run.job, run.slot))
+            .or_default()
+            .push(&run.node);
+    }
+    let twice: Vec<String> = nodes
+        .iter()
+        .filter(|(_, nodes)| nodes.len() > 1)
+        .map(|((job, slot), nodes)| format!("{job} {slot:?} on {nodes:?}"))
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "slots that ran more than once: {twice:#?}\n{}",
+        cluster.diagnostics()
+    );
+}
+
+/// Fails unless every run's fire id is `job@slot`, its node one of the replicas, and its slot on
+/// its job's epoch-aligned grid (the same on every node).
+fn assert_identities(runs: &[Run], cluster: &Cluster) {
+    for run in runs {
+        let grid_ms = if run.job == "fast" { 200 } else { 1000 };
+        let ok = run.fire_id == format!("{}@{}", run.job, run.slot_text)
+            && NODES.contains(&run.node.as_str())
+            && run.slot.timestamp_subsec_millis() % grid_ms == 0;
+        assert!(
+            ok,
+            "a run with fire id {:?}, node {:?}, slot {}: want fire id `job@slot`, a replica's \
+             node, a slot on the job's grid\n{}",
+            run.fire_id,
+            run.node,
+            run.slot_text,
+            cluster.diagnostics()
+        );
+    }
+}
+
+/// The sorted slots `job` ran.
+fn slots(runs: &[Run], job: &str) -> Vec<DateTime<Utc>> {
+    let set: BTreeSet<DateTime<Utc>> = runs
+        .iter()
+        .filter(|r| r.job == job)
+        .map(|r| r.slot)
+        .collect();
+    set.into_iter().collect()
+}
+
+/// The largest gap between consecutive `fast` slots from the last one before `event` up to `end`
+/// (`end` counts as a slot: an owner lost for good is a gap too), with where it starts.
+fn largest_fast_gap(
+    runs: &[Run],
+    event: DateTime<Utc>,
+    end: DateTime<Utc>,
+    cluster: &Cluster,
+) -> (TimeDelta, DateTime<Utc>) {
+    let slots = slots(runs, "fast");
+    let before = slots
+        .iter()
+        .rposition(|s| *s <= event)
+        .unwrap_or_else(|| panic!("no `fast` slot before {event}\n{}", cluster.diagnostics()));
+    let mut points: Vec<DateTime<Utc>> = slots[before..].to_vec();
+    points.push(end);
+    points
+        .windows(2)
+        .map(|pair| (pair[1] - pair[0], pair[0]))
+        .max()
+        .expect("two points")
+}
+
+#[test]
+fn a_killed_owner_is_replaced_and_no_slot_runs_twice() {
+    let _serial = serial();
+    let mut cluster = Cluster::start();
+    cluster.wait_fast_runs(5);
+    let owner = cluster.owner();
+    let killed_at = Utc::now();
+    cluster.signal(&owner, Signal::SIGKILL);
+    let _ = cluster.replica_mut(&owner).wait_exit();
+    thread::sleep(Duration::from_secs(4));
+    let end = Utc::now();
+    cluster.assert_running(&[owner.as_str()]);
+    let runs = cluster.runs();
+
+    assert_each_slot_once(&runs, &cluster);
+    assert_identities(&runs, &cluster);
+    let successor: BTreeSet<&str> = runs
+        .iter()
+        .filter(|r| r.slot > killed_at && r.node != owner)
+        .map(|r| r.node.as_str())
+        .collect();
+    assert!(
+        !successor.is_empty(),
+        "no other node fired after {owner} was killed at {killed_at}\n{}",
+        cluster.diagnostics()
+    );
+    let (gap, from) = largest_fast_gap(&runs, killed_at, end, &cluster);
+    assert!(
+        gap <= delta(FAILOVER_GAP),
+        "`fast` went {gap} without a slot from {from} ({owner} killed at {killed_at}); bound \
+         {FAILOVER_GAP:?}\n{}",
+        cluster.diagnostics()
+    );
+}
+
+#[test]
+fn a_stopped_owner_fires_nothing_it_no_longer_owns() {
+    let _serial = serial();
+    let mut cluster = Cluster::start();
+    cluster.wait_fast_runs(5);
+    let owner = cluster.owner();
+    let stopped_at = Utc::now();
+    cluster.signal(&owner, Signal::SIGSTOP);
+    thread::sleep(Duration::from_secs(4));
+    let continued_at = Utc::now();
+    cluster.signal(&owner, Signal::SIGCONT);
+    // Long enough for the woken node to fire whatever it (wrongly) still thinks is its own.
+    thread::sleep(Duration::from_secs(3));
+    let end = Utc::now();
+    cluster.assert_running(&[]);
+    let runs = cluster.runs();
+
+    assert_each_slot_once(&runs, &cluster);
+    let takeover = runs
+        .iter()
+        .filter(|r| r.slot > stopped_at && r.node != owner)
+        .map(|r| r.slot)
+        .min()
+        .unwrap_or_else(|| {
+            panic!(
+                "no other node fired while {owner} was stopped (from {stopped_at})\n{}",
+                cluster.diagnostics()
+            )
+        });
+    let stale: Vec<String> = runs
+        .iter()
+        .filter(|r| r.node == owner && r.seen > continued_at && r.slot >= takeover)
+        .map(Run::to_string)
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "{owner}, woken at {continued_at}, fired slots from the takeover on ({takeover}): \
+         {stale:#?}\n{}",
+        cluster.diagnostics()
+    );
+    let (gap, from) = largest_fast_gap(&runs, stopped_at, end, &cluster);
+    assert!(
+        gap <= delta(FAILOVER_GAP),
+        "`fast` went {gap} without a slot from {from} ({owner} stopped at {stopped_at}); bound \
+         {FAILOVER_GAP:?}\n{}",
+        cluster.diagnostics()
+    );
+}
+
+// Enabled when the handoff lands: make it a #[test] (and drop the allow). It is compiled (so it
+// keeps up with the fixtures) but not run, since `.ci/run` runs the ignored tests too.
+#[allow(dead_code)]
+fn a_terminated_owner_hands_off_without_losing_a_second_job_slot() {
+    let _serial = serial();
+    let mut cluster = Cluster::start();
+    cluster.wait_fast_runs(5);
+    let owner = cluster.owner();
+    let terminated_at = Utc::now();
+    cluster.signal(&owner, Signal::SIGTERM);
+    let code = cluster.replica_mut(&owner).wait_exit();
+    assert_eq!(code, 0, "{owner} after SIGTERM\n{}", cluster.diagnostics());
+    thread::sleep(Duration::from_secs(3));
+    cluster.assert_running(&[owner.as_str()]);
+    let runs = cluster.runs();
+
+    assert_each_slot_once(&runs, &cluster);
+    // The jobs of 1 s: not one slot lost between the first and the last, across the handoff.
+    for job in ["second", "cron"] {
+        let slots = slots(&runs, job);
+        assert!(
+            slots.first().is_some_and(|s| *s < terminated_at)
+                && slots
+                    .last()
+                    .is_some_and(|s| *s > terminated_at + TimeDelta::seconds(1)),
+            "`{job}` did not run on both sides of the handoff at {terminated_at}\n{}",
+            cluster.diagnostics()
+        );
+        let missing: Vec<String> = slots
+            .windows(2)
+            .filter(|pair| pair[1] - pair[0] != TimeDelta::seconds(1))
+            .map(|pair| format!("between {} and {}", pair[0], pair[1]))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "`{job}` lost slots across the handoff ({owner} terminated at {terminated_at}): \
+             {missing:#?}\n{}",
+            cluster.diagnostics()
+        );
+    }
+    assert!(
+        runs.iter()
+            .any(|r| r.slot > terminated_at && r.node != owner),
+        "no other node fired after the handoff\n{}",
+        cluster.diagnostics()
+    );
+}
+
+#[test]
+fn the_database_gone_stops_firing_and_it_resumes_without_a_burst() {
+    let _serial = serial();
+    let mut cluster = Cluster::start();
+    cluster.wait_fast_runs(5);
+    cluster.pg.stop_immediate();
+    let stopped_at = Utc::now();
+    thread::sleep(Duration::from_secs(3));
+    let restarted_at = Utc::now();
+    cluster.pg.start_again();
+    eventually("`fast` fires again after the database is back", || {
+        cluster
+            .runs()
+            .iter()
+            .any(|r| r.job == "fast" && r.slot > restarted_at)
+    });
+    thread::sleep(Duration::from_secs(3));
+    cluster.assert_running(&[]);
+    let runs = cluster.runs();
+
+    assert_each_slot_once(&runs, &cluster);
+    // Nothing fires past the last window the database confirmed (at most `WINDOW` after the last
+    // renewal, itself before the stop); generous: half a second more.
+    let window_end = stopped_at + delta(WINDOW) + TimeDelta::milliseconds(500);
+    let late: Vec<String> = runs
+        .iter()
+        .filter(|r| {
+            let fired_late = r.seen > window_end + delta(APPEND_SLACK) && r.seen < restarted_at;
+            let slot_late = r.job == "fast" && r.slot > window_end && r.slot < restarted_at;
+            fired_late || slot_late
+        })
+        .map(Run::to_string)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "fired with the database gone (stopped at {stopped_at}, back at {restarted_at}): \
+         {late:#?}\n{}",
+        cluster.diagnostics()
+    );
+    // No burst when it is back: at most 2 runs of `fast` seen within any 200 ms (its period), and
+    // of the 1 s jobs at most 2 within any second (a single catch-up after a takeover).
+    for (job, period) in [
+        ("fast", FAST),
+        ("second", Duration::from_secs(1)),
+        ("cron", Duration::from_secs(1)),
+    ] {
+        let seen: Vec<DateTime<Utc>> = runs
+            .iter()
+            .filter(|r| r.job == job && r.seen >= restarted_at)
+            .map(|r| r.seen)
+            .collect();
+        let burst = seen
+            .windows(3)
+            .find(|three| three[2] - three[0] < delta(period));
+        assert!(
+            burst.is_none(),
+            "a burst of `{job}` after the database came back at {restarted_at}: 3 runs seen \
+             within {period:?} from {:?}\n{}",
+            burst.map(|three| three[0]),
+            cluster.diagnostics()
+        );
+    }
+}
+
+#[test]
+fn schema_creation_races_from_three_nodes() {
+    let _serial = serial();
+    // `start` spawns the three replicas back to back against a fresh database, then waits for
+    // each to be scheduling: the schema is created by whichever gets there first.
+    let mut cluster = Cluster::start();
+    cluster.wait_fast_runs(10);
+    thread::sleep(Duration::from_secs(2));
+    cluster.assert_running(&[]);
+    let runs = cluster.runs();
+
+    assert_each_slot_once(&runs, &cluster);
+    assert_identities(&runs, &cluster);
+    let owners: BTreeSet<&str> = runs.iter().map(|r| r.node.as_str()).collect();
+    assert_eq!(
+        owners.len(),
+        1,
+        "want exactly one owner firing, saw {owners:?}\n{}",
+        cluster.diagnostics()
+    );
+}
+
+#[test]
+fn the_tail_of_the_runs_file_waits_for_a_line_to_end() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("runs.txt");
+    let tail = Tail::start(path.clone());
+    let mut file = fs::File::create(&path).expect("create");
+    write!(file, "fast 2026-01-01T00:00:00.200Z n1 fast@2026-01-01T00:00:00.200Z\nsecond 2026-01-01T00:00:01.000Z n").expect("write");
+    eventually("the complete line is read", || tail.runs().len() == 1);
+    // A few polls later the partial line is still waiting, not malformed.
+    thread::sleep(Duration::from_millis(100));
+    let runs = tail.runs();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(
+        (
+            runs[0].job.as_str(),
+            runs[0].node.as_str(),
+            runs[0].slot_text.as_str()
+        ),
+        ("fast", "n1", "2026-01-01T00:00:00.200Z")
+    );
+    writeln!(file, "2 second@2026-01-01T00:00:01.000Z").expect("write");
+    eventually("the rest of the line is read", || tail.runs().len() == 2);
+    let second = &tail.runs()[1];
+    assert_eq!(
+        (second.job.as_str(), second.node.as_str()),
+        ("second", "n2")
+    );
+    assert_eq!(second.slot.timestamp(), 1_767_225_601);
+}
