@@ -194,9 +194,38 @@ impl Drop for Postgres {
     }
 }
 
-/// The `bin` directory of the newest server version installed under `/usr/lib/postgresql`;
-/// panics, saying how to install one, when there is none.
+/// The `bin` directory of the newest server version installed under `/usr/lib/postgresql`,
+/// installed first by `scripts/install-postgres.sh` when there is none and we are root (so a
+/// plain `cargo test` on a fresh machine needs nothing beforehand); panics, saying how to install
+/// one, when there is still none.
 fn server_bin_dir() -> PathBuf {
+    static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if installed_bin_dir().is_none() && nix::unistd::Uid::effective().is_root() {
+        INSTALLED.get_or_init(|| {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-postgres.sh");
+            match Command::new("bash").arg(&script).status() {
+                Ok(status) if status.success() => {}
+                other => eprintln!("{} failed: {other:?}", script.display()),
+            }
+        });
+    }
+    match installed_bin_dir() {
+        Some(bin) => bin,
+        None if std::env::var("CI").is_ok_and(|v| v == "true") => panic!(
+            "CI=true but no PostgreSQL server under {INSTALL_ROOT}/<version>/bin: the cluster \
+             tests need one; scripts/install-postgres.sh installs the Debian postgresql package \
+             (as root)"
+        ),
+        None => panic!(
+            "no PostgreSQL server under {INSTALL_ROOT}/<version>/bin, which the cluster tests \
+             need: install postgresql (apt-get install postgresql, or as root \
+             scripts/install-postgres.sh)"
+        ),
+    }
+}
+
+/// The newest installed server's `bin` directory, if any.
+fn installed_bin_dir() -> Option<PathBuf> {
     let newest = fs::read_dir(INSTALL_ROOT)
         .into_iter()
         .flatten()
@@ -211,18 +240,7 @@ fn server_bin_dir() -> PathBuf {
             bin.join("initdb").is_file().then_some((key, bin))
         })
         .max_by(|a, b| a.0.cmp(&b.0));
-    match newest {
-        Some((_, bin)) => bin,
-        None if std::env::var("CI").is_ok_and(|v| v == "true") => panic!(
-            "CI=true but no PostgreSQL server under {INSTALL_ROOT}/<version>/bin: the cluster \
-             tests need one; .ci/run installs the Debian postgresql package when it is missing \
-             (as root)"
-        ),
-        None => panic!(
-            "no PostgreSQL server under {INSTALL_ROOT}/<version>/bin, which the cluster tests \
-             need: install postgresql (apt-get install postgresql) or run .ci/run"
-        ),
-    }
+    newest.map(|(_, bin)| bin)
 }
 
 /// A command for the server binary `program`, as the `postgres` user when we are root, in `dir`
