@@ -68,7 +68,11 @@ pub(super) async fn keep(shared: Arc<Shared>, clock: Clock, stop: CancellationTo
         let client = match connected {
             Ok(client) => client,
             Err(err) => {
-                shared.lock_state().connected = false;
+                {
+                    let mut state = shared.lock_state();
+                    state.connected = false;
+                    state.failures += 1;
+                }
                 if !outage_logged {
                     tracing::warn!("cluster: cannot reach the database (no cluster job fires here until it can): {err}");
                     outage_logged = true;
@@ -84,7 +88,11 @@ pub(super) async fn keep(shared: Arc<Shared>, clock: Clock, stop: CancellationTo
             outage_logged = false;
         }
         if let Err(err) = serve(&shared, &client, &clock, &stop).await {
-            shared.lock_state().connected = false;
+            {
+                let mut state = shared.lock_state();
+                state.connected = false;
+                state.failures += 1;
+            }
             tracing::warn!("cluster: lost the database connection (no cluster job fires here once the confirmed window ends): {err}");
             outage_logged = true;
         }
@@ -166,6 +174,9 @@ async fn step(
         (Some(_), _) => None,
     };
     let mut state = shared.lock_state();
+    if held.is_none() && lease.is_some() {
+        state.takeovers += 1;
+    }
     if refusal.is_some() && state.refusal.is_none() {
         tracing::warn!("cluster: {}", refusal.as_deref().unwrap_or(""));
     }

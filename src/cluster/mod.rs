@@ -51,6 +51,10 @@ struct State {
     round_trip: Option<Duration>,
     /// Why this node does not take ownership, when it could otherwise (its jobs differ).
     refusal: Option<String>,
+    /// How often this node took ownership.
+    takeovers: u64,
+    /// Statements that failed or timed out (and connections that could not be made).
+    failures: u64,
 }
 
 /// A window of ownership confirmed by the database.
@@ -88,6 +92,10 @@ pub struct ClusterStatus {
     pub round_trip_ms: Option<f64>,
     /// Why this node refuses to own (its jobs differ from the owner's).
     pub refusal: Option<String>,
+    /// How often this node took ownership since it started.
+    pub takeovers: u64,
+    /// Statements that failed or timed out, and connections that could not be made.
+    pub failures: u64,
 }
 
 impl Cluster {
@@ -146,6 +154,8 @@ impl Cluster {
             connected: state.connected,
             round_trip_ms: state.round_trip.map(|rtt| rtt.as_secs_f64() * 1000.0),
             refusal: state.refusal.clone(),
+            takeovers: state.takeovers,
+            failures: state.failures,
         }
     }
 }
