@@ -22,6 +22,38 @@ pub enum Schedule {
     Cron(Box<CronSchedule>),
 }
 
+impl Schedule {
+    /// The first slot strictly after `after`: a calendar time, or for `every` a multiple of the
+    /// period since the Unix epoch (the grid a cluster's nodes agree on).
+    pub fn slot_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Schedule::Every(every) => {
+                let last = aligned_slot_at_or_before(every.period, after)?;
+                Some(last + chrono::Duration::from_std(every.period).ok()?)
+            }
+            Schedule::Cron(cron) => cron.next_after(after),
+        }
+    }
+
+    /// The last slot at or before `at` (see [`Schedule::slot_after`]).
+    pub fn slot_at_or_before(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Schedule::Every(every) => aligned_slot_at_or_before(every.period, at),
+            Schedule::Cron(cron) => cron.last_at_or_before(at),
+        }
+    }
+}
+
+/// The last multiple of `period` since the Unix epoch at or before `at`.
+fn aligned_slot_at_or_before(period: Duration, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let since = at
+        .signed_duration_since(DateTime::UNIX_EPOCH)
+        .to_std()
+        .ok()?;
+    let past = offset_past_alignment(period, since);
+    Some(at - chrono::Duration::from_std(past).ok()?)
+}
+
 /// An `every` schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EverySchedule {

@@ -15,8 +15,9 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::{Client, NoTls, Row};
 use tokio_util::sync::CancellationToken;
 
+use super::marks::{self, Agenda};
 use super::schema;
-use super::{Lease, Shared};
+use super::{CatchUp, Lease, Shared};
 use crate::clock::{boot_time, Clock};
 
 /// The owner extends its window from the database's `now()`; fenced by owner and epoch.
@@ -48,7 +49,14 @@ const OWNER: &str = "SELECT owner, jobs_hash FROM tickd_owner WHERE cluster = $1
 /// A follower looks at why it does not own once in this many renewals.
 const DIAGNOSE_EVERY: u32 = 25;
 
-/// Follows or owns the cluster until `stop`, reconnecting as needed.
+/// Gives up ownership at once (a node that leaves): the next follower to look takes over,
+/// its window starting now.
+const RELEASE: &str = "UPDATE tickd_owner
+    SET renewed_at = '-infinity', claimed_until = least(claimed_until, now())
+    WHERE cluster = $1 AND owner = $2 AND epoch = $3";
+
+/// Follows or owns the cluster until `stop`, reconnecting as needed; releases ownership when
+/// the node leaves.
 pub(super) async fn keep(shared: Arc<Shared>, clock: Clock, stop: CancellationToken) {
     let settings = shared.settings.clone();
     // One warning per outage, not one per attempt.
@@ -63,6 +71,7 @@ pub(super) async fn keep(shared: Arc<Shared>, clock: Clock, stop: CancellationTo
         };
         let connected = tokio::select! {
             () = stop.cancelled() => return,
+            () = shared.leave.cancelled() => return,
             result = bounded(&clock, settings.window().max(Duration::from_secs(5)), attempt) => result,
         };
         let client = match connected {
@@ -79,22 +88,28 @@ pub(super) async fn keep(shared: Arc<Shared>, clock: Clock, stop: CancellationTo
                 }
                 tokio::select! {
                     () = stop.cancelled() => return,
+                    () = shared.leave.cancelled() => return,
                     () = clock.sleep(settings.renew()) => continue,
                 }
             }
         };
         if outage_logged {
             tracing::info!("cluster: the database is reachable again");
-            outage_logged = false;
         }
-        if let Err(err) = serve(&shared, &client, &clock, &stop).await {
-            {
-                let mut state = shared.lock_state();
-                state.connected = false;
-                state.failures += 1;
+        match serve(&shared, &client, &clock, &stop).await {
+            Ok(()) => {
+                release(&shared, &client, &clock).await;
+                return;
             }
-            tracing::warn!("cluster: lost the database connection (no cluster job fires here once the confirmed window ends): {err}");
-            outage_logged = true;
+            Err(err) => {
+                {
+                    let mut state = shared.lock_state();
+                    state.connected = false;
+                    state.failures += 1;
+                }
+                tracing::warn!("cluster: lost the database connection (no cluster job fires here once the confirmed window ends): {err}");
+                outage_logged = true;
+            }
         }
         if stop.is_cancelled() {
             return;
@@ -102,7 +117,8 @@ pub(super) async fn keep(shared: Arc<Shared>, clock: Clock, stop: CancellationTo
     }
 }
 
-/// Renews or tries to acquire every `renew` on `client` until `stop` or an error.
+/// Renews or tries to acquire every `renew`, and takes the marked jobs' slots shortly before
+/// their time, on `client`, until `stop` or the node leaves (`Ok`) or an error.
 async fn serve(
     shared: &Shared,
     client: &Client,
@@ -110,33 +126,100 @@ async fn serve(
     stop: &CancellationToken,
 ) -> Result<(), String> {
     let settings = &shared.settings;
+    let mut agenda = Agenda::new(&shared.jobs().specs, clock.wall_now());
     let mut ticks: u32 = 0;
+    let mut renewal = clock.sleep(Duration::ZERO);
     loop {
-        let step = step(shared, client, clock, ticks % DIAGNOSE_EVERY == 0);
-        match bounded(clock, settings.window(), step).await {
-            Ok(()) => {}
-            Err(err) => return Err(err),
-        }
-        ticks = ticks.wrapping_add(1);
+        let mut next_take = agenda.next().map(|slot| {
+            let lead = chrono::Duration::from_std(marks::LEAD).unwrap_or_default();
+            clock.sleep_until(clock.instant_for_wall(slot - lead))
+        });
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
-            () = clock.sleep(settings.renew()) => {}
+            () = shared.leave.cancelled() => return Ok(()),
+            () = &mut renewal => {
+                let step = step(shared, client, clock, &agenda, ticks % DIAGNOSE_EVERY == 0);
+                if bounded(clock, settings.window(), step).await? {
+                    // Slots passed over while following may be due within the lead: look again.
+                    let lead = chrono::Duration::from_std(marks::LEAD).unwrap_or_default();
+                    agenda = Agenda::new(&shared.jobs().specs, clock.wall_now() - lead);
+                }
+                ticks = ticks.wrapping_add(1);
+                renewal = clock.sleep(settings.renew());
+            }
+            () = crate::clock::sleep_or_never(next_take.as_mut()) => {
+                let lead = chrono::Duration::from_std(marks::LEAD).unwrap_or_default();
+                let due = agenda.take_due(clock.wall_now() + lead);
+                bounded(clock, settings.window(), take(shared, client, &due)).await?;
+            }
+            () = shared.jobs_changed.notified() => {
+                agenda = Agenda::new(&shared.jobs().specs, clock.wall_now());
+            }
         }
     }
 }
 
+/// Takes `due` slots if this node owns them: the ones inside its window, under its epoch.
+async fn take(
+    shared: &Shared,
+    client: &Client,
+    due: &[(String, DateTime<Utc>)],
+) -> Result<(), String> {
+    let Some(lease) = shared.lock_state().lease else {
+        return Ok(());
+    };
+    let ours: Vec<(String, DateTime<Utc>)> = due
+        .iter()
+        .filter(|(_, slot)| *slot >= lease.window_start && *slot < lease.claimed_until)
+        .cloned()
+        .collect();
+    if ours.is_empty() {
+        return Ok(());
+    }
+    let settings = &shared.settings;
+    let taken = marks::take(client, settings.name(), settings.node(), lease.epoch, &ours)
+        .await
+        .map_err(|err| err.to_string())?;
+    let mut state = shared.lock_state();
+    if state.lease.map(|l| l.epoch) == Some(lease.epoch) {
+        state.taken.extend(taken);
+    }
+    Ok(())
+}
+
+/// A node that leaves hands its ownership over (see [`RELEASE`]).
+async fn release(shared: &Shared, client: &Client, clock: &Clock) {
+    let Some(lease) = shared.lock_state().lease.take() else {
+        return;
+    };
+    let settings = &shared.settings;
+    let (cluster, node) = (settings.name(), settings.node());
+    let released = async {
+        client
+            .execute(RELEASE, &[&cluster, &node, &lease.epoch])
+            .await
+            .map_err(|err| err.to_string())
+    };
+    match bounded(clock, settings.window(), released).await {
+        Ok(_) => tracing::info!(epoch = lease.epoch, "cluster: ownership released; another node takes over"),
+        Err(err) => tracing::warn!("cluster: could not release ownership (another node takes over once it sees the renewals stopped): {err}"),
+    }
+}
+
 /// One renewal (if this node owns) or one attempt to acquire; `diagnose`: also find out why a
-/// follower does not own, to say so.
+/// follower does not own, to say so. A node that has just taken over runs, once, the latest
+/// slot of each marked job that the old owner did not take; it returns `true` then.
 async fn step(
     shared: &Shared,
     client: &Client,
     clock: &Clock,
+    agenda: &Agenda,
     diagnose: bool,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let settings = &shared.settings;
     let (cluster, node) = (settings.name(), settings.node());
     let window = settings.window().as_secs_f64();
-    let hash = shared.jobs_hash();
+    let hash = shared.jobs().hash;
     let held = shared.lock_state().lease;
     let sent = clock.now();
     let boot_sent = boot_time();
@@ -164,9 +247,21 @@ async fn step(
         }
     };
     let round_trip = clock.now().saturating_duration_since(sent);
-    let lease = row.map(|row| lease_from(&row, boot_sent)).transpose()?;
-    if let (None, Some(lease)) = (held, lease) {
+    let acquired = row
+        .as_ref()
+        .map(|row| lease_from(row, boot_sent))
+        .transpose()?;
+    let lease = acquired.map(|(lease, _)| lease);
+    let fresh = held.is_none_or(|old| lease.is_some_and(|new| new.epoch != old.epoch));
+    if let (true, Some((lease, db_now))) = (fresh, acquired) {
         tracing::info!(node, epoch = lease.epoch, window_start = %lease.window_start.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), "cluster: this node owns the cluster");
+        {
+            let mut state = shared.lock_state();
+            state.lease = Some(lease);
+            state.taken.clear();
+            state.takeovers += 1;
+        }
+        catch_up(shared, client, agenda, lease, db_now).await?;
     }
     let refusal = match (lease, diagnose) {
         (None, true) => refusal(client, cluster, &hash).await?,
@@ -174,16 +269,53 @@ async fn step(
         (Some(_), _) => None,
     };
     let mut state = shared.lock_state();
-    if held.is_none() && lease.is_some() {
-        state.takeovers += 1;
-    }
     if refusal.is_some() && state.refusal.is_none() {
         tracing::warn!("cluster: {}", refusal.as_deref().unwrap_or(""));
+    }
+    if lease.is_none() {
+        state.taken.clear();
     }
     state.lease = lease;
     state.connected = true;
     state.round_trip = Some(round_trip);
     state.refusal = refusal;
+    Ok(fresh && lease.is_some())
+}
+
+/// After a takeover: the marked jobs' latest slots the old owner did not take (no older than
+/// `catch_up`), taken under the new epoch and handed to the jobs to run once.
+async fn catch_up(
+    shared: &Shared,
+    client: &Client,
+    agenda: &Agenda,
+    lease: Lease,
+    db_now: DateTime<Utc>,
+) -> Result<(), String> {
+    let settings = &shared.settings;
+    let marks = marks::read(client, settings.name())
+        .await
+        .map_err(|err| err.to_string())?;
+    let missed = agenda.catch_ups(&marks, db_now, lease.window_start, settings.catch_up());
+    if missed.is_empty() {
+        return Ok(());
+    }
+    let taken = marks::take(
+        client,
+        settings.name(),
+        settings.node(),
+        lease.epoch,
+        &missed,
+    )
+    .await
+    .map_err(|err| err.to_string())?;
+    for (job, slot) in taken {
+        tracing::info!(job = %job, slot = %slot.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), "cluster: the previous owner did not take this slot; running it once as a catch-up");
+        let _ = shared.catch_ups.send(CatchUp {
+            job,
+            slot,
+            epoch: lease.epoch,
+        });
+    }
     Ok(())
 }
 
@@ -204,18 +336,19 @@ async fn refusal(client: &Client, cluster: &str, hash: &str) -> Result<Option<St
 /// The window a returned row confirms: it ends, by this node's boot clock, `claimed_until -
 /// now()` after the statement was sent (the database's `now()` was read after that, so the
 /// window is never overestimated).
-fn lease_from(row: &Row, boot_sent: Duration) -> Result<Lease, String> {
+fn lease_from(row: &Row, boot_sent: Duration) -> Result<(Lease, DateTime<Utc>), String> {
     let epoch: i64 = row.try_get(0).map_err(|err| err.to_string())?;
     let window_start: DateTime<Utc> = row.try_get(1).map_err(|err| err.to_string())?;
     let claimed_until: DateTime<Utc> = row.try_get(2).map_err(|err| err.to_string())?;
     let db_now: DateTime<Utc> = row.try_get(3).map_err(|err| err.to_string())?;
     let left = (claimed_until - db_now).to_std().unwrap_or_default();
-    Ok(Lease {
+    let lease = Lease {
         epoch,
         window_start,
         claimed_until,
         ends_at_boot: boot_sent + left,
-    })
+    };
+    Ok((lease, db_now))
 }
 
 /// Connects to the cluster's database; the password may come from `PGPASSWORD`.

@@ -14,8 +14,10 @@
 //! `scope = "cluster"` job, and nothing else knows the cluster exists.
 
 mod lease;
+mod marks;
 mod schema;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -23,7 +25,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::config::{ClusterSettings, Config, Scope};
+use crate::config::{ClusterSettings, Config, JobSpec, Scope};
 
 /// This node's part in a cluster: what job tasks ask before they fire. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -34,10 +36,54 @@ pub struct Cluster {
 #[derive(Debug)]
 struct Shared {
     settings: ClusterSettings,
+    jobs: Mutex<Jobs>,
+    /// Told when the jobs change (a reload).
+    jobs_changed: tokio::sync::Notify,
+    state: Mutex<State>,
+    /// The catch-ups this node runs after a takeover, for the supervisor to hand to the jobs.
+    catch_ups: tokio::sync::mpsc::UnboundedSender<CatchUp>,
+    catch_up_receiver: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<CatchUp>>>,
+    /// Cancelled when this node leaves (shutdown): it releases its ownership, if it has it.
+    leave: CancellationToken,
+}
+
+/// The cluster jobs, as the lease and the marks need them.
+#[derive(Debug, Clone)]
+struct Jobs {
     /// The hash of the cluster jobs' definitions: a node only takes ownership from a node with
     /// the same jobs.
-    jobs_hash: Mutex<String>,
-    state: Mutex<State>,
+    hash: String,
+    /// Every job (the agenda picks the ones that keep a mark).
+    specs: Vec<Arc<JobSpec>>,
+    /// The jobs that keep a mark (see `marks`).
+    marked: HashSet<String>,
+}
+
+impl Jobs {
+    fn of(config: &Config) -> Self {
+        let specs: Vec<Arc<JobSpec>> = config.jobs().values().cloned().collect();
+        let marked = specs
+            .iter()
+            .filter(|spec| marks::is_marked(spec))
+            .map(|spec| spec.name().to_owned())
+            .collect();
+        Jobs {
+            hash: jobs_hash(config),
+            specs,
+            marked,
+        }
+    }
+}
+
+/// A slot the previous owner did not take, for this node to run once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatchUp {
+    /// The job.
+    pub job: String,
+    /// The slot.
+    pub slot: DateTime<Utc>,
+    /// The epoch under which it was taken.
+    pub epoch: i64,
 }
 
 /// What this node knows of its ownership, as of its last statement.
@@ -55,6 +101,8 @@ struct State {
     takeovers: u64,
     /// Statements that failed or timed out (and connections that could not be made).
     failures: u64,
+    /// The latest slot of each marked job taken under the current lease.
+    taken: HashMap<String, DateTime<Utc>>,
 }
 
 /// A window of ownership confirmed by the database.
@@ -108,10 +156,15 @@ impl Cluster {
         clock: Clock,
         stop: CancellationToken,
     ) -> Self {
+        let (catch_ups, catch_up_receiver) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             settings: settings.clone(),
-            jobs_hash: Mutex::new(jobs_hash(config)),
+            jobs: Mutex::new(Jobs::of(config)),
+            jobs_changed: tokio::sync::Notify::new(),
             state: Mutex::new(State::default()),
+            catch_ups,
+            catch_up_receiver: Mutex::new(Some(catch_up_receiver)),
+            leave: CancellationToken::new(),
         });
         tokio::spawn(lease::keep(shared.clone(), clock, stop));
         Cluster { shared }
@@ -122,22 +175,47 @@ impl Cluster {
         self.shared.settings.node()
     }
 
-    /// The epoch under which this node may fire `slot` (a fire's scheduled time), or `None`
-    /// if it may not: it does not own the cluster, or the slot is outside its confirmed window.
-    pub fn may_fire(&self, slot: DateTime<Utc>) -> Option<i64> {
-        let lease = self.shared.lock_state().lease?;
-        lease
-            .admits(slot, crate::clock::boot_time())
-            .then_some(lease.epoch)
+    /// The epoch under which this node may fire `job`'s `slot` (a fire's scheduled time), or
+    /// `None` if it may not: it does not own the cluster, the slot is outside its confirmed
+    /// window, or (a job of 1 s or slower) the slot's mark was not taken.
+    pub fn may_fire(&self, job: &str, slot: DateTime<Utc>) -> Option<i64> {
+        let marked = self
+            .shared
+            .jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .marked
+            .contains(job);
+        let state = self.shared.lock_state();
+        let lease = state.lease?;
+        let taken = !marked || state.taken.get(job) == Some(&slot);
+        (taken && lease.admits(slot, crate::clock::boot_time())).then_some(lease.epoch)
     }
 
     /// A reload's new jobs: ownership is kept or taken only with the same jobs as the owner's.
     pub fn jobs_changed(&self, config: &Config) {
         *self
             .shared
-            .jobs_hash
+            .jobs
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = jobs_hash(config);
+            .unwrap_or_else(PoisonError::into_inner) = Jobs::of(config);
+        self.shared.jobs_changed.notify_one();
+    }
+
+    /// The catch-ups to hand to the jobs (once: the supervisor takes them).
+    pub fn take_catch_ups(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<CatchUp>> {
+        self.shared
+            .catch_up_receiver
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    /// Leaves the cluster (shutdown, once this node has stopped firing): an owner releases its
+    /// ownership at once, so that another node takes over at its next renewal instead of
+    /// waiting out `dead_after`.
+    pub fn leave(&self) {
+        self.shared.leave.cancel();
     }
 
     /// What this node knows of the cluster now.
@@ -165,8 +243,8 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn jobs_hash(&self) -> String {
-        self.jobs_hash
+    fn jobs(&self) -> Jobs {
+        self.jobs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()

@@ -5,7 +5,7 @@
 use tokio_postgres::Client;
 
 /// The schema this tickd knows.
-pub(super) const VERSION: i32 = 1;
+pub(super) const VERSION: i32 = 2;
 
 /// An arbitrary constant: the advisory lock that serializes tickd's migrations.
 const MIGRATION_LOCK: i64 = 0x7469_636b_6400;
@@ -21,6 +21,14 @@ const MIGRATIONS: [&str; VERSION as usize] = [
         claimed_until timestamptz NOT NULL,
         renewed_at timestamptz NOT NULL,
         jobs_hash text NOT NULL
+    )",
+    // 2: each job's high-water mark: its latest slot an owner has taken (see `marks`).
+    "CREATE TABLE tickd_marks (
+        cluster text NOT NULL,
+        job text NOT NULL,
+        slot timestamptz NOT NULL,
+        epoch bigint NOT NULL,
+        PRIMARY KEY (cluster, job)
     )",
 ];
 

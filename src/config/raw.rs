@@ -39,6 +39,7 @@ pub(super) struct RawCluster {
     pub(super) window: Option<Spanned<String>>,
     pub(super) renew: Option<Spanned<String>>,
     pub(super) dead_after: Option<Spanned<String>>,
+    pub(super) catch_up: Option<Spanned<String>>,
 }
 
 /// The `[daemon]` table.

@@ -59,6 +59,9 @@ pub struct ClusterSettings {
     pub(in crate::config) renew: Duration,
     /// How long the owner's renewals must have stopped before a follower takes over.
     pub(in crate::config) dead_after: Duration,
+    /// How late a slot of a job of 1 s or slower may still run, as a catch-up, on a node that
+    /// took over from one that did not run it.
+    pub(in crate::config) catch_up: Duration,
 }
 
 impl ClusterSettings {
@@ -90,6 +93,11 @@ impl ClusterSettings {
     /// How long the owner's renewals must have stopped before a follower takes over.
     pub fn dead_after(&self) -> Duration {
         self.dead_after
+    }
+
+    /// How late a slot may still run as a catch-up after a takeover.
+    pub fn catch_up(&self) -> Duration {
+        self.catch_up
     }
 }
 

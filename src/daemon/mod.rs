@@ -299,6 +299,7 @@ impl Supervisor {
             .and_then(Notifier::watchdog_interval);
         let mut watchdog_timer = watchdog.map(|interval| clock.sleep(interval));
         let mut recycler = Recycler::new(clock.clone(), self.started, self.env.run_ids.clone());
+        let mut catch_ups = self.env.cluster.as_ref().and_then(Cluster::take_catch_ups);
         loop {
             let settings = self.config.daemon().clone();
             recycler.apply(&settings);
@@ -314,6 +315,11 @@ impl Supervisor {
                     Some(Control::Shutdown) | None => return false,
                 },
                 () = recycler.due(&settings) => return true,
+                Some(catch_up) = next_catch_up(&mut catch_ups) => {
+                    if let Some(job) = self.jobs.get(&catch_up.job) {
+                        job.control.catch_up(catch_up.slot, catch_up.epoch);
+                    }
+                }
                 // Pinged from this loop itself, so a stuck scheduler stops pinging.
                 _ = crate::clock::sleep_or_never(watchdog_timer.as_mut()) => {
                     self.notify(&format!("WATCHDOG=1\nSTATUS={}", self.status()));
@@ -461,6 +467,10 @@ impl Supervisor {
         for (_, job) in std::mem::take(&mut self.jobs) {
             let _ = job.stop().await;
         }
+        // Nothing fires here any more: another node may take over now, not after dead_after.
+        if let Some(cluster) = &self.env.cluster {
+            cluster.leave();
+        }
         // 2. Wait for runs in flight, up to the drain timeout or a second stop request.
         self.env.runs.close();
         let timeout = self.config.daemon().shutdown_timeout();
@@ -512,6 +522,16 @@ impl Supervisor {
 /// How long, after the longest `kill_grace`, the shutdown still waits for stopped runs to end
 /// before it exits without them.
 pub const AFTER_KILL_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The next catch-up the cluster hands over; never, without a cluster.
+async fn next_catch_up(
+    catch_ups: &mut Option<mpsc::UnboundedReceiver<crate::cluster::CatchUp>>,
+) -> Option<crate::cluster::CatchUp> {
+    match catch_ups {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// Waits up to `bound` for every run on `runs` to end; `false` if some did not.
 async fn wait_for_runs(runs: &TaskTracker, clock: &Clock, bound: std::time::Duration) -> bool {

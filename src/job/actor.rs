@@ -303,6 +303,15 @@ impl JobActor {
             JobCommand::Ping(reply) => {
                 let _ = reply.send(());
             }
+            JobCommand::CatchUp { slot, epoch } => {
+                let now = self.now();
+                self.count_missed(1);
+                self.start_or_overlap(Due {
+                    wall: Some(slot),
+                    epoch: Some(epoch),
+                    ..Due::at(now.instant)
+                });
+            }
             #[cfg(test)]
             JobCommand::Panic => panic!("a bug in the job task"),
         }
@@ -319,7 +328,7 @@ impl JobActor {
             return self.start_or_overlap(due);
         };
         let slot = due.slot(self.now());
-        match cluster.may_fire(slot) {
+        match cluster.may_fire(self.spec.name(), slot) {
             Some(epoch) => self.start_or_overlap(Due {
                 epoch: Some(epoch),
                 ..due

@@ -98,6 +98,13 @@ pub(crate) enum JobCommand {
     Resume,
     /// Answer at once: the health check's proof that the task is alive and not blocked.
     Ping(oneshot::Sender<()>),
+    /// Run a cluster slot the previous owner did not take, once (see `cluster::marks`).
+    CatchUp {
+        /// The slot.
+        slot: chrono::DateTime<chrono::Utc>,
+        /// The epoch under which this node took it.
+        epoch: i64,
+    },
     /// Panic, as a bug in the task would: for the test of its restart.
     #[cfg(test)]
     Panic,
@@ -146,6 +153,13 @@ impl JobControl {
         let (commands, receiver) = mpsc::unbounded_channel();
         let status = SharedStatus::default();
         (JobControl { commands, status }, receiver)
+    }
+
+    /// Hands the job a cluster slot to run once as a catch-up; `false` if the job is gone.
+    pub(crate) fn catch_up(&self, slot: chrono::DateTime<chrono::Utc>, epoch: i64) -> bool {
+        self.commands
+            .send(JobCommand::CatchUp { slot, epoch })
+            .is_ok()
     }
 
     /// Asks the job's task to answer; the receiver yields `Err` if the task is gone. The caller

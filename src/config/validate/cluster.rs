@@ -15,6 +15,8 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(1);
 pub const DEFAULT_RENEW: Duration = Duration::from_millis(200);
 /// The default time without renewals after which a follower takes over.
 pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(1);
+/// The default for how late a slot may still run as a catch-up after a takeover.
+pub const DEFAULT_CATCH_UP: Duration = Duration::from_secs(10);
 
 impl Validator<'_> {
     /// The cluster settings; `None` (with the problems reported) if they are not usable.
@@ -52,6 +54,7 @@ impl Validator<'_> {
             "cluster.dead_after",
             DEFAULT_DEAD_AFTER,
         );
+        let catch_up = duration(&cluster.catch_up, "cluster.catch_up", DEFAULT_CATCH_UP);
         // A window the owner cannot renew before it ends leaves gaps; a follower that takes over
         // while the owner's window is still open starts after it, so `dead_after` below the
         // window only delays the takeover: refuse what cannot be meant.
@@ -86,6 +89,7 @@ impl Validator<'_> {
             window,
             renew,
             dead_after,
+            catch_up,
         })
     }
 

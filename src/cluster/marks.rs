@@ -1,0 +1,225 @@
+//! Exactly once for jobs of 1 s and slower: each keeps a high-water mark, the latest of its
+//! slots an owner has taken. The owner takes a slot shortly before its time, in one statement
+//! for every job due at that instant, fenced by its epoch (the statement share-locks the
+//! ownership row, so it commits before a takeover or finds the epoch gone), and fires it only
+//! once the mark is confirmed. A new owner reads the marks after its takeover: a slot after a
+//! job's mark was not taken by the old owner and never will be, so it may run it, once, as a
+//! catch-up. A crash between a mark and its fire loses that fire (at most once, as for a run in
+//! flight on a node that dies); the lead is kept short for that reason.
+//!
+//! Jobs that fire more often than once a second are left to the windows alone: a mark per fire
+//! would cost more statements than the cluster's budget of a few a second per node.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Client;
+
+use crate::config::{JobSpec, Scope};
+use crate::schedule::Schedule;
+
+/// How long before a slot it is taken: a few round trips on a loopback or LAN database.
+pub(super) const LEAD: Duration = Duration::from_millis(50);
+
+/// Takes slots: `$4` jobs at the `$5` slots, under epoch `$3` of owner `$2`; returns the ones
+/// taken (a job whose mark is already at or past the slot is not).
+const MARK: &str = "WITH owner AS (
+        SELECT epoch FROM tickd_owner
+        WHERE cluster = $1 AND owner = $2 AND epoch = $3
+        FOR SHARE
+    )
+    INSERT INTO tickd_marks (cluster, job, slot, epoch)
+    SELECT $1, m.job, m.slot, owner.epoch
+    FROM unnest($4::text[], $5::timestamptz[]) AS m(job, slot), owner
+    ON CONFLICT (cluster, job) DO UPDATE SET slot = excluded.slot, epoch = excluded.epoch
+        WHERE tickd_marks.slot < excluded.slot
+    RETURNING job, slot";
+
+/// The marks of the cluster's jobs.
+const READ: &str = "SELECT job, slot FROM tickd_marks WHERE cluster = $1";
+
+/// Whether `spec` keeps a mark: a cluster job whose fires are at least a second apart.
+pub(super) fn is_marked(spec: &JobSpec) -> bool {
+    spec.scope() == Scope::Cluster
+        && match spec.schedule() {
+            Schedule::Every(every) => every.period >= Duration::from_secs(1),
+            Schedule::Cron(_) => true,
+        }
+}
+
+/// The slots of the marked jobs still to be taken, by time.
+#[derive(Debug, Default)]
+pub(super) struct Agenda {
+    jobs: HashMap<String, Arc<JobSpec>>,
+    due: BTreeMap<DateTime<Utc>, Vec<String>>,
+}
+
+impl Agenda {
+    /// The agenda of `jobs`' marked ones, from their first slot after `now`.
+    pub fn new(jobs: &[Arc<JobSpec>], now: DateTime<Utc>) -> Self {
+        let mut agenda = Agenda::default();
+        for spec in jobs.iter().filter(|spec| is_marked(spec)) {
+            agenda.jobs.insert(spec.name().to_owned(), spec.clone());
+            agenda.plan(spec.name(), now);
+        }
+        agenda
+    }
+
+    fn plan(&mut self, job: &str, after: DateTime<Utc>) {
+        if let Some(slot) = self
+            .jobs
+            .get(job)
+            .and_then(|s| s.schedule().slot_after(after))
+        {
+            self.due.entry(slot).or_default().push(job.to_owned());
+        }
+    }
+
+    /// The earliest slot still to be taken.
+    pub fn next(&self) -> Option<DateTime<Utc>> {
+        self.due.keys().next().copied()
+    }
+
+    /// Takes off the agenda the slots due by `until`, planning each job's next slot.
+    pub fn take_due(&mut self, until: DateTime<Utc>) -> Vec<(String, DateTime<Utc>)> {
+        let mut taken = Vec::new();
+        while let Some(entry) = self.due.first_entry().filter(|entry| *entry.key() <= until) {
+            let (slot, jobs) = entry.remove_entry();
+            for job in jobs {
+                self.plan(&job, slot);
+                taken.push((job, slot));
+            }
+        }
+        taken
+    }
+
+    /// The catch-ups a new owner runs, at `now`: for each marked job, its latest slot after its
+    /// mark, if that is no older than `within` and before `window_start` (the slots from there on
+    /// are the new owner's own fires).
+    pub fn catch_ups(
+        &self,
+        marks: &HashMap<String, DateTime<Utc>>,
+        now: DateTime<Utc>,
+        window_start: DateTime<Utc>,
+        within: Duration,
+    ) -> Vec<(String, DateTime<Utc>)> {
+        let oldest = now - chrono::Duration::from_std(within).unwrap_or_default();
+        let mut catch_ups: Vec<_> = self
+            .jobs
+            .iter()
+            .filter_map(|(job, spec)| {
+                let mark = *marks.get(job)?;
+                let slot = spec.schedule().slot_at_or_before(now)?;
+                (slot > mark && slot >= oldest && slot < window_start).then(|| (job.clone(), slot))
+            })
+            .collect();
+        catch_ups.sort();
+        catch_ups
+    }
+}
+
+/// Takes `slots` under `epoch`; returns the ones taken.
+pub(super) async fn take(
+    client: &Client,
+    cluster: &str,
+    node: &str,
+    epoch: i64,
+    slots: &[(String, DateTime<Utc>)],
+) -> Result<Vec<(String, DateTime<Utc>)>, tokio_postgres::Error> {
+    let jobs: Vec<&str> = slots.iter().map(|(job, _)| job.as_str()).collect();
+    let times: Vec<DateTime<Utc>> = slots.iter().map(|(_, slot)| *slot).collect();
+    let rows = client
+        .query(MARK, &[&cluster, &node, &epoch, &jobs, &times])
+        .await?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
+/// The marks of `cluster`'s jobs.
+pub(super) async fn read(
+    client: &Client,
+    cluster: &str,
+) -> Result<HashMap<String, DateTime<Utc>>, tokio_postgres::Error> {
+    let rows = client.query(READ, &[&cluster]).await?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .expect("time")
+            .with_timezone(&Utc)
+    }
+
+    fn jobs(text: &str) -> Vec<Arc<JobSpec>> {
+        let config = crate::config::parse(
+            std::path::Path::new("jobs.toml"),
+            text,
+            &crate::Handlers::with_builtins(),
+        )
+        .expect("valid");
+        config.jobs().values().cloned().collect()
+    }
+
+    #[test]
+    fn the_agenda_holds_the_slots_of_second_and_slower_cluster_jobs_in_time_order() {
+        let jobs = jobs(
+            "[jobs.fast]\nevery = \"200ms\"\nhandler = \"log\"\n\
+             [jobs.second]\nevery = \"1s\"\nhandler = \"log\"\n\
+             [jobs.cron]\ncron = \"*/2 * * * * *\"\nhandler = \"log\"\n\
+             [jobs.local]\nevery = \"1s\"\nscope = \"node\"\nhandler = \"log\"\n",
+        );
+        let mut agenda = Agenda::new(&jobs, at("2026-01-01T00:00:00.300Z"));
+        assert_eq!(agenda.next(), Some(at("2026-01-01T00:00:01Z")));
+        let taken = agenda.take_due(at("2026-01-01T00:00:02Z"));
+        assert_eq!(
+            taken,
+            [
+                ("second".to_owned(), at("2026-01-01T00:00:01Z")),
+                ("cron".to_owned(), at("2026-01-01T00:00:02Z")),
+                ("second".to_owned(), at("2026-01-01T00:00:02Z")),
+            ]
+        );
+        assert_eq!(agenda.next(), Some(at("2026-01-01T00:00:03Z")));
+    }
+
+    #[test]
+    fn a_new_owner_catches_up_the_latest_slot_after_the_mark_once_and_only_if_recent() {
+        let jobs = jobs(
+            "[jobs.second]\nevery = \"1s\"\nhandler = \"log\"\n\
+             [jobs.minute]\ncron = \"0 * * * * *\"\nhandler = \"log\"\n\
+             [jobs.never]\nevery = \"1s\"\nhandler = \"log\"\n",
+        );
+        let agenda = Agenda::new(&jobs, at("2026-01-01T00:00:00Z"));
+        let now = at("2026-01-01T00:01:03.500Z");
+        let marks: HashMap<String, DateTime<Utc>> = [
+            ("second".to_owned(), at("2026-01-01T00:01:01Z")),
+            ("minute".to_owned(), at("2026-01-01T00:00:00Z")),
+        ]
+        .into();
+        let catch_ups = agenda.catch_ups(&marks, now, now, Duration::from_secs(5));
+        // `second`: 02 and 03 were not taken; one catch-up, for 03. `minute`: 00:01:00 is 3.5 s
+        // old, within 5 s. `never` has no mark: nothing known, nothing caught up.
+        assert_eq!(
+            catch_ups,
+            [
+                ("minute".to_owned(), at("2026-01-01T00:01:00Z")),
+                ("second".to_owned(), at("2026-01-01T00:01:03Z")),
+            ]
+        );
+        let late = agenda.catch_ups(&marks, now, now, Duration::from_secs(2));
+        assert_eq!(late, [("second".to_owned(), at("2026-01-01T00:01:03Z"))]);
+        // Slots from the new window's start on are the new owner's own fires.
+        let own = agenda.catch_ups(
+            &marks,
+            now,
+            at("2026-01-01T00:01:03Z"),
+            Duration::from_secs(5),
+        );
+        assert_eq!(own, [("minute".to_owned(), at("2026-01-01T00:01:00Z"))]);
+    }
+}
