@@ -1,6 +1,6 @@
 //! The HTTP endpoint (`[daemon] http = "127.0.0.1:9187"`, off unless configured), on axum:
-//! `/metrics` (Prometheus), `/healthz`, `/jobs`, `/jobs/{name}`, and `POST /jobs/{name}/run`,
-//! `/pause`, `/resume`. With `http_token`, every request but `/healthz` needs
+//! `/metrics` (Prometheus), `/healthz`, `/jobs`, `/jobs/{name}`, `/cluster`, and
+//! `POST /jobs/{name}/run`, `/pause`, `/resume`. With `http_token`, every request but `/healthz` needs
 //! `Authorization: Bearer <token>`; binding a non-loopback address requires a token.
 
 use std::collections::BTreeMap;
@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::clock::Clock;
+use crate::cluster::Cluster;
 use crate::job::{FireResult, JobControl};
 use crate::metrics::Metrics;
 use crate::process::GroupKeeper;
@@ -47,6 +48,9 @@ pub struct ApiState {
     /// The source of time for the endpoint's own waits (the connections' timeouts are hyper's
     /// and tower's timers).
     pub clock: Clock,
+    /// This node's part in a cluster (`[cluster]`), which `/cluster` shows and `/healthz`
+    /// checks; `None` when tickd runs alone.
+    pub cluster: Option<Cluster>,
 }
 
 /// The endpoint's defences against slow and many clients; [`Limits::for_this_process`] gives
@@ -119,6 +123,7 @@ fn router(state: ApiState, request_timeout: Duration) -> Router {
         .route("/jobs/{name}/run", post(run_now))
         .route("/jobs/{name}/pause", post(pause))
         .route("/jobs/{name}/resume", post(resume))
+        .route("/cluster", get(cluster))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
@@ -232,8 +237,10 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 const HEALTH_NAMES: usize = 10;
 
 /// 200 while the scheduler runs and every job task answers; 503 while draining, while the group
-/// keeper is down, or when a job's task is gone (it panicked) or blocked: that job would silently
-/// stop firing.
+/// keeper is down, in a cluster while this node's jobs differ from the owner's or the database
+/// does not answer (see [`crate::cluster::ClusterStatus::health_problem`]; a follower is
+/// healthy), or when a job's task is gone (it panicked) or blocked: that job would silently stop
+/// firing.
 async fn healthz(State(state): State<ApiState>) -> Response {
     if state.draining.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
@@ -241,6 +248,13 @@ async fn healthz(State(state): State<ApiState>) -> Response {
     // Until it is replaced, a killed daemon would leave its jobs' processes behind.
     if let Some(down) = state.keeper.as_ref().and_then(|k| k.down()) {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("{down}\n")).into_response();
+    }
+    if let Some(problem) = state
+        .cluster
+        .as_ref()
+        .and_then(|c| c.status().health_problem())
+    {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{problem}\n")).into_response();
     }
     let mut stuck =
         unresponsive_jobs(&directory_snapshot(&state), HEALTH_TIMEOUT, &state.clock).await;
@@ -315,6 +329,18 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         state.metrics.encode(),
     )
         .into_response()
+}
+
+/// This node's [`crate::cluster::ClusterStatus`] as JSON; 404 when it is not in a cluster.
+async fn cluster(State(state): State<ApiState>) -> Response {
+    match &state.cluster {
+        Some(cluster) => Json(cluster.status()).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "not in a cluster: the jobs file has no [cluster]\n",
+        )
+            .into_response(),
+    }
 }
 
 fn lookup(state: &ApiState, name: &str) -> Option<JobControl> {
@@ -425,6 +451,19 @@ mod tests {
         CancellationToken,
         tokio::task::JoinHandle<()>,
     ) {
+        endpoint_of(limits, directory, None).await
+    }
+
+    /// [`endpoint`] for a node of `cluster`.
+    async fn endpoint_of(
+        limits: Limits,
+        directory: Directory,
+        cluster: Option<Cluster>,
+    ) -> (
+        std::net::SocketAddr,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
@@ -436,6 +475,7 @@ mod tests {
             keeper: None,
             token: None,
             clock: Clock::system(),
+            cluster,
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(serve(listener, state, stop.clone(), limits));
@@ -472,6 +512,77 @@ mod tests {
             .expect("an answer in time")
             .expect("read");
         String::from_utf8_lossy(&answer[..n]).into_owned()
+    }
+
+    /// `GET path` on a connection of its own: the whole answer.
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .expect("write");
+        String::from_utf8_lossy(&closed_by_server(&mut stream).await).into_owned()
+    }
+
+    #[tokio::test]
+    async fn cluster_shows_the_status_and_healthz_fails_only_on_differing_jobs_or_no_database() {
+        let (addr, stop, task) =
+            endpoint(limits(8, Duration::from_secs(60)), Directory::default()).await;
+        let answer = get(addr, "/cluster").await;
+        assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+        assert!(answer.contains("not in a cluster"), "{answer}");
+        stop.cancel();
+        task.await.expect("serve");
+
+        let config = crate::config::parse(
+            std::path::Path::new("jobs.toml"),
+            "[cluster]\npostgres = \"postgres://tickd@db.invalid/app\"\nnode = \"web-2\"\n[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\n",
+            &crate::Handlers::with_builtins(),
+        )
+        .expect("valid");
+        let cases = [
+            // A healthy follower is healthy.
+            (true, None, "HTTP/1.1 200", "ok"),
+            (
+                true,
+                Some("this node's jobs differ from those of the owner (web-1)"),
+                "HTTP/1.1 503",
+                "jobs differ",
+            ),
+            (false, None, "HTTP/1.1 503", "cluster database unreachable"),
+        ];
+        for (connected, refusal, want, says) in cases {
+            let cluster = Cluster::unjoined(&config, |s| {
+                s.connected = connected;
+                s.refusal = refusal.map(str::to_owned);
+                s.round_trip_ms = Some(1.5);
+            });
+            let (addr, stop, task) = endpoint_of(
+                limits(8, Duration::from_secs(60)),
+                Directory::default(),
+                Some(cluster),
+            )
+            .await;
+            let answer = get(addr, "/healthz").await;
+            assert!(
+                answer.starts_with(want) && answer.contains(says),
+                "{answer}"
+            );
+            let answer = get(addr, "/cluster").await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            let status: crate::cluster::ClusterStatus =
+                serde_json::from_str(body).expect("a ClusterStatus");
+            assert_eq!(
+                (status.node.as_str(), status.owner, status.connected),
+                ("web-2", false, connected)
+            );
+            assert_eq!(status.refusal.as_deref(), refusal);
+            stop.cancel();
+            task.await.expect("serve");
+        }
     }
 
     #[test]

@@ -5,14 +5,17 @@ use std::sync::atomic::AtomicU64;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::action::{Outcome, RunReport};
+use crate::cluster::Cluster;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobLabel {
@@ -230,6 +233,17 @@ impl Metrics {
         );
     }
 
+    /// Exports the cluster's `tickd_cluster_*` series, read from [`Cluster::status`] at each
+    /// scrape (only a daemon in a cluster has them): `owner` (1/0), `epoch` (of the ownership this
+    /// node holds, 0 when none), `connected` (1/0), `window_seconds` (of confirmed window left, 0
+    /// when not owning), `renewal_seconds` (the last statement's round trip; absent until the
+    /// first answer), `jobs_mismatch` (1 while this node's jobs differ from the owner's), and the
+    /// counters `takeovers_total` and `failures_total`.
+    pub fn register_cluster(&mut self, cluster: Cluster) {
+        self.registry
+            .register_collector(Box::new(ClusterCollector(cluster)));
+    }
+
     /// A reload was applied (`true`) or rejected.
     pub fn reloaded(&self, applied: bool) {
         let result = if applied { "applied" } else { "rejected" };
@@ -249,6 +263,79 @@ impl Metrics {
             text.clear();
         }
         text
+    }
+}
+
+/// The `tickd_cluster_*` series of [`Metrics::register_cluster`], computed at each scrape.
+#[derive(Debug)]
+struct ClusterCollector(Cluster);
+
+impl Collector for ClusterCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let status = self.0.status();
+        let flag = |on: bool| i64::from(on);
+        let gauges: [(&str, &str, ConstGauge); 4] = [
+            (
+                "cluster_owner",
+                "1 while this node owns the cluster (fires its cluster jobs), 0 while it follows",
+                ConstGauge::new(flag(status.owner)),
+            ),
+            (
+                "cluster_epoch",
+                "The epoch of the ownership this node holds; 0 when it holds none",
+                ConstGauge::new(status.epoch.unwrap_or(0)),
+            ),
+            (
+                "cluster_connected",
+                "1 while the cluster database answers this node's statements",
+                ConstGauge::new(flag(status.connected)),
+            ),
+            (
+                "cluster_jobs_mismatch",
+                "1 while this node's cluster jobs differ from the owner's (it will not take ownership)",
+                ConstGauge::new(flag(status.refusal.is_some())),
+            ),
+        ];
+        for (name, help, gauge) in gauges {
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        let window = status.window_left_ms.unwrap_or(0) as f64 / 1000.0;
+        let mut seconds = vec![(
+            "cluster_window_seconds",
+            "How much of this node's window of ownership the database has confirmed is left; 0 when it does not own",
+            ConstGauge::new(window),
+        )];
+        if let Some(rtt) = status.round_trip_ms {
+            seconds.push((
+                "cluster_renewal_seconds",
+                "The round trip of this node's last statement to the cluster database (a renewal, or an attempt to take over)",
+                ConstGauge::new(rtt / 1000.0),
+            ));
+        }
+        for (name, help, gauge) in seconds {
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        let counters = [
+            (
+                "cluster_takeovers",
+                "How often this node took ownership of the cluster since it started",
+                ConstCounter::new(status.takeovers),
+            ),
+            (
+                "cluster_failures",
+                "Statements to the cluster database that failed or timed out, and connections that could not be made",
+                ConstCounter::new(status.failures),
+            ),
+        ];
+        for (name, help, counter) in counters {
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        Ok(())
     }
 }
 
@@ -321,6 +408,69 @@ impl JobMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cluster_series_are_read_from_its_status_at_each_scrape() {
+        let config = crate::config::parse(
+            std::path::Path::new("jobs.toml"),
+            "[cluster]\npostgres = \"postgres://tickd@db.invalid/app\"\nnode = \"web-1\"\n[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\n",
+            &crate::Handlers::with_builtins(),
+        )
+        .expect("valid");
+        // Without a cluster, none of its series.
+        assert!(!Metrics::new().encode().contains("tickd_cluster"));
+        let owner = Cluster::unjoined(&config, |s| {
+            s.owner = true;
+            s.epoch = Some(7);
+            s.window_left_ms = Some(60_000);
+            s.connected = true;
+            s.round_trip_ms = Some(0.5);
+            s.takeovers = 2;
+            s.failures = 3;
+        });
+        let mut metrics = Metrics::new();
+        metrics.register_cluster(owner);
+        let text = metrics.encode();
+        for line in [
+            "tickd_cluster_owner 1\n",
+            "tickd_cluster_epoch 7\n",
+            "tickd_cluster_connected 1\n",
+            "tickd_cluster_jobs_mismatch 0\n",
+            "tickd_cluster_renewal_seconds 0.0005\n",
+            "tickd_cluster_takeovers_total 2\n",
+            "tickd_cluster_failures_total 3\n",
+            "# TYPE tickd_cluster_takeovers counter\n",
+            "# TYPE tickd_cluster_window_seconds gauge\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in:\n{text}");
+        }
+        let window = text
+            .lines()
+            .find_map(|l| l.strip_prefix("tickd_cluster_window_seconds "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .expect("the window series");
+        assert!(window > 50.0 && window <= 60.0, "{window}");
+        // The series beside the others, which keep their names.
+        assert!(text.contains("tickd_runs_in_flight 0\n"), "{text}");
+
+        let refusing = Cluster::unjoined(&config, |s| {
+            s.refusal = Some("this node's jobs differ".to_owned());
+        });
+        let mut metrics = Metrics::new();
+        metrics.register_cluster(refusing);
+        let text = metrics.encode();
+        for line in [
+            "tickd_cluster_owner 0\n",
+            "tickd_cluster_epoch 0\n",
+            "tickd_cluster_window_seconds 0.0\n",
+            "tickd_cluster_connected 0\n",
+            "tickd_cluster_jobs_mismatch 1\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in:\n{text}");
+        }
+        // No round trip yet: no renewal series rather than a made-up 0.
+        assert!(!text.contains("tickd_cluster_renewal_seconds"), "{text}");
+    }
 
     #[test]
     fn a_forgotten_job_leaves_no_series_and_others_keep_theirs() {

@@ -6,46 +6,90 @@ use std::path::Path;
 
 use super::{eprintln_safe, exit, load_config, small_runtime};
 
-/// Calls the endpoint named in the config: `GET` or `POST` `path`; returns status and body.
-fn call_endpoint(file: &Path, post: bool, path: &str) -> Result<(u16, String), u8> {
-    let config = load_config(file).ok_or(exit::INVALID)?;
-    let Some(mut addr) = config.daemon().http() else {
-        eprintln_safe(&format!(
-            "tickd: {} has no [daemon] http address; this command talks to a running daemon's endpoint",
-            file.display()
-        ));
-        return Err(exit::INVALID);
-    };
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let runtime = small_runtime().ok_or(exit::FATAL)?;
-    runtime.block_on(async {
-        let client = reqwest::Client::new();
-        let url = format!("http://{addr}{path}");
-        let mut request = if post {
-            client.post(&url)
-        } else {
-            client.get(&url)
+/// A running daemon's endpoint, as named in its jobs file (address and token).
+struct Endpoint {
+    addr: std::net::SocketAddr,
+    token: Option<String>,
+    runtime: tokio::runtime::Runtime,
+    client: reqwest::Client,
+}
+
+impl Endpoint {
+    /// The endpoint of the jobs file `file`, or the exit code after saying why there is none.
+    fn of(file: &Path) -> Result<Endpoint, u8> {
+        let config = load_config(file).ok_or(exit::INVALID)?;
+        let Some(mut addr) = config.daemon().http() else {
+            eprintln_safe(&format!(
+                "tickd: {} has no [daemon] http address; this command talks to a running daemon's endpoint",
+                file.display()
+            ));
+            return Err(exit::INVALID);
         };
-        if let Some(token) = &config.daemon().http_token() {
-            request = request.bearer_auth(token);
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
-        match request.send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                Ok((status, response.text().await.unwrap_or_default()))
+        Ok(Endpoint {
+            addr,
+            token: config.daemon().http_token().map(str::to_owned),
+            runtime: small_runtime().ok_or(exit::FATAL)?,
+            client: reqwest::Client::new(),
+        })
+    }
+
+    /// `GET` or `POST` `path`; returns status and body, or the exit code after saying why the
+    /// daemon could not be reached.
+    fn call(&self, post: bool, path: &str) -> Result<(u16, String), u8> {
+        self.send(post, path).map_err(|err| {
+            eprintln_safe(&format!(
+                "tickd: cannot reach the daemon at {}: {err}",
+                self.addr
+            ));
+            exit::FATAL
+        })
+    }
+
+    /// `GET` or `POST` `path`: status and body.
+    fn send(&self, post: bool, path: &str) -> Result<(u16, String), reqwest::Error> {
+        self.runtime.block_on(async {
+            let url = format!("http://{}{path}", self.addr);
+            let mut request = if post {
+                self.client.post(&url)
+            } else {
+                self.client.get(&url)
+            };
+            if let Some(token) = &self.token {
+                request = request.bearer_auth(token);
             }
-            Err(err) => {
-                eprintln_safe(&format!("tickd: cannot reach the daemon at {addr}: {err}"));
-                Err(exit::FATAL)
-            }
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            Ok((status, response.text().await.unwrap_or_default()))
+        })
+    }
+
+    /// The line `tickd status` prints above its table when the daemon is in a cluster
+    /// (`GET /cluster` answers 200); `None` otherwise, including from a tickd without the route.
+    fn cluster_line(&self) -> Option<String> {
+        match self.send(false, "/cluster") {
+            Ok((200, body)) => serde_json::from_str::<tickd::cluster::ClusterStatus>(&body)
+                .ok()
+                .map(|status| status.summary()),
+            _ => None,
         }
-    })
+    }
+}
+
+/// Calls the endpoint named in the jobs file `file`: `GET` or `POST` `path`; returns status and
+/// body.
+fn call_endpoint(file: &Path, post: bool, path: &str) -> Result<(u16, String), u8> {
+    Endpoint::of(file)?.call(post, path)
 }
 
 pub(crate) fn status(file: &Path, json: bool) -> u8 {
-    let (code, body) = match call_endpoint(file, false, "/jobs") {
+    let endpoint = match Endpoint::of(file) {
+        Ok(endpoint) => endpoint,
+        Err(exit) => return exit,
+    };
+    let (code, body) = match endpoint.call(false, "/jobs") {
         Ok(answer) => answer,
         Err(exit) => return exit,
     };
@@ -67,6 +111,9 @@ pub(crate) fn status(file: &Path, json: bool) -> u8 {
             return exit::FATAL;
         }
     };
+    if let Some(line) = endpoint.cluster_line() {
+        let _ = writeln!(out, "{line}");
+    }
     let _ = writeln!(
         out,
         "{:<24} {:<26} {:<10} {:>8} {:>9} {:>9}",

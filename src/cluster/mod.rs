@@ -123,8 +123,9 @@ impl Lease {
     }
 }
 
-/// A snapshot of this node's cluster state, for the endpoint and the status report.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+/// A snapshot of this node's cluster state, for the endpoint (`GET /cluster`, `/metrics`,
+/// `/healthz`) and `tickd status`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ClusterStatus {
     /// This node's name.
     pub node: String,
@@ -144,6 +145,55 @@ pub struct ClusterStatus {
     pub takeovers: u64,
     /// Statements that failed or timed out, and connections that could not be made.
     pub failures: u64,
+}
+
+impl ClusterStatus {
+    /// Why `/healthz` should answer 503 for this node, or `None`: its jobs differ from the
+    /// owner's (it will never take over), or the database did not answer its last statement (or
+    /// has not been reached yet), so it fires no cluster job once its window ends. A healthy
+    /// follower is healthy: not owning is no problem.
+    pub fn health_problem(&self) -> Option<String> {
+        let mut problems = Vec::new();
+        if let Some(refusal) = &self.refusal {
+            problems.push(refusal.clone());
+        }
+        if !self.connected {
+            problems.push("cluster database unreachable".to_owned());
+        }
+        (!problems.is_empty()).then(|| problems.join("; "))
+    }
+
+    /// The one-line summary `tickd status` prints: `cluster: node web-1, owner (epoch 7, window
+    /// 0.8s left, renewal 0.4 ms)` or `cluster: node web-2, following`, then `; database
+    /// unreachable` and `; jobs differ from the owner's` when so.
+    pub fn summary(&self) -> String {
+        let mut line = format!("cluster: node {}, ", self.node);
+        if self.owner {
+            let mut details = Vec::new();
+            if let Some(epoch) = self.epoch {
+                details.push(format!("epoch {epoch}"));
+            }
+            if let Some(left) = self.window_left_ms {
+                details.push(format!("window {:.1}s left", left as f64 / 1000.0));
+            }
+            if let Some(rtt) = self.round_trip_ms {
+                details.push(format!("renewal {rtt:.1} ms"));
+            }
+            line.push_str("owner");
+            if !details.is_empty() {
+                line.push_str(&format!(" ({})", details.join(", ")));
+            }
+        } else {
+            line.push_str("following");
+        }
+        if !self.connected {
+            line.push_str("; database unreachable");
+        }
+        if self.refusal.is_some() {
+            line.push_str("; jobs differ from the owner's");
+        }
+        line
+    }
 }
 
 impl Cluster {
@@ -168,6 +218,49 @@ impl Cluster {
         });
         tokio::spawn(lease::keep(shared.clone(), clock, stop));
         Cluster { shared }
+    }
+
+    /// A node of `config`'s cluster that never reaches the database (no task runs for it), its
+    /// state set by `set`: for the tests of what reads [`Cluster::status`].
+    #[cfg(test)]
+    pub(crate) fn unjoined(config: &Config, set: impl FnOnce(&mut ClusterStatus)) -> Self {
+        let settings = config.cluster().expect("a [cluster] table").clone();
+        let mut wanted = ClusterStatus {
+            node: settings.node().to_owned(),
+            owner: false,
+            epoch: None,
+            window_left_ms: None,
+            connected: false,
+            round_trip_ms: None,
+            refusal: None,
+            takeovers: 0,
+            failures: 0,
+        };
+        set(&mut wanted);
+        let lease = wanted.epoch.map(|epoch| Lease {
+            epoch,
+            window_start: DateTime::UNIX_EPOCH,
+            claimed_until: DateTime::UNIX_EPOCH,
+            ends_at_boot: crate::clock::boot_time()
+                + Duration::from_millis(wanted.window_left_ms.unwrap_or(0)),
+        });
+        let state = State {
+            lease,
+            connected: wanted.connected,
+            round_trip: wanted
+                .round_trip_ms
+                .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
+            refusal: wanted.refusal,
+            takeovers: wanted.takeovers,
+            failures: wanted.failures,
+        };
+        Cluster {
+            shared: Arc::new(Shared {
+                settings,
+                jobs_hash: Mutex::new(jobs_hash(config)),
+                state: Mutex::new(state),
+            }),
+        }
     }
 
     /// This node's name.
@@ -307,6 +400,93 @@ mod tests {
         assert!(!lease.admits(at("2026-01-01T00:00:09.999Z"), early));
         // A node that was stopped or suspended past its window fires nothing more.
         assert!(!lease.admits(at("2026-01-01T00:00:10.500Z"), Duration::from_secs(100)));
+    }
+
+    fn status() -> ClusterStatus {
+        ClusterStatus {
+            node: "web-1".to_owned(),
+            owner: true,
+            epoch: Some(7),
+            window_left_ms: Some(812),
+            connected: true,
+            round_trip_ms: Some(0.43),
+            refusal: None,
+            takeovers: 1,
+            failures: 0,
+        }
+    }
+
+    #[test]
+    fn the_status_line_says_owner_or_following_and_what_is_wrong() {
+        assert_eq!(
+            status().summary(),
+            "cluster: node web-1, owner (epoch 7, window 0.8s left, renewal 0.4 ms)"
+        );
+        let following = ClusterStatus {
+            node: "web-2".to_owned(),
+            owner: false,
+            epoch: None,
+            window_left_ms: None,
+            ..status()
+        };
+        assert_eq!(following.summary(), "cluster: node web-2, following");
+        let cut_off = ClusterStatus {
+            connected: false,
+            ..following.clone()
+        };
+        assert_eq!(
+            cut_off.summary(),
+            "cluster: node web-2, following; database unreachable"
+        );
+        let differing = ClusterStatus {
+            refusal: Some("this node's jobs differ from those of the owner (web-1)".to_owned()),
+            ..cut_off
+        };
+        assert_eq!(
+            differing.summary(),
+            "cluster: node web-2, following; database unreachable; jobs differ from the owner's"
+        );
+        // An owner whose window ran out (its lease not yet given up) follows.
+        let lapsed = ClusterStatus {
+            owner: false,
+            window_left_ms: Some(0),
+            ..status()
+        };
+        assert_eq!(lapsed.summary(), "cluster: node web-1, following");
+    }
+
+    #[test]
+    fn health_fails_on_differing_jobs_or_an_unreachable_database_not_on_following() {
+        assert_eq!(status().health_problem(), None);
+        let following = ClusterStatus {
+            owner: false,
+            epoch: None,
+            window_left_ms: None,
+            ..status()
+        };
+        assert_eq!(following.health_problem(), None);
+        let refusal = "this node's jobs differ from those of the owner (web-1)";
+        let differing = ClusterStatus {
+            refusal: Some(refusal.to_owned()),
+            ..following.clone()
+        };
+        assert_eq!(differing.health_problem().as_deref(), Some(refusal));
+        let cut_off = ClusterStatus {
+            connected: false,
+            ..status()
+        };
+        assert_eq!(
+            cut_off.health_problem().as_deref(),
+            Some("cluster database unreachable")
+        );
+        let both = ClusterStatus {
+            connected: false,
+            ..differing
+        };
+        assert_eq!(
+            both.health_problem(),
+            Some(format!("{refusal}; cluster database unreachable"))
+        );
     }
 
     #[test]

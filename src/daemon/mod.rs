@@ -188,7 +188,23 @@ fn start_services(
             .map_err(DaemonError::Subreaper)?;
         tracing::info!("reaping orphaned processes (child subreaper)");
     }
+    let cluster = config.cluster().map(|settings| {
+        tracing::info!(
+            node = settings.node(),
+            cluster = settings.name(),
+            "joining the cluster"
+        );
+        Cluster::join(
+            settings,
+            config,
+            options.clock.clone(),
+            background.child_token(),
+        )
+    });
     let mut metrics = Metrics::new();
+    if let Some(cluster) = &cluster {
+        metrics.register_cluster(cluster.clone());
+    }
     if let Some(keeper) = keeper {
         metrics.register_group_keeper(&keeper);
         tokio::spawn(watch_keeper(
@@ -208,19 +224,7 @@ fn start_services(
         run_ids: Arc::default(),
         stop_runs: CancellationToken::new(),
         runs: TaskTracker::new(),
-        cluster: config.cluster().map(|settings| {
-            tracing::info!(
-                node = settings.node(),
-                cluster = settings.name(),
-                "joining the cluster"
-            );
-            Cluster::join(
-                settings,
-                config,
-                options.clock.clone(),
-                background.child_token(),
-            )
-        }),
+        cluster,
     })
 }
 
@@ -277,6 +281,7 @@ impl Supervisor {
             keeper: self.env.actions.keeper.clone(),
             token: self.config.daemon().http_token().map(Arc::from),
             clock: self.options.clock.clone(),
+            cluster: self.env.cluster.clone(),
         };
         tokio::spawn(crate::http::serve(
             listener,

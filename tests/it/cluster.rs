@@ -22,7 +22,7 @@ use nix::sys::signal::Signal;
 use tempfile::TempDir;
 
 use crate::postgres::Postgres;
-use crate::support::{eventually, Daemon, PATIENCE};
+use crate::support::{eventually, free_port, http, sample, tickd, Daemon, PATIENCE};
 
 /// The replicas' node names.
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
@@ -214,6 +214,11 @@ shell = "{shell}"
     )
 }
 
+/// `config` with `[daemon] http` on loopback `port`, ahead of the rest.
+fn with_endpoint(config: &str, port: u16) -> String {
+    format!("[daemon]\nhttp = \"127.0.0.1:{port}\"\n{config}")
+}
+
 /// A database, three replicas on it and the tail of their shared file. Dropping it kills every
 /// replica by pid (SIGKILL works on a stopped one too), then stops the database: a failed
 /// assertion leaves nothing running.
@@ -224,6 +229,8 @@ struct Cluster {
     pg: Postgres,
     /// Holds the shared `runs.txt`.
     shared: TempDir,
+    /// Each replica's endpoint port, when started with [`Cluster::start_with_endpoints`].
+    ports: BTreeMap<String, u16>,
 }
 
 impl Cluster {
@@ -231,13 +238,28 @@ impl Cluster {
     /// other, before waiting for any: they race to create the schema), and waits until each is
     /// scheduling.
     fn start() -> Cluster {
+        Cluster::launch(false)
+    }
+
+    /// [`Cluster::start`], each replica with its HTTP endpoint on a free loopback port.
+    fn start_with_endpoints() -> Cluster {
+        Cluster::launch(true)
+    }
+
+    fn launch(endpoints: bool) -> Cluster {
         let pg = Postgres::start();
         let shared = tempfile::tempdir().expect("tempdir");
         let runs = shared.path().join("runs.txt");
+        let mut ports = BTreeMap::new();
         let replicas: Vec<(String, Daemon)> = NODES
             .iter()
             .map(|node| {
-                let config = jobs_file(&pg.url(), node, &runs);
+                let mut config = jobs_file(&pg.url(), node, &runs);
+                if endpoints {
+                    let port = free_port();
+                    config = with_endpoint(&config, port);
+                    ports.insert((*node).to_owned(), port);
+                }
                 let daemon = Daemon::launch(&config, |command, log| {
                     command
                         .args(["run", "jobs.toml"])
@@ -252,6 +274,7 @@ impl Cluster {
             tail,
             pg,
             shared,
+            ports,
         };
         for node in NODES {
             cluster.wait_scheduling(node);
@@ -296,6 +319,11 @@ impl Cluster {
             .find(|(n, _)| n == node)
             .map(|(_, d)| d)
             .expect("a replica of that name")
+    }
+
+    /// `node`'s endpoint port (started with [`Cluster::start_with_endpoints`]).
+    fn port(&self, node: &str) -> u16 {
+        *self.ports.get(node).expect("a replica with an endpoint")
     }
 
     /// Sends `signal` to `node`'s tickd, by pid.
@@ -684,6 +712,206 @@ fn schema_creation_races_from_three_nodes() {
         "want exactly one owner firing, saw {owners:?}\n{}",
         cluster.diagnostics()
     );
+}
+
+/// `tickd status ARGS` in `dir` (which holds the replica's jobs file): its stdout, once it has
+/// exited 0.
+fn tickd_status(dir: &Path, args: &[&str]) -> String {
+    let out = tickd()
+        .arg("status")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("tickd status");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "tickd status {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `GET path` on the endpoint at `port`: the body, which must come with a 200.
+fn get_ok(port: u16, path: &str) -> String {
+    let (code, body) = http(port, "GET", path, None);
+    assert_eq!(code, 200, "GET {path} on port {port}: {body}");
+    body
+}
+
+#[test]
+fn the_cluster_is_seen_in_metrics_healthz_and_status() {
+    let _serial = serial();
+    let cluster = Cluster::start_with_endpoints();
+    cluster.wait_fast_runs(5);
+
+    // `/metrics`: exactly one replica is the owner, the others report 0.
+    let deadline = Instant::now() + PATIENCE;
+    let owner = loop {
+        let flags: Vec<(&str, f64)> = NODES
+            .iter()
+            .map(|node| {
+                let metrics = get_ok(cluster.port(node), "/metrics");
+                (*node, sample(&metrics, "tickd_cluster_owner "))
+            })
+            .collect();
+        let owners: Vec<&str> = flags
+            .iter()
+            .filter(|(_, flag)| *flag == 1.0)
+            .map(|(node, _)| *node)
+            .collect();
+        if owners.len() == 1 && flags.iter().all(|(_, flag)| *flag == 0.0 || *flag == 1.0) {
+            break owners[0].to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "want exactly one tickd_cluster_owner 1 and the others 0, have {flags:?}\n{}",
+            cluster.diagnostics()
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        owner,
+        cluster.owner(),
+        "the owner by /metrics is not the node that fires\n{}",
+        cluster.diagnostics()
+    );
+    for node in NODES {
+        let metrics = get_ok(cluster.port(node), "/metrics");
+        let owns = node == owner;
+        assert_eq!(
+            sample(&metrics, "tickd_cluster_connected "),
+            1.0,
+            "{node}:\n{metrics}"
+        );
+        assert_eq!(
+            sample(&metrics, "tickd_cluster_jobs_mismatch "),
+            0.0,
+            "{node}:\n{metrics}"
+        );
+        assert!(
+            sample(&metrics, "tickd_cluster_renewal_seconds ") >= 0.0,
+            "{node}:\n{metrics}"
+        );
+        assert!(
+            sample(&metrics, "tickd_cluster_failures_total ") >= 0.0,
+            "{node}:\n{metrics}"
+        );
+        let (epoch, window) = (
+            sample(&metrics, "tickd_cluster_epoch "),
+            sample(&metrics, "tickd_cluster_window_seconds "),
+        );
+        if owns {
+            assert!(epoch >= 1.0 && window > 0.0, "{node}:\n{metrics}");
+            assert!(
+                sample(&metrics, "tickd_cluster_takeovers_total ") >= 1.0,
+                "{node}:\n{metrics}"
+            );
+        } else {
+            assert!(epoch == 0.0 && window == 0.0, "{node}:\n{metrics}");
+        }
+        // The existing series are still there, unchanged.
+        assert!(
+            metrics.contains("tickd_runs_in_flight "),
+            "{node}:\n{metrics}"
+        );
+
+        // `/cluster` says the same.
+        let status: serde_json::Value =
+            serde_json::from_str(&get_ok(cluster.port(node), "/cluster")).expect("JSON");
+        assert_eq!(status["node"], node, "{status}");
+        assert_eq!(status["owner"], owns, "{status}");
+        assert_eq!(status["connected"], true, "{status}");
+        assert!(status["refusal"].is_null(), "{status}");
+        assert_eq!(status["epoch"].is_i64(), owns, "{status}");
+        // A healthy follower is healthy.
+        let (code, body) = http(cluster.port(node), "GET", "/healthz", None);
+        assert_eq!(code, 200, "{node}: {body}");
+
+        // `tickd status`: the cluster's line above the table; `--json` stays the jobs list.
+        let dir = cluster.replica(node).dir.path();
+        let table = tickd_status(dir, &[]);
+        let mut lines = table.lines();
+        let first = lines.next().unwrap_or_default();
+        if owns {
+            assert!(
+                first.starts_with(&format!("cluster: node {node}, owner (epoch ")),
+                "{table}"
+            );
+        } else {
+            assert_eq!(first, format!("cluster: node {node}, following"), "{table}");
+        }
+        assert!(
+            lines.next().unwrap_or_default().starts_with("JOB"),
+            "{table}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&tickd_status(dir, &["--json"])).expect("JSON");
+        let names: Vec<&str> = json
+            .as_array()
+            .expect("the jobs list")
+            .iter()
+            .filter_map(|job| job["name"].as_str())
+            .collect();
+        assert_eq!(names, ["cron", "fast", "second"], "{json}");
+    }
+
+    // A fourth node of the same cluster, whose `fast` differs: it never owns, and says so.
+    let port = free_port();
+    let runs = cluster.shared.path().join("runs.txt");
+    let differing = with_endpoint(
+        &jobs_file(&cluster.pg.url(), "n4", &runs)
+            .replace("every = \"200ms\"", "every = \"400ms\""),
+        port,
+    );
+    let n4 = Daemon::launch(&differing, |command, log| {
+        command
+            .args(["run", "jobs.toml"])
+            .stderr(fs::File::create(log).expect("log file"));
+    });
+    n4.wait_log("scheduler started");
+    let deadline = Instant::now() + PATIENCE;
+    let body = loop {
+        let (code, body) = http(port, "GET", "/healthz", None);
+        if code == 503 && body.contains("jobs differ") {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n4's /healthz answers {code} {body:?}, not 503 about its jobs; its log:\n{}",
+            n4.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        body.contains(&format!("({owner})")),
+        "names the owner: {body}"
+    );
+    let metrics = get_ok(port, "/metrics");
+    assert_eq!(
+        sample(&metrics, "tickd_cluster_jobs_mismatch "),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(sample(&metrics, "tickd_cluster_owner "), 0.0, "{metrics}");
+    let status: serde_json::Value = serde_json::from_str(&get_ok(port, "/cluster")).expect("JSON");
+    assert!(
+        status["refusal"]
+            .as_str()
+            .is_some_and(|r| r.contains("jobs differ")),
+        "{status}"
+    );
+    let table = tickd_status(n4.dir.path(), &[]);
+    assert!(
+        table.starts_with("cluster: node n4, following; jobs differ from the owner's\n"),
+        "{table}"
+    );
+    assert!(
+        cluster.runs().iter().all(|run| run.node != "n4"),
+        "n4 fired\n{}",
+        cluster.diagnostics()
+    );
+    assert_each_slot_once(&cluster.runs(), &cluster);
 }
 
 #[test]

@@ -140,7 +140,14 @@ fn a_token_guards_everything_but_healthz_and_is_never_logged() {
     assert_eq!(http(port, "GET", "/metrics", None).0, 401);
     assert_eq!(http(port, "GET", "/jobs", Some("wrong")).0, 401);
     assert_eq!(http(port, "POST", "/jobs/a/pause", None).0, 401);
+    assert_eq!(http(port, "GET", "/cluster", None).0, 401);
     assert_eq!(http(port, "GET", "/metrics", Some(token)).0, 200);
+    // Not in a cluster: no such thing to show.
+    let (code, body) = http(port, "GET", "/cluster", Some(token));
+    assert_eq!(
+        (code, body.as_str()),
+        (404, "not in a cluster: the jobs file has no [cluster]\n")
+    );
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(), 0);
     assert!(!d.log().contains(token));
