@@ -206,16 +206,7 @@ impl Cluster {
         clock: Clock,
         stop: CancellationToken,
     ) -> Self {
-        let (catch_ups, catch_up_receiver) = tokio::sync::mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            settings: settings.clone(),
-            jobs: Mutex::new(Jobs::of(config)),
-            jobs_changed: tokio::sync::Notify::new(),
-            state: Mutex::new(State::default()),
-            catch_ups,
-            catch_up_receiver: Mutex::new(Some(catch_up_receiver)),
-            leave: CancellationToken::new(),
-        });
+        let shared = Shared::new(settings, config, State::default());
         tokio::spawn(lease::keep(shared.clone(), clock, stop));
         Cluster { shared }
     }
@@ -253,13 +244,10 @@ impl Cluster {
             refusal: wanted.refusal,
             takeovers: wanted.takeovers,
             failures: wanted.failures,
+            taken: HashMap::new(),
         };
         Cluster {
-            shared: Arc::new(Shared {
-                settings,
-                jobs_hash: Mutex::new(jobs_hash(config)),
-                state: Mutex::new(state),
-            }),
+            shared: Shared::new(&settings, config, state),
         }
     }
 
@@ -332,6 +320,19 @@ impl Cluster {
 }
 
 impl Shared {
+    fn new(settings: &ClusterSettings, config: &Config, state: State) -> Arc<Self> {
+        let (catch_ups, catch_up_receiver) = tokio::sync::mpsc::unbounded_channel();
+        Arc::new(Shared {
+            settings: settings.clone(),
+            jobs: Mutex::new(Jobs::of(config)),
+            jobs_changed: tokio::sync::Notify::new(),
+            state: Mutex::new(state),
+            catch_ups,
+            catch_up_receiver: Mutex::new(Some(catch_up_receiver)),
+            leave: CancellationToken::new(),
+        })
+    }
+
     fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
