@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, NoTls, Row, Statement};
 use tokio_util::sync::CancellationToken;
 
 use super::marks::{self, Agenda};
@@ -55,6 +55,24 @@ const RELEASE: &str = "UPDATE tickd_owner
     SET renewed_at = '-infinity', claimed_until = least(claimed_until, now())
     WHERE cluster = $1 AND owner = $2 AND epoch = $3";
 
+/// The statements of every renewal and every slot taken, prepared once per connection: a
+/// statement sent as text is prepared in a round trip of its own each time it runs.
+struct Prepared {
+    renew: Statement,
+    acquire: Statement,
+    mark: Statement,
+}
+
+impl Prepared {
+    async fn on(client: &Client) -> Result<Self, tokio_postgres::Error> {
+        Ok(Prepared {
+            renew: client.prepare(RENEW).await?,
+            acquire: client.prepare(ACQUIRE).await?,
+            mark: client.prepare(marks::MARK).await?,
+        })
+    }
+}
+
 /// Follows or owns the cluster until `stop`, reconnecting as needed; releases ownership when
 /// the node leaves.
 pub(super) async fn keep(shared: Arc<Shared>, clock: Clock, stop: CancellationToken) {
@@ -67,15 +85,16 @@ pub(super) async fn keep(shared: Arc<Shared>, clock: Clock, stop: CancellationTo
             schema::migrate(&mut client)
                 .await
                 .map_err(|err| err.to_string())?;
-            Ok::<Client, String>(client)
+            let prepared = Prepared::on(&client).await.map_err(|err| err.to_string())?;
+            Ok::<_, String>((client, prepared))
         };
         let connected = tokio::select! {
             () = stop.cancelled() => return,
             () = shared.leave.cancelled() => return,
             result = bounded(&clock, settings.window().max(Duration::from_secs(5)), attempt) => result,
         };
-        let client = match connected {
-            Ok(client) => client,
+        let (client, prepared) = match connected {
+            Ok(connected) => connected,
             Err(err) => {
                 {
                     let mut state = shared.lock_state();
@@ -96,7 +115,7 @@ pub(super) async fn keep(shared: Arc<Shared>, clock: Clock, stop: CancellationTo
         if outage_logged {
             tracing::info!("cluster: the database is reachable again");
         }
-        match serve(&shared, &client, &clock, &stop).await {
+        match serve(&shared, &client, &prepared, &clock, &stop).await {
             Ok(()) => {
                 release(&shared, &client, &clock).await;
                 return;
@@ -122,6 +141,7 @@ pub(super) async fn keep(shared: Arc<Shared>, clock: Clock, stop: CancellationTo
 async fn serve(
     shared: &Shared,
     client: &Client,
+    prepared: &Prepared,
     clock: &Clock,
     stop: &CancellationToken,
 ) -> Result<(), String> {
@@ -138,7 +158,8 @@ async fn serve(
             () = stop.cancelled() => return Ok(()),
             () = shared.leave.cancelled() => return Ok(()),
             () = &mut renewal => {
-                let step = step(shared, client, clock, &agenda, ticks % DIAGNOSE_EVERY == 0);
+                let diagnose = ticks % DIAGNOSE_EVERY == 0;
+                let step = step(shared, client, prepared, clock, &agenda, diagnose);
                 if bounded(clock, settings.window(), step).await? {
                     // Slots passed over while following may be due within the lead: look again.
                     let lead = chrono::Duration::from_std(marks::LEAD).unwrap_or_default();
@@ -150,7 +171,8 @@ async fn serve(
             () = crate::clock::sleep_or_never(next_take.as_mut()) => {
                 let lead = chrono::Duration::from_std(marks::LEAD).unwrap_or_default();
                 let due = agenda.take_due(clock.wall_now() + lead);
-                bounded(clock, settings.window(), take(shared, client, &due)).await?;
+                let taking = take(shared, client, &prepared.mark, &due);
+                bounded(clock, settings.window(), taking).await?;
             }
             () = shared.jobs_changed.notified() => {
                 agenda = Agenda::new(&shared.jobs().specs, clock.wall_now());
@@ -163,6 +185,7 @@ async fn serve(
 async fn take(
     shared: &Shared,
     client: &Client,
+    mark: &Statement,
     due: &[(String, DateTime<Utc>)],
 ) -> Result<(), String> {
     let Some(lease) = shared.lock_state().lease else {
@@ -177,9 +200,16 @@ async fn take(
         return Ok(());
     }
     let settings = &shared.settings;
-    let taken = marks::take(client, settings.name(), settings.node(), lease.epoch, &ours)
-        .await
-        .map_err(|err| err.to_string())?;
+    let taken = marks::take(
+        client,
+        mark,
+        settings.name(),
+        settings.node(),
+        lease.epoch,
+        &ours,
+    )
+    .await
+    .map_err(|err| err.to_string())?;
     let mut state = shared.lock_state();
     if state.lease.map(|l| l.epoch) == Some(lease.epoch) {
         state.taken.extend(taken);
@@ -212,6 +242,7 @@ async fn release(shared: &Shared, client: &Client, clock: &Clock) {
 async fn step(
     shared: &Shared,
     client: &Client,
+    prepared: &Prepared,
     clock: &Clock,
     agenda: &Agenda,
     diagnose: bool,
@@ -225,7 +256,10 @@ async fn step(
     let boot_sent = boot_time();
     let renewed = match held {
         Some(lease) => client
-            .query_opt(RENEW, &[&cluster, &node, &window, &hash, &lease.epoch])
+            .query_opt(
+                &prepared.renew,
+                &[&cluster, &node, &window, &hash, &lease.epoch],
+            )
             .await
             .map_err(|err| err.to_string())?,
         None => None,
@@ -241,7 +275,10 @@ async fn step(
         None => {
             let dead_after = settings.dead_after().as_secs_f64();
             client
-                .query_opt(ACQUIRE, &[&cluster, &node, &window, &hash, &dead_after])
+                .query_opt(
+                    &prepared.acquire,
+                    &[&cluster, &node, &window, &hash, &dead_after],
+                )
                 .await
                 .map_err(|err| err.to_string())?
         }
@@ -261,7 +298,7 @@ async fn step(
             state.taken.clear();
             state.takeovers += 1;
         }
-        catch_up(shared, client, agenda, lease, db_now).await?;
+        catch_up(shared, client, &prepared.mark, agenda, lease, db_now).await?;
     }
     let refusal = match (lease, diagnose) {
         (None, true) => refusal(client, cluster, &hash).await?,
@@ -287,6 +324,7 @@ async fn step(
 async fn catch_up(
     shared: &Shared,
     client: &Client,
+    mark: &Statement,
     agenda: &Agenda,
     lease: Lease,
     db_now: DateTime<Utc>,
@@ -301,6 +339,7 @@ async fn catch_up(
     }
     let taken = marks::take(
         client,
+        mark,
         settings.name(),
         settings.node(),
         lease.epoch,

@@ -25,7 +25,7 @@ pub(super) const LEAD: Duration = Duration::from_millis(50);
 
 /// Takes slots: `$4` jobs at the `$5` slots, under epoch `$3` of owner `$2`; returns the ones
 /// taken (a job whose mark is already at or past the slot is not).
-const MARK: &str = "WITH owner AS (
+pub(super) const MARK: &str = "WITH owner AS (
         SELECT epoch FROM tickd_owner
         WHERE cluster = $1 AND owner = $2 AND epoch = $3
         FOR SHARE
@@ -120,9 +120,10 @@ impl Agenda {
     }
 }
 
-/// Takes `slots` under `epoch`; returns the ones taken.
+/// Takes `slots` under `epoch` with `mark` (the prepared [`MARK`]); returns the ones taken.
 pub(super) async fn take(
     client: &Client,
+    mark: &tokio_postgres::Statement,
     cluster: &str,
     node: &str,
     epoch: i64,
@@ -131,7 +132,7 @@ pub(super) async fn take(
     let jobs: Vec<&str> = slots.iter().map(|(job, _)| job.as_str()).collect();
     let times: Vec<DateTime<Utc>> = slots.iter().map(|(_, slot)| *slot).collect();
     let rows = client
-        .query(MARK, &[&cluster, &node, &epoch, &jobs, &times])
+        .query(mark, &[&cluster, &node, &epoch, &jobs, &times])
         .await?;
     Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
