@@ -200,16 +200,9 @@ async fn take(
         return Ok(());
     }
     let settings = &shared.settings;
-    let taken = marks::take(
-        client,
-        mark,
-        settings.name(),
-        settings.node(),
-        lease.epoch,
-        &ours,
-    )
-    .await
-    .map_err(|err| err.to_string())?;
+    let taken = marks::take(client, mark, settings, lease.epoch, &ours)
+        .await
+        .map_err(|err| err.to_string())?;
     let mut state = shared.lock_state();
     if state.lease.map(|l| l.epoch) == Some(lease.epoch) {
         state.taken.extend(taken);
@@ -337,16 +330,9 @@ async fn catch_up(
     if missed.is_empty() {
         return Ok(());
     }
-    let taken = marks::take(
-        client,
-        mark,
-        settings.name(),
-        settings.node(),
-        lease.epoch,
-        &missed,
-    )
-    .await
-    .map_err(|err| err.to_string())?;
+    let taken = marks::take(client, mark, settings, lease.epoch, &missed)
+        .await
+        .map_err(|err| err.to_string())?;
     for (job, slot) in taken {
         tracing::info!(job = %job, slot = %slot.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), "cluster: the previous owner did not take this slot; running it once as a catch-up");
         let _ = shared.catch_ups.send(CatchUp {

@@ -124,15 +124,17 @@ impl Agenda {
 pub(super) async fn take(
     client: &Client,
     mark: &tokio_postgres::Statement,
-    cluster: &str,
-    node: &str,
+    settings: &crate::config::ClusterSettings,
     epoch: i64,
     slots: &[(String, DateTime<Utc>)],
 ) -> Result<Vec<(String, DateTime<Utc>)>, tokio_postgres::Error> {
     let jobs: Vec<&str> = slots.iter().map(|(job, _)| job.as_str()).collect();
     let times: Vec<DateTime<Utc>> = slots.iter().map(|(_, slot)| *slot).collect();
     let rows = client
-        .query(mark, &[&cluster, &node, &epoch, &jobs, &times])
+        .query(
+            mark,
+            &[&settings.name(), &settings.node(), &epoch, &jobs, &times],
+        )
         .await?;
     Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
