@@ -14,12 +14,12 @@ use std::time::Duration;
 use tickd::{Clock, DaemonOptions, Handlers, RunContext, Stopped};
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
+    // Held before any thread exists, so none of them takes a SIGTERM that tokio would drop
+    // before it listens; `os_controls` (on this same thread) lets them through.
+    tickd::signals::hold_control_signals()?;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .init();
-    // Held before the runtime's threads exist, so none of them takes a SIGTERM that tokio would
-    // drop before it listens; `os_controls` (on this same thread) lets them through.
-    tickd::signals::hold_control_signals()?;
     tokio::runtime::Runtime::new()?.block_on(run())
 }
 

@@ -106,11 +106,19 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any thread starts (the log's are the first): a thread that does not block the
+    // control signals could take one while tokio registers its listeners, and lose it.
+    let held =
+        matches!(cli.command, Command::Run { .. }).then(tickd::signals::hold_control_signals);
     let log_writer = logging::init_logging(cli.log_format);
     let code = match cli.command {
-        Command::Run { file, subreaper } => {
-            daemon::run_daemon(&file, subreaper || std::process::id() == 1)
-        }
+        Command::Run { file, subreaper } => match held {
+            Some(Err(err)) => {
+                tracing::error!("cannot block signals: {err}");
+                exit::FATAL
+            }
+            _ => daemon::run_daemon(&file, subreaper || std::process::id() == 1),
+        },
         Command::Check { file } => offline::check(&file),
         Command::Next {
             file,

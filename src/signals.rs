@@ -39,8 +39,9 @@ fn control_signals() -> SigSet {
 }
 
 /// Blocks the signals tickd handles (SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2,
-/// SIGALRM) on the calling thread, and so on every thread it starts afterwards: call it before
-/// building the runtime, then [`os_controls`] from that same thread.
+/// SIGALRM) on the calling thread, and so on every thread it starts afterwards: call it on the
+/// main thread before any other thread starts (the runtime's, and a log writer's too: a thread
+/// started earlier does not block them), then [`os_controls`] from that same thread.
 ///
 /// Why: tokio drops a signal that its driver (on any worker thread) handles between installing
 /// the handler and subscribing the listener, so a SIGTERM in the first milliseconds could be

@@ -10,11 +10,8 @@ use super::{exit, load_config};
 pub(crate) fn run_daemon(file: &Path, subreaper: bool) -> u8 {
     // Before the runtime, so that its threads and everything they open see the raised limit.
     raise_descriptor_limit();
-    // Until `os_controls` listens, a control signal waits instead of being lost (see there).
-    if let Err(err) = tickd::signals::hold_control_signals() {
-        tracing::error!("cannot block signals: {err}");
-        return exit::FATAL;
-    }
+    // The control signals are held (by `main`, before any thread started): until `os_controls`
+    // listens, one waits instead of being lost.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("tickd-worker")
