@@ -68,6 +68,8 @@ pub struct LastRun {
     pub exit_code: Option<i32>,
     /// Why it did not succeed.
     pub reason: Option<String>,
+    /// In a cluster: the node that ran it.
+    pub node: Option<String>,
 }
 
 /// A job's status, shared between its task (writer) and the endpoint (readers).
@@ -97,6 +99,7 @@ pub fn record_run(
     report: &RunReport,
     started: DateTime<Utc>,
     duration_ms: f64,
+    node: Option<&str>,
 ) {
     status.running = status.running.saturating_sub(1);
     match report.outcome {
@@ -115,5 +118,6 @@ pub fn record_run(
         outcome: report.outcome.as_str().to_owned(),
         exit_code: report.exit_code,
         reason: report.reason.clone(),
+        node: node.map(str::to_owned),
     });
 }

@@ -585,8 +585,9 @@ impl RunEnd {
         let duration_ms = millis(duration);
         self.metrics.run_ended(&report, duration, self.started_wall);
         let started_wall = self.started_wall;
+        let node = self.env.cluster.as_ref().map(|cluster| cluster.node());
         self.status
-            .update(|s| record_run(s, run_id.0, &report, started_wall, duration_ms));
+            .update(|s| record_run(s, run_id.0, &report, started_wall, duration_ms, node));
         let exit_code = report.exit_code.map(i64::from);
         let reason = report.reason.as_deref().unwrap_or("");
         match report.outcome {

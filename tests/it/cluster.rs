@@ -776,6 +776,12 @@ fn the_cluster_is_seen_in_metrics_healthz_and_status() {
         "the owner by /metrics is not the node that fires\n{}",
         cluster.diagnostics()
     );
+    // `/jobs` says which node ran each job's last run.
+    let jobs = get_ok(cluster.port(&owner), "/jobs");
+    assert!(
+        jobs.contains(&format!("\"node\":\"{owner}\"")),
+        "{owner}'s /jobs does not name it as the node of its last runs: {jobs}"
+    );
     for node in NODES {
         let metrics = get_ok(cluster.port(node), "/metrics");
         let owns = node == owner;
