@@ -28,7 +28,9 @@ const RENEW: &str = "UPDATE tickd_owner
     RETURNING epoch, window_start, claimed_until, now()";
 
 /// A node that owns nothing creates the row, or takes it over from an owner whose renewals
-/// stopped; its window starts where the old one ends.
+/// stopped (a node restarted under its old name waits like any other: a second live process
+/// under one name must not take the row back and forth); its window starts where the old one
+/// ends.
 const ACQUIRE: &str = "INSERT INTO tickd_owner AS o
         (cluster, owner, epoch, window_start, claimed_until, renewed_at, jobs_hash)
     VALUES ($1, $2, 1, now(), now() + make_interval(secs => $3), now(), $4)
@@ -40,7 +42,7 @@ const ACQUIRE: &str = "INSERT INTO tickd_owner AS o
         renewed_at = now(),
         jobs_hash = excluded.jobs_hash
     WHERE (o.jobs_hash = excluded.jobs_hash OR o.jobs_hash = '')
-        AND (o.renewed_at < now() - make_interval(secs => $5) OR o.owner = excluded.owner)
+        AND o.renewed_at < now() - make_interval(secs => $5)
     RETURNING o.epoch, o.window_start, o.claimed_until, now()";
 
 /// What a follower reads now and then to tell why it does not take over.
@@ -151,7 +153,7 @@ async fn serve(
     let mut renewal = clock.sleep(Duration::ZERO);
     loop {
         let mut next_take = agenda.next().map(|slot| {
-            let lead = chrono::Duration::from_std(marks::LEAD).unwrap_or_default();
+            let lead = chrono::Duration::from_std(lead(shared)).unwrap_or_default();
             clock.sleep_until(clock.instant_for_wall(slot - lead))
         });
         tokio::select! {
@@ -162,14 +164,14 @@ async fn serve(
                 let step = step(shared, client, prepared, clock, &agenda, diagnose);
                 if bounded(clock, settings.window(), step).await? {
                     // Slots passed over while following may be due within the lead: look again.
-                    let lead = chrono::Duration::from_std(marks::LEAD).unwrap_or_default();
+                    let lead = chrono::Duration::from_std(lead(shared)).unwrap_or_default();
                     agenda = Agenda::new(&shared.jobs().specs, clock.wall_now() - lead);
                 }
                 ticks = ticks.wrapping_add(1);
                 renewal = clock.sleep(settings.renew());
             }
             () = crate::clock::sleep_or_never(next_take.as_mut()) => {
-                let lead = chrono::Duration::from_std(marks::LEAD).unwrap_or_default();
+                let lead = chrono::Duration::from_std(lead(shared)).unwrap_or_default();
                 let due = agenda.take_due(clock.wall_now() + lead);
                 let taking = take(shared, client, &prepared.mark, &due);
                 bounded(clock, settings.window(), taking).await?;
@@ -179,6 +181,15 @@ async fn serve(
             }
         }
     }
+}
+
+/// How long before a slot it is taken: [`marks::LEAD`], or three round trips to the database if
+/// that is longer (a distant database must not make every mark late), at most a renewal.
+fn lead(shared: &Shared) -> Duration {
+    let round_trip = shared.lock_state().round_trip.unwrap_or_default();
+    marks::LEAD
+        .max(round_trip.saturating_mul(3))
+        .min(shared.settings.renew())
 }
 
 /// Takes `due` slots if this node owns them: the ones inside its window, under its epoch.
@@ -210,14 +221,33 @@ async fn take(
     Ok(())
 }
 
-/// A node that leaves hands its ownership over (see [`RELEASE`]).
+/// A node that leaves hands its ownership over (see [`RELEASE`]), first giving back the slots
+/// it took but did not fire (it stopped firing before it left), so the next owner runs them.
 async fn release(shared: &Shared, client: &Client, clock: &Clock) {
-    let Some(lease) = shared.lock_state().lease.take() else {
-        return;
+    let (lease, unfired) = {
+        let mut state = shared.lock_state();
+        let Some(lease) = state.lease.take() else {
+            return;
+        };
+        let unfired: Vec<(String, DateTime<Utc>)> = state
+            .taken
+            .iter()
+            .filter(|(job, slot)| state.fired.get(*job) != Some(*slot))
+            .map(|(job, slot)| (job.clone(), *slot))
+            .collect();
+        (lease, unfired)
     };
     let settings = &shared.settings;
     let (cluster, node) = (settings.name(), settings.node());
     let released = async {
+        if !unfired.is_empty() {
+            let jobs: Vec<&str> = unfired.iter().map(|(job, _)| job.as_str()).collect();
+            let slots: Vec<DateTime<Utc>> = unfired.iter().map(|(_, slot)| *slot).collect();
+            client
+                .execute(marks::GIVE_BACK, &[&cluster, &jobs, &slots, &lease.epoch])
+                .await
+                .map_err(|err| err.to_string())?;
+        }
         client
             .execute(RELEASE, &[&cluster, &node, &lease.epoch])
             .await
@@ -289,6 +319,7 @@ async fn step(
             let mut state = shared.lock_state();
             state.lease = Some(lease);
             state.taken.clear();
+            state.fired.clear();
             state.takeovers += 1;
         }
         catch_up(shared, client, &prepared.mark, agenda, lease, db_now).await?;
@@ -304,6 +335,7 @@ async fn step(
     }
     if lease.is_none() {
         state.taken.clear();
+        state.fired.clear();
     }
     state.lease = lease;
     state.connected = true;
@@ -351,7 +383,7 @@ async fn refusal(client: &Client, cluster: &str, hash: &str) -> Result<Option<St
         .await
         .map_err(|err| err.to_string())?;
     Ok(row.and_then(|row| {
-        let (owner, theirs): (String, String) = (row.get(0), row.get(1));
+        let (owner, theirs): (String, String) = (row.try_get(0).ok()?, row.try_get(1).ok()?);
         (!theirs.is_empty() && theirs != hash).then(|| {
             format!("this node's jobs differ from those of the owner ({owner}): it will not take ownership until its jobs file matches")
         })

@@ -20,7 +20,8 @@ use tokio_postgres::Client;
 use crate::config::{JobSpec, Scope};
 use crate::schedule::Schedule;
 
-/// How long before a slot it is taken: a few round trips on a loopback or LAN database.
+/// How long before a slot it is taken, at least: many round trips on a loopback or LAN database
+/// (the lease takes three measured round trips when that is longer).
 pub(super) const LEAD: Duration = Duration::from_millis(50);
 
 /// Takes slots: `$4` jobs at the `$5` slots, under epoch `$3` of owner `$2`; returns the ones
@@ -36,6 +37,13 @@ pub(super) const MARK: &str = "WITH owner AS (
     ON CONFLICT (cluster, job) DO UPDATE SET slot = excluded.slot, epoch = excluded.epoch
         WHERE tickd_marks.slot < excluded.slot
     RETURNING job, slot";
+
+/// Gives back taken slots (`$2` jobs at the `$3` slots, under epoch `$4`): each mark moves to just
+/// before its slot, so that the next owner runs it as a catch-up.
+pub(super) const GIVE_BACK: &str = "UPDATE tickd_marks AS m
+    SET slot = m.slot - interval '1 microsecond'
+    FROM unnest($2::text[], $3::timestamptz[]) AS u(job, slot)
+    WHERE m.cluster = $1 AND m.job = u.job AND m.slot = u.slot AND m.epoch = $4";
 
 /// The marks of the cluster's jobs.
 const READ: &str = "SELECT job, slot FROM tickd_marks WHERE cluster = $1";
@@ -128,15 +136,24 @@ pub(super) async fn take(
     epoch: i64,
     slots: &[(String, DateTime<Utc>)],
 ) -> Result<Vec<(String, DateTime<Utc>)>, tokio_postgres::Error> {
-    let jobs: Vec<&str> = slots.iter().map(|(job, _)| job.as_str()).collect();
-    let times: Vec<DateTime<Utc>> = slots.iter().map(|(_, slot)| *slot).collect();
+    // One row per job: `ON CONFLICT DO UPDATE` cannot change a row twice in one statement (a
+    // late wake-up can find two slots of a job due).
+    let mut latest: BTreeMap<&str, DateTime<Utc>> = BTreeMap::new();
+    for (job, slot) in slots {
+        let entry = latest.entry(job.as_str()).or_insert(*slot);
+        *entry = (*entry).max(*slot);
+    }
+    let jobs: Vec<&str> = latest.keys().copied().collect();
+    let times: Vec<DateTime<Utc>> = latest.values().copied().collect();
     let rows = client
         .query(
             mark,
             &[&settings.name(), &settings.node(), &epoch, &jobs, &times],
         )
         .await?;
-    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect()
 }
 
 /// The marks of `cluster`'s jobs.
@@ -145,7 +162,9 @@ pub(super) async fn read(
     cluster: &str,
 ) -> Result<HashMap<String, DateTime<Utc>>, tokio_postgres::Error> {
     let rows = client.query(READ, &[&cluster]).await?;
-    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect()
 }
 
 #[cfg(test)]

@@ -103,6 +103,9 @@ struct State {
     failures: u64,
     /// The latest slot of each marked job taken under the current lease.
     taken: HashMap<String, DateTime<Utc>>,
+    /// The latest slot of each marked job fired under the current lease: a leaving owner gives
+    /// back the slots it took but did not fire.
+    fired: HashMap<String, DateTime<Utc>>,
 }
 
 /// A window of ownership confirmed by the database.
@@ -245,6 +248,7 @@ impl Cluster {
             takeovers: wanted.takeovers,
             failures: wanted.failures,
             taken: HashMap::new(),
+            fired: HashMap::new(),
         };
         Cluster {
             shared: Shared::new(&settings, config, state),
@@ -267,10 +271,14 @@ impl Cluster {
             .unwrap_or_else(PoisonError::into_inner)
             .marked
             .contains(job);
-        let state = self.shared.lock_state();
+        let mut state = self.shared.lock_state();
         let lease = state.lease?;
         let taken = !marked || state.taken.get(job) == Some(&slot);
-        (taken && lease.admits(slot, crate::clock::boot_time())).then_some(lease.epoch)
+        let fires = taken && lease.admits(slot, crate::clock::boot_time());
+        if fires && marked {
+            state.fired.insert(job.to_owned(), slot);
+        }
+        fires.then_some(lease.epoch)
     }
 
     /// A reload's new jobs: ownership is kept or taken only with the same jobs as the owner's.
