@@ -148,7 +148,7 @@ async fn serve(
     stop: &CancellationToken,
 ) -> Result<(), String> {
     let settings = &shared.settings;
-    let mut agenda = Agenda::new(&shared.jobs().specs, clock.wall_now());
+    let mut agenda = shared.agenda(clock.wall_now());
     let mut ticks: u32 = 0;
     let mut renewal = clock.sleep(Duration::ZERO);
     loop {
@@ -165,7 +165,7 @@ async fn serve(
                 if bounded(clock, settings.window(), step).await? {
                     // Slots passed over while following may be due within the lead: look again.
                     let lead = chrono::Duration::from_std(lead(shared)).unwrap_or_default();
-                    agenda = Agenda::new(&shared.jobs().specs, clock.wall_now() - lead);
+                    agenda = shared.agenda(clock.wall_now() - lead);
                 }
                 ticks = ticks.wrapping_add(1);
                 renewal = clock.sleep(settings.renew());
@@ -177,7 +177,7 @@ async fn serve(
                 bounded(clock, settings.window(), taking).await?;
             }
             () = shared.jobs_changed.notified() => {
-                agenda = Agenda::new(&shared.jobs().specs, clock.wall_now());
+                agenda = shared.agenda(clock.wall_now());
             }
         }
     }
@@ -273,7 +273,7 @@ async fn step(
     let settings = &shared.settings;
     let (cluster, node) = (settings.name(), settings.node());
     let window = settings.window().as_secs_f64();
-    let hash = shared.jobs().hash;
+    let hash = shared.jobs_hash();
     let held = shared.lock_state().lease;
     let sent = clock.now();
     let boot_sent = boot_time();

@@ -31,6 +31,8 @@ use crate::config::{ClusterSettings, Config, JobSpec, Scope};
 #[derive(Debug, Clone)]
 pub struct Cluster {
     shared: Arc<Shared>,
+    /// This node's name, shared with every run it fires (`TICKD_NODE`).
+    node: Arc<str>,
 }
 
 #[derive(Debug)]
@@ -48,7 +50,7 @@ struct Shared {
 }
 
 /// The cluster jobs, as the lease and the marks need them.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Jobs {
     /// The hash of the cluster jobs' definitions: a node only takes ownership from a node with
     /// the same jobs.
@@ -211,7 +213,10 @@ impl Cluster {
     ) -> Self {
         let shared = Shared::new(settings, config, State::default());
         tokio::spawn(lease::keep(shared.clone(), clock, stop));
-        Cluster { shared }
+        Cluster {
+            node: Arc::from(settings.node()),
+            shared,
+        }
     }
 
     /// A node of `config`'s cluster that never reaches the database (no task runs for it), its
@@ -251,26 +256,26 @@ impl Cluster {
             fired: HashMap::new(),
         };
         Cluster {
+            node: Arc::from(settings.node()),
             shared: Shared::new(&settings, config, state),
         }
     }
 
     /// This node's name.
     pub fn node(&self) -> &str {
-        self.shared.settings.node()
+        &self.node
+    }
+
+    /// This node's name, to hand to a run without copying it.
+    pub fn node_name(&self) -> Arc<str> {
+        self.node.clone()
     }
 
     /// The epoch under which this node may fire `job`'s `slot` (a fire's scheduled time), or
     /// `None` if it may not: it does not own the cluster, the slot is outside its confirmed
     /// window, or (a job of 1 s or slower) the slot's mark was not taken.
     pub fn may_fire(&self, job: &str, slot: DateTime<Utc>) -> Option<i64> {
-        let marked = self
-            .shared
-            .jobs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .marked
-            .contains(job);
+        let marked = self.shared.lock_jobs().marked.contains(job);
         let mut state = self.shared.lock_state();
         let lease = state.lease?;
         let taken = !marked || state.taken.get(job) == Some(&slot);
@@ -283,11 +288,7 @@ impl Cluster {
 
     /// A reload's new jobs: ownership is kept or taken only with the same jobs as the owner's.
     pub fn jobs_changed(&self, config: &Config) {
-        *self
-            .shared
-            .jobs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Jobs::of(config);
+        *self.shared.lock_jobs() = Jobs::of(config);
         self.shared.jobs_changed.notify_one();
     }
 
@@ -345,11 +346,18 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn jobs(&self) -> Jobs {
-        self.jobs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    fn lock_jobs(&self) -> std::sync::MutexGuard<'_, Jobs> {
+        self.jobs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The hash of the current jobs (a renewal sends it).
+    fn jobs_hash(&self) -> String {
+        self.lock_jobs().hash.clone()
+    }
+
+    /// The agenda of the current jobs' marked slots after `after`.
+    fn agenda(&self, after: DateTime<Utc>) -> marks::Agenda {
+        marks::Agenda::new(&self.lock_jobs().specs, after)
     }
 }
 

@@ -485,7 +485,7 @@ impl JobActor {
                 .zip(self.env.cluster.as_ref())
                 .map(|(epoch, cluster)| ClusterFire {
                     fire_id: crate::cluster::fire_id(spec.name(), due.slot(now)),
-                    node: Arc::from(cluster.node()),
+                    node: cluster.node_name(),
                     epoch,
                 }),
         };
