@@ -17,6 +17,7 @@
 
 mod precise;
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -36,6 +37,9 @@ enum ClockKind {
     /// wall-clock watch starts on first use, inside the runtime that uses it.
     System {
         wall_watch: OnceLock<Option<Arc<precise::WallWatch>>>,
+        /// Added to every wall-clock reading: zero, except for the tests that give one node of a
+        /// cluster a clock that is off ([`Clock::system_skewed`]).
+        skew: chrono::Duration,
     },
     /// A wall clock that advances with tokio's (possibly paused) monotonic time and can be stepped.
     Manual {
@@ -66,9 +70,16 @@ impl Clock {
     /// The real clocks of the machine. Sleeps are precise to the kernel's timer resolution; a
     /// clock (and its clones) must be used within one tokio runtime.
     pub fn system() -> Self {
+        Self::system_skewed(chrono::Duration::zero())
+    }
+
+    /// The machine's clocks with the wall clock read `skew` off: how the tests give one node of
+    /// a cluster a wrong clock (`TICKD_TEST_CLOCK_SKEW`) without changing the machine's.
+    pub fn system_skewed(skew: chrono::Duration) -> Self {
         Clock {
             kind: Arc::new(ClockKind::System {
                 wall_watch: OnceLock::new(),
+                skew,
             }),
         }
     }
@@ -96,7 +107,7 @@ impl Clock {
     /// The current wall-clock time.
     pub fn wall_now(&self) -> DateTime<Utc> {
         match &*self.kind {
-            ClockKind::System { .. } => Utc::now(),
+            ClockKind::System { skew, .. } => Utc::now() + *skew,
             ClockKind::Manual { anchor, .. } => {
                 let anchor = *anchor.lock().unwrap_or_else(PoisonError::into_inner);
                 anchor.wall + to_chrono(Instant::now().saturating_duration_since(anchor.instant))
@@ -148,15 +159,15 @@ impl Clock {
     /// For the manual clock this follows [`Clock::step_wall`]; for the system clock, a realtime
     /// `timerfd` with `TFD_TIMER_CANCEL_ON_SET` reports every step of `CLOCK_REALTIME`. A step is
     /// kept until the subscriber looks (a generation counter, not a wake-up): one that lands
-    /// while its task is busy elsewhere is seen at its next [`WallSteps::changed`].
-    pub fn wall_steps(&self) -> WallSteps {
+    /// while its task is busy elsewhere is seen at its next [`ClockSteps::changed`].
+    pub fn wall_steps(&self) -> ClockSteps {
         let receiver = match &*self.kind {
             ClockKind::System { wall_watch, .. } => {
                 precise::WallWatch::get(wall_watch).map(|watch| watch.stepped.subscribe())
             }
             ClockKind::Manual { stepped, .. } => Some(stepped.subscribe()),
         };
-        WallSteps { receiver }
+        ClockSteps { receiver }
     }
 
     /// Steps the manual wall clock by `by` (negative to go back). No-op on the system clock: tickd
@@ -207,6 +218,109 @@ impl Now {
     }
 }
 
+/// How far an estimate of a [`RemoteClock`] may be off before it is corrected (and the fires
+/// planned on it are planned again): well below what a scheduler can be asked for, well above
+/// the drift of two disciplined clocks between corrections.
+const REMOTE_TOLERANCE: Duration = Duration::from_millis(1);
+
+/// Another machine's clock (the cluster database's), estimated on this machine's monotonic
+/// clock from readings of it: the time the cluster's slots are named and fired in.
+///
+/// It is a function of the monotonic clock alone, so neither this machine's wall clock being
+/// off (skew) nor its being stepped moves it; only a correction does, when a reading shows the
+/// estimate off by more than [`REMOTE_TOLERANCE`] beyond the reading's own uncertainty (half
+/// its round trip). Each correction is counted in [`RemoteClock::corrections`], for whoever
+/// planned with it to plan again. Cheap to clone; read without a lock.
+#[derive(Debug, Clone)]
+pub struct RemoteClock {
+    shared: Arc<RemoteShared>,
+}
+
+#[derive(Debug)]
+struct RemoteShared {
+    /// A fixed monotonic instant ...
+    base: Instant,
+    /// ... and the remote clock's estimated reading then, in nanoseconds since the Unix epoch
+    /// (an `i64` lasts until 2262).
+    at_base: AtomicI64,
+    /// The remote clock's offset to this machine's wall clock at the last correction, in
+    /// nanoseconds (for the status: "this node's clock is 3 s behind the database's").
+    offset: AtomicI64,
+    corrections: watch::Sender<u64>,
+}
+
+impl RemoteClock {
+    /// A remote clock first estimated to read what this machine's wall clock reads at `now`.
+    pub fn like(now: Now) -> Self {
+        RemoteClock {
+            shared: Arc::new(RemoteShared {
+                base: now.instant,
+                at_base: AtomicI64::new(now.wall.timestamp_nanos_opt().unwrap_or(0)),
+                offset: AtomicI64::new(0),
+                corrections: watch::Sender::new(0),
+            }),
+        }
+    }
+
+    /// "Now" in the remote clock's time: the monotonic `instant` and the remote time then.
+    pub fn read(&self, instant: Instant) -> Now {
+        let at_base = self.shared.at_base.load(Ordering::Acquire);
+        let since = i64::try_from(
+            instant
+                .saturating_duration_since(self.shared.base)
+                .as_nanos(),
+        )
+        .unwrap_or(i64::MAX);
+        Now {
+            instant,
+            wall: DateTime::from_timestamp_nanos(at_base.saturating_add(since)),
+        }
+    }
+
+    /// A reading of the remote clock, `remote`, taken between the local instants `sent` and
+    /// `received` (one round trip), as seen by `local` (this machine's clocks, read at
+    /// `received`). Returns the correction if the estimate was corrected.
+    pub fn observe(
+        &self,
+        sent: Instant,
+        received: Instant,
+        remote: DateTime<Utc>,
+        local: Now,
+    ) -> Option<chrono::Duration> {
+        let round_trip = received.saturating_duration_since(sent);
+        let midpoint = sent + round_trip / 2;
+        let error = remote - self.read(midpoint).wall;
+        let uncertainty = to_chrono(round_trip / 2 + REMOTE_TOLERANCE);
+        if error.abs() <= uncertainty {
+            return None;
+        }
+        let error_nanos = error.num_nanoseconds().unwrap_or(i64::MAX);
+        self.shared.at_base.fetch_add(error_nanos, Ordering::AcqRel);
+        let offset = self.read(local.instant).wall - local.wall;
+        self.shared.offset.store(
+            offset.num_nanoseconds().unwrap_or(i64::MAX),
+            Ordering::Release,
+        );
+        self.shared
+            .corrections
+            .send_modify(|generation| *generation += 1);
+        Some(error)
+    }
+
+    /// The remote clock's time less this machine's wall clock, as of the last correction.
+    pub fn offset(&self) -> chrono::Duration {
+        chrono::Duration::nanoseconds(self.shared.offset.load(Ordering::Acquire))
+    }
+
+    /// A subscription to the corrections of the estimate, from now on (see [`ClockSteps`]: a
+    /// correction is kept until the subscriber looks).
+    pub fn corrections(&self) -> ClockSteps {
+        ClockSteps {
+            receiver: Some(self.shared.corrections.subscribe()),
+        }
+    }
+}
+
 /// `CLOCK_BOOTTIME`: like the monotonic clock, but it also counts the time the machine was
 /// suspended, so a lease measured with it cannot look younger after a suspend than it is.
 pub fn boot_time() -> Duration {
@@ -232,17 +346,22 @@ pub(crate) async fn sleep_or_never(timer: Option<&mut Sleep>) {
     }
 }
 
-/// Steps of the wall clock since the subscription or the last [`WallSteps::changed`]; see
-/// [`Clock::wall_steps`].
+/// Steps of a clock since the subscription or the last [`ClockSteps::changed`]: of the wall
+/// clock ([`Clock::wall_steps`]) or of a remote clock's estimate ([`RemoteClock::corrections`]).
 #[derive(Debug)]
-pub struct WallSteps {
+pub struct ClockSteps {
     /// `None` when steps cannot be watched (no realtime timerfd): they are then noticed when
     /// calendar deadlines fire.
     receiver: Option<watch::Receiver<u64>>,
 }
 
-impl WallSteps {
-    /// Resolves once the wall clock has been stepped since the last call (at once if that
+impl ClockSteps {
+    /// Steps of a clock that is never stepped.
+    pub fn never() -> Self {
+        ClockSteps { receiver: None }
+    }
+
+    /// Resolves once the clock has been stepped since the last call (at once if that
     /// happened already); never, if steps cannot be watched.
     pub async fn changed(&mut self) {
         match &mut self.receiver {
@@ -357,5 +476,43 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_remote_clock_is_corrected_only_past_its_readings_uncertainty() {
+        let clock = Clock::manual(t0());
+        let remote = RemoteClock::like(clock.read());
+        let mut corrections = remote.corrections();
+        let ms = chrono::Duration::milliseconds;
+        // A reading 3 s ahead, over a 10 ms round trip: the estimate moves to it.
+        let sent = clock.now();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let corrected = remote.observe(sent, clock.now(), t0() + ms(3_005), clock.read());
+        assert_eq!(corrected, Some(ms(3_000)));
+        assert_eq!(remote.read(clock.now()).wall, t0() + ms(3_010));
+        assert_eq!(remote.offset(), ms(3_000));
+        tokio::time::timeout(Duration::from_secs(1), corrections.changed())
+            .await
+            .expect("the correction is told");
+        // Off by 4 ms over a 10 ms round trip is within its uncertainty (5 ms + 1 ms): kept.
+        let sent = clock.now();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let reading = remote.read(sent + Duration::from_millis(5)).wall + ms(4);
+        assert_eq!(
+            remote.observe(sent, clock.now(), reading, clock.read()),
+            None
+        );
+        // A step of this machine's wall clock does not move the remote time.
+        let before = remote.read(clock.now()).wall;
+        clock.step_wall(chrono::Duration::hours(1));
+        assert_eq!(remote.read(clock.now()).wall, before);
+        // The remote clock going back 2 s is followed too.
+        let sent = clock.now();
+        let reading = remote.read(sent).wall - ms(2_000);
+        assert_eq!(
+            remote.observe(sent, sent, reading, clock.read()),
+            Some(ms(-2_000))
+        );
+        assert_eq!(remote.read(sent).wall, reading);
     }
 }

@@ -300,11 +300,18 @@ impl Collector for ClusterCollector {
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
         }
         let window = status.window_left_ms.unwrap_or(0) as f64 / 1000.0;
-        let mut seconds = vec![(
-            "cluster_window_seconds",
-            "How much of this node's window of ownership the database has confirmed is left; 0 when it does not own",
-            ConstGauge::new(window),
-        )];
+        let mut seconds = vec![
+            (
+                "cluster_window_seconds",
+                "How much of this node's window of ownership the database has confirmed is left; 0 when it does not own",
+                ConstGauge::new(window),
+            ),
+            (
+                "cluster_clock_offset_seconds",
+                "The cluster database's clock less this node's, as estimated from the renewals (cluster jobs fire on the database's time)",
+                ConstGauge::new(status.clock_offset_ms / 1000.0),
+            ),
+        ];
         if let Some(rtt) = status.round_trip_ms {
             seconds.push((
                 "cluster_renewal_seconds",
@@ -437,6 +444,7 @@ mod tests {
             "tickd_cluster_connected 1\n",
             "tickd_cluster_jobs_mismatch 0\n",
             "tickd_cluster_renewal_seconds 0.0005\n",
+            "tickd_cluster_clock_offset_seconds 0.0\n",
             "tickd_cluster_takeovers_total 2\n",
             "tickd_cluster_failures_total 3\n",
             "# TYPE tickd_cluster_takeovers counter\n",

@@ -36,10 +36,17 @@ pub(crate) fn run_daemon(file: &Path, subreaper: bool) -> u8 {
         let Some(config) = load_config(file) else {
             return exit::INVALID;
         };
+        let clock = match test_clock_skew() {
+            Ok(skew) => Clock::system_skewed(skew),
+            Err(err) => {
+                tracing::error!("{err}");
+                return exit::INVALID;
+            }
+        };
         let options = DaemonOptions {
             config_path: file.to_owned(),
             handlers: Handlers::with_builtins(),
-            clock: Clock::system(),
+            clock,
             group_keeper: keeper_program(),
             subreaper,
             notifier: match tickd::notify::Notifier::from_env() {
@@ -108,4 +115,24 @@ fn keeper_program() -> Option<PathBuf> {
             None
         }
     }
+}
+
+/// `TICKD_TEST_CLOCK_SKEW` (`+3s`, `-1.5s`): this daemon reads the wall clock that much off, as
+/// if the machine's clock were wrong. For the tests of a cluster whose nodes' clocks disagree;
+/// unset, zero.
+fn test_clock_skew() -> Result<chrono::Duration, String> {
+    let Ok(text) = std::env::var("TICKD_TEST_CLOCK_SKEW") else {
+        return Ok(chrono::Duration::zero());
+    };
+    let (negative, amount) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(&text)),
+    };
+    let skew = humantime::parse_duration(amount)
+        .ok()
+        .and_then(|d| chrono::Duration::from_std(d).ok())
+        .ok_or_else(|| {
+            format!("TICKD_TEST_CLOCK_SKEW: {text:?} is not a duration such as +3s or -500ms")
+        })?;
+    Ok(if negative { -skew } else { skew })
 }

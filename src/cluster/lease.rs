@@ -30,8 +30,10 @@ const RENEW: &str = "UPDATE tickd_owner
 /// A node that owns nothing creates the row, or takes it over from an owner whose renewals
 /// stopped (a node restarted under its old name waits like any other: a second live process
 /// under one name must not take the row back and forth); its window starts where the old one
-/// ends.
-const ACQUIRE: &str = "INSERT INTO tickd_owner AS o
+/// ends. It answers one row whether or not it wins (the epoch `NULL` when not), so that every
+/// attempt also reads the database's clock.
+const ACQUIRE: &str = "WITH acquired AS (
+    INSERT INTO tickd_owner AS o
         (cluster, owner, epoch, window_start, claimed_until, renewed_at, jobs_hash)
     VALUES ($1, $2, 1, now(), now() + make_interval(secs => $3), now(), $4)
     ON CONFLICT (cluster) DO UPDATE SET
@@ -43,7 +45,10 @@ const ACQUIRE: &str = "INSERT INTO tickd_owner AS o
         jobs_hash = excluded.jobs_hash
     WHERE (o.jobs_hash = excluded.jobs_hash OR o.jobs_hash = '')
         AND o.renewed_at < now() - make_interval(secs => $5)
-    RETURNING o.epoch, o.window_start, o.claimed_until, now()";
+    RETURNING o.epoch, o.window_start, o.claimed_until
+    )
+    SELECT acquired.epoch, acquired.window_start, acquired.claimed_until, now()
+    FROM (SELECT 1) AS one LEFT JOIN acquired ON true";
 
 /// What a follower reads now and then to tell why it does not take over.
 const OWNER: &str = "SELECT owner, jobs_hash FROM tickd_owner WHERE cluster = $1";
@@ -148,13 +153,15 @@ async fn serve(
     stop: &CancellationToken,
 ) -> Result<(), String> {
     let settings = &shared.settings;
-    let mut agenda = shared.agenda(clock.wall_now());
+    // Slots are named and taken in the database's time (see `RemoteClock`).
+    let now = || shared.time.read(clock.now());
+    let mut agenda = shared.agenda(now().wall);
     let mut ticks: u32 = 0;
     let mut renewal = clock.sleep(Duration::ZERO);
     loop {
         let mut next_take = agenda.next().map(|slot| {
             let lead = chrono::Duration::from_std(lead(shared)).unwrap_or_default();
-            clock.sleep_until(clock.instant_for_wall(slot - lead))
+            clock.sleep_until(now().instant_for_wall(slot - lead))
         });
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
@@ -163,21 +170,22 @@ async fn serve(
                 let diagnose = ticks % DIAGNOSE_EVERY == 0;
                 let step = step(shared, client, prepared, clock, &agenda, diagnose);
                 if bounded(clock, settings.window(), step).await? {
-                    // Slots passed over while following may be due within the lead: look again.
+                    // Slots passed over while following (or named anew by a corrected clock)
+                    // may be due within the lead: look again.
                     let lead = chrono::Duration::from_std(lead(shared)).unwrap_or_default();
-                    agenda = shared.agenda(clock.wall_now() - lead);
+                    agenda = shared.agenda(now().wall - lead);
                 }
                 ticks = ticks.wrapping_add(1);
                 renewal = clock.sleep(settings.renew());
             }
             () = crate::clock::sleep_or_never(next_take.as_mut()) => {
                 let lead = chrono::Duration::from_std(lead(shared)).unwrap_or_default();
-                let due = agenda.take_due(clock.wall_now() + lead);
+                let due = agenda.take_due(now().wall + lead);
                 let taking = take(shared, client, &prepared.mark, &due);
                 bounded(clock, settings.window(), taking).await?;
             }
             () = shared.jobs_changed.notified() => {
-                agenda = shared.agenda(clock.wall_now());
+                agenda = shared.agenda(now().wall);
             }
         }
     }
@@ -261,7 +269,9 @@ async fn release(shared: &Shared, client: &Client, clock: &Clock) {
 
 /// One renewal (if this node owns) or one attempt to acquire; `diagnose`: also find out why a
 /// follower does not own, to say so. A node that has just taken over runs, once, the latest
-/// slot of each marked job that the old owner did not take; it returns `true` then.
+/// slot of each marked job that the old owner did not take. Every answer also corrects the
+/// estimate of the database's clock. Returns `true` when the slots to take must be looked at
+/// again: after a takeover, or a correction of the clock.
 async fn step(
     shared: &Shared,
     client: &Client,
@@ -293,27 +303,35 @@ async fn step(
             "cluster: this node was deposed; it fires no cluster job until it owns again"
         );
     }
-    let row = match renewed {
-        Some(row) => Some(row),
+    let (row, sent, boot_sent) = match renewed {
+        Some(row) => (row, sent, boot_sent),
         None => {
             let dead_after = settings.dead_after().as_secs_f64();
-            client
-                .query_opt(
+            // A deposed owner's second statement: its own round trip, its own reading.
+            let (sent, boot_sent) = (clock.now(), boot_time());
+            let row = client
+                .query_one(
                     &prepared.acquire,
                     &[&cluster, &node, &window, &hash, &dead_after],
                 )
                 .await
-                .map_err(|err| err.to_string())?
+                .map_err(|err| err.to_string())?;
+            (row, sent, boot_sent)
         }
     };
-    let round_trip = clock.now().saturating_duration_since(sent);
-    let acquired = row
-        .as_ref()
-        .map(|row| lease_from(row, boot_sent))
-        .transpose()?;
-    let lease = acquired.map(|(lease, _)| lease);
+    let received = clock.now();
+    let round_trip = received.saturating_duration_since(sent);
+    let (lease, db_now) = lease_from(&row, boot_sent)?;
+    // Before the lease is published: no fire is planned on a clock known to be off.
+    let corrected = shared
+        .time
+        .observe(sent, received, db_now, clock.read())
+        .is_some();
+    if corrected {
+        clock_corrected(shared);
+    }
     let fresh = held.is_none_or(|old| lease.is_some_and(|new| new.epoch != old.epoch));
-    if let (true, Some((lease, db_now))) = (fresh, acquired) {
+    if let (true, Some(lease)) = (fresh, lease) {
         tracing::info!(node, epoch = lease.epoch, window_start = %lease.window_start.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), "cluster: this node owns the cluster");
         {
             let mut state = shared.lock_state();
@@ -341,8 +359,33 @@ async fn step(
     state.connected = true;
     state.round_trip = Some(round_trip);
     state.refusal = refusal;
-    Ok(fresh && lease.is_some())
+    Ok((fresh && lease.is_some()) || corrected)
 }
+
+/// Says when this node's clock turns out to be off the database's by a notable amount more
+/// (or less) than last said: cluster jobs fire on the database's time anyway, but the node's
+/// own jobs and its logs do not.
+fn clock_corrected(shared: &Shared) {
+    let offset = shared.time.offset();
+    let mut state = shared.lock_state();
+    let told = state.offset_told;
+    if (offset - told).abs() >= NOTABLE_OFFSET_CHANGE {
+        state.offset_told = offset;
+        drop(state);
+        let seconds = offset.num_milliseconds() as f64 / 1000.0;
+        if offset.abs() >= NOTABLE_OFFSET_CHANGE {
+            tracing::warn!(offset_seconds = seconds, "cluster: this node's clock is off the database's; cluster jobs fire on the database's time");
+        } else {
+            tracing::info!(
+                offset_seconds = seconds,
+                "cluster: this node's clock agrees with the database's again"
+            );
+        }
+    }
+}
+
+/// How much a clock offset must change to be logged.
+const NOTABLE_OFFSET_CHANGE: chrono::Duration = chrono::Duration::milliseconds(100);
 
 /// After a takeover: the marked jobs' latest slots the old owner did not take (no older than
 /// `catch_up`), taken under the new epoch and handed to the jobs to run once.
@@ -390,20 +433,27 @@ async fn refusal(client: &Client, cluster: &str, hash: &str) -> Result<Option<St
     }))
 }
 
-/// The window a returned row confirms: it ends, by this node's boot clock, `claimed_until -
+/// The window a returned row confirms (none: the attempt to acquire lost), and the database's
+/// `now()`: it ends, by this node's boot clock, `claimed_until -
 /// now()` after the statement was sent (the database's `now()` was read after that, so the
 /// window is never overestimated).
-fn lease_from(row: &Row, boot_sent: Duration) -> Result<(Lease, DateTime<Utc>), String> {
-    let epoch: i64 = row.try_get(0).map_err(|err| err.to_string())?;
-    let window_start: DateTime<Utc> = row.try_get(1).map_err(|err| err.to_string())?;
-    let claimed_until: DateTime<Utc> = row.try_get(2).map_err(|err| err.to_string())?;
-    let db_now: DateTime<Utc> = row.try_get(3).map_err(|err| err.to_string())?;
-    let left = (claimed_until - db_now).to_std().unwrap_or_default();
-    let lease = Lease {
-        epoch,
-        window_start,
-        claimed_until,
-        ends_at_boot: boot_sent + left,
+fn lease_from(row: &Row, boot_sent: Duration) -> Result<(Option<Lease>, DateTime<Utc>), String> {
+    let column = |err: tokio_postgres::Error| err.to_string();
+    let epoch: Option<i64> = row.try_get(0).map_err(column)?;
+    let window_start: Option<DateTime<Utc>> = row.try_get(1).map_err(column)?;
+    let claimed_until: Option<DateTime<Utc>> = row.try_get(2).map_err(column)?;
+    let db_now: DateTime<Utc> = row.try_get(3).map_err(column)?;
+    let lease = match (epoch, window_start, claimed_until) {
+        (Some(epoch), Some(window_start), Some(claimed_until)) => {
+            let left = (claimed_until - db_now).to_std().unwrap_or_default();
+            Some(Lease {
+                epoch,
+                window_start,
+                claimed_until,
+                ends_at_boot: boot_sent + left,
+            })
+        }
+        _ => None,
     };
     Ok((lease, db_now))
 }

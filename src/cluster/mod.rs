@@ -24,7 +24,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, Now, RemoteClock};
 use crate::config::{ClusterSettings, Config, JobSpec, Scope};
 
 /// This node's part in a cluster: what job tasks ask before they fire. Cheap to clone.
@@ -47,6 +47,9 @@ struct Shared {
     catch_up_receiver: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<CatchUp>>>,
     /// Cancelled when this node leaves (shutdown): it releases its ownership, if it has it.
     leave: CancellationToken,
+    /// The database's clock, estimated from the statements' answers: the time the slots are
+    /// named and fired in.
+    time: RemoteClock,
 }
 
 /// The cluster jobs, as the lease and the marks need them.
@@ -108,6 +111,8 @@ struct State {
     /// The latest slot of each marked job fired under the current lease: a leaving owner gives
     /// back the slots it took but did not fire.
     fired: HashMap<String, DateTime<Utc>>,
+    /// The clock offset to the database last logged.
+    offset_told: chrono::Duration,
 }
 
 /// A window of ownership confirmed by the database.
@@ -150,7 +155,15 @@ pub struct ClusterStatus {
     pub takeovers: u64,
     /// Statements that failed or timed out, and connections that could not be made.
     pub failures: u64,
+    /// The database's clock less this node's, in milliseconds, as estimated from the renewals:
+    /// the cluster jobs fire on the database's time whatever this is.
+    #[serde(default)]
+    pub clock_offset_ms: f64,
 }
+
+/// A clock offset to the database worth telling in the status line: cluster jobs fire on the
+/// database's time anyway, but the node's own jobs and logs do not.
+const NOTABLE_OFFSET_MS: f64 = 100.0;
 
 impl ClusterStatus {
     /// Why `/healthz` should answer 503 for this node, or `None`: its jobs differ from the
@@ -197,6 +210,19 @@ impl ClusterStatus {
         if self.refusal.is_some() {
             line.push_str("; jobs differ from the owner's");
         }
+        if self.clock_offset_ms.abs() >= NOTABLE_OFFSET_MS {
+            let (amount, side) = (
+                self.clock_offset_ms.abs() / 1000.0,
+                if self.clock_offset_ms > 0.0 {
+                    "behind"
+                } else {
+                    "ahead of"
+                },
+            );
+            line.push_str(&format!(
+                "; this node's clock is {amount:.1}s {side} the database's"
+            ));
+        }
         line
     }
 }
@@ -211,7 +237,7 @@ impl Cluster {
         clock: Clock,
         stop: CancellationToken,
     ) -> Self {
-        let shared = Shared::new(settings, config, State::default());
+        let shared = Shared::new(settings, config, State::default(), clock.read());
         tokio::spawn(lease::keep(shared.clone(), clock, stop));
         Cluster {
             node: Arc::from(settings.node()),
@@ -234,6 +260,7 @@ impl Cluster {
             refusal: None,
             takeovers: 0,
             failures: 0,
+            clock_offset_ms: 0.0,
         };
         set(&mut wanted);
         let lease = wanted.epoch.map(|epoch| Lease {
@@ -254,11 +281,19 @@ impl Cluster {
             failures: wanted.failures,
             taken: HashMap::new(),
             fired: HashMap::new(),
+            offset_told: chrono::Duration::zero(),
         };
         Cluster {
             node: Arc::from(settings.node()),
-            shared: Shared::new(&settings, config, state),
+            shared: Shared::new(&settings, config, state, Clock::system().read()),
         }
+    }
+
+    /// The database's clock as this node estimates it: a cluster job plans its fires on it, so
+    /// that every node names and fires the same slots at the same moment, whatever its own
+    /// clock says.
+    pub fn time(&self) -> &RemoteClock {
+        &self.shared.time
     }
 
     /// This node's name.
@@ -324,12 +359,14 @@ impl Cluster {
             refusal: state.refusal.clone(),
             takeovers: state.takeovers,
             failures: state.failures,
+            clock_offset_ms: self.shared.time.offset().num_microseconds().unwrap_or(0) as f64
+                / 1000.0,
         }
     }
 }
 
 impl Shared {
-    fn new(settings: &ClusterSettings, config: &Config, state: State) -> Arc<Self> {
+    fn new(settings: &ClusterSettings, config: &Config, state: State, now: Now) -> Arc<Self> {
         let (catch_ups, catch_up_receiver) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Shared {
             settings: settings.clone(),
@@ -339,6 +376,7 @@ impl Shared {
             catch_ups,
             catch_up_receiver: Mutex::new(Some(catch_up_receiver)),
             leave: CancellationToken::new(),
+            time: RemoteClock::like(now),
         })
     }
 
@@ -430,6 +468,7 @@ mod tests {
             refusal: None,
             takeovers: 1,
             failures: 0,
+            clock_offset_ms: 0.2,
         }
     }
 
@@ -438,6 +477,14 @@ mod tests {
         assert_eq!(
             status().summary(),
             "cluster: node web-1, owner (epoch 7, window 0.8s left, renewal 0.4 ms)"
+        );
+        let skewed = ClusterStatus {
+            clock_offset_ms: -3012.0,
+            ..status()
+        };
+        assert_eq!(
+            skewed.summary(),
+            "cluster: node web-1, owner (epoch 7, window 0.8s left, renewal 0.4 ms); this node's clock is 3.0s ahead of the database's"
         );
         let following = ClusterStatus {
             node: "web-2".to_owned(),

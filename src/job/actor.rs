@@ -1,6 +1,7 @@
 //! The job's task: a `select!` loop that wires the plan, the runs and the outside together. It
 //! sleeps until the plan's next fire (or a retry), and is otherwise woken only by a run ending,
-//! a command (reload, run now, pause), a wall-clock step, or its stop token.
+//! a command (reload, run now, pause), a wall-clock step (or, for a cluster job, a correction of
+//! the database's clock), or its stop token.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -10,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::action::{self, Outcome, RunReport};
-use crate::clock::{Instant, Now, Sleep};
+use crate::clock::{ClockSteps, Instant, Now, RemoteClock, Sleep};
 use crate::config::{JobSpec, OnMissed, Scope};
 use crate::handler::{ClusterFire, RunContext, RunId};
 use crate::metrics::JobMetrics;
@@ -34,6 +35,12 @@ pub(super) struct JobActor {
     spec: Arc<JobSpec>,
     env: Arc<JobEnv>,
     plan: Plan,
+    /// For a cluster job, the database's clock: its slots are named and fired in the
+    /// database's time, so that every node agrees on them whatever its own clock says.
+    cluster_time: Option<RemoteClock>,
+    /// The latest slot this cluster job fired: a correction of the clock that moves it back
+    /// must not fire a slot twice.
+    last_slot: Option<DateTime<Utc>>,
     /// The next fire, or `None` when there is none (a `fixed-delay` job with a run going, or a
     /// cron expression with no future match).
     next: Option<Due>,
@@ -57,15 +64,13 @@ pub(super) struct JobActor {
 impl JobActor {
     pub fn new(spec: Arc<JobSpec>, env: Arc<JobEnv>, status: SharedStatus) -> Self {
         let (ended_tx, ended_rx) = mpsc::unbounded_channel();
-        let now = env.clock().read();
-        let mut plan = Plan::new(spec.clone(), &env.machine_id, now);
-        if env.cluster.is_some() && spec.scope() == Scope::Cluster {
-            plan = plan.with_cluster_slots();
-        }
-        let next = plan.first(now);
+        let cluster_time = cluster_time(&env, &spec);
+        let (plan, next) = plan(&env, &spec, cluster_time.as_ref());
         JobActor {
             next,
             plan,
+            cluster_time,
+            last_slot: None,
             runs: Runs::default(),
             ended_tx,
             ended_rx,
@@ -80,8 +85,9 @@ impl JobActor {
         }
     }
 
+    /// Now, in the job's time: the database's for a cluster job, this machine's otherwise.
     fn now(&self) -> Now {
-        self.env.clock().read()
+        now_in(&self.env, self.cluster_time.as_ref())
     }
 
     /// Runs the actor until `stop`; `restarted` after a panic of the one before, which already
@@ -106,6 +112,10 @@ impl JobActor {
         tokio::pin!(stopped);
         // Subscribed once: a step while this task is busy elsewhere is kept until it looks.
         let mut wall_steps = self.env.clock().wall_steps();
+        let mut time_corrections = self
+            .cluster_time
+            .as_ref()
+            .map_or_else(ClockSteps::never, RemoteClock::corrections);
         let mut timer = Timer::default();
         let mut retry_timer = Timer::default();
         // What the status shows: (next start, paused).
@@ -131,7 +141,11 @@ impl JobActor {
                         self.start_retry(retry);
                     }
                 }
-                _ = wall_steps.changed(), if self.plan.is_calendar() => self.wall_clock_stepped(),
+                // A cluster job's time does not follow this machine's wall clock.
+                _ = wall_steps.changed(), if self.plan.is_calendar() && self.cluster_time.is_none() => {
+                    self.time_stepped("the wall clock jumped past them");
+                }
+                _ = time_corrections.changed() => self.cluster_time_corrected(),
                 _ = timer.wait() => {
                     if let Some(due) = next {
                         self.due(due);
@@ -231,8 +245,9 @@ impl JobActor {
     }
 
     /// The wall clock was stepped: recompute the calendar fire from the new time. A step forward
-    /// past the due fire is a miss: one catch-up with `on_missed = "once"`, none otherwise.
-    fn wall_clock_stepped(&mut self) {
+    /// past the due fire is a miss (`cause`): one catch-up with `on_missed = "once"`, none
+    /// otherwise.
+    fn time_stepped(&mut self, cause: &str) {
         let now = self.now();
         if let Some(
             due @ Due {
@@ -243,12 +258,31 @@ impl JobActor {
             if now.wall >= wall {
                 let past = (now.wall - wall).to_std().unwrap_or_default();
                 let count = self.plan.fires_in(&due, past);
-                self.fires_missed(due, count, "the wall clock jumped past them");
+                self.fires_missed(due, count, cause);
             } else {
                 tracing::info!(job = %self.spec.name(), "wall clock changed; recomputing the next fire");
             }
         }
         self.next = self.plan.calendar_after(now.wall, self.now());
+    }
+
+    /// The estimate of the database's clock was corrected: a cluster job's slots stay what they
+    /// are (every node names them alike), only the instants they fire at move. A slot the
+    /// correction moved into the past fires at once, so none is lost on the owner.
+    fn cluster_time_corrected(&mut self) {
+        let now = self.now();
+        self.plan.retime(now);
+        if let Some(
+            due @ Due {
+                wall: Some(slot), ..
+            },
+        ) = self.next
+        {
+            self.next = Some(Due {
+                instant: now.instant_for_wall(slot),
+                ..due
+            });
+        }
     }
 
     fn count_missed(&self, count: u64) {
@@ -328,11 +362,18 @@ impl JobActor {
             return self.start_or_overlap(due);
         };
         let slot = due.slot(self.now());
+        if self.last_slot.is_some_and(|last| slot <= last) {
+            tracing::debug!(job = %self.spec.name(), slot = %rfc3339_millis(slot), "slot already fired here (the clock was corrected back)");
+            return FireResult::Skipped;
+        }
         match cluster.may_fire(self.spec.name(), slot) {
-            Some(epoch) => self.start_or_overlap(Due {
-                epoch: Some(epoch),
-                ..due
-            }),
+            Some(epoch) => {
+                self.last_slot = Some(slot);
+                self.start_or_overlap(Due {
+                    epoch: Some(epoch),
+                    ..due
+                })
+            }
             None => {
                 tracing::debug!(job = %self.spec.name(), slot = %rfc3339_millis(slot), "not this node's fire: it does not own the cluster");
                 FireResult::Skipped
@@ -516,6 +557,14 @@ impl JobActor {
         self.spec = spec;
         let schedule = self.spec.schedule().to_string();
         self.status.update(|s| s.schedule = schedule);
+        let cluster_time = cluster_time(&self.env, &self.spec);
+        if cluster_time.is_some() != self.cluster_time.is_some() {
+            tracing::info!(job = %self.spec.name(), scope = ?self.spec.scope(), "scope changed; the job's fires are planned anew");
+            self.cluster_time = cluster_time;
+            (self.plan, self.next) = plan(&self.env, &self.spec, self.cluster_time.as_ref());
+            self.last_slot = None;
+            return;
+        }
         if self.plan.update(self.spec.clone(), &self.env.machine_id) {
             tracing::info!(job = %self.spec.name(), schedule = %self.spec.schedule(), "schedule changed; the grid restarts now");
             self.next = self.plan.first(self.now());
@@ -527,6 +576,35 @@ impl JobActor {
             tracing::info!(job = %self.spec.name(), "definition changed; effective from the next fire");
         }
     }
+}
+
+/// The database's clock, for a cluster job of a node in a cluster.
+fn cluster_time(env: &JobEnv, spec: &JobSpec) -> Option<RemoteClock> {
+    let cluster = env.cluster.as_ref()?;
+    (spec.scope() == Scope::Cluster).then(|| cluster.time().clone())
+}
+
+/// Now, on `cluster_time` if given, else on this machine's clock.
+fn now_in(env: &JobEnv, cluster_time: Option<&RemoteClock>) -> Now {
+    match cluster_time {
+        Some(time) => time.read(env.clock().now()),
+        None => env.clock().read(),
+    }
+}
+
+/// The plan of `spec` from now, and its first fire.
+fn plan(
+    env: &JobEnv,
+    spec: &Arc<JobSpec>,
+    cluster_time: Option<&RemoteClock>,
+) -> (Plan, Option<Due>) {
+    let now = now_in(env, cluster_time);
+    let mut plan = Plan::new(spec.clone(), &env.machine_id, now);
+    if cluster_time.is_some() {
+        plan = plan.with_cluster_slots();
+    }
+    let next = plan.first(now);
+    (plan, next)
 }
 
 /// One of the actor's timers: a sleep kept while its deadline stays the same, so a wake-up for

@@ -149,6 +149,17 @@ impl Plan {
         self
     }
 
+    /// Moves the grid's monotonic anchor to where `now`, read on a corrected clock, puts its
+    /// wall-clock time (with cluster slots): the slots stay, the instants they fire at move.
+    pub fn retime(&mut self, now: Now) {
+        if let Some(anchor_wall) = self.anchor_wall {
+            self.anchor = match (now.wall - anchor_wall).to_std() {
+                Ok(since) => now.instant.checked_sub(since).unwrap_or(now.instant),
+                Err(_) => now.instant_for_wall(anchor_wall),
+            };
+        }
+    }
+
     /// Takes a new definition; returns whether the schedule changed (then [`Plan::first`] must
     /// be asked again: the grid restarts). An unchanged schedule keeps its grid.
     pub fn update(&mut self, spec: Arc<JobSpec>, machine_id: &str) -> bool {
@@ -463,6 +474,26 @@ mod tests {
         let mut plan = Plan::new(spec("every = \"10s\"\nalign = true"), "m", start);
         let first = plan.first(start).expect("a first fire");
         assert_eq!(first.scheduled_wall(start), at("2026-01-01T12:00:10Z"));
+    }
+
+    #[test]
+    fn a_corrected_clock_moves_a_cluster_grids_instants_not_its_slots() {
+        let start = now("2026-01-01T12:00:07.300Z");
+        let mut plan = Plan::new(spec("every = \"1s\""), "m", start).with_cluster_slots();
+        let first = plan.first(start).expect("a first fire");
+        assert_eq!(first.wall, Some(at("2026-01-01T12:00:08Z")));
+        assert_eq!(first.instant - start.instant, Duration::from_millis(700));
+        // The database's clock turns out to be 250 ms ahead of the estimate: the same instant
+        // reads 07.550. Slot 08 now comes 250 ms sooner, and the grid after it with it.
+        let corrected = Now {
+            wall: at("2026-01-01T12:00:07.550Z"),
+            ..start
+        };
+        plan.retime(corrected);
+        let later = corrected.advanced_to(start.instant + Duration::from_millis(450));
+        let next = plan.after(first, later, false).expect("a next fire");
+        assert_eq!(next.wall, Some(at("2026-01-01T12:00:09Z")));
+        assert_eq!(next.instant - start.instant, Duration::from_millis(1450));
     }
 
     #[test]

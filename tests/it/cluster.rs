@@ -22,6 +22,7 @@ use nix::sys::signal::Signal;
 use tempfile::TempDir;
 
 use crate::postgres::Postgres;
+use crate::proxy::Proxy;
 use crate::support::{eventually, free_port, http, sample, tickd, Daemon, PATIENCE};
 
 /// The replicas' node names.
@@ -225,6 +226,11 @@ fn with_endpoint(config: &str, port: u16) -> String {
 struct Cluster {
     /// `(node, daemon)`, in `NODES` order; dropped first.
     replicas: Vec<(String, Daemon)>,
+    /// Each replica's jobs file, to start it again.
+    configs: BTreeMap<String, String>,
+    options: Options,
+    /// With `Options::proxies`, the way each replica reaches the database.
+    proxies: BTreeMap<String, Proxy>,
     tail: Tail,
     pg: Postgres,
     /// Holds the shared `runs.txt`.
@@ -233,53 +239,103 @@ struct Cluster {
     ports: BTreeMap<String, u16>,
 }
 
+/// How the replicas are started.
+#[derive(Default)]
+struct Options {
+    /// Each replica has its HTTP endpoint on a free loopback port.
+    endpoints: bool,
+    /// Each replica reaches the database through a [`Proxy`] of its own, to cut it off.
+    proxies: bool,
+    /// `TICKD_TEST_CLOCK_SKEW` by node: replicas whose clocks are wrong.
+    skews: BTreeMap<&'static str, &'static str>,
+}
+
 impl Cluster {
     /// Starts a fresh database, then the three replicas at the same instant (one spawn after the
     /// other, before waiting for any: they race to create the schema), and waits until each is
     /// scheduling.
     fn start() -> Cluster {
-        Cluster::launch(false)
+        Cluster::launch(Options::default())
     }
 
     /// [`Cluster::start`], each replica with its HTTP endpoint on a free loopback port.
     fn start_with_endpoints() -> Cluster {
-        Cluster::launch(true)
+        Cluster::launch(Options {
+            endpoints: true,
+            ..Options::default()
+        })
     }
 
-    fn launch(endpoints: bool) -> Cluster {
+    fn launch(options: Options) -> Cluster {
         let pg = Postgres::start();
         let shared = tempfile::tempdir().expect("tempdir");
         let runs = shared.path().join("runs.txt");
         let mut ports = BTreeMap::new();
-        let replicas: Vec<(String, Daemon)> = NODES
-            .iter()
-            .map(|node| {
-                let mut config = jobs_file(&pg.url(), node, &runs);
-                if endpoints {
-                    let port = free_port();
-                    config = with_endpoint(&config, port);
-                    ports.insert((*node).to_owned(), port);
-                }
-                let daemon = Daemon::launch(&config, |command, log| {
-                    command
-                        .args(["run", "jobs.toml"])
-                        .stderr(fs::File::create(log).expect("log file"));
-                });
-                ((*node).to_owned(), daemon)
-            })
-            .collect();
+        let mut configs = BTreeMap::new();
+        let mut proxies = BTreeMap::new();
+        for node in NODES {
+            let url = if options.proxies {
+                let proxy = Proxy::start(pg.port());
+                let url = pg
+                    .url()
+                    .replace(&format!(":{}/", pg.port()), &format!(":{}/", proxy.port()));
+                proxies.insert(node.to_owned(), proxy);
+                url
+            } else {
+                pg.url()
+            };
+            let mut config = jobs_file(&url, node, &runs);
+            if options.endpoints {
+                let port = free_port();
+                config = with_endpoint(&config, port);
+                ports.insert(node.to_owned(), port);
+            }
+            configs.insert(node.to_owned(), config);
+        }
         let tail = Tail::start(runs);
         let mut cluster = Cluster {
-            replicas,
+            replicas: Vec::new(),
+            configs,
+            options,
+            proxies,
             tail,
             pg,
             shared,
             ports,
         };
+        cluster.replicas = NODES
+            .iter()
+            .map(|node| ((*node).to_owned(), cluster.spawn(node)))
+            .collect();
         for node in NODES {
             cluster.wait_scheduling(node);
         }
         cluster
+    }
+
+    /// Starts `node`'s replica on its jobs file.
+    fn spawn(&self, node: &str) -> Daemon {
+        let skew = self.options.skews.get(node).copied();
+        Daemon::launch(&self.configs[node], |command, log| {
+            command
+                .args(["run", "jobs.toml"])
+                .stderr(fs::File::create(log).expect("log file"));
+            if let Some(skew) = skew {
+                command.env("TICKD_TEST_CLOCK_SKEW", skew);
+            }
+        })
+    }
+
+    /// Starts `node` again (its replica has exited) and waits until it is scheduling.
+    fn restart(&mut self, node: &str) {
+        let daemon = self.spawn(node);
+        *self.replica_mut(node) = daemon;
+        self.wait_scheduling(node);
+    }
+
+    /// `node`'s way to the database (started with `Options::proxies`).
+    fn proxy(&self, node: &str) -> &Proxy {
+        self.proxies.get(node).expect("a replica behind a proxy")
     }
 
     /// Waits until `node` logs that it is scheduling; fails at once if it exits instead.
@@ -515,17 +571,7 @@ fn a_killed_owner_is_replaced_and_no_slot_runs_twice() {
     // Without that, each loses the slots of the failover (over a second); with it, a slot is
     // lost only if the failover took longer than two periods (one catch-up per job, never a
     // burst) or the owner died within the lead between taking a slot and running it.
-    let lost: Vec<(&str, i64)> = ["second", "cron"]
-        .into_iter()
-        .map(|job| {
-            let slots = slots(&runs, job);
-            let lost = slots
-                .windows(2)
-                .map(|pair| (pair[1] - pair[0]).num_seconds() - 1)
-                .sum();
-            (job, lost)
-        })
-        .collect();
+    let lost = second_slots_lost(&runs);
     assert!(
         lost.iter().map(|(_, n)| n).sum::<i64>() <= 1,
         "1 s jobs lost slots across the failover ({owner} killed at {killed_at}): {lost:?}\n{}",
@@ -710,6 +756,189 @@ fn schema_creation_races_from_three_nodes() {
         owners.len(),
         1,
         "want exactly one owner firing, saw {owners:?}\n{}",
+        cluster.diagnostics()
+    );
+}
+
+/// Kills the node that owns now and waits until another fires a `fast` slot; returns the killed
+/// node and when it was killed.
+fn kill_owner(cluster: &mut Cluster) -> (String, DateTime<Utc>) {
+    let owner = cluster.owner();
+    let killed_at = Utc::now();
+    cluster.signal(&owner, Signal::SIGKILL);
+    let _ = cluster.replica_mut(&owner).wait_exit();
+    eventually("another node fires after the owner was killed", || {
+        cluster
+            .runs()
+            .iter()
+            .any(|r| r.job == "fast" && r.slot > killed_at && r.node != owner)
+    });
+    (owner, killed_at)
+}
+
+/// The slots of 1 s jobs lost between their first and last run.
+fn second_slots_lost(runs: &[Run]) -> Vec<(&'static str, i64)> {
+    ["second", "cron"]
+        .into_iter()
+        .map(|job| {
+            let slots = slots(runs, job);
+            let lost = slots
+                .windows(2)
+                .map(|pair| (pair[1] - pair[0]).num_seconds() - 1)
+                .sum();
+            (job, lost)
+        })
+        .collect()
+}
+
+#[test]
+fn nodes_whose_clocks_are_off_fire_on_the_databases_second_and_never_twice() {
+    let _serial = serial();
+    let mut cluster = Cluster::launch(Options {
+        skews: [("n1", "+3s"), ("n2", "-3s")].into(),
+        ..Options::default()
+    });
+    cluster.wait_fast_runs(5);
+    // Two owners killed in turn: all three nodes own for a while, whatever the order.
+    kill_owner(&mut cluster);
+    thread::sleep(Duration::from_secs(2));
+    kill_owner(&mut cluster);
+    thread::sleep(Duration::from_secs(2));
+    let runs = cluster.runs();
+
+    assert_each_slot_once(&runs, &cluster);
+    assert_identities(&runs, &cluster);
+    let firing: BTreeSet<&str> = runs
+        .iter()
+        .filter(|r| r.job == "fast")
+        .map(|r| r.node.as_str())
+        .collect();
+    assert_eq!(
+        firing.len(),
+        3,
+        "every node should have fired `fast` as owner, saw {firing:?}\n{}",
+        cluster.diagnostics()
+    );
+    // On the database's second (this machine's, which the database shares): a node that fired
+    // on its own wrong clock would run its slots 3 s early or late.
+    let off: Vec<String> = runs
+        .iter()
+        .filter(|r| r.job == "fast")
+        .filter(|r| {
+            let lag = r.seen - r.slot;
+            lag < TimeDelta::milliseconds(-150) || lag > delta(APPEND_SLACK)
+        })
+        .map(Run::to_string)
+        .collect();
+    assert!(
+        off.is_empty(),
+        "`fast` runs seen away from their slot: {off:#?}\n{}",
+        cluster.diagnostics()
+    );
+    for node in ["n1", "n2"] {
+        let log = cluster.replica(node).log();
+        assert!(
+            log.contains("this node's clock is off the database's"),
+            "{node} (clock skewed) did not say its clock is off\n{}",
+            cluster.diagnostics()
+        );
+    }
+}
+
+#[test]
+fn a_node_cut_off_from_the_database_stops_at_its_windows_end_and_another_takes_over() {
+    let _serial = serial();
+    let mut cluster = Cluster::launch(Options {
+        proxies: true,
+        ..Options::default()
+    });
+    cluster.wait_fast_runs(5);
+    let owner = cluster.owner();
+    let cut_at = Utc::now();
+    cluster.proxy(&owner).cut();
+    thread::sleep(Duration::from_secs(4));
+    let healed_at = Utc::now();
+    cluster.proxy(&owner).heal();
+    // Long enough for the cut-off node to reconnect and find another owner.
+    thread::sleep(Duration::from_secs(3));
+    let end = Utc::now();
+    cluster.assert_running(&[]);
+    let runs = cluster.runs();
+
+    assert_each_slot_once(&runs, &cluster);
+    assert_identities(&runs, &cluster);
+    // Its last confirmed window was confirmed before the cut: it ends within `WINDOW` of it.
+    let window_end = cut_at + delta(WINDOW) + TimeDelta::milliseconds(100);
+    let past_window: Vec<String> = runs
+        .iter()
+        .filter(|r| r.node == owner && r.slot > window_end)
+        .map(Run::to_string)
+        .collect();
+    assert!(
+        past_window.is_empty(),
+        "{owner}, cut off at {cut_at} (healed at {healed_at}), fired past its window: \
+         {past_window:#?}\n{}",
+        cluster.diagnostics()
+    );
+    let (gap, from) = largest_fast_gap(&runs, cut_at, end, &cluster);
+    assert!(
+        gap <= delta(FAILOVER_GAP),
+        "`fast` went {gap} without a slot from {from} ({owner} cut off at {cut_at}); bound \
+         {FAILOVER_GAP:?}\n{}",
+        cluster.diagnostics()
+    );
+    let lost = second_slots_lost(&runs);
+    assert!(
+        lost.iter().map(|(_, n)| n).sum::<i64>() <= 1,
+        "1 s jobs lost slots across the partition ({owner} cut off at {cut_at}): {lost:?}\n{}",
+        cluster.diagnostics()
+    );
+}
+
+#[test]
+fn a_restarted_node_rejoins_as_a_follower_and_nothing_runs_twice() {
+    let _serial = serial();
+    let mut cluster = Cluster::start();
+    cluster.wait_fast_runs(5);
+    let (killed, _) = kill_owner(&mut cluster);
+    let successor = cluster.owner();
+    // The killed owner comes back under its old name; a follower is restarted too.
+    cluster.restart(&killed);
+    let follower = NODES
+        .into_iter()
+        .find(|n| *n != killed && *n != successor)
+        .expect("a third node");
+    cluster.signal(follower, Signal::SIGTERM);
+    let code = cluster.replica_mut(follower).wait_exit();
+    assert_eq!(
+        code,
+        0,
+        "{follower} after SIGTERM\n{}",
+        cluster.diagnostics()
+    );
+    cluster.restart(follower);
+    let restarted_at = Utc::now();
+    thread::sleep(Duration::from_secs(4));
+    cluster.assert_running(&[]);
+    let runs = cluster.runs();
+
+    assert_each_slot_once(&runs, &cluster);
+    assert_identities(&runs, &cluster);
+    // Ownership stays where it went: a node coming back does not take it back.
+    let elsewhere: Vec<String> = runs
+        .iter()
+        .filter(|r| r.seen > restarted_at && r.node != successor)
+        .map(Run::to_string)
+        .collect();
+    assert!(
+        elsewhere.is_empty(),
+        "after the restarts, runs not on the owner {successor}: {elsewhere:#?}\n{}",
+        cluster.diagnostics()
+    );
+    assert!(
+        runs.iter()
+            .any(|r| r.seen > restarted_at && r.node == successor),
+        "the owner {successor} fired nothing after the restarts\n{}",
         cluster.diagnostics()
     );
 }

@@ -11,6 +11,7 @@ mod logging;
 mod orphans;
 mod postgres;
 mod process;
+mod proxy;
 mod reload;
 mod runs;
 mod scheduling;
