@@ -68,6 +68,7 @@ struct Prepared {
     renew: Statement,
     acquire: Statement,
     mark: Statement,
+    finish: Statement,
 }
 
 impl Prepared {
@@ -76,6 +77,7 @@ impl Prepared {
             renew: client.prepare(RENEW).await?,
             acquire: client.prepare(ACQUIRE).await?,
             mark: client.prepare(marks::MARK).await?,
+            finish: client.prepare(marks::FINISH).await?,
         })
     }
 }
@@ -124,7 +126,7 @@ pub(super) async fn keep(shared: Arc<Shared>, clock: Clock, stop: CancellationTo
         }
         match serve(&shared, &client, &prepared, &clock, &stop).await {
             Ok(()) => {
-                release(&shared, &client, &clock).await;
+                release(&shared, &client, &prepared, &clock).await;
                 return;
             }
             Err(err) => {
@@ -169,7 +171,9 @@ async fn serve(
             () = &mut renewal => {
                 let diagnose = ticks % DIAGNOSE_EVERY == 0;
                 let step = step(shared, client, prepared, clock, &agenda, diagnose);
-                if bounded(clock, settings.window(), step).await? {
+                let look_again = bounded(clock, settings.window(), step).await?;
+                bounded(clock, settings.window(), settle(shared, client, &prepared.finish)).await?;
+                if look_again {
                     // Slots passed over while following (or named anew by a corrected clock)
                     // may be due within the lead: look again.
                     let lead = chrono::Duration::from_std(lead(shared)).unwrap_or_default();
@@ -229,9 +233,37 @@ async fn take(
     Ok(())
 }
 
-/// A node that leaves hands its ownership over (see [`RELEASE`]), first giving back the slots
-/// it took but did not fire (it stopped firing before it left), so the next owner runs them.
-async fn release(shared: &Shared, client: &Client, clock: &Clock) {
+/// Records the runs of `on_node_loss = "rerun"` jobs that finished since the last time, in one
+/// statement (none when there are none); on failure they are kept for the next time.
+async fn settle(shared: &Shared, client: &Client, finish: &Statement) -> Result<(), String> {
+    let settled = std::mem::take(&mut *shared.lock_settled());
+    if settled.is_empty() {
+        return Ok(());
+    }
+    let jobs: Vec<&str> = settled.keys().map(String::as_str).collect();
+    let slots: Vec<DateTime<Utc>> = settled.values().copied().collect();
+    let result = client
+        .execute(finish, &[&shared.settings.name(), &jobs, &slots])
+        .await;
+    if let Err(err) = result {
+        let mut pending = shared.lock_settled();
+        for (job, slot) in settled {
+            let latest = pending.entry(job).or_insert(slot);
+            *latest = (*latest).max(slot);
+        }
+        return Err(err.to_string());
+    }
+    Ok(())
+}
+
+/// A node that leaves hands its ownership over (see [`RELEASE`]), first recording the runs that
+/// finished (it drained them before it left) and giving back the slots it took but did not fire
+/// (it stopped firing first), so the next owner runs them.
+async fn release(shared: &Shared, client: &Client, prepared: &Prepared, clock: &Clock) {
+    let settled = settle(shared, client, &prepared.finish);
+    if let Err(err) = bounded(clock, shared.settings.window(), settled).await {
+        tracing::warn!("cluster: could not record the runs that finished (the next owner may run them again): {err}");
+    }
     let (lease, unfired) = {
         let mut state = shared.lock_state();
         let Some(lease) = state.lease.take() else {
@@ -401,6 +433,18 @@ async fn catch_up(
     let marks = marks::read(client, settings.name())
         .await
         .map_err(|err| err.to_string())?;
+    let send = |job, slot| {
+        let _ = shared.catch_ups.send(CatchUp {
+            job,
+            slot,
+            epoch: lease.epoch,
+        });
+    };
+    // Older than any catch-up of the same job: they go first.
+    for (job, slot) in agenda.reruns(&marks, db_now, settings.catch_up()) {
+        tracing::warn!(job = %job, slot = %slot.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), "cluster: this slot's run did not finish on the previous owner; running it again (on_node_loss = \"rerun\")");
+        send(job, slot);
+    }
     let missed = agenda.catch_ups(&marks, db_now, lease.window_start, settings.catch_up());
     if missed.is_empty() {
         return Ok(());
@@ -410,11 +454,7 @@ async fn catch_up(
         .map_err(|err| err.to_string())?;
     for (job, slot) in taken {
         tracing::info!(job = %job, slot = %slot.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), "cluster: the previous owner did not take this slot; running it once as a catch-up");
-        let _ = shared.catch_ups.send(CatchUp {
-            job,
-            slot,
-            epoch: lease.epoch,
-        });
+        send(job, slot);
     }
     Ok(())
 }

@@ -7,6 +7,10 @@
 //! catch-up. A crash between a mark and its fire loses that fire (at most once, as for a run in
 //! flight on a node that dies); the lead is kept short for that reason.
 //!
+//! With `on_node_loss = "rerun"` a job's runs also say when they finish (the latest finished
+//! slot, sent with the next renewal): a new owner that finds the mark past it runs the marked
+//! slot again, as its run was lost with the node.
+//!
 //! Jobs that fire more often than once a second are left to the windows alone: a mark per fire
 //! would cost more statements than the cluster's budget of a few a second per node.
 
@@ -17,7 +21,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
 
-use crate::config::{JobSpec, Scope};
+use crate::config::{JobSpec, OnNodeLoss, Scope};
 use crate::schedule::Schedule;
 
 /// How long before a slot it is taken, at least: many round trips on a loopback or LAN database
@@ -26,13 +30,15 @@ pub(super) const LEAD: Duration = Duration::from_millis(50);
 
 /// Takes slots: `$4` jobs at the `$5` slots, under epoch `$3` of owner `$2`; returns the ones
 /// taken (a job whose mark is already at or past the slot is not).
+/// A new row's `finished` is the Unix epoch: none of its runs finished yet (a finite time, so that
+/// it reads as one).
 pub(super) const MARK: &str = "WITH owner AS (
         SELECT epoch FROM tickd_owner
         WHERE cluster = $1 AND owner = $2 AND epoch = $3
         FOR SHARE
     )
-    INSERT INTO tickd_marks (cluster, job, slot, epoch)
-    SELECT $1, m.job, m.slot, owner.epoch
+    INSERT INTO tickd_marks (cluster, job, slot, epoch, finished)
+    SELECT $1, m.job, m.slot, owner.epoch, to_timestamp(0)
     FROM unnest($4::text[], $5::timestamptz[]) AS m(job, slot), owner
     ON CONFLICT (cluster, job) DO UPDATE SET slot = excluded.slot, epoch = excluded.epoch
         WHERE tickd_marks.slot < excluded.slot
@@ -41,15 +47,32 @@ pub(super) const MARK: &str = "WITH owner AS (
 /// Gives back taken slots (`$2` jobs at the `$3` slots, under epoch `$4`): each mark moves to just
 /// before its slot, so that the next owner runs it as a catch-up.
 pub(super) const GIVE_BACK: &str = "UPDATE tickd_marks AS m
-    SET slot = m.slot - interval '1 microsecond'
+    SET slot = m.slot - interval '1 microsecond',
+        finished = greatest(m.finished, m.slot - interval '1 microsecond')
     FROM unnest($2::text[], $3::timestamptz[]) AS u(job, slot)
     WHERE m.cluster = $1 AND m.job = u.job AND m.slot = u.slot AND m.epoch = $4";
 
+/// Records that the runs of `$2` jobs for the `$3` slots finished (not fenced: whichever node ran
+/// them, that is a fact).
+pub(super) const FINISH: &str = "UPDATE tickd_marks AS m
+    SET finished = greatest(m.finished, u.slot)
+    FROM unnest($2::text[], $3::timestamptz[]) AS u(job, slot)
+    WHERE m.cluster = $1 AND m.job = u.job";
+
 /// The marks of the cluster's jobs.
-const READ: &str = "SELECT job, slot FROM tickd_marks WHERE cluster = $1";
+const READ: &str = "SELECT job, slot, finished FROM tickd_marks WHERE cluster = $1";
+
+/// A job's mark as read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Mark {
+    /// The latest slot taken.
+    pub slot: DateTime<Utc>,
+    /// The latest slot whose run finished (`on_node_loss = "rerun"` jobs); `None`: unknown.
+    pub finished: Option<DateTime<Utc>>,
+}
 
 /// Whether `spec` keeps a mark: a cluster job whose fires are at least a second apart.
-pub(super) fn is_marked(spec: &JobSpec) -> bool {
+pub fn keeps_mark(spec: &JobSpec) -> bool {
     spec.scope() == Scope::Cluster
         && match spec.schedule() {
             Schedule::Every(every) => every.period >= Duration::from_secs(1),
@@ -68,7 +91,7 @@ impl Agenda {
     /// The agenda of `jobs`' marked ones, from their first slot after `now`.
     pub fn new(jobs: &[Arc<JobSpec>], now: DateTime<Utc>) -> Self {
         let mut agenda = Agenda::default();
-        for spec in jobs.iter().filter(|spec| is_marked(spec)) {
+        for spec in jobs.iter().filter(|spec| keeps_mark(spec)) {
             agenda.jobs.insert(spec.name().to_owned(), spec.clone());
             agenda.plan(spec.name(), now);
         }
@@ -108,7 +131,7 @@ impl Agenda {
     /// are the new owner's own fires).
     pub fn catch_ups(
         &self,
-        marks: &HashMap<String, DateTime<Utc>>,
+        marks: &HashMap<String, Mark>,
         now: DateTime<Utc>,
         window_start: DateTime<Utc>,
         within: Duration,
@@ -118,13 +141,37 @@ impl Agenda {
             .jobs
             .iter()
             .filter_map(|(job, spec)| {
-                let mark = *marks.get(job)?;
+                let mark = marks.get(job)?.slot;
                 let slot = spec.schedule().slot_at_or_before(now)?;
                 (slot > mark && slot >= oldest && slot < window_start).then(|| (job.clone(), slot))
             })
             .collect();
         catch_ups.sort();
         catch_ups
+    }
+
+    /// The reruns a new owner runs, at `now`: for each `on_node_loss = "rerun"` job, the slot of
+    /// its mark if that was taken but its run did not finish, no older than `within`. Already
+    /// taken, they need no statement of their own.
+    pub fn reruns(
+        &self,
+        marks: &HashMap<String, Mark>,
+        now: DateTime<Utc>,
+        within: Duration,
+    ) -> Vec<(String, DateTime<Utc>)> {
+        let oldest = now - chrono::Duration::from_std(within).unwrap_or_default();
+        let mut reruns: Vec<_> = self
+            .jobs
+            .iter()
+            .filter(|(_, spec)| spec.on_node_loss() == OnNodeLoss::Rerun)
+            .filter_map(|(job, _)| {
+                let mark = marks.get(job)?;
+                let lost = mark.finished.is_some_and(|finished| mark.slot > finished);
+                (lost && mark.slot >= oldest && mark.slot <= now).then(|| (job.clone(), mark.slot))
+            })
+            .collect();
+        reruns.sort();
+        reruns
     }
 }
 
@@ -160,10 +207,16 @@ pub(super) async fn take(
 pub(super) async fn read(
     client: &Client,
     cluster: &str,
-) -> Result<HashMap<String, DateTime<Utc>>, tokio_postgres::Error> {
+) -> Result<HashMap<String, Mark>, tokio_postgres::Error> {
     let rows = client.query(READ, &[&cluster]).await?;
     rows.iter()
-        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .map(|row| {
+            let mark = Mark {
+                slot: row.try_get(1)?,
+                finished: row.try_get(2)?,
+            };
+            Ok((row.try_get(0)?, mark))
+        })
         .collect()
 }
 
@@ -218,10 +271,17 @@ mod tests {
         );
         let agenda = Agenda::new(&jobs, at("2026-01-01T00:00:00Z"));
         let now = at("2026-01-01T00:01:03.500Z");
-        let marks: HashMap<String, DateTime<Utc>> = [
-            ("second".to_owned(), at("2026-01-01T00:01:01Z")),
-            ("minute".to_owned(), at("2026-01-01T00:00:00Z")),
+        let marks: HashMap<String, Mark> = [
+            ("second", "2026-01-01T00:01:01Z"),
+            ("minute", "2026-01-01T00:00:00Z"),
         ]
+        .map(|(job, slot)| {
+            let mark = Mark {
+                slot: at(slot),
+                finished: None,
+            };
+            (job.to_owned(), mark)
+        })
         .into();
         let catch_ups = agenda.catch_ups(&marks, now, now, Duration::from_secs(5));
         // `second`: 02 and 03 were not taken; one catch-up, for 03. `minute`: 00:01:00 is 3.5 s
@@ -243,5 +303,49 @@ mod tests {
             Duration::from_secs(5),
         );
         assert_eq!(own, [("minute".to_owned(), at("2026-01-01T00:01:00Z"))]);
+    }
+
+    #[test]
+    fn a_new_owner_reruns_a_taken_slot_whose_run_did_not_finish_only_if_asked() {
+        let jobs = jobs(
+            "[cluster]\npostgres = \"postgres://db/app\"\n\
+             [jobs.lost]\nevery = \"1s\"\non_node_loss = \"rerun\"\nhandler = \"log\"\n\
+             [jobs.done]\nevery = \"1s\"\non_node_loss = \"rerun\"\nhandler = \"log\"\n\
+             [jobs.unknown]\nevery = \"1s\"\non_node_loss = \"rerun\"\nhandler = \"log\"\n\
+             [jobs.old]\nevery = \"1s\"\non_node_loss = \"rerun\"\nhandler = \"log\"\n\
+             [jobs.once]\nevery = \"1s\"\nhandler = \"log\"\n",
+        );
+        let agenda = Agenda::new(&jobs, at("2026-01-01T00:00:00Z"));
+        let now = at("2026-01-01T00:01:03.500Z");
+        let mark = |slot: &str, finished: Option<&str>| Mark {
+            slot: at(slot),
+            finished: finished.map(at),
+        };
+        let marks: HashMap<String, Mark> = [
+            (
+                "lost".to_owned(),
+                mark("2026-01-01T00:01:03Z", Some("2026-01-01T00:01:02Z")),
+            ),
+            (
+                "done".to_owned(),
+                mark("2026-01-01T00:01:03Z", Some("2026-01-01T00:01:03Z")),
+            ),
+            ("unknown".to_owned(), mark("2026-01-01T00:01:03Z", None)),
+            (
+                "old".to_owned(),
+                mark("2026-01-01T00:00:03Z", Some("2026-01-01T00:00:02Z")),
+            ),
+            (
+                "once".to_owned(),
+                mark("2026-01-01T00:01:03Z", Some("2026-01-01T00:01:02Z")),
+            ),
+        ]
+        .into();
+        // `done` finished; `unknown` has no record (a mark from before the column); `old` is
+        // past the catch-up bound; `once` did not ask.
+        assert_eq!(
+            agenda.reruns(&marks, now, Duration::from_secs(10)),
+            [("lost".to_owned(), at("2026-01-01T00:01:03Z"))]
+        );
     }
 }

@@ -17,6 +17,8 @@ mod lease;
 mod marks;
 mod schema;
 
+pub use marks::keeps_mark;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -50,6 +52,9 @@ struct Shared {
     /// The database's clock, estimated from the statements' answers: the time the slots are
     /// named and fired in.
     time: RemoteClock,
+    /// The latest slot of each `on_node_loss = "rerun"` job whose run finished (or that the job
+    /// skipped), not yet recorded in the database: sent with the next renewal.
+    settled: Mutex<HashMap<String, DateTime<Utc>>>,
 }
 
 /// The cluster jobs, as the lease and the marks need them.
@@ -69,7 +74,7 @@ impl Jobs {
         let specs: Vec<Arc<JobSpec>> = config.jobs().values().cloned().collect();
         let marked = specs
             .iter()
-            .filter(|spec| marks::is_marked(spec))
+            .filter(|spec| marks::keeps_mark(spec))
             .map(|spec| spec.name().to_owned())
             .collect();
         Jobs {
@@ -321,6 +326,15 @@ impl Cluster {
         fires.then_some(lease.epoch)
     }
 
+    /// The run of `job` (an `on_node_loss = "rerun"` job) for `slot` finished, or the job let
+    /// the slot go (an overlap skip): the next owner need not run it again. Recorded with the
+    /// next renewal.
+    pub fn run_settled(&self, job: &str, slot: DateTime<Utc>) {
+        let mut settled = self.shared.lock_settled();
+        let latest = settled.entry(job.to_owned()).or_insert(slot);
+        *latest = (*latest).max(slot);
+    }
+
     /// A reload's new jobs: ownership is kept or taken only with the same jobs as the owner's.
     pub fn jobs_changed(&self, config: &Config) {
         *self.shared.lock_jobs() = Jobs::of(config);
@@ -377,11 +391,16 @@ impl Shared {
             catch_up_receiver: Mutex::new(Some(catch_up_receiver)),
             leave: CancellationToken::new(),
             time: RemoteClock::like(now),
+            settled: Mutex::new(HashMap::new()),
         })
     }
 
     fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_settled(&self) -> std::sync::MutexGuard<'_, HashMap<String, DateTime<Utc>>> {
+        self.settled.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn lock_jobs(&self) -> std::sync::MutexGuard<'_, Jobs> {
@@ -408,7 +427,7 @@ pub fn jobs_hash(config: &Config) -> String {
             continue;
         }
         text.push_str(&format!(
-            "{}\u{0}{}\u{0}{:?}\u{0}{:?}\u{0}{:?}\u{0}{:?}\u{0}{:?}\u{1}",
+            "{}\u{0}{}\u{0}{:?}\u{0}{:?}\u{0}{:?}\u{0}{:?}\u{0}{:?}\u{0}{:?}\u{1}",
             spec.name(),
             spec.schedule(),
             spec.action(),
@@ -416,6 +435,7 @@ pub fn jobs_hash(config: &Config) -> String {
             spec.timeout(),
             spec.retry(),
             spec.jitter(),
+            spec.on_node_loss(),
         ));
     }
     format!("{:016x}", crate::schedule::stable_hash(text.bytes()))

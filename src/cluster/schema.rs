@@ -5,7 +5,7 @@
 use tokio_postgres::Client;
 
 /// The schema this tickd knows.
-pub(super) const VERSION: i32 = 2;
+pub(super) const VERSION: i32 = 3;
 
 /// An arbitrary constant: the advisory lock that serializes tickd's migrations.
 const MIGRATION_LOCK: i64 = 0x7469_636b_6400;
@@ -30,6 +30,9 @@ const MIGRATIONS: [&str; VERSION as usize] = [
         epoch bigint NOT NULL,
         PRIMARY KEY (cluster, job)
     )",
+    // 3: the latest slot of each job whose run finished, for `on_node_loss = "rerun"`; `NULL`
+    // (unknown) in rows from before.
+    "ALTER TABLE tickd_marks ADD COLUMN finished timestamptz",
 ];
 
 /// Why the schema cannot be used.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::spec::{OnMissed, OutputMode, Scope};
+use super::spec::{OnMissed, OnNodeLoss, OutputMode, Scope};
 use crate::schedule::EveryMode;
 
 /// Parses the text, naming the path of a bad key in the error (`jobs.NAME.key`).
@@ -89,6 +89,7 @@ pub(super) struct RawJob {
     pub(super) user: Option<Spanned<String>>,
     pub(super) group: Option<Spanned<String>>,
     pub(super) scope: Option<Spanned<Scope>>,
+    pub(super) on_node_loss: Option<Spanned<OnNodeLoss>>,
 }
 
 /// A job's `retry = { ... }`.

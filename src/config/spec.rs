@@ -112,6 +112,18 @@ pub enum Scope {
     Node,
 }
 
+/// What becomes of a cluster job's run that was in flight on a node that died.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnNodeLoss {
+    /// Nothing: the slot ran at most once (its run may have been cut short).
+    #[default]
+    Skip,
+    /// The next owner runs the slot again: at least once (the run may have completed, or may
+    /// still be going on a node that was only paused; `TICKD_FIRE_ID` tells the two apart).
+    Rerun,
+}
+
 impl Config {
     /// This configuration with the endpoint settings (`[daemon] http`, `http_token`) of
     /// `running`: the endpoint stays as it was bound until the next start.
@@ -267,6 +279,8 @@ pub struct JobSpec {
     pub(in crate::config) env_policy: EnvPolicy,
     /// With `[cluster]`: once per cluster (the default) or on every node.
     pub(in crate::config) scope: Scope,
+    /// With `[cluster]`: whether a run in flight on a node that died runs again.
+    pub(in crate::config) on_node_loss: OnNodeLoss,
 }
 
 impl JobSpec {
@@ -377,6 +391,12 @@ impl JobSpec {
     /// With `[cluster]`: once per cluster (the default) or on every node.
     pub fn scope(&self) -> Scope {
         self.scope
+    }
+
+    /// With `[cluster]`: whether a run in flight on a node that died runs again on the next
+    /// owner (at least once) or not (at most once, the default).
+    pub fn on_node_loss(&self) -> OnNodeLoss {
+        self.on_node_loss
     }
 }
 

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::action::{self, Outcome, RunReport};
 use crate::clock::{ClockSteps, Instant, Now, RemoteClock, Sleep};
-use crate::config::{JobSpec, OnMissed, Scope};
+use crate::config::{JobSpec, OnMissed, OnNodeLoss, Scope};
 use crate::handler::{ClusterFire, RunContext, RunId};
 use crate::metrics::JobMetrics;
 use crate::status::{record_run, SharedStatus};
@@ -340,7 +340,7 @@ impl JobActor {
             JobCommand::CatchUp { slot, epoch } => {
                 let now = self.now();
                 self.count_missed(1);
-                self.start_or_overlap(Due {
+                self.start_owned(Due {
                     wall: Some(slot),
                     epoch: Some(epoch),
                     ..Due::at(now.instant)
@@ -369,7 +369,7 @@ impl JobActor {
         match cluster.may_fire(self.spec.name(), slot) {
             Some(epoch) => {
                 self.last_slot = Some(slot);
-                self.start_or_overlap(Due {
+                self.start_owned(Due {
                     epoch: Some(epoch),
                     ..due
                 })
@@ -379,6 +379,25 @@ impl JobActor {
                 FireResult::Skipped
             }
         }
+    }
+
+    /// Starts a run for a cluster slot this node owns (or applies the overlap policy); a slot
+    /// the policy lets go is settled: there is nothing to run again.
+    fn start_owned(&mut self, due: Due) -> FireResult {
+        let result = self.start_or_overlap(due);
+        if let (FireResult::Skipped, Some(slot), Some(cluster)) =
+            (&result, self.settles(&due, self.now()), &self.env.cluster)
+        {
+            cluster.run_settled(self.spec.name(), slot);
+        }
+        result
+    }
+
+    /// The cluster slot a run of `due` settles, for an `on_node_loss = "rerun"` job fired under
+    /// an epoch.
+    fn settles(&self, due: &Due, now: Now) -> Option<DateTime<Utc>> {
+        let rerun = self.spec.on_node_loss() == OnNodeLoss::Rerun;
+        (rerun && due.epoch.is_some()).then(|| due.slot(now))
     }
 
     /// Starts a run for `due`, or applies the overlap policy.
@@ -539,6 +558,7 @@ impl JobActor {
             started_wall: now.wall,
             metrics: self.metrics.clone(),
             status: self.status.clone(),
+            settles: self.settles(&due, now),
             ended: Some(self.ended_tx.clone()),
         };
         let env = self.env.clone();
@@ -640,6 +660,8 @@ struct RunEnd {
     started_wall: DateTime<Utc>,
     metrics: Arc<JobMetrics>,
     status: SharedStatus,
+    /// The cluster slot this run settles when it ends (`on_node_loss = "rerun"` jobs).
+    settles: Option<DateTime<Utc>>,
     /// Taken by the one report.
     ended: Option<mpsc::UnboundedSender<RunEnded>>,
 }
@@ -666,6 +688,15 @@ impl RunEnd {
         let node = self.env.cluster.as_ref().map(|cluster| cluster.node());
         self.status
             .update(|s| record_run(s, run_id.0, &report, started_wall, duration_ms, node));
+        // A run stopped (by a shutdown whose drain ran out, say) did not do its work: with
+        // `on_node_loss = "rerun"` the next owner runs it again.
+        if let (Some(slot), Some(cluster), false) = (
+            self.settles,
+            &self.env.cluster,
+            report.outcome == Outcome::Stopped,
+        ) {
+            cluster.run_settled(spec.name(), slot);
+        }
         let exit_code = report.exit_code.map(i64::from);
         let reason = report.reason.as_deref().unwrap_or("");
         match report.outcome {

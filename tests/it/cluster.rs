@@ -248,6 +248,8 @@ struct Options {
     proxies: bool,
     /// `TICKD_TEST_CLOCK_SKEW` by node: replicas whose clocks are wrong.
     skews: BTreeMap<&'static str, &'static str>,
+    /// More jobs, appended to each replica's jobs file.
+    extra_jobs: String,
 }
 
 impl Cluster {
@@ -284,7 +286,7 @@ impl Cluster {
             } else {
                 pg.url()
             };
-            let mut config = jobs_file(&url, node, &runs);
+            let mut config = jobs_file(&url, node, &runs) + &options.extra_jobs;
             if options.endpoints {
                 let port = free_port();
                 config = with_endpoint(&config, port);
@@ -789,6 +791,106 @@ fn second_slots_lost(runs: &[Run]) -> Vec<(&'static str, i64)> {
             (job, lost)
         })
         .collect()
+}
+
+/// `job slot node phase` lines of `path` (the lost-run test's own file).
+fn phases(path: &Path) -> Vec<(String, String, String, String)> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [job, slot, node, phase] = fields[..] else {
+                return None;
+            };
+            Some((
+                job.to_owned(),
+                slot.to_owned(),
+                node.to_owned(),
+                phase.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn a_run_lost_with_its_node_runs_again_only_with_on_node_loss_rerun() {
+    let _serial = serial();
+    let phases_file = tempfile::NamedTempFile::new().expect("phases file");
+    let path = phases_file.path().to_owned();
+    let script = format!(
+        r#"echo \"$TICKD_JOB $TICKD_SCHEDULED $TICKD_NODE start\" >> '{0}'; sleep 1.5; echo \"$TICKD_JOB $TICKD_SCHEDULED $TICKD_NODE done\" >> '{0}'"#,
+        path.display()
+    );
+    let extra_jobs = format!(
+        "\n[jobs.rerun]\nevery = \"2s\"\non_node_loss = \"rerun\"\nshell = \"{script}\"\n\
+         \n[jobs.once]\nevery = \"2s\"\nshell = \"{script}\"\n"
+    );
+    let mut cluster = Cluster::launch(Options {
+        extra_jobs,
+        ..Options::default()
+    });
+    // Killed while both jobs' runs for one slot are going (started, not done).
+    let mut in_flight = None;
+    eventually("a run of `rerun` going on the owner", || {
+        let phases = phases(&path);
+        in_flight = phases
+            .iter()
+            .rev()
+            .find(|(job, ..)| job == "rerun")
+            .filter(|(.., phase)| phase == "start")
+            .filter(|(_, slot, ..)| phases.iter().any(|(j, s, ..)| j == "once" && s == slot))
+            .map(|(_, slot, node, _)| (slot.clone(), node.clone()));
+        in_flight.is_some()
+    });
+    let (slot, owner) = in_flight.expect("found");
+    cluster.signal(&owner, Signal::SIGKILL);
+    let _ = cluster.replica_mut(&owner).wait_exit();
+    thread::sleep(Duration::from_secs(6));
+    let phases = phases(&path);
+    let lines = |job: &str, phase: &str| -> Vec<String> {
+        phases
+            .iter()
+            .filter(|(j, s, _, p)| j == job && *s == slot && p == phase)
+            .map(|(_, _, node, _)| node.clone())
+            .collect()
+    };
+    let context = || {
+        format!(
+            "slot {slot}, owner {owner} killed; lines:\n{phases:#?}\n{}",
+            cluster.diagnostics()
+        )
+    };
+    // `rerun`: started on the owner, lost with it, run again (and done) on the successor.
+    let (starts, dones) = (lines("rerun", "start"), lines("rerun", "done"));
+    assert!(
+        starts.len() == 2
+            && starts[0] == owner
+            && starts[1] != owner
+            && dones == [starts[1].clone()],
+        "`rerun` for the lost slot: started on {starts:?}, done on {dones:?}\n{}",
+        context()
+    );
+    // `once` (the default, at most once): lost, not run again.
+    let (starts, dones) = (lines("once", "start"), lines("once", "done"));
+    assert!(
+        starts == [owner.clone()] && dones.is_empty(),
+        "`once` for the lost slot: started on {starts:?}, done on {dones:?}\n{}",
+        context()
+    );
+    // Every other slot ran once: nothing finished is run again.
+    let mut starts: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for (job, s, _, phase) in &phases {
+        if phase == "start" && *s != slot {
+            *starts.entry((job, s)).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = starts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "slots started twice: {twice:?}\n{}",
+        context()
+    );
 }
 
 #[test]

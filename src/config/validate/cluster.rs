@@ -164,5 +164,20 @@ mod tests {
             "{msg}"
         );
         assert!(check("[cluster]\npostgres = \"postgres://db/app\"\n[jobs.a]\nevery = \"1s\"\nmode = \"fixed-delay\"\nscope = \"node\"\nhandler = \"log\"\n").is_ok());
+        // `on_node_loss = "rerun"` needs a cluster job whose slots keep a mark.
+        let cluster = "[cluster]\npostgres = \"postgres://db/app\"\n";
+        assert!(check(&format!(
+            "{cluster}[jobs.a]\nevery = \"1s\"\non_node_loss = \"rerun\"\nhandler = \"log\"\n"
+        ))
+        .is_ok());
+        for (body, why) in [
+            (format!("{cluster}[jobs.a]\nevery = \"200ms\"\non_node_loss = \"rerun\"\nhandler = \"log\"\n"), "fires at most once a second"),
+            (format!("{cluster}[jobs.a]\nevery = \"1s\"\nscope = \"node\"\non_node_loss = \"rerun\"\nhandler = \"log\"\n"), "not to scope = \"node\""),
+            ("[jobs.a]\nevery = \"1s\"\non_node_loss = \"rerun\"\nhandler = \"log\"\n".to_owned(), "it needs [cluster]"),
+            (format!("{cluster}[jobs.a]\nevery = \"1s\"\non_node_loss = \"again\"\nhandler = \"log\"\n"), "on_node_loss"),
+        ] {
+            let msg = check(&body).expect_err("refused").to_string();
+            assert!(msg.contains("key \"on_node_loss\"") && msg.contains(why), "{msg}");
+        }
     }
 }

@@ -12,7 +12,8 @@ use super::http::bound_http_timeout;
 use super::{At, Validator};
 use crate::config::raw::{RawJob, RawOverlap, RawRetry};
 use crate::config::spec::{
-    DaemonSettings, Jitter, JobSpec, OnMissed, Overlap, Retry, RunAs, Scope, DEFAULT_KILL_GRACE,
+    DaemonSettings, Jitter, JobSpec, OnMissed, OnNodeLoss, Overlap, Retry, RunAs, Scope,
+    DEFAULT_KILL_GRACE,
 };
 use crate::config::users;
 use crate::config::values::DurationRange;
@@ -67,7 +68,7 @@ impl Validator<'_> {
         let schedule = schedule?;
         let mut action = action?;
         bound_http_timeout(&mut action, &schedule, timeout);
-        Some(JobSpec {
+        let spec = JobSpec {
             name: name.to_owned(),
             schedule,
             action,
@@ -88,7 +89,32 @@ impl Validator<'_> {
             run_as,
             env_policy: daemon.env.clone(),
             scope,
-        })
+            on_node_loss: raw
+                .on_node_loss
+                .as_ref()
+                .map(|v| *v.get_ref())
+                .unwrap_or_default(),
+        };
+        self.on_node_loss(&spec, &raw, clustered);
+        (self.problems.len() == problems_before).then_some(spec)
+    }
+
+    /// `on_node_loss = "rerun"` needs what finds a run lost: a cluster job of 1 s or slower,
+    /// whose slots keep a mark the next owner reads.
+    fn on_node_loss(&mut self, spec: &JobSpec, raw: &RawJob, clustered: bool) {
+        let Some(value) = raw.on_node_loss.as_ref() else {
+            return;
+        };
+        let why = if !clustered {
+            "on_node_loss applies to the jobs of a cluster: it needs [cluster]"
+        } else if spec.scope() != Scope::Cluster {
+            "on_node_loss applies to jobs that run once per cluster, not to scope = \"node\""
+        } else if *value.get_ref() == OnNodeLoss::Rerun && !crate::cluster::keeps_mark(spec) {
+            "on_node_loss = \"rerun\" needs a job that fires at most once a second: faster jobs keep no record of their slots in the database"
+        } else {
+            return;
+        };
+        self.reject(value, At::job(spec.name(), "on_node_loss"), why.to_owned());
     }
 
     /// Where the job runs in a cluster. A fixed-delay job has no slots the nodes could agree
