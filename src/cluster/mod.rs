@@ -16,6 +16,7 @@
 mod lease;
 mod marks;
 mod schema;
+pub(crate) mod tls;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
