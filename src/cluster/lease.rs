@@ -424,7 +424,10 @@ async fn connect(settings: &crate::config::ClusterSettings) -> Result<Client, St
         .application_name(format!("tickd {}", settings.node()))
         .connect_timeout(settings.window().max(Duration::from_secs(1)))
         .keepalives(true);
-    let (client, connection) = config.connect(tls).await.map_err(|err| err.to_string())?;
+    let (client, connection) = config
+        .connect(tls)
+        .await
+        .map_err(|err| super::tls::with_causes(&err))?;
     tokio::spawn(async move {
         if let Err(err) = connection.await {
             tracing::debug!("cluster: database connection ended: {err}");

@@ -42,7 +42,7 @@ const MODES: &str = "disable, prefer, require, verify-ca or verify-full";
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// tokio-postgres rejects the string (without tickd's parameters).
-    #[error("not a PostgreSQL URL (postgres://user@host/database) or key=value string: {0}")]
+    #[error("not a PostgreSQL URL (postgres://user@host/database) or key=value string: {}", with_causes(.0))]
     Parse(#[source] tokio_postgres::Error),
     /// An `sslmode` tickd does not know (`allow` included: tokio-postgres cannot try plain first).
     #[error("unknown sslmode \"{0}\": use {MODES}")]
@@ -73,6 +73,19 @@ pub enum TlsError {
     /// rustls refuses the settings (it does not, with ring and its default protocol versions).
     #[error("cannot set up TLS: {0}")]
     Rustls(#[source] rustls::Error),
+}
+
+/// `err` and its causes, `: `-separated: tokio-postgres's errors show only their kind ("error
+/// performing TLS handshake", "db error"), the reason is in the causes.
+pub fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(err) = cause {
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        cause = err.source();
+    }
+    text
 }
 
 /// The `sslmode` values, as libpq names them.
@@ -721,6 +734,12 @@ mod tests {
             assert!(msg.starts_with("not a PostgreSQL URL"), "{msg}");
             assert!(!msg.contains("s3cret"), "{msg}");
         }
+        // With tokio-postgres's reason, which its own message leaves out.
+        assert!(
+            error("postgres://h/db?sslcert=/c.pem").ends_with("unknown option `sslcert`"),
+            "{}",
+            error("postgres://h/db?sslcert=/c.pem")
+        );
     }
 
     /// A CA called `ca_name` and a certificate it signs for `names`.
