@@ -207,7 +207,7 @@ impl Target {
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(TlsError::Rustls)?;
-        let config = match self.check {
+        let mut config = match self.check {
             // `disable` never uses the connector; nothing to load for it either.
             Check::Nothing => builder
                 .dangerous()
@@ -224,6 +224,9 @@ impl Target {
                 .with_root_certificates(root_store(&self.roots)?)
                 .with_no_client_auth(),
         };
+        // As libpq 17 does: a server started for `sslnegotiation=direct` requires it, older
+        // servers ignore it.
+        config.alpn_protocols = vec![b"postgresql".to_vec()];
         Ok(MakeRustlsConnect::new(config))
     }
 }
