@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::{Client, NoTls, Row, Statement};
+use tokio_postgres::{Client, Row, Statement};
 use tokio_util::sync::CancellationToken;
 
 use super::marks::{self, Agenda};
@@ -500,10 +500,11 @@ fn lease_from(row: &Row, boot_sent: Duration) -> Result<(Option<Lease>, DateTime
 
 /// Connects to the cluster's database; the password may come from `PGPASSWORD`.
 async fn connect(settings: &crate::config::ClusterSettings) -> Result<Client, String> {
-    let mut config: tokio_postgres::Config = settings
-        .postgres()
-        .parse()
-        .map_err(|err: tokio_postgres::Error| err.to_string())?;
+    // Parsed again here (validated at load): the connector reads `sslrootcert` at each
+    // connection, so a renewed CA file applies at the next reconnect.
+    let target = super::tls::Target::parse(settings.postgres()).map_err(|err| err.to_string())?;
+    let tls = target.connector().map_err(|err| err.to_string())?;
+    let mut config = target.config;
     if config.get_password().is_none() {
         if let Ok(password) = std::env::var("PGPASSWORD") {
             config.password(password);
@@ -513,7 +514,10 @@ async fn connect(settings: &crate::config::ClusterSettings) -> Result<Client, St
         .application_name(format!("tickd {}", settings.node()))
         .connect_timeout(settings.window().max(Duration::from_secs(1)))
         .keepalives(true);
-    let (client, connection) = config.connect(NoTls).await.map_err(|err| err.to_string())?;
+    let (client, connection) = config
+        .connect(tls)
+        .await
+        .map_err(|err| super::tls::with_causes(&err))?;
     tokio::spawn(async move {
         if let Err(err) = connection.await {
             tracing::debug!("cluster: database connection ended: {err}");

@@ -16,6 +16,7 @@
 mod lease;
 mod marks;
 mod schema;
+pub(crate) mod tls;
 
 pub use marks::keeps_mark;
 

@@ -42,10 +42,11 @@ const APPEND_SLACK: Duration = Duration::from_millis(500);
 /// The `fast` job's period.
 const FAST: Duration = Duration::from_millis(200);
 
-/// One cluster test at a time: each runs three daemons and a database, and measures gaps.
+/// One cluster test at a time (`cluster_tls`'s too): each runs three daemons and a database, and
+/// measures gaps.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn serial() -> MutexGuard<'static, ()> {
+pub(crate) fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -182,7 +183,7 @@ fn read_from(path: &Path, offset: u64, buf: &mut Vec<u8>) -> u64 {
 }
 
 /// A replica's jobs file: the same for every node but for `node`.
-fn jobs_file(postgres: &str, node: &str, runs: &Path) -> String {
+pub(crate) fn jobs_file(postgres: &str, node: &str, runs: &Path) -> String {
     let shell = format!(
         r#"echo \"$TICKD_JOB $TICKD_SCHEDULED $TICKD_NODE $TICKD_FIRE_ID\" >> '{}'"#,
         runs.display()
@@ -216,7 +217,7 @@ shell = "{shell}"
 }
 
 /// `config` with `[daemon] http` on loopback `port`, ahead of the rest.
-fn with_endpoint(config: &str, port: u16) -> String {
+pub(crate) fn with_endpoint(config: &str, port: u16) -> String {
     format!("[daemon]\nhttp = \"127.0.0.1:{port}\"\n{config}")
 }
 
@@ -456,7 +457,7 @@ impl Cluster {
     }
 }
 
-fn last_lines(text: &str, n: usize) -> String {
+pub(crate) fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let mut out = lines[lines.len().saturating_sub(n)..].join("\n");
     out.push('\n');
@@ -1064,7 +1065,7 @@ fn tickd_status(dir: &Path, args: &[&str]) -> String {
 }
 
 /// `GET path` on the endpoint at `port`: the body, which must come with a 200.
-fn get_ok(port: u16, path: &str) -> String {
+pub(crate) fn get_ok(port: u16, path: &str) -> String {
     let (code, body) = http(port, "GET", path, None);
     assert_eq!(code, 200, "GET {path} on port {port}: {body}");
     body

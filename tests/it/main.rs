@@ -1,10 +1,11 @@
 //! The integration-test binary, one module per area. `scheduling` and `extremes` run the daemon in
 //! process on paused time and a manual wall clock; the others run the real `tickd` binary end to
 //! end in a temp dir. `support` holds the fixtures they share; `postgres` a throw-away PostgreSQL
-//! server for `cluster`, which runs three replicas on it.
+//! server for `cluster`, which runs three replicas on it, and `cluster_tls`.
 
 mod cli;
 mod cluster;
+mod cluster_tls;
 mod endpoint;
 mod extremes;
 mod logging;

@@ -6,6 +6,8 @@
 //! never skip silently.
 
 use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
@@ -25,23 +27,102 @@ pub struct Postgres {
     dir: TempDir,
 }
 
+/// A certificate authority of its own for a test: its certificate (PEM) and the key it signs with.
+pub struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl TestCa {
+    /// A fresh self-signed CA called `name`.
+    pub fn new(name: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key).expect("self-sign the CA");
+        TestCa { cert, key }
+    }
+
+    /// The CA's certificate, PEM.
+    pub fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// A server certificate for `localhost` and `127.0.0.1` signed by this CA, and its key: `(cert
+    /// PEM, key PEM)`.
+    fn server_cert(&self) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("server params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "localhost");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .expect("sign the server certificate");
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
 impl Postgres {
     /// Creates a fresh cluster (`initdb`) and starts it on a free loopback port; returns once the
     /// server accepts connections.
     pub fn start() -> Postgres {
+        Postgres::start_prepared(|_| {})
+    }
+
+    /// [`Postgres::start`] with TLS on and required: a server certificate for `localhost` and
+    /// `127.0.0.1` signed by a CA of its own (see [`Postgres::ca_file`]), and a `pg_hba.conf` that
+    /// lets TCP connections in only over TLS (`hostssl`), so a connection that works is encrypted.
+    pub fn start_with_tls() -> Postgres {
+        Postgres::start_prepared(|dir| {
+            let ca = TestCa::new("tickd test CA");
+            let (cert, key) = ca.server_cert();
+            let data = dir.join("data");
+            // PostgreSQL refuses a key file that others may read, or that it does not own.
+            for (name, text, mode) in [("server.crt", &cert, 0o644), ("server.key", &key, 0o600)] {
+                let path = data.join(name);
+                fs::write(&path, text).expect("write the server's certificate");
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod");
+                hand_to_server_user(&path);
+            }
+            fs::write(dir.join("ca.pem"), ca.pem()).expect("write the CA");
+            let mut conf = fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("postgresql.conf"))
+                .expect("open postgresql.conf");
+            conf.write_all(
+                b"\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+            )
+            .expect("append to postgresql.conf");
+            fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
+            )
+            .expect("write pg_hba.conf");
+        })
+    }
+
+    /// The CA that signed the server's certificate, PEM ([`Postgres::start_with_tls`]).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// `start`, calling `prepare` with the temp dir after `initdb` and before the server starts.
+    fn start_prepared(prepare: impl FnOnce(&Path)) -> Postgres {
         let begun = Instant::now();
         let bin = server_bin_dir();
         let dir = tempfile::tempdir().expect("tempdir for PostgreSQL");
-        if is_root() {
-            let user = nix::unistd::User::from_name("postgres")
-                .expect("look up the postgres user")
-                .expect(
-                    "running as root, the PostgreSQL fixture needs the `postgres` user (created by \
-                     the Debian postgresql package) to run the server as",
-                );
-            nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid))
-                .expect("hand the PostgreSQL temp dir to the postgres user");
-        }
+        hand_to_server_user(dir.path());
         let data = dir.path().join("data");
         let mut initdb = as_server_user(&bin.join("initdb"), dir.path());
         initdb
@@ -56,6 +137,7 @@ impl Postgres {
             dir.path().display(),
             describe(&out)
         );
+        prepare(dir.path());
         // The port is free when picked and bound by the server a moment later: on the rare loss
         // of that race, try another one.
         let mut postgres = Postgres { bin, port: 0, dir };
@@ -241,6 +323,21 @@ fn installed_bin_dir() -> Option<PathBuf> {
         })
         .max_by(|a, b| a.0.cmp(&b.0));
     newest.map(|(_, bin)| bin)
+}
+
+/// As root, makes the `postgres` user (whom the server runs as) the owner of `path`.
+fn hand_to_server_user(path: &Path) {
+    if !is_root() {
+        return;
+    }
+    let user = nix::unistd::User::from_name("postgres")
+        .expect("look up the postgres user")
+        .expect(
+            "running as root, the PostgreSQL fixture needs the `postgres` user (created by the \
+             Debian postgresql package) to run the server as",
+        );
+    nix::unistd::chown(path, Some(user.uid), Some(user.gid))
+        .unwrap_or_else(|e| panic!("hand {} to the postgres user: {e}", path.display()));
 }
 
 /// A command for the server binary `program`, as the `postgres` user when we are root, in `dir`

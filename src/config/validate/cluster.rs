@@ -5,6 +5,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::{At, Validator};
+use crate::cluster::tls::Target;
 use crate::config::raw::RawCluster;
 use crate::config::spec::ClusterSettings;
 use crate::config::values::DurationRange;
@@ -25,13 +26,11 @@ impl Validator<'_> {
         let at = At::daemon;
         let cluster = raw.get_ref();
         let url = &cluster.postgres;
-        if let Err(err) = url.get_ref().parse::<tokio_postgres::Config>() {
-            // The message never repeats the URL: it may hold a password.
-            self.reject(
-                url,
-                at("cluster.postgres"),
-                format!("not a PostgreSQL URL (postgres://user@host/database): {err}"),
-            );
+        // Parsed as the connection will be, the root certificate file read too, so that a
+        // typo'd mode or an unreadable CA stops the load instead of every connection. The
+        // messages never repeat the URL: it may hold a password.
+        if let Err(err) = Target::parse(url.get_ref()).and_then(|target| target.connector()) {
+            self.reject(url, at("cluster.postgres"), err.to_string());
         }
         let node = match &cluster.node {
             Some(node) => self.plain_name(node, at("cluster.node")),
@@ -179,5 +178,39 @@ mod tests {
             let msg = check(&body).expect_err("refused").to_string();
             assert!(msg.contains("key \"on_node_loss\"") && msg.contains(why), "{msg}");
         }
+    }
+
+    #[test]
+    fn the_url_is_parsed_as_the_connection_will_be_tls_parameters_included() {
+        for url in [
+            "postgres://tickd@db/app?sslmode=verify-full",
+            "postgres://tickd@db/app?sslmode=verify-ca&application_name=x",
+            "host=db user=tickd sslmode=require",
+            "postgres://tickd@db/app?sslrootcert=system",
+        ] {
+            let config = check(&format!("[cluster]\npostgres = \"{url}\"\n{JOB}"));
+            assert!(config.is_ok(), "{url}: {:?}", config.err());
+        }
+        let msg = error(&format!(
+            "[cluster]\npostgres = \"postgres://u:s3cret@db/app?sslmode=bogus\"\n{JOB}"
+        ));
+        assert!(msg.starts_with("jobs.toml:2:"), "{msg}");
+        assert!(msg.contains("key \"cluster.postgres\""), "{msg}");
+        assert!(
+            msg.contains(
+                "unknown sslmode \"bogus\": use disable, prefer, require, verify-ca or verify-full"
+            ),
+            "{msg}"
+        );
+        assert!(!msg.contains("s3cret"), "{msg}");
+        let msg = error(&format!(
+            "[cluster]\npostgres = \"postgres://u:s3cret@db/app?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem\"\n{JOB}"
+        ));
+        assert!(msg.contains("key \"cluster.postgres\""), "{msg}");
+        assert!(
+            msg.contains("cannot read sslrootcert /nonexistent/ca.pem: "),
+            "{msg}"
+        );
+        assert!(!msg.contains("s3cret"), "{msg}");
     }
 }
