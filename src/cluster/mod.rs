@@ -244,7 +244,7 @@ impl Cluster {
         stop: CancellationToken,
     ) -> Self {
         let shared = Shared::new(settings, config, State::default(), clock.read());
-        tokio::spawn(lease::keep(shared.clone(), clock, stop));
+        tokio::spawn(keep_watched(shared.clone(), clock, stop));
         Cluster {
             node: Arc::from(settings.node()),
             shared,
@@ -292,6 +292,28 @@ impl Cluster {
         Cluster {
             node: Arc::from(settings.node()),
             shared: Shared::new(&settings, config, state, Clock::system().read()),
+        }
+    }
+
+    /// A node of `config`'s cluster that owns every slot for a day and never reaches the
+    /// database, its estimate of the database's clock starting at `clock`'s reading: for the
+    /// tests of how cluster jobs fire. (Jobs that keep a mark fire nothing: no slot is taken.)
+    #[cfg(test)]
+    pub(crate) fn owning_all_slots(config: &Config, clock: &Clock) -> Self {
+        let settings = config.cluster().expect("a [cluster] table").clone();
+        let state = State {
+            lease: Some(Lease {
+                epoch: 1,
+                window_start: DateTime::<Utc>::MIN_UTC,
+                claimed_until: DateTime::<Utc>::MAX_UTC,
+                ends_at_boot: crate::clock::boot_time() + Duration::from_secs(86_400),
+            }),
+            connected: true,
+            ..State::default()
+        };
+        Cluster {
+            node: Arc::from(settings.node()),
+            shared: Shared::new(&settings, config, state, clock.read()),
         }
     }
 
@@ -376,6 +398,28 @@ impl Cluster {
             failures: state.failures,
             clock_offset_ms: self.shared.time.offset().num_microseconds().unwrap_or(0) as f64
                 / 1000.0,
+        }
+    }
+}
+
+/// Runs the lease task, and again if it panics (a bug): meanwhile this node owns nothing and
+/// says the database is unreachable, so that it fires no cluster job on a lease nobody renews.
+async fn keep_watched(shared: Arc<Shared>, clock: Clock, stop: CancellationToken) {
+    loop {
+        let task = tokio::spawn(lease::keep(shared.clone(), clock.clone(), stop.clone()));
+        let Err(err) = task.await else {
+            return;
+        };
+        {
+            let mut state = shared.lock_state();
+            state.lease = None;
+            state.connected = false;
+            state.failures += 1;
+        }
+        tracing::error!("cluster: the task that keeps the lease failed (a bug: please report it); starting it again: {err}");
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = clock.sleep(shared.settings.renew()) => {}
         }
     }
 }

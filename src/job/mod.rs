@@ -391,6 +391,49 @@ mod tests {
         stop.cancel();
     }
 
+    /// A cluster job fires on the database's clock: a step of this node's wall clock moves
+    /// nothing, and a correction of the estimate moves when its slots fire, never which: the
+    /// slot that a correction forward moved into the past fires at once, then the grid goes on.
+    #[tokio::test(start_paused = true)]
+    async fn a_cluster_job_fires_on_the_databases_clock_whatever_the_wall_clock_does() {
+        let start = DateTime::parse_from_rfc3339("2026-01-01T00:00:30Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let clock = Clock::manual(start);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = Arc::new(crate::state::StateStore::open(&dir.path().join("state")));
+        let (env, seen) = recording_env(clock.clone(), state);
+        let config = crate::config::parse(
+            std::path::Path::new("jobs.toml"),
+            "[cluster]\npostgres = \"postgres://db/app\"\n[jobs.c]\nevery = \"250ms\"\nhandler = \"record\"\n",
+            &env.actions.handlers,
+        )
+        .expect("valid");
+        let cluster = crate::cluster::Cluster::owning_all_slots(&config, &clock);
+        let mut env = Arc::try_unwrap(env).expect("one owner");
+        env.cluster = Some(cluster.clone());
+        let stop = CancellationToken::new();
+        let _job = JobHandle::spawn(config.jobs()["c"].clone(), Arc::new(env), stop.clone());
+        let ms = chrono::Duration::milliseconds;
+        tokio::time::sleep(Duration::from_millis(510)).await;
+        // The wall clock is stepped an hour: the slots go on from 30.5.
+        clock.step_wall(chrono::Duration::hours(1));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // 31.010 by the estimate: the database's clock turns out to be 2 s ahead. Slot 31.25 is
+        // in the past then: it fires at once, and the grid goes on from 33.25.
+        let now = clock.now();
+        cluster
+            .time()
+            .observe(now, now, start + ms(3_010), clock.read());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let want: Vec<DateTime<Utc>> = [250, 500, 750, 1_000, 1_250, 3_250]
+            .into_iter()
+            .map(|m| start + ms(m))
+            .collect();
+        assert_eq!(*seen.lock().expect("lock"), want);
+        stop.cancel();
+    }
+
     /// A panicked job task's `JoinError` was dropped: the job stopped firing for good, silently.
     #[tokio::test(start_paused = true)]
     async fn a_job_task_that_panics_is_restarted_with_its_latest_definition() {
