@@ -30,7 +30,9 @@ const RENEW: &str = "UPDATE tickd_owner
 /// A node that owns nothing creates the row, or takes it over from an owner whose renewals
 /// stopped (a node restarted under its old name waits like any other: a second live process
 /// under one name must not take the row back and forth); its window starts where the old one
-/// ends. It answers one row whether or not it wins (the epoch `NULL` when not), so that every
+/// ends. A node whose jobs differ from the owner's takes over only from an owner that released
+/// the row or has been silent for three times `dead_after` (nodes with the owner's jobs go first):
+/// a rolling deploy that changes the jobs must not leave the cluster with no owner at all. It answers one row whether or not it wins (the epoch `NULL` when not), so that every
 /// attempt also reads the database's clock.
 const ACQUIRE: &str = "WITH acquired AS (
     INSERT INTO tickd_owner AS o
@@ -43,7 +45,8 @@ const ACQUIRE: &str = "WITH acquired AS (
         claimed_until = greatest(o.claimed_until, now()) + make_interval(secs => $3),
         renewed_at = now(),
         jobs_hash = excluded.jobs_hash
-    WHERE (o.jobs_hash = excluded.jobs_hash OR o.jobs_hash = '')
+    WHERE (o.jobs_hash = excluded.jobs_hash OR o.jobs_hash = ''
+            OR o.renewed_at < now() - make_interval(secs => $5::float8 * 3))
         AND o.renewed_at < now() - make_interval(secs => $5)
     RETURNING o.epoch, o.window_start, o.claimed_until
     )
@@ -445,7 +448,7 @@ async fn catch_up(
         tracing::warn!(job = %job, slot = %slot.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), "cluster: this slot's run did not finish on the previous owner; running it again (on_node_loss = \"rerun\")");
         send(job, slot);
     }
-    let missed = agenda.catch_ups(&marks, db_now, lease.window_start, settings.catch_up());
+    let missed = agenda.catch_ups(&marks, db_now, lead(shared), settings.catch_up());
     if missed.is_empty() {
         return Ok(());
     }

@@ -126,24 +126,26 @@ impl Agenda {
         taken
     }
 
-    /// The catch-ups a new owner runs, at `now`: for each marked job, its latest slot after its
-    /// mark, if that is no older than `within` and before `window_start` (the slots from there on
-    /// are the new owner's own fires).
+    /// The catch-ups a new owner runs, at `now`: for each marked job, its latest slot up to
+    /// `now + lead` after its mark, if that is no older than `within`. That covers the slots the
+    /// old owner did not take, and the new owner's own first ones that came due before it could
+    /// take them (a takeover just before a slot); the job task fires a slot once either way.
     pub fn catch_ups(
         &self,
         marks: &HashMap<String, Mark>,
         now: DateTime<Utc>,
-        window_start: DateTime<Utc>,
+        lead: Duration,
         within: Duration,
     ) -> Vec<(String, DateTime<Utc>)> {
         let oldest = now - chrono::Duration::from_std(within).unwrap_or_default();
+        let horizon = now + chrono::Duration::from_std(lead).unwrap_or_default();
         let mut catch_ups: Vec<_> = self
             .jobs
             .iter()
             .filter_map(|(job, spec)| {
                 let mark = marks.get(job)?.slot;
-                let slot = spec.schedule().slot_at_or_before(now)?;
-                (slot > mark && slot >= oldest && slot < window_start).then(|| (job.clone(), slot))
+                let slot = spec.schedule().slot_at_or_before(horizon)?;
+                (slot > mark && slot >= oldest).then(|| (job.clone(), slot))
             })
             .collect();
         catch_ups.sort();
@@ -283,7 +285,7 @@ mod tests {
             (job.to_owned(), mark)
         })
         .into();
-        let catch_ups = agenda.catch_ups(&marks, now, now, Duration::from_secs(5));
+        let catch_ups = agenda.catch_ups(&marks, now, Duration::ZERO, Duration::from_secs(5));
         // `second`: 02 and 03 were not taken; one catch-up, for 03. `minute`: 00:01:00 is 3.5 s
         // old, within 5 s. `never` has no mark: nothing known, nothing caught up.
         assert_eq!(
@@ -293,16 +295,24 @@ mod tests {
                 ("second".to_owned(), at("2026-01-01T00:01:03Z")),
             ]
         );
-        let late = agenda.catch_ups(&marks, now, now, Duration::from_secs(2));
+        let late = agenda.catch_ups(&marks, now, Duration::ZERO, Duration::from_secs(2));
         assert_eq!(late, [("second".to_owned(), at("2026-01-01T00:01:03Z"))]);
-        // Slots from the new window's start on are the new owner's own fires.
-        let own = agenda.catch_ups(
+        // A takeover 40 ms before a slot, with a lead of 50 ms: too late to take it ahead, so it
+        // is taken with the catch-ups (the job task fires it once).
+        let just_before = at("2026-01-01T00:01:03.960Z");
+        let due = agenda.catch_ups(
             &marks,
-            now,
-            at("2026-01-01T00:01:03Z"),
+            just_before,
+            Duration::from_millis(50),
             Duration::from_secs(5),
         );
-        assert_eq!(own, [("minute".to_owned(), at("2026-01-01T00:01:00Z"))]);
+        assert_eq!(
+            due,
+            [
+                ("minute".to_owned(), at("2026-01-01T00:01:00Z")),
+                ("second".to_owned(), at("2026-01-01T00:01:04Z")),
+            ]
+        );
     }
 
     #[test]

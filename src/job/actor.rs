@@ -338,6 +338,11 @@ impl JobActor {
                 let _ = reply.send(());
             }
             JobCommand::CatchUp { slot, epoch } => {
+                // A slot due about now may come both as a catch-up and as the plan's own fire.
+                if self.last_slot.is_some_and(|last| slot <= last) {
+                    return;
+                }
+                self.last_slot = Some(slot);
                 let now = self.now();
                 self.count_missed(1);
                 self.start_owned(Due {

@@ -894,6 +894,45 @@ fn a_run_lost_with_its_node_runs_again_only_with_on_node_loss_rerun() {
     );
 }
 
+/// Each node in turn is stopped (SIGTERM) and started again on a jobs file with one job more, as
+/// a rolling deploy does: the cluster goes on firing throughout and ends up running the new job.
+/// A node whose jobs differ from the owner's does not take over from a live owner; but a released
+/// or long-dead ownership binds nobody to its jobs.
+#[test]
+fn a_rolling_deploy_that_changes_the_jobs_hands_over_to_the_new_file() {
+    let _serial = serial();
+    let mut cluster = Cluster::start();
+    cluster.wait_fast_runs(5);
+    let runs_path = cluster.shared.path().join("runs.txt");
+    let shell = format!(
+        r#"echo \"$TICKD_JOB $TICKD_SCHEDULED $TICKD_NODE $TICKD_FIRE_ID\" >> '{}'"#,
+        runs_path.display()
+    );
+    let added = format!("\n[jobs.added]\nevery = \"1s\"\nshell = \"{shell}\"\n");
+    for node in NODES {
+        cluster.signal(node, Signal::SIGTERM);
+        let code = cluster.replica_mut(node).wait_exit();
+        assert_eq!(code, 0, "{node} after SIGTERM\n{}", cluster.diagnostics());
+        let config = cluster.configs[node].clone() + &added;
+        cluster.configs.insert(node.to_owned(), config);
+        cluster.restart(node);
+        thread::sleep(Duration::from_secs(2));
+    }
+    let deployed_at = Utc::now();
+    thread::sleep(Duration::from_secs(4));
+    cluster.assert_running(&[]);
+    let runs = cluster.runs();
+
+    assert_each_slot_once(&runs, &cluster);
+    for job in ["fast", "added"] {
+        assert!(
+            runs.iter().any(|r| r.job == job && r.slot > deployed_at),
+            "`{job}` did not fire after the deploy ended at {deployed_at}\n{}",
+            cluster.diagnostics()
+        );
+    }
+}
+
 #[test]
 fn nodes_whose_clocks_are_off_fire_on_the_databases_second_and_never_twice() {
     let _serial = serial();
