@@ -72,7 +72,15 @@ impl Endpoint {
         match self.send(false, "/cluster") {
             Ok((200, body)) => serde_json::from_str::<tickd::cluster::ClusterStatus>(&body)
                 .ok()
-                .map(|status| status.summary()),
+                .map(|status| {
+                    let mut text = status.summary();
+                    let table = status.nodes_table();
+                    if !table.is_empty() {
+                        text.push('\n');
+                        text.push_str(table.trim_end_matches('\n'));
+                    }
+                    text
+                }),
             _ => None,
         }
     }

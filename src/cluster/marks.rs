@@ -28,29 +28,34 @@ use crate::schedule::Schedule;
 /// (the lease takes three measured round trips when that is longer).
 pub(super) const LEAD: Duration = Duration::from_millis(50);
 
-/// Takes slots: `$4` jobs at the `$5` slots, under epoch `$3` of owner `$2`; returns the ones
-/// taken (a job whose mark is already at or past the slot is not).
+/// Takes slots: `$2` jobs at the `$3` slots, each under epoch `$5` of its shard `$4`; returns the
+/// ones taken (a job whose mark is already at or past the slot is not). An epoch may take the
+/// slots of its own window, also once the shard has passed on (the window it held ends where the
+/// next one starts), and no others; the share lock on the ownership rows orders a take and a
+/// takeover.
 /// A new row's `finished` is the Unix epoch: none of its runs finished yet (a finite time, so that
 /// it reads as one).
-pub(super) const MARK: &str = "WITH owner AS (
-        SELECT epoch FROM tickd_owner
-        WHERE cluster = $1 AND owner = $2 AND epoch = $3
-        FOR SHARE
+pub(super) const MARK: &str = "WITH owned AS (
+        SELECT m.job, m.slot, m.epoch
+        FROM unnest($2::text[], $3::timestamptz[], $4::int[], $5::bigint[])
+            AS m(job, slot, shard, epoch)
+        JOIN tickd_owner AS o ON o.cluster = $1 AND o.shard = m.shard
+            AND (o.epoch = m.epoch OR (o.previous_epoch = m.epoch AND m.slot < o.window_start))
+        FOR SHARE OF o
     )
     INSERT INTO tickd_marks (cluster, job, slot, epoch, finished)
-    SELECT $1, m.job, m.slot, owner.epoch, to_timestamp(0)
-    FROM unnest($4::text[], $5::timestamptz[]) AS m(job, slot), owner
+    SELECT $1, job, slot, epoch, to_timestamp(0) FROM owned
     ON CONFLICT (cluster, job) DO UPDATE SET slot = excluded.slot, epoch = excluded.epoch
         WHERE tickd_marks.slot < excluded.slot
     RETURNING job, slot";
 
-/// Gives back taken slots (`$2` jobs at the `$3` slots, under epoch `$4`): each mark moves to just
-/// before its slot, so that the next owner runs it as a catch-up.
+/// Gives back taken slots (`$2` jobs at the `$3` slots, taken under the `$4` epochs): each mark
+/// moves to just before its slot, so that the next owner runs it as a catch-up.
 pub(super) const GIVE_BACK: &str = "UPDATE tickd_marks AS m
     SET slot = m.slot - interval '1 microsecond',
         finished = greatest(m.finished, m.slot - interval '1 microsecond')
-    FROM unnest($2::text[], $3::timestamptz[]) AS u(job, slot)
-    WHERE m.cluster = $1 AND m.job = u.job AND m.slot = u.slot AND m.epoch = $4";
+    FROM unnest($2::text[], $3::timestamptz[], $4::bigint[]) AS u(job, slot, epoch)
+    WHERE m.cluster = $1 AND m.job = u.job AND m.slot = u.slot AND m.epoch = u.epoch";
 
 /// Records that the runs of `$2` jobs for the `$3` slots finished (not fenced: whichever node ran
 /// them, that is a fact).
@@ -177,28 +182,36 @@ impl Agenda {
     }
 }
 
-/// Takes `slots` under `epoch` with `mark` (the prepared [`MARK`]); returns the ones taken.
+/// A slot to take: the job, the slot, its shard and the epoch to take it under.
+pub(super) type Claim = (String, DateTime<Utc>, u32, i64);
+
+/// Takes `slots` with `mark` (the prepared [`MARK`]); returns the ones taken.
 pub(super) async fn take(
     client: &Client,
     mark: &tokio_postgres::Statement,
     settings: &crate::config::ClusterSettings,
-    epoch: i64,
-    slots: &[(String, DateTime<Utc>)],
+    slots: &[Claim],
 ) -> Result<Vec<(String, DateTime<Utc>)>, tokio_postgres::Error> {
     // One row per job: `ON CONFLICT DO UPDATE` cannot change a row twice in one statement (a
     // late wake-up can find two slots of a job due).
-    let mut latest: BTreeMap<&str, DateTime<Utc>> = BTreeMap::new();
-    for (job, slot) in slots {
-        let entry = latest.entry(job.as_str()).or_insert(*slot);
-        *entry = (*entry).max(*slot);
+    let mut latest: BTreeMap<&str, (DateTime<Utc>, u32, i64)> = BTreeMap::new();
+    for (job, slot, shard, epoch) in slots {
+        let entry = latest
+            .entry(job.as_str())
+            .or_insert((*slot, *shard, *epoch));
+        if *slot > entry.0 {
+            *entry = (*slot, *shard, *epoch);
+        }
     }
     let jobs: Vec<&str> = latest.keys().copied().collect();
-    let times: Vec<DateTime<Utc>> = latest.values().copied().collect();
+    let times: Vec<DateTime<Utc>> = latest.values().map(|v| v.0).collect();
+    let shards: Vec<i32> = latest
+        .values()
+        .map(|v| i32::try_from(v.1).unwrap_or(i32::MAX))
+        .collect();
+    let epochs: Vec<i64> = latest.values().map(|v| v.2).collect();
     let rows = client
-        .query(
-            mark,
-            &[&settings.name(), &settings.node(), &epoch, &jobs, &times],
-        )
+        .query(mark, &[&settings.name(), &jobs, &times, &shards, &epochs])
         .await?;
     rows.iter()
         .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))

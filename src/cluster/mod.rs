@@ -16,11 +16,12 @@
 mod lease;
 mod marks;
 mod schema;
+mod shards;
 pub(crate) mod tls;
 
 pub use marks::keeps_mark;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -68,6 +69,17 @@ struct Jobs {
     specs: Vec<Arc<JobSpec>>,
     /// The jobs that keep a mark (see `marks`).
     marked: HashSet<String>,
+    /// Each cluster job's shard.
+    shard_of: HashMap<String, u32>,
+    /// How many cluster jobs each shard holds, and how many fires a second they make.
+    load: Vec<ShardLoad>,
+}
+
+/// What one shard carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct ShardLoad {
+    jobs: usize,
+    fires_per_second: f64,
 }
 
 impl Jobs {
@@ -78,10 +90,40 @@ impl Jobs {
             .filter(|spec| marks::keeps_mark(spec))
             .map(|spec| spec.name().to_owned())
             .collect();
+        let shards = config.cluster().map_or(1, ClusterSettings::shards);
+        let mut load = vec![ShardLoad::default(); usize::try_from(shards).unwrap_or(1)];
+        let mut shard_of = HashMap::new();
+        for spec in specs.iter().filter(|s| s.scope() == Scope::Cluster) {
+            let shard = shards::shard_of(spec.name(), shards);
+            shard_of.insert(spec.name().to_owned(), shard);
+            if let Some(load) = load.get_mut(usize::try_from(shard).unwrap_or(0)) {
+                load.jobs += 1;
+                load.fires_per_second += fires_per_second(spec);
+            }
+        }
         Jobs {
             hash: jobs_hash(config),
             specs,
             marked,
+            shard_of,
+            load,
+        }
+    }
+}
+
+/// About how many times a second `spec` fires (a cron expression: from its next two fires).
+fn fires_per_second(spec: &JobSpec) -> f64 {
+    match spec.schedule() {
+        crate::schedule::Schedule::Every(every) => 1.0 / every.period.as_secs_f64().max(1e-3),
+        crate::schedule::Schedule::Cron(cron) => {
+            let first = cron.next_after(DateTime::UNIX_EPOCH);
+            let second = first.and_then(|first| cron.next_after(first));
+            match (first, second) {
+                (Some(a), Some(b)) => {
+                    1.0 / (b - a).to_std().unwrap_or_default().as_secs_f64().max(1e-3)
+                }
+                _ => 0.0,
+            }
         }
     }
 }
@@ -100,8 +142,10 @@ pub struct CatchUp {
 /// What this node knows of its ownership, as of its last statement.
 #[derive(Debug, Clone, Default)]
 struct State {
-    /// `Some` while this node owns the cluster.
-    lease: Option<Lease>,
+    /// The shards this node owns (or released and fires until their windows end), by shard.
+    leases: BTreeMap<u32, Lease>,
+    /// Who owns which shards, as last read (every few seconds).
+    owners: BTreeMap<String, Vec<u32>>,
     /// The database answered the last statement.
     connected: bool,
     /// The round trip of the last statement.
@@ -112,11 +156,13 @@ struct State {
     takeovers: u64,
     /// Statements that failed or timed out (and connections that could not be made).
     failures: u64,
-    /// The latest slot of each marked job taken under the current lease.
+    /// The latest slot of each marked job taken under its shard's current lease.
     taken: HashMap<String, DateTime<Utc>>,
-    /// The latest slot of each marked job fired under the current lease: a leaving owner gives
-    /// back the slots it took but did not fire.
+    /// The latest slot of each marked job fired under its shard's current lease: a leaving
+    /// owner gives back the slots it took but did not fire.
     fired: HashMap<String, DateTime<Utc>>,
+    /// Shards this node released to another node, and shards it took over: handoffs.
+    handoffs: u64,
     /// The clock offset to the database last logged.
     offset_told: chrono::Duration,
 }
@@ -131,6 +177,8 @@ struct Lease {
     /// When the window ends by this node's `CLOCK_BOOTTIME`, measured conservatively from
     /// when the statement that confirmed it was sent.
     ends_at_boot: Duration,
+    /// Released to another node: no longer renewed; its slots fire until the window ends.
+    released: bool,
 }
 
 impl Lease {
@@ -145,12 +193,25 @@ impl Lease {
 pub struct ClusterStatus {
     /// This node's name.
     pub node: String,
-    /// Whether this node owns the cluster now.
+    /// Whether this node owns a shard of the cluster now (with one shard: owns the cluster).
     pub owner: bool,
-    /// The epoch of this node's ownership, if it owns.
+    /// The highest epoch of the shards this node owns, if it owns any.
     pub epoch: Option<i64>,
-    /// How long the confirmed window has left, in milliseconds, if it owns.
+    /// How long the shortest confirmed window of its shards has left, in milliseconds.
     pub window_left_ms: Option<u64>,
+    /// How many shards the cluster has.
+    #[serde(default)]
+    pub shards: u32,
+    /// The shards this node owns now.
+    #[serde(default)]
+    pub shards_owned: Vec<u32>,
+    /// Shards this node released to another node or took over, since it started.
+    #[serde(default)]
+    pub handoffs: u64,
+    /// Each node that owns shards, as last read from the database (every few seconds), with the
+    /// jobs they carry.
+    #[serde(default)]
+    pub nodes: Vec<NodeLoad>,
     /// Whether the database answered the last statement.
     pub connected: bool,
     /// The round trip of the last statement, in milliseconds.
@@ -165,6 +226,19 @@ pub struct ClusterStatus {
     /// the cluster jobs fire on the database's time whatever this is.
     #[serde(default)]
     pub clock_offset_ms: f64,
+}
+
+/// What one node of the cluster carries: its shards, their jobs and fires a second.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NodeLoad {
+    /// The node.
+    pub node: String,
+    /// The shards it owns.
+    pub shards: Vec<u32>,
+    /// The cluster jobs in them.
+    pub jobs: usize,
+    /// About how many fires a second those jobs make.
+    pub fires_per_second: f64,
 }
 
 /// A clock offset to the database worth telling in the status line: cluster jobs fire on the
@@ -192,7 +266,23 @@ impl ClusterStatus {
     /// unreachable` and `; jobs differ from the owner's` when so.
     pub fn summary(&self) -> String {
         let mut line = format!("cluster: node {}, ", self.node);
-        if self.owner {
+        if self.shards > 1 {
+            let mut details = Vec::new();
+            if let Some(left) = self.window_left_ms {
+                details.push(format!("window {:.1}s left", left as f64 / 1000.0));
+            }
+            if let Some(rtt) = self.round_trip_ms {
+                details.push(format!("renewal {rtt:.1} ms"));
+            }
+            line.push_str(&format!(
+                "owns {} of {} shards",
+                self.shards_owned.len(),
+                self.shards
+            ));
+            if !details.is_empty() {
+                line.push_str(&format!(" ({})", details.join(", ")));
+            }
+        } else if self.owner {
             let mut details = Vec::new();
             if let Some(epoch) = self.epoch {
                 details.push(format!("epoch {epoch}"));
@@ -231,6 +321,27 @@ impl ClusterStatus {
         }
         line
     }
+
+    /// One line per node that owns shards, as last read: `  web-1  21 shards  340 jobs  85.0
+    /// fires/s`; empty with one shard (the summary says who owns).
+    pub fn nodes_table(&self) -> String {
+        if self.shards <= 1 {
+            return String::new();
+        }
+        let width = self.nodes.iter().map(|n| n.node.len()).max().unwrap_or(0);
+        self.nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "  {:width$}  {:>4} shards  {:>6} jobs  {:>8.1} fires/s\n",
+                    n.node,
+                    n.shards.len(),
+                    n.jobs,
+                    n.fires_per_second
+                )
+            })
+            .collect()
+    }
 }
 
 impl Cluster {
@@ -267,6 +378,10 @@ impl Cluster {
             takeovers: 0,
             failures: 0,
             clock_offset_ms: 0.0,
+            shards: settings.shards(),
+            shards_owned: Vec::new(),
+            handoffs: 0,
+            nodes: Vec::new(),
         };
         set(&mut wanted);
         let lease = wanted.epoch.map(|epoch| Lease {
@@ -275,9 +390,10 @@ impl Cluster {
             claimed_until: DateTime::UNIX_EPOCH,
             ends_at_boot: crate::clock::boot_time()
                 + Duration::from_millis(wanted.window_left_ms.unwrap_or(0)),
+            released: false,
         });
         let state = State {
-            lease,
+            leases: lease.into_iter().map(|lease| (0, lease)).collect(),
             connected: wanted.connected,
             round_trip: wanted
                 .round_trip_ms
@@ -285,9 +401,7 @@ impl Cluster {
             refusal: wanted.refusal,
             takeovers: wanted.takeovers,
             failures: wanted.failures,
-            taken: HashMap::new(),
-            fired: HashMap::new(),
-            offset_told: chrono::Duration::zero(),
+            ..State::default()
         };
         Cluster {
             node: Arc::from(settings.node()),
@@ -301,13 +415,15 @@ impl Cluster {
     #[cfg(test)]
     pub(crate) fn owning_all_slots(config: &Config, clock: &Clock) -> Self {
         let settings = config.cluster().expect("a [cluster] table").clone();
+        let lease = Lease {
+            epoch: 1,
+            window_start: DateTime::<Utc>::MIN_UTC,
+            claimed_until: DateTime::<Utc>::MAX_UTC,
+            ends_at_boot: crate::clock::boot_time() + Duration::from_secs(86_400),
+            released: false,
+        };
         let state = State {
-            lease: Some(Lease {
-                epoch: 1,
-                window_start: DateTime::<Utc>::MIN_UTC,
-                claimed_until: DateTime::<Utc>::MAX_UTC,
-                ends_at_boot: crate::clock::boot_time() + Duration::from_secs(86_400),
-            }),
+            leases: (0..settings.shards()).map(|shard| (shard, lease)).collect(),
             connected: true,
             ..State::default()
         };
@@ -338,9 +454,12 @@ impl Cluster {
     /// `None` if it may not: it does not own the cluster, the slot is outside its confirmed
     /// window, or (a job of 1 s or slower) the slot's mark was not taken.
     pub fn may_fire(&self, job: &str, slot: DateTime<Utc>) -> Option<i64> {
-        let marked = self.shared.lock_jobs().marked.contains(job);
+        let (marked, shard) = {
+            let jobs = self.shared.lock_jobs();
+            (jobs.marked.contains(job), jobs.shard_of.get(job).copied()?)
+        };
         let mut state = self.shared.lock_state();
-        let lease = state.lease?;
+        let lease = *state.leases.get(&shard)?;
         let taken = !marked || state.taken.get(job) == Some(&slot);
         let fires = taken && lease.admits(slot, crate::clock::boot_time());
         if fires && marked {
@@ -384,13 +503,44 @@ impl Cluster {
     pub fn status(&self) -> ClusterStatus {
         let state = self.shared.lock_state();
         let boot_now = crate::clock::boot_time();
+        let owned: Vec<(u32, Lease)> = state
+            .leases
+            .iter()
+            .filter(|(_, l)| !l.released && boot_now < l.ends_at_boot)
+            .map(|(shard, lease)| (*shard, *lease))
+            .collect();
+        let nodes = {
+            let jobs = self.shared.lock_jobs();
+            state
+                .owners
+                .iter()
+                .map(|(node, shards)| {
+                    let loads = shards
+                        .iter()
+                        .filter_map(|s| jobs.load.get(usize::try_from(*s).unwrap_or(usize::MAX)));
+                    NodeLoad {
+                        node: node.clone(),
+                        shards: shards.clone(),
+                        jobs: loads.clone().map(|l| l.jobs).sum(),
+                        fires_per_second: loads.map(|l| l.fires_per_second).sum(),
+                    }
+                })
+                .collect()
+        };
         ClusterStatus {
             node: self.node().to_owned(),
-            owner: state.lease.is_some_and(|l| boot_now < l.ends_at_boot),
-            epoch: state.lease.map(|l| l.epoch),
-            window_left_ms: state.lease.map(|l| {
-                u64::try_from(l.ends_at_boot.saturating_sub(boot_now).as_millis()).unwrap_or(0)
-            }),
+            owner: !owned.is_empty(),
+            epoch: owned.iter().map(|(_, l)| l.epoch).max(),
+            window_left_ms: owned
+                .iter()
+                .map(|(_, l)| {
+                    u64::try_from(l.ends_at_boot.saturating_sub(boot_now).as_millis()).unwrap_or(0)
+                })
+                .min(),
+            shards: self.shared.settings.shards(),
+            shards_owned: owned.iter().map(|(shard, _)| *shard).collect(),
+            handoffs: state.handoffs,
+            nodes,
             connected: state.connected,
             round_trip_ms: state.round_trip.map(|rtt| rtt.as_secs_f64() * 1000.0),
             refusal: state.refusal.clone(),
@@ -412,7 +562,7 @@ async fn keep_watched(shared: Arc<Shared>, clock: Clock, stop: CancellationToken
         };
         {
             let mut state = shared.lock_state();
-            state.lease = None;
+            state.leases.clear();
             state.connected = false;
             state.failures += 1;
         }
@@ -457,6 +607,36 @@ impl Shared {
         self.lock_jobs().hash.clone()
     }
 
+    /// Of `due` slots, the ones this node owns now (inside the window of their shard, its lease
+    /// not ended), with their shards and epochs.
+    fn owned_slots(&self, due: &[(String, DateTime<Utc>)]) -> Vec<marks::Claim> {
+        let jobs = self.lock_jobs();
+        let state = self.lock_state();
+        let boot_now = crate::clock::boot_time();
+        due.iter()
+            .filter_map(|(job, slot)| {
+                let shard = *jobs.shard_of.get(job)?;
+                let lease = state.leases.get(&shard)?;
+                let inside = *slot >= lease.window_start
+                    && *slot < lease.claimed_until
+                    && boot_now < lease.ends_at_boot;
+                inside.then(|| (job.clone(), *slot, shard, lease.epoch))
+            })
+            .collect()
+    }
+
+    /// `slots` (with the epochs to take them under) with their jobs' shards.
+    fn with_shards(&self, slots: &[(String, DateTime<Utc>, i64)]) -> Vec<marks::Claim> {
+        let jobs = self.lock_jobs();
+        slots
+            .iter()
+            .filter_map(|(job, slot, epoch)| {
+                let shard = *jobs.shard_of.get(job)?;
+                Some((job.clone(), *slot, shard, *epoch))
+            })
+            .collect()
+    }
+
     /// The agenda of the current jobs' marked slots after `after`.
     fn agenda(&self, after: DateTime<Utc>) -> marks::Agenda {
         marks::Agenda::new(&self.lock_jobs().specs, after)
@@ -466,7 +646,11 @@ impl Shared {
 /// The hash of what the nodes must agree on: the cluster jobs' names, schedules, actions and
 /// run policies (not what may differ by machine, such as a user's uid).
 pub fn jobs_hash(config: &Config) -> String {
-    let mut text = String::new();
+    // The shard count too: nodes that put the jobs in different shards must not share them.
+    let mut text = format!(
+        "shards {}\u{1}",
+        config.cluster().map_or(1, ClusterSettings::shards)
+    );
     for spec in config.jobs().values() {
         if spec.scope() != Scope::Cluster {
             continue;
@@ -511,6 +695,7 @@ mod tests {
             window_start: at("2026-01-01T00:00:10Z"),
             claimed_until: at("2026-01-01T00:00:11Z"),
             ends_at_boot: Duration::from_secs(100),
+            released: false,
         };
         let early = Duration::from_secs(99);
         assert!(lease.admits(at("2026-01-01T00:00:10Z"), early));
@@ -534,6 +719,10 @@ mod tests {
             takeovers: 1,
             failures: 0,
             clock_offset_ms: 0.2,
+            shards: 1,
+            shards_owned: vec![0],
+            handoffs: 0,
+            nodes: Vec::new(),
         }
     }
 

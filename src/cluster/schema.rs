@@ -5,7 +5,7 @@
 use tokio_postgres::Client;
 
 /// The schema this tickd knows.
-pub(super) const VERSION: i32 = 3;
+pub(super) const VERSION: i32 = 4;
 
 /// An arbitrary constant: the advisory lock that serializes tickd's migrations.
 const MIGRATION_LOCK: i64 = 0x7469_636b_6400;
@@ -33,6 +33,20 @@ const MIGRATIONS: [&str; VERSION as usize] = [
     // 3: the latest slot of each job whose run finished, for `on_node_loss = "rerun"`; `NULL`
     // (unknown) in rows from before.
     "ALTER TABLE tickd_marks ADD COLUMN finished timestamptz",
+    // 4: shards: one ownership row per shard (the one row of before is shard 0), the epoch it
+    // had before its last takeover (whose window may still take its slots), and the live nodes.
+    "ALTER TABLE tickd_owner ADD COLUMN shard integer NOT NULL DEFAULT 0;
+     ALTER TABLE tickd_owner ADD COLUMN previous_epoch bigint NOT NULL DEFAULT 0;
+     ALTER TABLE tickd_owner DROP CONSTRAINT tickd_owner_pkey;
+     ALTER TABLE tickd_owner ADD PRIMARY KEY (cluster, shard);
+     CREATE TABLE tickd_nodes (
+        cluster text NOT NULL,
+        node text NOT NULL,
+        weight integer NOT NULL,
+        jobs_hash text NOT NULL,
+        seen_at timestamptz NOT NULL,
+        PRIMARY KEY (cluster, node)
+     )",
 ];
 
 /// Why the schema cannot be used.

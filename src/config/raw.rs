@@ -40,6 +40,8 @@ pub(super) struct RawCluster {
     pub(super) renew: Option<Spanned<String>>,
     pub(super) dead_after: Option<Spanned<String>>,
     pub(super) catch_up: Option<Spanned<String>>,
+    pub(super) shards: Option<Spanned<i64>>,
+    pub(super) weight: Option<Spanned<i64>>,
 }
 
 /// The `[daemon]` table.

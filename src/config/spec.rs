@@ -62,9 +62,25 @@ pub struct ClusterSettings {
     /// How late a slot of a job of 1 s or slower may still run, as a catch-up, on a node that
     /// took over from one that did not run it.
     pub(in crate::config) catch_up: Duration,
+    /// How many shards the cluster's jobs fall into (each has an owner of its own).
+    pub(in crate::config) shards: u32,
+    /// This node's share of the shards, relative to the other nodes' weights.
+    pub(in crate::config) weight: u32,
 }
 
 impl ClusterSettings {
+    /// How many shards the cluster's jobs fall into: each has an owner of its own, and the live
+    /// nodes share them out.
+    pub fn shards(&self) -> u32 {
+        self.shards
+    }
+
+    /// This node's share of the shards, relative to the other nodes' weights (a bigger machine
+    /// takes more).
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+
     /// The database, as a `postgres://` URL (it may hold a password: never log it whole).
     pub fn postgres(&self) -> &str {
         &self.postgres

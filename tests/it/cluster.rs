@@ -197,6 +197,7 @@ name = "test"
 window = "{window}"
 renew = "{renew}"
 dead_after = "{dead_after}"
+shards = 1
 
 [jobs.fast]
 every = "200ms"

@@ -18,6 +18,13 @@ pub const DEFAULT_RENEW: Duration = Duration::from_millis(200);
 pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(1);
 /// The default for how late a slot may still run as a catch-up after a takeover.
 pub const DEFAULT_CATCH_UP: Duration = Duration::from_secs(10);
+/// The default number of shards: enough to spread over a few dozen nodes evenly, few enough
+/// that one node renews them all in one small statement.
+pub const DEFAULT_SHARDS: u32 = 64;
+/// The most shards a cluster may have.
+pub const MAX_SHARDS: u32 = 4096;
+/// The largest weight of a node.
+pub const MAX_WEIGHT: u32 = 1000;
 
 impl Validator<'_> {
     /// The cluster settings; `None` (with the problems reported) if they are not usable.
@@ -81,6 +88,14 @@ impl Validator<'_> {
                 ),
             );
         }
+        let shards = self.bounded_count(
+            cluster.shards.as_ref(),
+            at("cluster.shards"),
+            MAX_SHARDS,
+            DEFAULT_SHARDS,
+        );
+        let weight =
+            self.bounded_count(cluster.weight.as_ref(), at("cluster.weight"), MAX_WEIGHT, 1);
         (self.problems.len() == problems_before).then(|| ClusterSettings {
             postgres: url.get_ref().clone(),
             node,
@@ -89,7 +104,30 @@ impl Validator<'_> {
             renew,
             dead_after,
             catch_up,
+            shards,
+            weight,
         })
+    }
+
+    /// A whole number from 1 to `max`, or `default` when absent.
+    fn bounded_count(
+        &mut self,
+        value: Option<&Spanned<i64>>,
+        at: At<'_>,
+        max: u32,
+        default: u32,
+    ) -> u32 {
+        let Some(value) = value else {
+            return default;
+        };
+        match self.count::<u32>(value, at) {
+            Some(n) if n <= max => n,
+            Some(_) => {
+                self.reject(value, at, format!("use a whole number from 1 to {max}"));
+                default
+            }
+            None => default,
+        }
     }
 
     /// A node or cluster name: shown in logs and stored in the database, so plain.

@@ -1,0 +1,168 @@
+//! Spreading the cluster's jobs over its live nodes: which shard a job is in, how many shards
+//! each node should own, and which ones it lets go or takes. Pure functions: the lease task runs
+//! them on what the database answered, and the simulation of large clusters runs the same ones on
+//! a model of the database (`tests` below).
+//!
+//! A job's shard is a stable hash of its name. Each live node should own its share of the shards
+//! by weight, rounded down or up ([`bounds`]): the loads differ by at most one shard per unit of
+//! weight. The assignment is sticky ([`moves`]): a node over its share releases the shards it
+//! ranks lowest (and fires them until their windows end); a node under its share takes free
+//! shards (released, or their owner dead), in an order of its own (a hash of the node and the
+//! shard), so that two nodes rarely want the same one. A live owner is never taken from. So a
+//! node that joins moves only the shards it takes (about `shards / nodes`), a node that leaves or
+//! dies only its own, and a brief disagreement about who is live costs a moment's delay, never a
+//! tug of war.
+
+use crate::schedule::stable_hash;
+
+/// A job's shard among `shards`.
+pub fn shard_of(job: &str, shards: u32) -> u32 {
+    let hash = stable_hash(job.bytes());
+    u32::try_from(hash % u64::from(shards.max(1))).unwrap_or(0)
+}
+
+/// A live node of the cluster, as the nodes' table lists it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Member {
+    /// Its name.
+    pub node: String,
+    /// Its share, relative to the others'.
+    pub weight: u32,
+}
+
+/// The fewest and the most of `shards` shards `node` should own among `members` (which should
+/// include it; if not, it counts as one more of weight `weight`): its share by weight, rounded
+/// down and up.
+pub fn bounds(members: &[Member], shards: u32, node: &str, weight: u32) -> (u32, u32) {
+    let listed = members.iter().find(|m| m.node == node);
+    let mine = u64::from(listed.map_or(weight, |m| m.weight).max(1));
+    let others: u64 = members
+        .iter()
+        .filter(|m| m.node != node)
+        .map(|m| u64::from(m.weight.max(1)))
+        .sum();
+    let share = u64::from(shards) * mine;
+    let total = mine + others;
+    let floor = u32::try_from(share / total).unwrap_or(u32::MAX);
+    let ceil = u32::try_from(share.div_ceil(total)).unwrap_or(u32::MAX);
+    (floor, ceil)
+}
+
+/// How many shards a node that owns `owned` lets go and tries to take, given its `bounds` and
+/// whether some live node owns fewer than its own lower bound (`needy`). Over its upper bound it
+/// lets the excess go; over its lower bound it lets that excess go too while a node is needy
+/// (a node that joined). Under its lower bound it takes up to it; under its upper bound it takes
+/// up to that only while nobody is needy, so that what others let go reaches the needy node.
+pub fn moves(owned: u32, (floor, ceil): (u32, u32), needy: bool) -> (u32, u32) {
+    let release = if owned > ceil {
+        owned - ceil
+    } else if needy && owned > floor {
+        owned - floor
+    } else {
+        0
+    };
+    let kept = owned - release;
+    let take = if kept < floor {
+        floor - kept
+    } else if !needy && kept < ceil {
+        ceil - kept
+    } else {
+        0
+    };
+    (release, take)
+}
+
+/// The rank of a shard for a node: a node releases its lowest first and takes its highest first.
+/// A mix of the two hashes (splitmix64's finalizer), so each node orders the shards its own way.
+pub fn score(shard: u32, node: &str) -> u64 {
+    let mut x = stable_hash(node.bytes()) ^ u64::from(shard).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Of the shards `owned`, the `count` that `node` lets go: the ones it ranks lowest.
+pub fn to_release(owned: &[u32], count: usize, node: &str) -> Vec<u32> {
+    let mut ranked: Vec<u32> = owned.to_vec();
+    ranked.sort_unstable_by_key(|shard| score(*shard, node));
+    ranked.truncate(count);
+    ranked.sort_unstable();
+    ranked
+}
+
+/// Of the shards `free`, the `count` that `node` tries to take: the ones it ranks highest. The
+/// round statement makes this choice in the database (ordering by a hash of its own); this is
+/// its model, for the simulation.
+#[cfg(test)]
+pub fn to_take(free: &[u32], count: usize, node: &str) -> Vec<u32> {
+    let mut ranked: Vec<u32> = free.to_vec();
+    ranked.sort_unstable_by_key(|shard| std::cmp::Reverse(score(*shard, node)));
+    ranked.truncate(count);
+    ranked.sort_unstable();
+    ranked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(n: usize) -> Vec<Member> {
+        (0..n)
+            .map(|i| Member {
+                node: format!("node-{i}"),
+                weight: 1,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bounds_are_the_share_rounded_down_and_up_and_a_newcomer_counts_itself() {
+        let three = members(3);
+        assert_eq!(bounds(&three, 64, "node-0", 1), (21, 22));
+        assert_eq!(bounds(&three, 1, "node-0", 1), (0, 1));
+        let mut heavy = three.clone();
+        heavy[0].weight = 2;
+        assert_eq!(bounds(&heavy, 64, "node-0", 2), (32, 32));
+        assert_eq!(bounds(&heavy, 64, "node-1", 1), (16, 16));
+        // Not yet listed: it counts as a fourth node.
+        assert_eq!(bounds(&three, 64, "new", 1), (16, 16));
+    }
+
+    #[test]
+    fn a_node_over_its_share_lets_go_and_one_under_it_takes() {
+        // Balanced: nothing is let go. One shard to a cluster: its owner keeps it.
+        assert_eq!(moves(1, (0, 1), false), (0, 0));
+        // A node under its upper bound asks for a free shard (none is, when all are owned): a
+        // dead owner's are taken that way.
+        assert_eq!(moves(21, (21, 22), false), (0, 1));
+        assert_eq!(moves(0, (0, 1), false), (0, 1));
+        // A node joined (it is needy): the others go down to their lower bound, it takes up to
+        // its own, nobody else takes.
+        assert_eq!(moves(22, (16, 16), true), (6, 0));
+        assert_eq!(moves(0, (16, 16), true), (0, 16));
+        assert_eq!(moves(15, (15, 16), true), (0, 0));
+        // Over the upper bound always lets go.
+        assert_eq!(moves(30, (20, 21), false), (9, 0));
+    }
+
+    #[test]
+    fn a_node_releases_its_lowest_ranked_shards_and_takes_its_highest() {
+        let owned = [1, 5, 9, 12];
+        let released = to_release(&owned, 1, "n1");
+        let lowest = owned.iter().copied().min_by_key(|s| score(*s, "n1"));
+        assert_eq!(released, lowest.into_iter().collect::<Vec<_>>());
+        let taken = to_take(&owned, 2, "n1");
+        assert_eq!(taken.len(), 2);
+        assert!(!taken.contains(&released[0]));
+        // Two nodes order the same shards differently.
+        let all: Vec<u32> = (0..64).collect();
+        assert_ne!(to_take(&all, 8, "n1"), to_take(&all, 8, "n2"));
+    }
+
+    #[test]
+    fn a_job_keeps_its_shard() {
+        assert_eq!(shard_of("invoices", 64), shard_of("invoices", 64));
+        assert!(shard_of("invoices", 64) < 64);
+        assert_eq!(shard_of("anything", 1), 0);
+    }
+}
