@@ -9,7 +9,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use axum::extract::{Path, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,7 +26,7 @@ use tower_http::timeout::TimeoutLayer;
 use crate::clock::Clock;
 use crate::cluster::Cluster;
 use crate::job::{FireResult, JobControl};
-use crate::metrics::Metrics;
+use crate::metrics::{Format, Metrics};
 use crate::process::GroupKeeper;
 
 /// The jobs the endpoint can see, kept current by the supervisor across reloads.
@@ -320,13 +320,19 @@ async fn unresponsive_jobs(
     stuck
 }
 
-async fn metrics(State(state): State<ApiState>) -> Response {
+/// `/metrics` in the format the `Accept` header asks for (see [`Format::from_accept`]):
+/// OpenMetrics to Prometheus (it asks for it first), the classic text format to promtool, curl
+/// and any client that does not ask. A client that accepts neither gets the classic format, as
+/// from Prometheus's own exporters, rather than 406.
+async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::from_accept(accept);
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            (header::VARY, "Accept"),
+        ],
+        state.metrics.encode_as(format),
     )
         .into_response()
 }
@@ -407,7 +413,7 @@ async fn run_now(State(state): State<ApiState>, Path(name): Path<String>) -> Res
             .into_response(),
         Some(FireResult::Skipped) => (
             StatusCode::CONFLICT,
-            Json(json!({ "error": "a run is still going; the overlap policy skips this one" })),
+            Json(json!({ "error": "a run is still going; the overlap policy refuses this one" })),
         )
             .into_response(),
         None => no_such_job(&name),

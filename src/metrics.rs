@@ -1,5 +1,12 @@
-//! The Prometheus metrics (the `prometheus-client` crate, text exposition format): one registry
-//! per daemon, and per-job handles looked up once so that recording a run takes no lock.
+//! The Prometheus metrics (the `prometheus-client` crate): one registry per daemon, and per-job
+//! handles looked up once so that recording a run takes no lock.
+//!
+//! `/metrics` speaks two formats (see [`Format`]): OpenMetrics, which prometheus-client writes,
+//! to a client that asks for it, and otherwise the classic Prometheus text format, converted
+//! from that by [`classic`]. Every per-job series has the label `job_name` (not `job`, which
+//! Prometheus sets on every series of a scraped target, renaming ours to `exported_job`).
+
+mod classic;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::LazyLock;
@@ -19,12 +26,12 @@ use crate::cluster::Cluster;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobLabel {
-    job: String,
+    job_name: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RunLabels {
-    job: String,
+    job_name: String,
     outcome: String,
 }
 
@@ -34,20 +41,71 @@ struct ResultLabel {
 }
 
 /// The `outcome` label values of `tickd_runs_total`, in the order of [`JobMetrics`]' counters:
-/// the runs' own outcomes, then the fires an overlap policy skipped and the retries dropped.
-const RUN_OUTCOMES: [&str; 6] = [
+/// the runs' own outcomes, then the fires an overlap policy skipped, the retries dropped and the
+/// run-now requests refused.
+const RUN_OUTCOMES: [&str; 7] = [
     Outcome::Success.as_str(),
     Outcome::Failure.as_str(),
     Outcome::Timeout.as_str(),
     Outcome::Stopped.as_str(),
     SKIPPED_OVERLAP,
     RETRY_DROPPED,
+    REFUSED,
 ];
 
 /// The `outcome` label of fires skipped by the overlap policy.
 const SKIPPED_OVERLAP: &str = "skipped_overlap";
 /// The `outcome` label of retries dropped (see [`crate::status::RunCounts::retries_dropped`]).
 const RETRY_DROPPED: &str = "retry_dropped";
+/// The `outcome` label of run-now requests the overlap policy refused (see
+/// [`crate::status::RunCounts::refused`]).
+const REFUSED: &str = "refused";
+
+/// The exposition formats of `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The classic Prometheus text format, version 0.0.4: what `promtool check metrics`, older
+    /// scrapers and people with curl read. The default.
+    Text,
+    /// OpenMetrics 1.0.0 text, to a client that asks for it (Prometheus does, first).
+    OpenMetrics,
+}
+
+impl Format {
+    /// The format for a request's `Accept` header: OpenMetrics when it names
+    /// `application/openmetrics-text` with a quality above 0 and at least that of any range the
+    /// classic format matches (`text/plain`, `text/*`, `*/*`); otherwise (no header, `*/*`,
+    /// `text/plain`, or only types we do not serve) the classic format.
+    pub fn from_accept(accept: Option<&str>) -> Format {
+        let (mut openmetrics, mut text) = (0.0_f64, 0.0_f64);
+        for range in accept.unwrap_or("").split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("").to_ascii_lowercase();
+            let quality = parts
+                .filter_map(|p| p.split_once('='))
+                .find(|(key, _)| key.trim().eq_ignore_ascii_case("q"))
+                .map_or(1.0, |(_, q)| q.trim().parse::<f64>().unwrap_or(0.0));
+            match media.as_str() {
+                "application/openmetrics-text" => openmetrics = openmetrics.max(quality),
+                "text/plain" | "text/*" | "*/*" => text = text.max(quality),
+                _ => {}
+            }
+        }
+        if openmetrics > 0.0 && openmetrics >= text {
+            Format::OpenMetrics
+        } else {
+            Format::Text
+        }
+    }
+
+    /// The `Content-Type` of an answer in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
 
 /// Log lines dropped because the log writer's queue was full (stderr not keeping up), exported by
 /// every [`Metrics`] as `tickd_log_lines_dropped_total`.
@@ -86,7 +144,7 @@ impl Metrics {
         let runs = Family::<RunLabels, Counter>::default();
         registry.register(
             "runs",
-            "Runs by job and outcome (success, failure, timeout, stopped; and skipped_overlap, retry_dropped for runs that did not happen)",
+            "Runs by job and outcome (success, failure, timeout, stopped; and skipped_overlap, retry_dropped, refused for runs that did not happen)",
             runs.clone(),
         );
         let duration = Family::<JobLabel, Histogram>::new_with_constructor(|| {
@@ -162,7 +220,7 @@ impl Metrics {
     pub fn job_task_restarted(&self, job: &str) {
         self.task_restarts
             .get_or_create(&JobLabel {
-                job: job.to_owned(),
+                job_name: job.to_owned(),
             })
             .inc();
     }
@@ -171,17 +229,17 @@ impl Metrics {
     /// allocation (the handles share their values with the registry).
     pub fn for_job(&self, job: &str) -> JobMetrics {
         let label = JobLabel {
-            job: job.to_owned(),
+            job_name: job.to_owned(),
         };
         let count = |outcome: &str| {
             self.runs
                 .get_or_create(&RunLabels {
-                    job: job.to_owned(),
+                    job_name: job.to_owned(),
                     outcome: outcome.to_owned(),
                 })
                 .clone()
         };
-        let [success, failure, timeout, stopped, skipped, retries_dropped] =
+        let [success, failure, timeout, stopped, skipped, retries_dropped, refused] =
             RUN_OUTCOMES.map(count);
         JobMetrics {
             success,
@@ -190,6 +248,7 @@ impl Metrics {
             stopped,
             skipped,
             retries_dropped,
+            refused,
             duration: self.duration.get_or_create(&label).clone(),
             lateness: self.lateness.get_or_create(&label).clone(),
             missed: self.missed.get_or_create(&label).clone(),
@@ -202,11 +261,11 @@ impl Metrics {
     /// `/metrics` for ever. Runs of it still in flight record into handles no longer exported.
     pub fn forget_job(&self, job: &str) {
         let label = JobLabel {
-            job: job.to_owned(),
+            job_name: job.to_owned(),
         };
         for outcome in RUN_OUTCOMES {
             self.runs.remove(&RunLabels {
-                job: job.to_owned(),
+                job_name: job.to_owned(),
                 outcome: outcome.to_owned(),
             });
         }
@@ -254,15 +313,23 @@ impl Metrics {
             .inc();
     }
 
-    /// The metrics in Prometheus text format.
+    /// The metrics in the classic Prometheus text format ([`Format::Text`]).
     pub fn encode(&self) -> String {
+        self.encode_as(Format::Text)
+    }
+
+    /// The metrics in `format`.
+    pub fn encode_as(&self, format: Format) -> String {
         self.rss
             .set(i64::try_from(crate::process::own_rss()).unwrap_or(i64::MAX));
-        let mut text = String::new();
-        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
-            text.clear();
+        let mut openmetrics = String::new();
+        if prometheus_client::encoding::text::encode(&mut openmetrics, &self.registry).is_err() {
+            openmetrics.clear();
         }
-        text
+        match format {
+            Format::OpenMetrics => openmetrics,
+            Format::Text => classic::from_openmetrics(&openmetrics),
+        }
     }
 }
 
@@ -355,6 +422,7 @@ pub struct JobMetrics {
     stopped: Counter,
     skipped: Counter,
     retries_dropped: Counter,
+    refused: Counter,
     duration: Histogram,
     lateness: Histogram,
     missed: Counter,
@@ -406,6 +474,11 @@ impl JobMetrics {
         self.retries_dropped.inc();
     }
 
+    /// A run-now request was refused by the overlap policy.
+    pub fn refused(&self) {
+        self.refused.inc();
+    }
+
     /// `count` fires were missed (see [`crate::status::RunCounts::missed`]).
     pub fn missed(&self, count: u64) {
         self.missed.inc_by(count);
@@ -447,7 +520,7 @@ mod tests {
             "tickd_cluster_clock_offset_seconds 0.0\n",
             "tickd_cluster_takeovers_total 2\n",
             "tickd_cluster_failures_total 3\n",
-            "# TYPE tickd_cluster_takeovers counter\n",
+            "# TYPE tickd_cluster_takeovers_total counter\n",
             "# TYPE tickd_cluster_window_seconds gauge\n",
         ] {
             assert!(text.contains(line), "{line:?} in:\n{text}");
@@ -458,6 +531,12 @@ mod tests {
             .and_then(|v| v.parse::<f64>().ok())
             .expect("the window series");
         assert!(window > 50.0 && window <= 60.0, "{window}");
+        // OpenMetrics names the counter family without `_total`.
+        let openmetrics = metrics.encode_as(Format::OpenMetrics);
+        assert!(
+            openmetrics.contains("# TYPE tickd_cluster_takeovers counter\n"),
+            "{openmetrics}"
+        );
         // The series beside the others, which keep their names.
         assert!(text.contains("tickd_runs_in_flight 0\n"), "{text}");
 
@@ -489,21 +568,151 @@ mod tests {
             handles.skipped();
             handles.missed(3);
         }
-        assert!(metrics.encode().contains("job=\"gone\""));
+        assert!(metrics.encode().contains("job_name=\"gone\""));
         metrics.forget_job("gone");
         let text = metrics.encode();
-        assert!(!text.contains("job=\"gone\""), "{text}");
+        assert!(!text.contains("job_name=\"gone\""), "{text}");
         assert!(
-            text.contains("tickd_runs_total{job=\"kept\",outcome=\"skipped_overlap\"} 1"),
+            text.contains("tickd_runs_total{job_name=\"kept\",outcome=\"skipped_overlap\"} 1"),
             "{text}"
         );
         assert!(
-            text.contains("tickd_fire_lateness_seconds_count{job=\"kept\"} 1"),
+            text.contains("tickd_fire_lateness_seconds_count{job_name=\"kept\"} 1"),
             "{text}"
         );
         assert!(
-            text.contains("tickd_fires_missed_total{job=\"kept\"} 3"),
+            text.contains("tickd_fires_missed_total{job_name=\"kept\"} 3"),
             "{text}"
         );
+    }
+
+    /// A daemon's metrics with every family tickd has given samples: jobs with runs of each
+    /// outcome, reloads, a task restart, the group keeper's series aside (they need a keeper),
+    /// and a cluster.
+    fn busy_metrics() -> Metrics {
+        let config = crate::config::parse(
+            std::path::Path::new("jobs.toml"),
+            "[cluster]\npostgres = \"postgres://tickd@db.invalid/app\"\nnode = \"web-1\"\n[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\n",
+            &crate::Handlers::with_builtins(),
+        )
+        .expect("valid");
+        let mut metrics = Metrics::new();
+        metrics.register_cluster(Cluster::unjoined(&config, |s| {
+            s.round_trip_ms = Some(0.5);
+        }));
+        let job = metrics.for_job("a");
+        job.run_started(std::time::Duration::from_micros(30));
+        let report = RunReport {
+            outcome: Outcome::Success,
+            exit_code: Some(0),
+            reason: None,
+            forced: false,
+        };
+        job.run_ended(&report, std::time::Duration::from_millis(3), Utc::now());
+        job.skipped();
+        job.retry_dropped();
+        job.refused();
+        job.missed(2);
+        metrics.reloaded(true);
+        metrics.reloaded(false);
+        metrics.job_task_restarted("a");
+        metrics
+    }
+
+    /// In the classic text format every sample belongs to the family of the TYPE line above it
+    /// (a counter's family named with `_total`), each family has HELP, and there is no `# EOF`.
+    #[test]
+    fn the_classic_format_names_every_family_as_its_samples() {
+        let text = busy_metrics().encode();
+        assert!(!text.contains("# EOF"), "{text}");
+        assert!(!text.contains("# UNIT"), "{text}");
+        let mut family: Option<(String, String)> = None;
+        let mut helped = std::collections::HashSet::new();
+        let mut samples = 0;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                helped.insert(rest.split(' ').next().unwrap_or("").to_owned());
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("name and type");
+                assert!(helped.contains(name), "no HELP for {name}:\n{text}");
+                if kind == "counter" {
+                    assert!(name.ends_with("_total"), "{line}");
+                }
+                family = Some((name.to_owned(), kind.to_owned()));
+            } else {
+                let (name, kind) = family.as_ref().expect("a TYPE line before samples");
+                let sample = line.split(['{', ' ']).next().unwrap_or("");
+                let fits = match kind.as_str() {
+                    "histogram" => ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|suffix| sample.strip_prefix(name.as_str()) == Some(suffix)),
+                    _ => sample == name,
+                };
+                assert!(fits, "{sample} under # TYPE {name} {kind}:\n{text}");
+                samples += 1;
+            }
+        }
+        assert!(samples > 40, "{text}");
+        for line in [
+            "# TYPE tickd_runs_total counter\n",
+            "tickd_runs_total{job_name=\"a\",outcome=\"refused\"} 1\n",
+            "tickd_runs_total{job_name=\"a\",outcome=\"skipped_overlap\"} 1\n",
+            "tickd_runs_total{job_name=\"a\",outcome=\"retry_dropped\"} 1\n",
+            "# TYPE tickd_fires_missed_total counter\n",
+            "# TYPE tickd_config_reloads_total counter\n",
+            "# TYPE tickd_job_task_restarts_total counter\n",
+            "# TYPE tickd_log_lines_dropped_total counter\n",
+            "# TYPE tickd_run_duration_seconds histogram\n",
+            "# TYPE tickd_last_success_timestamp_seconds gauge\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in:\n{text}");
+        }
+        // The same samples in both formats.
+        let openmetrics = busy_metrics().encode_as(Format::OpenMetrics);
+        assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
+        let sample_lines = |t: &str| {
+            let mut lines: Vec<String> = t
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter(|l| !l.starts_with("tickd_process_resident_memory_bytes"))
+                .filter(|l| !l.starts_with("tickd_cluster_window_seconds"))
+                .filter(|l| !l.starts_with("tickd_last_success_timestamp_seconds"))
+                .map(str::to_owned)
+                .collect();
+            lines.sort();
+            lines
+        };
+        assert_eq!(sample_lines(&text).len(), sample_lines(&openmetrics).len());
+    }
+
+    #[test]
+    fn the_accept_header_picks_openmetrics_only_when_asked_for() {
+        let cases = [
+            (None, Format::Text),
+            (Some(""), Format::Text),
+            (Some("*/*"), Format::Text),
+            (Some("text/plain"), Format::Text),
+            (Some("text/plain;version=0.0.4"), Format::Text),
+            (Some("application/json"), Format::Text),
+            (Some("application/openmetrics-text"), Format::OpenMetrics),
+            (
+                Some("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                Format::OpenMetrics,
+            ),
+            // What Prometheus 2.42 sends.
+            (
+                Some("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"),
+                Format::OpenMetrics,
+            ),
+            (
+                Some("text/plain;version=0.0.4;q=1, application/openmetrics-text;q=0.5"),
+                Format::Text,
+            ),
+            (Some("application/openmetrics-text;q=0"), Format::Text),
+            (Some("Application/OpenMetrics-Text"), Format::OpenMetrics),
+        ];
+        for (accept, want) in cases {
+            assert_eq!(Format::from_accept(accept), want, "{accept:?}");
+        }
     }
 }

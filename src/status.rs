@@ -30,7 +30,7 @@ pub struct JobStatus {
     pub task_restarts: u64,
 }
 
-/// Runs of a job by outcome, and fires skipped by the overlap policy.
+/// Runs of a job by outcome, and the fires, retries and run-now requests that did not run.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct RunCounts {
     /// Successful runs.
@@ -46,6 +46,9 @@ pub struct RunCounts {
     /// Retries of a failed run that were dropped: one would have reached the job's next fire, or
     /// found a run still going.
     pub retries_dropped: u64,
+    /// Run-now requests (`POST /jobs/{name}/run`, `tickd run-now`) the overlap policy refused
+    /// (answered 409): asked for, not scheduled, so not counted in `skipped_overlap`.
+    pub refused: u64,
     /// Fires that passed without their own run because the daemon was stalled (stopped,
     /// suspended, starved) or the wall clock jumped past them; a catch-up run
     /// (`on_missed = "once"`) is counted as a run besides. Estimated from the schedule's rate

@@ -317,8 +317,13 @@ impl JobActor {
             JobCommand::Update(spec) => self.update(spec),
             JobCommand::RunNow(reply) => {
                 tracing::info!(job = %self.spec.name(), "run requested through the endpoint");
-                // Asked of this node: it runs here, owner of the cluster or not.
-                let _ = reply.send(self.start_or_overlap(Due::at(self.now().instant)));
+                // Asked of this node: it runs here, owner of the cluster or not. One the overlap
+                // policy would skip is refused (the caller hears 409), not a skipped fire.
+                let result = match self.runs.decide(&self.spec.overlap()) {
+                    FireAction::Skip(why) => self.refuse(why),
+                    _ => self.start_or_overlap(Due::at(self.now().instant)),
+                };
+                let _ = reply.send(result);
             }
             JobCommand::Pause => {
                 tracing::info!(job = %self.spec.name(), "paused");
@@ -456,6 +461,13 @@ impl JobActor {
             s.runs.skipped_overlap
         });
         tracing::debug!(job = %self.spec.name(), skipped_total, "fire skipped: {why}");
+        FireResult::Skipped
+    }
+
+    fn refuse(&mut self, why: &str) -> FireResult {
+        self.metrics.refused();
+        self.status.update(|s| s.runs.refused += 1);
+        tracing::info!(job = %self.spec.name(), "run request refused: {why}");
         FireResult::Skipped
     }
 

@@ -467,7 +467,7 @@ mod tests {
         assert_eq!(status.schedule, "every 500ms");
         let metrics = env.metrics.encode();
         assert!(
-            metrics.contains("tickd_job_task_restarts_total{job=\"j\"} 1"),
+            metrics.contains("tickd_job_task_restarts_total{job_name=\"j\"} 1"),
             "{metrics}"
         );
         stop.cancel();
@@ -588,7 +588,7 @@ mod tests {
         }
         let metrics = env.metrics.encode();
         for job in ["once", "skip"] {
-            let series = format!("tickd_fires_missed_total{{job=\"{job}\"}} {missed}");
+            let series = format!("tickd_fires_missed_total{{job_name=\"{job}\"}} {missed}");
             assert!(metrics.contains(&series), "{series} in\n{metrics}");
         }
         stop.cancel();

@@ -34,16 +34,16 @@ shell = "sleep 30"
     d.wait_log_n("job=fast run=", 6);
     let (code, first) = http(port, "GET", "/metrics", None);
     assert_eq!(code, 200);
-    let series = "tickd_runs_total{job=\"fast\",outcome=\"success\"}";
+    let series = "tickd_runs_total{job_name=\"fast\",outcome=\"success\"}";
     let before = sample(&first, series);
     assert!(before >= 1.0, "{first}");
     assert!(
-        first.contains("tickd_fire_lateness_seconds_bucket{le=\"0.00001\",job=\"fast\"}"),
+        first.contains("tickd_fire_lateness_seconds_bucket{le=\"0.00001\",job_name=\"fast\"}"),
         "{first}"
     );
     assert!(first.contains("tickd_runs_in_flight "), "{first}");
     assert!(
-        first.contains("tickd_last_success_timestamp_seconds{job=\"fast\"}"),
+        first.contains("tickd_last_success_timestamp_seconds{job_name=\"fast\"}"),
         "{first}"
     );
     assert!(
@@ -73,6 +73,23 @@ shell = "sleep 30"
 
     // run-now: refused while the slow job runs (skip policy), accepted for an idle job.
     assert_eq!(http(port, "POST", "/jobs/slow/run", None).0, 409);
+    // Counted as refused (asked for, not scheduled), not as a skipped fire.
+    let (_, body) = http(port, "GET", "/jobs/slow", None);
+    let slow: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        (&slow["runs"]["refused"], &slow["runs"]["skipped_overlap"]),
+        (&serde_json::json!(1), &serde_json::json!(0)),
+        "{body}"
+    );
+    let metrics = http(port, "GET", "/metrics", None).1;
+    assert_eq!(
+        sample(
+            &metrics,
+            "tickd_runs_total{job_name=\"slow\",outcome=\"refused\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
     let (code, body) = http(port, "POST", "/jobs/fast/run", None);
     assert_eq!(code, 202, "{body}");
     assert!(body.contains("\"run_id\""), "{body}");
@@ -112,13 +129,13 @@ shell = "sleep 30"
         1.0,
         "{metrics}"
     );
-    assert!(!metrics.contains("job=\"fast\""), "{metrics}");
+    assert!(!metrics.contains("job_name=\"fast\""), "{metrics}");
     assert!(
-        metrics.contains("tickd_runs_total{job=\"renamed\",outcome=\"success\"}"),
+        metrics.contains("tickd_runs_total{job_name=\"renamed\",outcome=\"success\"}"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("tickd_fire_lateness_seconds_count{job=\"slow\"} 1"),
+        metrics.contains("tickd_fire_lateness_seconds_count{job_name=\"slow\"} 1"),
         "{metrics}"
     );
 

@@ -1,7 +1,8 @@
 //! The integration-test binary, one module per area. `scheduling` and `extremes` run the daemon in
 //! process on paused time and a manual wall clock; the others run the real `tickd` binary end to
 //! end in a temp dir. `support` holds the fixtures they share; `postgres` a throw-away PostgreSQL
-//! server for `cluster`, which runs three replicas on it, and `cluster_tls`.
+//! server for `cluster`, which runs three replicas on it, `cluster_tls`, and `metrics`, which runs
+//! promtool on `/metrics` and on the Grafana dashboard.
 
 mod cli;
 mod cluster;
@@ -9,6 +10,7 @@ mod cluster_tls;
 mod endpoint;
 mod extremes;
 mod logging;
+mod metrics;
 mod orphans;
 mod postgres;
 mod process;

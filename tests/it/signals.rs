@@ -256,7 +256,7 @@ fn a_stopped_and_continued_daemon_does_not_burst() {
     for job in ["tick", "once"] {
         let missed = sample(
             &metrics,
-            &format!("tickd_fires_missed_total{{job=\"{job}\"}}"),
+            &format!("tickd_fires_missed_total{{job_name=\"{job}\"}}"),
         );
         assert!(
             (expected - 5.0..=expected + 5.0).contains(&missed),
