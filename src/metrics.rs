@@ -341,16 +341,22 @@ impl Collector for ClusterCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let status = self.0.status();
         let flag = |on: bool| i64::from(on);
-        let gauges: [(&str, &str, ConstGauge); 4] = [
+        let owned = i64::try_from(status.shards_owned.len()).unwrap_or(i64::MAX);
+        let gauges: [(&str, &str, ConstGauge); 5] = [
             (
                 "cluster_owner",
-                "1 while this node owns the cluster (fires its cluster jobs), 0 while it follows",
+                "1 while this node owns a shard of the cluster (fires its jobs), 0 while it owns none",
                 ConstGauge::new(flag(status.owner)),
             ),
             (
                 "cluster_epoch",
-                "The epoch of the ownership this node holds; 0 when it holds none",
+                "The highest epoch of the shards this node owns; 0 when it owns none",
                 ConstGauge::new(status.epoch.unwrap_or(0)),
+            ),
+            (
+                "cluster_shards_owned",
+                "How many of the cluster's shards this node owns",
+                ConstGauge::new(owned),
             ),
             (
                 "cluster_connected",
@@ -399,6 +405,11 @@ impl Collector for ClusterCollector {
                 "cluster_failures",
                 "Statements to the cluster database that failed or timed out, and connections that could not be made",
                 ConstCounter::new(status.failures),
+            ),
+            (
+                "cluster_handoffs",
+                "Shards this node released to another node or took over since it started",
+                ConstCounter::new(status.handoffs),
             ),
         ];
         for (name, help, counter) in counters {
