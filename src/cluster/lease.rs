@@ -29,7 +29,8 @@ use crate::clock::{boot_time, Clock};
 /// One renewal: `$1` cluster, `$2` node, `$3` window (s), `$4` jobs hash, `$5` dead_after (s),
 /// `$6` weight; `$7`/`$8` the shards (and epochs) kept, `$9`/`$10` those released; `$11` how
 /// many free shards to take, `$12` shards not to take (this node's own released ones), `$13` the
-/// shard count; `$14` the digest of the live nodes as last known.
+/// shard count; `$14` the digest of the live nodes as last known; `$15` every shard, in the order
+/// this node wants them (see [`shards::preference`]).
 ///
 /// A node whose jobs differ from a shard's owner's takes it only once that owner released it or
 /// has been silent for three times `dead_after` (nodes with the owner's jobs go first): a rolling
@@ -58,12 +59,13 @@ released AS (
     RETURNING o.shard
 ),
 free AS (
-    SELECT s AS shard FROM generate_series(0, $13::int - 1) AS s
-    WHERE $11::int > 0 AND s <> ALL ($12::int[]) AND s <> ALL ($7::int[]) AND NOT EXISTS (
-        SELECT 1 FROM tickd_owner AS o
-        WHERE o.cluster = $1 AND o.shard = s
-            AND o.renewed_at >= now() - make_interval(secs => $5::float8))
-    ORDER BY md5(s::text || ':' || $2)
+    SELECT p.s AS shard FROM unnest($15::int[]) WITH ORDINALITY AS p(s, rank)
+    WHERE $11::int > 0 AND p.s < $13::int AND p.s <> ALL ($12::int[])
+        AND p.s <> ALL ($7::int[]) AND NOT EXISTS (
+            SELECT 1 FROM tickd_owner AS o
+            WHERE o.cluster = $1 AND o.shard = p.s
+                AND o.renewed_at >= now() - make_interval(secs => $5::float8))
+    ORDER BY p.rank
     LIMIT greatest($11::int, 0)
 ),
 acquired AS (
@@ -434,6 +436,7 @@ async fn round(
                 &plan.not_to_take,
                 &shard_count,
                 &seen.digest,
+                &plan.preference,
             ],
         )
         .await
@@ -536,6 +539,8 @@ struct RoundPlan {
     take: i32,
     /// This node's released shards: not taken back while it still fires them.
     not_to_take: Vec<i32>,
+    /// Every shard, in the order this node wants them.
+    preference: Vec<i32>,
 }
 
 /// Which shards to keep, release and take, from this node's share among the live nodes last
@@ -569,7 +574,31 @@ fn plan_round(shared: &Shared, seen: &Seen) -> RoundPlan {
         (0, 0)
     };
     let release = usize::try_from(release).unwrap_or(0);
-    let mut released = shards::to_release(&owned, release, settings.node());
+    let preference = {
+        let jobs = shared.lock_jobs();
+        let per_shard: Vec<usize> = jobs.load.iter().map(|l| l.jobs).collect();
+        let carried: usize = owned
+            .iter()
+            .filter_map(|s| per_shard.get(usize::try_from(*s).unwrap_or(usize::MAX)))
+            .sum();
+        let total_weight: u64 = seen
+            .members
+            .iter()
+            .map(|m| u64::from(m.weight.max(1)))
+            .sum();
+        let mine = u64::from(settings.weight().max(1));
+        let listed = seen.members.iter().any(|m| m.node == settings.node());
+        let total_weight = if listed {
+            total_weight
+        } else {
+            total_weight + mine
+        };
+        let target =
+            per_shard.iter().sum::<usize>() as f64 * mine as f64 / total_weight.max(1) as f64;
+        let room = usize::try_from(take).unwrap_or(0).max(1);
+        shards::preference(&per_shard, carried, target, room, settings.node())
+    };
+    let mut released = shards::to_release(&owned, release, &preference);
     // A shard beyond the shard count (it was lowered) goes too.
     released.extend(owned.iter().copied().filter(|s| *s >= settings.shards()));
     released.sort_unstable();
@@ -588,6 +617,10 @@ fn plan_round(shared: &Shared, seen: &Seen) -> RoundPlan {
         release_epochs: released.iter().map(epoch).collect(),
         take: i32::try_from(take).unwrap_or(0),
         not_to_take: released_here,
+        preference: preference
+            .iter()
+            .map(|s| i32::try_from(*s).unwrap_or(i32::MAX))
+            .collect(),
         kept,
         released,
     }

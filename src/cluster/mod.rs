@@ -610,12 +610,19 @@ impl Shared {
     /// Of `due` slots, the ones this node owns now (inside the window of their shard, its lease
     /// not ended), with their shards and epochs.
     fn owned_slots(&self, due: &[(String, DateTime<Utc>)]) -> Vec<marks::Claim> {
-        let jobs = self.lock_jobs();
+        // Never both locks at once in this order: `status` takes the state's, then the jobs'.
+        let shards: Vec<Option<u32>> = {
+            let jobs = self.lock_jobs();
+            due.iter()
+                .map(|(job, _)| jobs.shard_of.get(job).copied())
+                .collect()
+        };
         let state = self.lock_state();
         let boot_now = crate::clock::boot_time();
         due.iter()
-            .filter_map(|(job, slot)| {
-                let shard = *jobs.shard_of.get(job)?;
+            .zip(shards)
+            .filter_map(|((job, slot), shard)| {
+                let shard = shard?;
                 let lease = state.leases.get(&shard)?;
                 let inside = *slot >= lease.window_start
                     && *slot < lease.claimed_until

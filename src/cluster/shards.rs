@@ -81,22 +81,54 @@ pub fn score(shard: u32, node: &str) -> u64 {
     x ^ (x >> 31)
 }
 
-/// Of the shards `owned`, the `count` that `node` lets go: the ones it ranks lowest.
-pub fn to_release(owned: &[u32], count: usize, node: &str) -> Vec<u32> {
+/// Every shard, in the order `node` wants them: shards are balanced by count, and among shards
+/// this order decides which a node takes first and lets go last, so that the jobs it carries
+/// approach its share of them. A node that carries `carried` jobs, wants `target`, and has room
+/// for `room` more shards wants the shards whose jobs (`jobs`, by shard) come closest to what each
+/// of them should bring, `(target - carried) / room`; ties in the node's own rank. So nodes that
+/// take shards at the same time each take a mix, not all the heavy ones.
+pub fn preference(
+    jobs: &[usize],
+    carried: usize,
+    target: f64,
+    room: usize,
+    node: &str,
+) -> Vec<u32> {
+    let ideal = (target - carried as f64) / room.max(1) as f64;
+    let mut order: Vec<u32> = (0u32..).take(jobs.len()).collect();
+    order.sort_by_cached_key(|shard| {
+        let load = jobs[usize::try_from(*shard).unwrap_or(0)] as f64;
+        // Whole thousandths of a job: an order without floats' partial comparison.
+        let distance = ((load - ideal).abs() * 1000.0) as u64;
+        (distance, std::cmp::Reverse(score(*shard, node)))
+    });
+    order
+}
+
+/// Of the shards `owned`, the `count` that a node lets go: the last in its `preference`.
+pub fn to_release(owned: &[u32], count: usize, preference: &[u32]) -> Vec<u32> {
+    let rank = |shard: &u32| {
+        preference
+            .iter()
+            .position(|s| s == shard)
+            .unwrap_or(usize::MAX)
+    };
     let mut ranked: Vec<u32> = owned.to_vec();
-    ranked.sort_unstable_by_key(|shard| score(*shard, node));
+    ranked.sort_unstable_by_key(|shard| std::cmp::Reverse(rank(shard)));
     ranked.truncate(count);
     ranked.sort_unstable();
     ranked
 }
 
-/// Of the shards `free`, the `count` that `node` tries to take: the ones it ranks highest. The
-/// round statement makes this choice in the database (ordering by a hash of its own); this is
-/// its model, for the simulation.
+/// Of the shards `free`, the `count` that a node tries to take: the first in its `preference`.
+/// The round statement makes this choice in the database; this is its model, for the simulation.
 #[cfg(test)]
-pub fn to_take(free: &[u32], count: usize, node: &str) -> Vec<u32> {
-    let mut ranked: Vec<u32> = free.to_vec();
-    ranked.sort_unstable_by_key(|shard| std::cmp::Reverse(score(*shard, node)));
+pub fn to_take(free: &[u32], count: usize, preference: &[u32]) -> Vec<u32> {
+    let mut ranked: Vec<u32> = preference
+        .iter()
+        .copied()
+        .filter(|shard| free.contains(shard))
+        .collect();
     ranked.truncate(count);
     ranked.sort_unstable();
     ranked
@@ -146,17 +178,25 @@ mod tests {
     }
 
     #[test]
-    fn a_node_releases_its_lowest_ranked_shards_and_takes_its_highest() {
-        let owned = [1, 5, 9, 12];
-        let released = to_release(&owned, 1, "n1");
-        let lowest = owned.iter().copied().min_by_key(|s| score(*s, "n1"));
-        assert_eq!(released, lowest.into_iter().collect::<Vec<_>>());
-        let taken = to_take(&owned, 2, "n1");
-        assert_eq!(taken.len(), 2);
-        assert!(!taken.contains(&released[0]));
-        // Two nodes order the same shards differently.
-        let all: Vec<u32> = (0..64).collect();
-        assert_ne!(to_take(&all, 8, "n1"), to_take(&all, 8, "n2"));
+    fn a_node_short_of_jobs_takes_heavy_shards_first_and_lets_light_ones_go() {
+        let jobs = [0, 3, 1, 2, 0, 5];
+        // 2 jobs short, room for one shard: the shard of 2 first, then those of 1 and 3.
+        let short = preference(&jobs, 8, 10.0, 1, "n1");
+        assert_eq!(short[0], 3);
+        assert_eq!(to_take(&[1, 2, 3, 4], 1, &short), [3]);
+        // It lets go the shards farthest from that: the heaviest.
+        assert_eq!(to_release(&[0, 3, 5], 1, &short), [5]);
+        // Carrying too many: it wants empty shards and lets the heaviest go.
+        let over = preference(&jobs, 20, 10.0, 2, "n1");
+        assert!(over[..2].iter().all(|s| jobs[*s as usize] == 0), "{over:?}");
+        assert_eq!(to_release(&[1, 2, 5], 1, &over), [5]);
+        // Two nodes order equal shards differently.
+        let empty = [0; 64];
+        let (a, b) = (
+            preference(&empty, 0, 0.0, 1, "n1"),
+            preference(&empty, 0, 0.0, 1, "n2"),
+        );
+        assert_ne!(a[..8], b[..8]);
     }
 
     #[test]

@@ -182,6 +182,25 @@ fn read_from(path: &Path, offset: u64, buf: &mut Vec<u8>) -> u64 {
     file.read_to_end(buf).map_or(0, |n| n as u64)
 }
 
+/// A replica's jobs file with `count` jobs of 1 s (`j00`, `j01`, ...) spread over 64 shards.
+fn sharded_jobs_file(postgres: &str, node: &str, runs: &Path, count: usize) -> String {
+    let shell = format!(
+        r#"echo \"$TICKD_JOB $TICKD_SCHEDULED $TICKD_NODE $TICKD_FIRE_ID\" >> '{}'"#,
+        runs.display()
+    );
+    let mut config = format!(
+        "[cluster]\npostgres = \"{postgres}\"\nnode = \"{node}\"\nname = \"test\"\n\
+         window = \"{}\"\nrenew = \"{}\"\ndead_after = \"{}\"\nshards = 64\n",
+        humantime::format_duration(WINDOW),
+        humantime::format_duration(RENEW),
+        humantime::format_duration(DEAD_AFTER),
+    );
+    for i in 0..count {
+        config += &format!("\n[jobs.j{i:02}]\nevery = \"1s\"\nshell = \"{shell}\"\n");
+    }
+    config
+}
+
 /// A replica's jobs file: the same for every node but for `node`.
 pub(crate) fn jobs_file(postgres: &str, node: &str, runs: &Path) -> String {
     let shell = format!(
@@ -252,6 +271,8 @@ struct Options {
     skews: BTreeMap<&'static str, &'static str>,
     /// More jobs, appended to each replica's jobs file.
     extra_jobs: String,
+    /// Instead of the usual jobs and one shard: this many jobs of 1 s on 64 shards.
+    sharded_jobs: usize,
 }
 
 impl Cluster {
@@ -288,7 +309,11 @@ impl Cluster {
             } else {
                 pg.url()
             };
-            let mut config = jobs_file(&url, node, &runs) + &options.extra_jobs;
+            let mut config = if options.sharded_jobs > 0 {
+                sharded_jobs_file(&url, node, &runs, options.sharded_jobs)
+            } else {
+                jobs_file(&url, node, &runs)
+            } + &options.extra_jobs;
             if options.endpoints {
                 let port = free_port();
                 config = with_endpoint(&config, port);
@@ -450,7 +475,15 @@ impl Cluster {
         drop(tailed);
         for (node, daemon) in &self.replicas {
             text += &format!("--- log of {node} (pid {}), end:\n", daemon.child.id());
-            text += &last_lines(&daemon.log(), 40);
+            text += &last_lines(
+                &daemon
+                    .log()
+                    .lines()
+                    .filter(|l| !l.contains("DEBUG"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                60,
+            );
         }
         text += "--- PostgreSQL's log, end:\n";
         text += &last_lines(&self.pg.server_log(), 20);
@@ -932,6 +965,84 @@ fn a_rolling_deploy_that_changes_the_jobs_hands_over_to_the_new_file() {
             cluster.diagnostics()
         );
     }
+}
+
+/// The shards `node` owns, from its `/cluster`.
+fn shards_owned(cluster: &Cluster, node: &str) -> usize {
+    let (code, body) = http(cluster.port(node), "GET", "/cluster", None);
+    if code != 200 {
+        return 0;
+    }
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    status["shards_owned"].as_array().map_or(0, Vec::len)
+}
+
+/// Waits until the shards owned by `nodes` are `want` (by node) and stay so for a second; returns
+/// how long it took.
+fn wait_shards(cluster: &Cluster, want: &[(&str, std::ops::RangeInclusive<usize>)]) -> Duration {
+    let begun = Instant::now();
+    let mut steady_since: Option<Instant> = None;
+    loop {
+        let owned: Vec<(&str, usize)> = want
+            .iter()
+            .map(|(node, _)| (*node, shards_owned(cluster, node)))
+            .collect();
+        let ok = owned
+            .iter()
+            .zip(want)
+            .all(|((_, n), (_, range))| range.contains(n))
+            && owned.iter().map(|(_, n)| n).sum::<usize>() == 64;
+        match (ok, steady_since) {
+            (true, Some(since)) if since.elapsed() >= Duration::from_secs(1) => {
+                return since - begun.min(since);
+            }
+            (true, None) => steady_since = Some(Instant::now()),
+            (true, Some(_)) => {}
+            (false, _) => steady_since = None,
+        }
+        assert!(
+            begun.elapsed() < PATIENCE,
+            "shards owned {owned:?}, want {want:?}\n{}",
+            cluster.diagnostics()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sixty_jobs_spread_over_three_nodes_and_follow_a_crash_and_a_restart() {
+    let _serial = serial();
+    let mut cluster = Cluster::launch(Options {
+        endpoints: true,
+        sharded_jobs: 60,
+        ..Options::default()
+    });
+    let even = [("n1", 21..=22), ("n2", 21..=22), ("n3", 21..=22)];
+    wait_shards(&cluster, &even);
+    thread::sleep(Duration::from_secs(2));
+    // A crash: the other two split its shards within the failover bound.
+    cluster.signal("n3", Signal::SIGKILL);
+    let _ = cluster.replica_mut("n3").wait_exit();
+    let split = wait_shards(&cluster, &[("n1", 32..=32), ("n2", 32..=32)]);
+    assert!(
+        split <= FAILOVER_GAP,
+        "n1 and n2 took n3's shards in {split:?}, bound {FAILOVER_GAP:?}\n{}",
+        cluster.diagnostics()
+    );
+    // Back: it gets its share again.
+    cluster.restart("n3");
+    wait_shards(&cluster, &even);
+    thread::sleep(Duration::from_secs(2));
+    let runs = cluster.runs();
+
+    assert_each_slot_once(&runs, &cluster);
+    let firing: BTreeSet<&str> = runs.iter().map(|r| r.node.as_str()).collect();
+    assert_eq!(
+        firing.len(),
+        3,
+        "every node fired\n{}",
+        cluster.diagnostics()
+    );
 }
 
 #[test]
