@@ -577,28 +577,17 @@ fn plan_round(shared: &Shared, seen: &Seen) -> RoundPlan {
     let preference = {
         let jobs = shared.lock_jobs();
         let per_shard: Vec<usize> = jobs.load.iter().map(|l| l.jobs).collect();
-        let carried: usize = owned
+        let released = shards::to_release(&owned, release, &per_shard, settings.node());
+        let kept_jobs: usize = owned
             .iter()
+            .filter(|s| !released.contains(s))
             .filter_map(|s| per_shard.get(usize::try_from(*s).unwrap_or(usize::MAX)))
             .sum();
-        let total_weight: u64 = seen
-            .members
-            .iter()
-            .map(|m| u64::from(m.weight.max(1)))
-            .sum();
-        let mine = u64::from(settings.weight().max(1));
-        let listed = seen.members.iter().any(|m| m.node == settings.node());
-        let total_weight = if listed {
-            total_weight
-        } else {
-            total_weight + mine
-        };
-        let target =
-            per_shard.iter().sum::<usize>() as f64 * mine as f64 / total_weight.max(1) as f64;
-        let room = usize::try_from(take).unwrap_or(0).max(1);
-        shards::preference(&per_shard, carried, target, room, settings.node())
+        let kept_count = owned.len() - released.len();
+        let preference = shards::preference(&per_shard, kept_jobs, kept_count, settings.node());
+        (preference, released)
     };
-    let mut released = shards::to_release(&owned, release, &preference);
+    let (preference, mut released) = preference;
     // A shard beyond the shard count (it was lowered) goes too.
     released.extend(owned.iter().copied().filter(|s| *s >= settings.shards()));
     released.sort_unstable();
@@ -608,6 +597,14 @@ fn plan_round(shared: &Shared, seen: &Seen) -> RoundPlan {
         .copied()
         .filter(|s| !released.contains(s))
         .collect();
+    tracing::debug!(
+        owned = owned.len(),
+        members = seen.members.len(),
+        needy = seen.needy,
+        release = released.len(),
+        take,
+        "cluster: round"
+    );
     let epoch = |shard: &u32| state.leases.get(shard).map_or(0, |lease| lease.epoch);
     let as_i32 = |shard: &u32| i32::try_from(*shard).unwrap_or(i32::MAX);
     RoundPlan {

@@ -81,43 +81,69 @@ pub fn score(shard: u32, node: &str) -> u64 {
     x ^ (x >> 31)
 }
 
-/// Every shard, in the order `node` wants them: shards are balanced by count, and among shards
-/// this order decides which a node takes first and lets go last, so that the jobs it carries
-/// approach its share of them. A node that carries `carried` jobs, wants `target`, and has room
-/// for `room` more shards wants the shards whose jobs (`jobs`, by shard) come closest to what each
-/// of them should bring, `(target - carried) / room`; ties in the node's own rank. So nodes that
-/// take shards at the same time each take a mix, not all the heavy ones.
-pub fn preference(
+/// Every shard, in the order `node` wants to take them: shards are balanced by count, and this
+/// order makes the jobs come with them evenly. It interleaves heavy and light shards (`jobs`, by
+/// shard) so that, starting from the `carried` jobs of the `owned` shards a node has, every
+/// prefix brings its jobs per shard as close to the cluster's average as it can: whichever
+/// prefix a node gets (others take from the same free shards at the same time), it gets a fair
+/// mix, never all the heavy ones. Ties in the node's own rank.
+pub fn preference(jobs: &[usize], carried: usize, owned: usize, node: &str) -> Vec<u32> {
+    let all: Vec<u32> = (0u32..).take(jobs.len()).collect();
+    interleave(&all, jobs, carried, owned, node)
+}
+
+/// `candidates` in the order of [`preference`], from `carried` jobs on `owned` shards.
+fn interleave(
+    candidates: &[u32],
     jobs: &[usize],
     carried: usize,
-    target: f64,
-    room: usize,
+    owned: usize,
     node: &str,
 ) -> Vec<u32> {
-    let ideal = (target - carried as f64) / room.max(1) as f64;
-    let mut order: Vec<u32> = (0u32..).take(jobs.len()).collect();
-    order.sort_by_cached_key(|shard| {
-        let load = jobs[usize::try_from(*shard).unwrap_or(0)] as f64;
-        // Whole thousandths of a job: an order without floats' partial comparison.
-        let distance = ((load - ideal).abs() * 1000.0) as u64;
-        (distance, std::cmp::Reverse(score(*shard, node)))
+    let total: usize = jobs.iter().sum();
+    let average = total as f64 / jobs.len().max(1) as f64;
+    let load = |shard: u32| {
+        jobs.get(usize::try_from(shard).unwrap_or(usize::MAX))
+            .copied()
+            .unwrap_or(0)
+    };
+    let mut by_load: Vec<u32> = candidates.to_vec();
+    by_load.sort_by_cached_key(|shard| {
+        (
+            std::cmp::Reverse(load(*shard)),
+            std::cmp::Reverse(score(*shard, node)),
+        )
     });
+    let (mut heavy, mut light) = (0, by_load.len());
+    let (mut sum, mut count) = (carried as f64, owned as f64);
+    let mut order = Vec::with_capacity(by_load.len());
+    while heavy < light {
+        // The heaviest left if it keeps the jobs per shard at or below the average, else the
+        // lightest left.
+        let next = if sum + load(by_load[heavy]) as f64 <= average * (count + 1.0) {
+            heavy += 1;
+            by_load[heavy - 1]
+        } else {
+            light -= 1;
+            by_load[light]
+        };
+        sum += load(next) as f64;
+        count += 1.0;
+        order.push(next);
+    }
     order
 }
 
-/// Of the shards `owned`, the `count` that a node lets go: the last in its `preference`.
-pub fn to_release(owned: &[u32], count: usize, preference: &[u32]) -> Vec<u32> {
-    let rank = |shard: &u32| {
-        preference
-            .iter()
-            .position(|s| s == shard)
-            .unwrap_or(usize::MAX)
-    };
-    let mut ranked: Vec<u32> = owned.to_vec();
-    ranked.sort_unstable_by_key(|shard| std::cmp::Reverse(rank(shard)));
-    ranked.truncate(count);
-    ranked.sort_unstable();
-    ranked
+/// Of the shards `owned`, the `count` that a node lets go: it keeps the ones that make a fair
+/// mix (the first of them in the order of [`preference`], from nothing), and lets the others go.
+pub fn to_release(owned: &[u32], count: usize, jobs: &[usize], node: &str) -> Vec<u32> {
+    let keep = owned.len().saturating_sub(count);
+    let mut released: Vec<u32> = interleave(owned, jobs, 0, 0, node)
+        .into_iter()
+        .skip(keep)
+        .collect();
+    released.sort_unstable();
+    released
 }
 
 /// Of the shards `free`, the `count` that a node tries to take: the first in its `preference`.
@@ -178,25 +204,49 @@ mod tests {
     }
 
     #[test]
-    fn a_node_short_of_jobs_takes_heavy_shards_first_and_lets_light_ones_go() {
-        let jobs = [0, 3, 1, 2, 0, 5];
-        // 2 jobs short, room for one shard: the shard of 2 first, then those of 1 and 3.
-        let short = preference(&jobs, 8, 10.0, 1, "n1");
-        assert_eq!(short[0], 3);
-        assert_eq!(to_take(&[1, 2, 3, 4], 1, &short), [3]);
-        // It lets go the shards farthest from that: the heaviest.
-        assert_eq!(to_release(&[0, 3, 5], 1, &short), [5]);
-        // Carrying too many: it wants empty shards and lets the heaviest go.
-        let over = preference(&jobs, 20, 10.0, 2, "n1");
-        assert!(over[..2].iter().all(|s| jobs[*s as usize] == 0), "{over:?}");
-        assert_eq!(to_release(&[1, 2, 5], 1, &over), [5]);
+    fn every_prefix_of_the_preference_carries_about_the_average_and_release_evens_out() {
+        // 60 jobs on 64 shards, clumped: 10 shards of 4, 20 of 1, 34 of 0.
+        let jobs: Vec<usize> = (0..64)
+            .map(|i| match i {
+                0..=9 => 4,
+                10..=29 => 1,
+                _ => 0,
+            })
+            .collect();
+        let order = preference(&jobs, 0, 0, "n1");
+        assert_eq!(order.len(), 64);
+        for take in [21, 22, 32] {
+            let carried: usize = order[..take].iter().map(|s| jobs[*s as usize]).sum();
+            let fair = 60.0 * take as f64 / 64.0;
+            assert!(
+                (carried as f64 - fair).abs() <= 4.0,
+                "the first {take} carry {carried} jobs, fair {fair}"
+            );
+        }
         // Two nodes order equal shards differently.
         let empty = [0; 64];
-        let (a, b) = (
-            preference(&empty, 0, 0.0, 1, "n1"),
-            preference(&empty, 0, 0.0, 1, "n2"),
+        assert_ne!(
+            preference(&empty, 0, 0, "n1")[..8],
+            preference(&empty, 0, 0, "n2")[..8]
         );
-        assert_ne!(a[..8], b[..8]);
+        // Letting 43 of them go, a node keeps a fair mix (not the 21 lightest).
+        let released = to_release(&order, 43, &jobs, "n1");
+        let kept: usize = order
+            .iter()
+            .filter(|s| !released.contains(s))
+            .map(|s| jobs[*s as usize])
+            .sum();
+        assert_eq!(released.len(), 43);
+        assert!(
+            (kept as f64 - 60.0 * 21.0 / 64.0).abs() <= 4.0,
+            "kept {kept} jobs"
+        );
+        // The model of the round's choice takes the first free ones in that order.
+        assert_eq!(to_take(&order[5..9], 2, &order), {
+            let mut first = order[5..7].to_vec();
+            first.sort_unstable();
+            first
+        });
     }
 
     #[test]

@@ -18,9 +18,9 @@ pub const DEFAULT_RENEW: Duration = Duration::from_millis(200);
 pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(1);
 /// The default for how late a slot may still run as a catch-up after a takeover.
 pub const DEFAULT_CATCH_UP: Duration = Duration::from_secs(10);
-/// The default number of shards: one, a single owner for all the cluster's jobs, until spreading
-/// them (issue 16) has been proven on handoffs too; `shards = 64` spreads them over the nodes.
-pub const DEFAULT_SHARDS: u32 = 1;
+/// The default number of shards: enough to spread over a few dozen nodes evenly, few enough
+/// that one node renews all of them in one small statement.
+pub const DEFAULT_SHARDS: u32 = 64;
 /// The most shards a cluster may have.
 pub const MAX_SHARDS: u32 = 4096;
 /// The largest weight of a node.
