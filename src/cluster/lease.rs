@@ -99,18 +99,35 @@ counts AS (
     WHERE cluster = $1 AND renewed_at >= now() - make_interval(secs => $5::float8)
     GROUP BY owner
 ),
-needy AS (
-    SELECT coalesce(bool_or(coalesce(c.owned, 0) < ($13::bigint * m.weight) / t.total), false)
-        AS value
+standing AS (
+    SELECT m.node, coalesce(c.owned, 0) AS owned, ($13::bigint * m.weight) / t.total AS floor
     FROM members AS m
     CROSS JOIN (SELECT sum(weight) AS total FROM members) AS t
     LEFT JOIN counts AS c ON c.owner = m.node
+),
+unowned AS (
+    SELECT $13::int - count(*)::int AS value FROM tickd_owner
+    WHERE cluster = $1 AND shard < $13::int
+        AND renewed_at >= now() - make_interval(secs => $5::float8)
+),
+deficit AS (
+    SELECT greatest(
+        coalesce((SELECT sum(greatest(floor - owned, 0)) FROM standing), 0)::int
+            - (SELECT value FROM unowned),
+        0) AS value
+),
+givers AS (
+    SELECT node, coalesce(sum(owned - floor) OVER (
+            ORDER BY owned - floor DESC, md5(node)
+            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)::int AS spare_before
+    FROM standing WHERE owned > floor
 )
 SELECT 'r' AS kind, shard, epoch, window_start, claimed_until, now() AS now,
-    NULL::text AS digest, NULL::text[] AS nodes, NULL::int[] AS weights, NULL::bool AS needy
+    NULL::text AS digest, NULL::text[] AS nodes, NULL::int[] AS weights, NULL::int AS deficit,
+    NULL::int AS spare_before
 FROM renewed
 UNION ALL
-SELECT 'a', shard, epoch, window_start, claimed_until, now(), NULL, NULL, NULL, NULL
+SELECT 'a', shard, epoch, window_start, claimed_until, now(), NULL, NULL, NULL, NULL, NULL
 FROM acquired
 UNION ALL
 SELECT 'i', (SELECT count(*)::int FROM released), NULL, NULL, NULL, now(), digest.value,
@@ -118,8 +135,9 @@ SELECT 'i', (SELECT count(*)::int FROM released), NULL, NULL, NULL, now(), diges
         ELSE (SELECT array_agg(node ORDER BY node) FROM members) END,
     CASE WHEN digest.value = $14 THEN NULL
         ELSE (SELECT array_agg(weight ORDER BY node) FROM members) END,
-    needy.value
-FROM digest, needy";
+    deficit.value,
+    coalesce((SELECT spare_before FROM givers WHERE node = $2), 0)
+FROM digest, deficit";
 
 /// Who owns which shards (every few seconds, for the status), and a live owner whose jobs
 /// differ from this node's, if any (why this node may not take its shards).
@@ -168,8 +186,9 @@ struct Seen {
     /// Set once the first answer came: until then this node does not know who else is live,
     /// and takes nothing (it would take every shard, and hand most back a moment later).
     known: bool,
-    /// Some live node owns fewer shards than its share rounded down (it just joined, say).
-    needy: bool,
+    /// How the live nodes stand: what the ones under their share lack, and what the ones
+    /// that give before this one can spare.
+    standing: shards::Standing,
 }
 
 /// Follows or owns the cluster until `stop`, reconnecting as needed; releases ownership when
@@ -456,7 +475,7 @@ async fn round(
         seen.digest = answer.digest;
     }
     seen.known = true;
-    seen.needy = answer.needy;
+    seen.standing = answer.standing;
     let acquired: Vec<(u32, Lease)> = answer.acquired;
     let boot_now = boot_time();
     {
@@ -569,7 +588,7 @@ fn plan_round(shared: &Shared, seen: &Seen) -> RoundPlan {
             settings.node(),
             settings.weight(),
         );
-        shards::moves(count, bounds, seen.needy)
+        shards::moves(count, bounds, seen.standing)
     } else {
         (0, 0)
     };
@@ -600,7 +619,7 @@ fn plan_round(shared: &Shared, seen: &Seen) -> RoundPlan {
     tracing::debug!(
         owned = owned.len(),
         members = seen.members.len(),
-        needy = seen.needy,
+        deficit = seen.standing.deficit,
         release = released.len(),
         take,
         "cluster: round"
@@ -632,7 +651,7 @@ struct Answer {
     digest: String,
     /// The live nodes, when they changed.
     members: Option<Vec<Member>>,
-    needy: bool,
+    standing: shards::Standing,
 }
 
 impl Answer {
@@ -641,27 +660,33 @@ impl Answer {
     /// never overestimated).
     fn read(rows: &[Row], boot_sent: Duration) -> Result<Answer, String> {
         let column = |err: tokio_postgres::Error| err.to_string();
+        let mut info = false;
         let mut answer = Answer {
             renewed: Vec::new(),
             acquired: Vec::new(),
             db_now: DateTime::UNIX_EPOCH,
             digest: String::new(),
             members: None,
-            needy: false,
+            standing: shards::Standing::default(),
         };
         for row in rows {
             let kind: String = row.try_get(0).map_err(column)?;
             let db_now: DateTime<Utc> = row.try_get(5).map_err(column)?;
             answer.db_now = db_now;
             if kind == "i" {
+                info = true;
                 answer.digest = row
                     .try_get::<_, Option<String>>(6)
                     .map_err(column)?
                     .unwrap_or_default();
-                answer.needy = row
-                    .try_get::<_, Option<bool>>(9)
-                    .map_err(column)?
-                    .unwrap_or(false);
+                let count = |index: usize| -> Result<u32, String> {
+                    let value: Option<i32> = row.try_get(index).map_err(column)?;
+                    Ok(u32::try_from(value.unwrap_or(0)).unwrap_or(0))
+                };
+                answer.standing = shards::Standing {
+                    deficit: count(9)?,
+                    spare_before: count(10)?,
+                };
                 let nodes: Option<Vec<String>> = row.try_get(7).map_err(column)?;
                 let weights: Option<Vec<i32>> = row.try_get(8).map_err(column)?;
                 if let Some(nodes) = nodes {
@@ -699,6 +724,10 @@ impl Answer {
                 "r" => answer.renewed.push((shard, lease)),
                 _ => answer.acquired.push((shard, lease)),
             }
+        }
+        if !info {
+            // Without it there is no `now()`, and no window can be measured.
+            return Err("the round statement answered no status row".to_owned());
         }
         Ok(answer)
     }

@@ -17,6 +17,8 @@ mod lease;
 mod marks;
 mod schema;
 mod shards;
+#[cfg(test)]
+mod simulation;
 pub(crate) mod tls;
 
 pub use marks::keeps_mark;

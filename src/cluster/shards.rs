@@ -48,16 +48,30 @@ pub fn bounds(members: &[Member], shards: u32, node: &str, weight: u32) -> (u32,
     (floor, ceil)
 }
 
+/// How the live nodes stand, as the round statement reads it: how many shards the nodes under
+/// their lower bound lack in all, less the shards free to take already (`deficit`), and how many
+/// spare shards (over their lower bounds) the nodes ranked before this one have (`spare_before`;
+/// they give first: the most spare first, ties by a hash of the name).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Standing {
+    /// Shards the nodes under their lower bound lack.
+    pub deficit: u32,
+    /// Spare shards of the nodes that give before this one.
+    pub spare_before: u32,
+}
+
 /// How many shards a node that owns `owned` lets go and tries to take, given its `bounds` and
-/// whether some live node owns fewer than its own lower bound (`needy`). Over its upper bound it
-/// lets the excess go; over its lower bound it lets that excess go too while a node is needy
-/// (a node that joined). Under its lower bound it takes up to it; under its upper bound it takes
-/// up to that only while nobody is needy, so that what others let go reaches the needy node.
-pub fn moves(owned: u32, (floor, ceil): (u32, u32), needy: bool) -> (u32, u32) {
+/// the cluster's [`Standing`]. Over its upper bound it lets the excess go. While some node lacks
+/// shards (one joined), the nodes with spare ones let go just what it lacks, the most spare
+/// first: not every node at once. Under its lower bound it takes up to it; under its upper bound
+/// it takes up to that only while nobody lacks any, so that what others let go reaches the node
+/// that lacks them.
+pub fn moves(owned: u32, (floor, ceil): (u32, u32), standing: Standing) -> (u32, u32) {
+    let needy = standing.deficit > 0;
     let release = if owned > ceil {
         owned - ceil
     } else if needy && owned > floor {
-        owned - floor
+        (owned - floor).min(standing.deficit.saturating_sub(standing.spare_before))
     } else {
         0
     };
@@ -188,19 +202,28 @@ mod tests {
 
     #[test]
     fn a_node_over_its_share_lets_go_and_one_under_it_takes() {
+        let calm = Standing::default();
+        let lacking = |deficit, spare_before| Standing {
+            deficit,
+            spare_before,
+        };
         // Balanced: nothing is let go. One shard to a cluster: its owner keeps it.
-        assert_eq!(moves(1, (0, 1), false), (0, 0));
+        assert_eq!(moves(1, (0, 1), calm), (0, 0));
         // A node under its upper bound asks for a free shard (none is, when all are owned): a
         // dead owner's are taken that way.
-        assert_eq!(moves(21, (21, 22), false), (0, 1));
-        assert_eq!(moves(0, (0, 1), false), (0, 1));
-        // A node joined (it is needy): the others go down to their lower bound, it takes up to
-        // its own, nobody else takes.
-        assert_eq!(moves(22, (16, 16), true), (6, 0));
-        assert_eq!(moves(0, (16, 16), true), (0, 16));
-        assert_eq!(moves(15, (15, 16), true), (0, 0));
+        assert_eq!(moves(21, (21, 22), calm), (0, 1));
+        assert_eq!(moves(0, (0, 1), calm), (0, 1));
+        // A node joined and lacks 16: the others go down to their lower bound, the first givers
+        // first, it takes up to its own, nobody else takes.
+        assert_eq!(moves(22, (16, 16), lacking(16, 0)), (6, 0));
+        assert_eq!(moves(0, (16, 16), lacking(16, 0)), (0, 16));
+        assert_eq!(moves(15, (15, 16), lacking(16, 0)), (0, 0));
+        // 300 nodes at 3 or 4 and one joins lacking 3: three of them give one each, not all.
+        assert_eq!(moves(4, (3, 4), lacking(3, 0)), (1, 0));
+        assert_eq!(moves(4, (3, 4), lacking(3, 2)), (1, 0));
+        assert_eq!(moves(4, (3, 4), lacking(3, 3)), (0, 0));
         // Over the upper bound always lets go.
-        assert_eq!(moves(30, (20, 21), false), (9, 0));
+        assert_eq!(moves(30, (20, 21), calm), (9, 0));
     }
 
     #[test]
