@@ -11,7 +11,7 @@ one run:
    cluster job has: the baseline the cluster rows are held against) and without (each grid starts
    with its job, as in the precision bench); and 500 jobs aligned, the baseline of the 500-job
    cluster row.
-2. three replicas with [cluster] (window 1s, renew 200ms, dead_after 1s) and the same 50 jobs,
+2. three replicas with [cluster] (window 1s, renew 200ms, dead_after 1s, one shard) and the same 50 jobs,
    then 500: lateness p50/p99 of the fires (all on the owner), and database statements per second
    per node, from pg_stat_database's `xact_commit + xact_rollback` before and after the phase,
    divided by 3 nodes and the phase's length. That counts transactions, not statements: each of
@@ -298,7 +298,9 @@ def has_message(daemon, text):
 
 def cluster_section(pg, node, name):
     return (f'[cluster]\npostgres = "{pg.url()}"\nnode = "{node}"\nname = "{name}"\n'
-            f'window = "{WINDOW}"\nrenew = "{RENEW}"\ndead_after = "{DEAD_AFTER}"\n\n')
+            f'window = "{WINDOW}"\nrenew = "{RENEW}"\ndead_after = "{DEAD_AFTER}"\n'
+            # One shard: one owner for all the jobs, whose failover is what this measures.
+            'shards = 1\n\n')
 
 
 def inproc_jobs(count, extra=""):
@@ -378,7 +380,7 @@ def start_replicas(args, work, pg, name, config_of):
     for daemon in daemons:
         wait_for(f"{daemon.name} to start", lambda d=daemon: has_message(d, "scheduler started"),
                  daemons=daemons)
-    wait_for("an owner", lambda: any(has_message(d, "this node owns the cluster")
+    wait_for("an owner", lambda: any(has_message(d, "this node took over shards")
                                      for d in daemons), daemons=daemons)
     return directory, daemons
 
@@ -672,7 +674,7 @@ def main():
         "phase_seconds": args.seconds, "repetitions": args.reps, "binary": args.binary,
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                     "postgres": pg_version},
-        "cluster": {"window": WINDOW, "renew": RENEW, "dead_after": DEAD_AFTER},
+        "cluster": {"window": WINDOW, "renew": RENEW, "dead_after": DEAD_AFTER, "shards": 1},
         "statements_note": "transactions_per_s_per_node: pg_stat_database (xact_commit + "
                            "xact_rollback) / 3 nodes / seconds; statements_counted_per_s_per_node:"
                            " pg_stat_statements calls / 3 nodes / seconds",

@@ -736,6 +736,38 @@ mod tests {
     }
 
     #[test]
+    fn with_shards_the_status_says_how_many_this_node_owns_and_lists_the_nodes() {
+        let sharded = ClusterStatus {
+            shards: 64,
+            shards_owned: (0..21).collect(),
+            nodes: vec![
+                NodeLoad {
+                    node: "web-1".to_owned(),
+                    shards: (0..21).collect(),
+                    jobs: 20,
+                    fires_per_second: 20.0,
+                },
+                NodeLoad {
+                    node: "web-20".to_owned(),
+                    shards: (21..43).collect(),
+                    jobs: 19,
+                    fires_per_second: 4.5,
+                },
+            ],
+            ..status()
+        };
+        assert_eq!(
+            sharded.summary(),
+            "cluster: node web-1, owns 21 of 64 shards (window 0.8s left, renewal 0.4 ms)"
+        );
+        assert_eq!(
+            sharded.nodes_table(),
+            "  web-1     21 shards      20 jobs      20.0 fires/s\n  web-20    22 shards      19 jobs       4.5 fires/s\n"
+        );
+        assert_eq!(status().nodes_table(), "");
+    }
+
+    #[test]
     fn the_status_line_says_owner_or_following_and_what_is_wrong() {
         assert_eq!(
             status().summary(),
