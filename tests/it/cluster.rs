@@ -1101,7 +1101,8 @@ fn a_node_leaving_and_joining_again_and_again_moves_only_its_share() {
     let even = [("n1", 21..=22), ("n2", 21..=22), ("n3", 21..=22)];
     wait_shards(&cluster, &even);
     let before = handoffs(&cluster, "n1") + handoffs(&cluster, "n2");
-    const CYCLES: usize = 4;
+    // Each cycle takes about five seconds: the node leaves and joins for most of a minute.
+    const CYCLES: usize = 8;
     for _ in 0..CYCLES {
         cluster.signal("n3", Signal::SIGTERM);
         let code = cluster.replica_mut("n3").wait_exit();
@@ -1115,12 +1116,11 @@ fn a_node_leaving_and_joining_again_and_again_moves_only_its_share() {
     let runs = cluster.runs();
 
     assert_each_slot_once(&runs, &cluster);
-    // Each leave moves n3's 21-22 shards to the others (taken), each join as many back (let go).
-    // Measured: 176 in most runs; up to 283 where the nodes' rounds crossed and the givers let
-    // go more than the newcomer lacked (taken back a moment later). Oscillation would not stop.
+    // Each leave moves n3's 21-22 shards to the others (taken), each join as many back (let go);
+    // the odd shard may move once more as the bounds change. Oscillation would not stop.
     let needed = (CYCLES * 2 * 22) as f64;
     assert!(
-        moved <= needed * 2.0,
+        moved <= needed * 1.1,
         "n1 and n2 counted {moved} handoffs over {CYCLES} leaves and joins; {needed} are needed\n{}",
         cluster.diagnostics()
     );
