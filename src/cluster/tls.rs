@@ -217,7 +217,7 @@ impl Target {
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(ChainOnly {
                     roots: root_store(&self.roots)?,
-                    provider,
+                    signatures: AnyCertificate { provider },
                 }))
                 .with_no_client_auth(),
             Check::ChainAndName => builder
@@ -467,7 +467,8 @@ impl ServerCertVerifier for AnyCertificate {
 /// rustls's own verifier always checks the name, hence this one.
 struct ChainOnly {
     roots: RootCertStore,
-    provider: Arc<CryptoProvider>,
+    /// Checks the handshake's signatures.
+    signatures: AnyCertificate,
 }
 
 impl fmt::Debug for ChainOnly {
@@ -493,23 +494,22 @@ impl ServerCertVerifier for ChainOnly {
             &self.roots,
             intermediates,
             now,
-            self.provider.signature_verification_algorithms.all,
+            self.signatures
+                .provider
+                .signature_verification_algorithms
+                .all,
         )?;
         Ok(ServerCertVerified::assertion())
     }
 
+    // The handshake's signatures are checked as for any certificate.
     fn verify_tls12_signature(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -518,18 +518,11 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.supported_verify_schemes()
     }
 }
 
@@ -837,7 +830,9 @@ mod tests {
         };
         let chain = ChainOnly {
             roots: roots(&ca),
-            provider: provider.clone(),
+            signatures: AnyCertificate {
+                provider: provider.clone(),
+            },
         };
         assert!(verify(&chain, "db.example").is_ok());
         assert!(
@@ -846,7 +841,9 @@ mod tests {
         );
         let wrong = ChainOnly {
             roots: roots(&other_ca),
-            provider: provider.clone(),
+            signatures: AnyCertificate {
+                provider: provider.clone(),
+            },
         };
         assert!(matches!(
             verify(&wrong, "db.example"),

@@ -597,21 +597,33 @@ fn a_killed_owner_is_replaced_and_no_slot_runs_twice() {
         "no other node fired after {owner} was killed at {killed_at}\n{}",
         cluster.diagnostics()
     );
-    let (gap, from) = largest_fast_gap(&runs, killed_at, end, &cluster);
+    assert_failed_over(&runs, &cluster, &format!("{owner} killed"), killed_at, end);
+}
+
+/// Fails unless `fast` went no longer than the failover bound without a slot from `event` (what
+/// happened to the owner, at `at`) to `end`, and the jobs of 1 s lost at most one slot: the
+/// successor runs the latest slot the old owner did not take, once. Without that each loses the
+/// slots of the failover (over a second); with it, a slot is lost only if the failover took
+/// longer than two periods (one catch-up per job, never a burst) or the owner died within the
+/// lead between taking a slot and running it.
+fn assert_failed_over(
+    runs: &[Run],
+    cluster: &Cluster,
+    event: &str,
+    at: DateTime<Utc>,
+    end: DateTime<Utc>,
+) {
+    let (gap, from) = largest_fast_gap(runs, at, end, cluster);
     assert!(
         gap <= delta(FAILOVER_GAP),
-        "`fast` went {gap} without a slot from {from} ({owner} killed at {killed_at}); bound \
+        "`fast` went {gap} without a slot from {from} ({event} at {at}); bound \
          {FAILOVER_GAP:?}\n{}",
         cluster.diagnostics()
     );
-    // The jobs of 1 s: the successor runs the latest slot the dead owner did not take, once.
-    // Without that, each loses the slots of the failover (over a second); with it, a slot is
-    // lost only if the failover took longer than two periods (one catch-up per job, never a
-    // burst) or the owner died within the lead between taking a slot and running it.
-    let lost = second_slots_lost(&runs);
+    let lost = second_slots_lost(runs);
     assert!(
         lost.iter().map(|(_, n)| n).sum::<i64>() <= 1,
-        "1 s jobs lost slots across the failover ({owner} killed at {killed_at}): {lost:?}\n{}",
+        "1 s jobs lost slots ({event} at {at}): {lost:?}\n{}",
         cluster.diagnostics()
     );
 }
@@ -1215,19 +1227,7 @@ fn a_node_cut_off_from_the_database_stops_at_its_windows_end_and_another_takes_o
          {past_window:#?}\n{}",
         cluster.diagnostics()
     );
-    let (gap, from) = largest_fast_gap(&runs, cut_at, end, &cluster);
-    assert!(
-        gap <= delta(FAILOVER_GAP),
-        "`fast` went {gap} without a slot from {from} ({owner} cut off at {cut_at}); bound \
-         {FAILOVER_GAP:?}\n{}",
-        cluster.diagnostics()
-    );
-    let lost = second_slots_lost(&runs);
-    assert!(
-        lost.iter().map(|(_, n)| n).sum::<i64>() <= 1,
-        "1 s jobs lost slots across the partition ({owner} cut off at {cut_at}): {lost:?}\n{}",
-        cluster.diagnostics()
-    );
+    assert_failed_over(&runs, &cluster, &format!("{owner} cut off"), cut_at, end);
 }
 
 #[test]
