@@ -603,7 +603,12 @@ fn plan_round(shared: &Shared, seen: &Seen) -> RoundPlan {
             .filter_map(|s| per_shard.get(usize::try_from(*s).unwrap_or(usize::MAX)))
             .sum();
         let kept_count = owned.len() - released.len();
-        let preference = shards::preference(&per_shard, kept_jobs, kept_count, settings.node());
+        // Only a node that takes shards needs the order (the statement reads it only then).
+        let preference = if take > 0 {
+            shards::preference(&per_shard, kept_jobs, kept_count, settings.node())
+        } else {
+            Vec::new()
+        };
         (preference, released)
     };
     let (preference, mut released) = preference;
