@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::marks::{self, Agenda};
 use super::schema;
 use super::shards::{self, Member};
-use super::{CatchUp, Lease, Shared};
+use super::{CatchUp, Lease, Shared, Taken};
 use crate::clock::{boot_time, Clock};
 
 /// One renewal: `$1` cluster, `$2` node, `$3` window (s), `$4` jobs hash, `$5` dead_after (s),
@@ -331,8 +331,20 @@ async fn take(
     let taken = marks::take(client, mark, settings, &ours)
         .await
         .map_err(|err| err.to_string())?;
+    let until_boot = crate::clock::boot_time() + settings.catch_up();
     let mut state = shared.lock_state();
-    state.taken.extend(taken);
+    for (job, slot, shard, epoch) in ours {
+        let got = taken.iter().any(|(j, s)| *j == job && *s == slot);
+        tracing::debug!(job, %slot, shard, epoch, got, "cluster: mark");
+        if got {
+            let slot_taken = Taken {
+                slot,
+                epoch,
+                until_boot,
+            };
+            state.taken.insert(job, slot_taken);
+        }
+    }
     Ok(())
 }
 
@@ -370,24 +382,16 @@ async fn release(shared: &Shared, client: &Client, prepared: &Prepared, clock: &
     let (leases, unfired) = {
         let mut state = shared.lock_state();
         let leases = std::mem::take(&mut state.leases);
-        let unfired: Vec<(String, DateTime<Utc>)> = state
+        let unfired: Vec<(String, DateTime<Utc>, i64)> = state
             .taken
             .iter()
-            .filter(|(job, slot)| state.fired.get(*job) != Some(*slot))
-            .map(|(job, slot)| (job.clone(), *slot))
+            .filter(|(job, taken)| state.fired.get(*job) != Some(&taken.slot))
+            .map(|(job, taken)| (job.clone(), taken.slot, taken.epoch))
             .collect();
         (leases, unfired)
     };
     let settings = &shared.settings;
     let (cluster, node) = (settings.name(), settings.node());
-    let epoch_of = |job: &str| {
-        let shard = shared.lock_jobs().shard_of.get(job).copied()?;
-        leases.get(&shard).map(|lease| lease.epoch)
-    };
-    let unfired: Vec<(String, DateTime<Utc>, i64)> = unfired
-        .into_iter()
-        .filter_map(|(job, slot)| epoch_of(&job).map(|epoch| (job, slot, epoch)))
-        .collect();
     let shards: Vec<i32> = leases
         .keys()
         .map(|s| i32::try_from(*s).unwrap_or(i32::MAX))

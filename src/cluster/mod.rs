@@ -53,6 +53,9 @@ struct Shared {
     catch_up_receiver: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<CatchUp>>>,
     /// Cancelled when this node leaves (shutdown): it releases its ownership, if it has it.
     leave: CancellationToken,
+    /// Cancelled once the lease task has ended (after a leave: once its shards are released, or
+    /// releasing them failed).
+    left: CancellationToken,
     /// The database's clock, estimated from the statements' answers: the time the slots are
     /// named and fired in.
     time: RemoteClock,
@@ -158,8 +161,8 @@ struct State {
     takeovers: u64,
     /// Statements that failed or timed out (and connections that could not be made).
     failures: u64,
-    /// The latest slot of each marked job taken under its shard's current lease.
-    taken: HashMap<String, DateTime<Utc>>,
+    /// The latest slot of each marked job this node took.
+    taken: HashMap<String, Taken>,
     /// The latest slot of each marked job fired under its shard's current lease: a leaving
     /// owner gives back the slots it took but did not fire.
     fired: HashMap<String, DateTime<Utc>>,
@@ -167,6 +170,18 @@ struct State {
     handoffs: u64,
     /// The clock offset to the database last logged.
     offset_told: chrono::Duration,
+}
+
+/// A slot of a marked job this node took: the mark, confirmed under `epoch` within that
+/// epoch's window, keeps the slot to this node (no other node will run it), so it fires it even
+/// if the fire comes after the window ended (a loaded machine, a slot at the end of a released
+/// shard's window): up to `catch_up` after it was taken, as late as a catch-up may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Taken {
+    slot: DateTime<Utc>,
+    epoch: i64,
+    /// When it may no longer fire, by this node's `CLOCK_BOOTTIME`.
+    until_boot: Duration,
 }
 
 /// A window of ownership confirmed by the database.
@@ -454,18 +469,29 @@ impl Cluster {
 
     /// The epoch under which this node may fire `job`'s `slot` (a fire's scheduled time), or
     /// `None` if it may not: it does not own the cluster, the slot is outside its confirmed
-    /// window, or (a job of 1 s or slower) the slot's mark was not taken.
+    /// window, or (a job of 1 s or slower) this node did not take the slot's mark (see
+    /// [`Taken`]).
     pub fn may_fire(&self, job: &str, slot: DateTime<Utc>) -> Option<i64> {
         let (marked, shard) = {
             let jobs = self.shared.lock_jobs();
             (jobs.marked.contains(job), jobs.shard_of.get(job).copied()?)
         };
+        let boot_now = crate::clock::boot_time();
         let mut state = self.shared.lock_state();
+        if marked {
+            let taken = state.taken.get(job).copied();
+            let fires = taken.filter(|t| t.slot == slot && boot_now < t.until_boot);
+            if fires.is_some() {
+                state.fired.insert(job.to_owned(), slot);
+            } else if taken.is_some_and(|t| t.slot == slot) {
+                tracing::warn!(job, slot = %slot.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), "cluster: this node took the slot but came to fire it more than `catch_up` later; it is lost");
+            }
+            return fires.map(|t| t.epoch);
+        }
         let lease = *state.leases.get(&shard)?;
-        let taken = !marked || state.taken.get(job) == Some(&slot);
-        let fires = taken && lease.admits(slot, crate::clock::boot_time());
-        if fires && marked {
-            state.fired.insert(job.to_owned(), slot);
+        let fires = lease.admits(slot, boot_now);
+        if !fires {
+            tracing::debug!(job, %slot, shard, epoch = lease.epoch, window_start = %lease.window_start, claimed_until = %lease.claimed_until, released = lease.released, "cluster: refused a fire");
         }
         fires.then_some(lease.epoch)
     }
@@ -499,6 +525,13 @@ impl Cluster {
     /// waiting out `dead_after`.
     pub fn leave(&self) {
         self.shared.leave.cancel();
+    }
+
+    /// Resolves once this node has left: its shards released (or the release failed). A
+    /// process that exits before then leaves its shards to wait out `dead_after`, and the
+    /// slots due meanwhile are lost to the handoff.
+    pub async fn left(&self) {
+        self.shared.left.cancelled().await;
     }
 
     /// What this node knows of the cluster now.
@@ -557,6 +590,7 @@ impl Cluster {
 /// Runs the lease task, and again if it panics (a bug): meanwhile this node owns nothing and
 /// says the database is unreachable, so that it fires no cluster job on a lease nobody renews.
 async fn keep_watched(shared: Arc<Shared>, clock: Clock, stop: CancellationToken) {
+    let _left = shared.left.clone().drop_guard();
     loop {
         let task = tokio::spawn(lease::keep(shared.clone(), clock.clone(), stop.clone()));
         let Err(err) = task.await else {
@@ -587,6 +621,7 @@ impl Shared {
             catch_ups,
             catch_up_receiver: Mutex::new(Some(catch_up_receiver)),
             leave: CancellationToken::new(),
+            left: CancellationToken::new(),
             time: RemoteClock::like(now),
             settled: Mutex::new(HashMap::new()),
         })
@@ -629,6 +664,9 @@ impl Shared {
                 let inside = *slot >= lease.window_start
                     && *slot < lease.claimed_until
                     && boot_now < lease.ends_at_boot;
+                if !inside {
+                    tracing::debug!(job, %slot, shard, epoch = lease.epoch, window_start = %lease.window_start, claimed_until = %lease.claimed_until, released = lease.released, "cluster: slot outside the window");
+                }
                 inside.then(|| (job.clone(), *slot, shard, lease.epoch))
             })
             .collect()
@@ -846,6 +884,67 @@ mod tests {
             both.health_problem(),
             Some(format!("{refusal}; cluster database unreachable"))
         );
+    }
+
+    /// A cluster of one 1 s job (`a`) in which this node has taken `a`'s slot at 10 s under
+    /// epoch 4, and whose (released) window, 30 ms past the slot, has just ended.
+    fn taken_near_the_end_of_a_released_window() -> (Cluster, DateTime<Utc>) {
+        let config = crate::config::parse(
+            std::path::Path::new("jobs.toml"),
+            "[cluster]\npostgres = \"postgres://db/app\"\nnode = \"n1\"\nshards = 1\n\
+             [jobs.a]\nevery = \"1s\"\nhandler = \"log\"\n",
+            &crate::Handlers::with_builtins(),
+        )
+        .expect("valid");
+        let cluster = Cluster::owning_all_slots(&config, &Clock::system());
+        let slot = at("2026-01-01T00:00:10Z");
+        let boot_now = crate::clock::boot_time();
+        let mut state = cluster.shared.lock_state();
+        let lease = Lease {
+            epoch: 4,
+            window_start: at("2026-01-01T00:00:09.030Z"),
+            claimed_until: at("2026-01-01T00:00:10.030Z"),
+            ends_at_boot: boot_now.saturating_sub(Duration::from_millis(10)),
+            released: true,
+        };
+        state.leases.insert(0, lease);
+        state.taken.insert(
+            "a".to_owned(),
+            Taken {
+                slot,
+                epoch: 4,
+                until_boot: boot_now + Duration::from_secs(10),
+            },
+        );
+        drop(state);
+        (cluster, slot)
+    }
+
+    #[test]
+    fn a_taken_slot_fires_even_once_its_window_has_ended() {
+        // The fire comes 40 ms late (a loaded machine), after the window of the released shard
+        // ended: the mark keeps the slot to this node (the next owner will not run it), so
+        // refusing it would lose it.
+        let (cluster, slot) = taken_near_the_end_of_a_released_window();
+        assert_eq!(cluster.may_fire("a", slot), Some(4));
+        // Once, and no other slot.
+        assert_eq!(
+            cluster.may_fire("a", slot + chrono::Duration::seconds(1)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_taken_slot_fires_no_later_than_catch_up_after_it_was_taken() {
+        let (cluster, slot) = taken_near_the_end_of_a_released_window();
+        cluster
+            .shared
+            .lock_state()
+            .taken
+            .get_mut("a")
+            .expect("taken")
+            .until_boot = crate::clock::boot_time().saturating_sub(Duration::from_millis(1));
+        assert_eq!(cluster.may_fire("a", slot), None);
     }
 
     #[test]

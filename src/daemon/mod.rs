@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -146,7 +147,24 @@ pub async fn run(
     );
     supervisor.notify(&format!("READY=1\nSTATUS={}", supervisor.status()));
     let recycle = supervisor.supervise(&mut controls).await;
+    let (cluster, clock) = (
+        supervisor.env.cluster.clone(),
+        supervisor.options.clock.clone(),
+    );
+    // The release sends two statements, each bounded by the cluster's window.
+    let leave_bound = supervisor
+        .config
+        .cluster()
+        .map_or(Duration::ZERO, |settings| {
+            settings.window().saturating_mul(2) + Duration::from_secs(1)
+        });
     let runs_stopped = supervisor.shut_down(controls).await;
+    if let Some(cluster) = cluster {
+        tokio::select! {
+            () = cluster.left() => {}
+            () = clock.sleep(leave_bound) => tracing::warn!("cluster: leaving took too long; exiting (other nodes take over once they see the renewals stopped)"),
+        }
+    }
     http_stop.cancel();
     if let Some(task) = http_task {
         let _ = task.await;
