@@ -137,7 +137,7 @@ impl Handlers {
     pub fn with_builtins() -> Self {
         let mut handlers = Self::new();
         handlers.register("log", |ctx: RunContext| async move {
-            tracing::info!(job = %ctx.job, run = %ctx.run_id, scheduled = %ctx.scheduled.to_rfc3339(), "tick");
+            tracing::info!(job = %ctx.job, run = %ctx.run_id, scheduled = %crate::logging::Timestamp(ctx.scheduled), "tick");
             Ok(())
         });
         handlers

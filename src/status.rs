@@ -67,8 +67,14 @@ pub struct LastRun {
     pub duration_ms: f64,
     /// How it ended.
     pub outcome: String,
-    /// Its exit code (or HTTP status).
+    /// A child's exit code (absent for HTTP jobs, which have `status`, and for handlers).
     pub exit_code: Option<i32>,
+    /// The signal that ended a child (`TERM`), if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// An HTTP job's response status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
     /// Why it did not succeed.
     pub reason: Option<String>,
     /// In a cluster: the node that ran it.
@@ -120,6 +126,8 @@ pub fn record_run(
         duration_ms,
         outcome: report.outcome.as_str().to_owned(),
         exit_code: report.exit_code,
+        signal: report.signal_name(),
+        status: report.http_status,
         reason: report.reason.clone(),
         node: node.map(str::to_owned),
     });

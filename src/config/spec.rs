@@ -128,6 +128,16 @@ pub enum Scope {
     Node,
 }
 
+impl Scope {
+    /// The value as the file spells it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Scope::Cluster => "cluster",
+            Scope::Node => "node",
+        }
+    }
+}
+
 /// What becomes of a cluster job's run that was in flight on a node that died.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

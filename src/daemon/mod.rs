@@ -582,7 +582,7 @@ fn report(
         let status = job.status.snapshot();
         let next_fire = match (status.paused, status.next_fire) {
             (true, _) => "paused".to_owned(),
-            (false, Some(next)) => next.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            (false, Some(next)) => crate::logging::Timestamp(next).to_string(),
             (false, None) => "none".to_owned(),
         };
         let last = status.last_run.as_ref();

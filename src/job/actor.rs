@@ -596,7 +596,7 @@ impl JobActor {
         self.status.update(|s| s.schedule = schedule);
         let cluster_time = cluster_time(&self.env, &self.spec);
         if cluster_time.is_some() != self.cluster_time.is_some() {
-            tracing::info!(job = %self.spec.name(), scope = ?self.spec.scope(), "scope changed; the job's fires are planned anew");
+            tracing::info!(job = %self.spec.name(), scope = %self.spec.scope().as_str(), "scope changed; the job's fires are planned anew");
             self.cluster_time = cluster_time;
             (self.plan, self.next) = plan(&self.env, &self.spec, self.cluster_time.as_ref());
             self.last_slot = None;
@@ -714,14 +714,18 @@ impl RunEnd {
         ) {
             cluster.run_settled(spec.name(), slot);
         }
-        let exit_code = report.exit_code.map(i64::from);
-        let reason = report.reason.as_deref().unwrap_or("");
+        let reason = report.reason.as_deref();
+        // Only what the run has: an exit code or a signal for a child, a status for HTTP, and
+        // `forced` only when force was needed.
+        let (exit_code, status) = (report.exit_code, report.http_status);
+        let signal = report.signal_name().map(tracing::field::display);
+        let forced = report.forced.then_some(true);
         match report.outcome {
             Outcome::Success => {
-                tracing::info!(job = %spec.name(), run = %run_id, outcome = %report.outcome, duration_ms, exit_code, "run finished")
+                tracing::info!(job = %spec.name(), run = %run_id, outcome = %report.outcome, duration_ms, exit_code, status, "run finished")
             }
             _ => {
-                tracing::warn!(job = %spec.name(), run = %run_id, outcome = %report.outcome, duration_ms, exit_code, forced = report.forced, reason, "run finished")
+                tracing::warn!(job = %spec.name(), run = %run_id, outcome = %report.outcome, duration_ms, exit_code, signal, status, forced, reason, "run finished")
             }
         }
         // The job may have been removed meanwhile; then nobody needs to know.
@@ -741,14 +745,14 @@ impl Drop for RunEnd {
             } else {
                 "the run's task was stopped before it reported"
             };
-            self.report(RunReport::failure(None, why));
+            self.report(RunReport::failure(why));
         }
     }
 }
 
-/// RFC 3339 with milliseconds, as the log shows times.
-fn rfc3339_millis(time: DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+/// A time as the log shows it.
+fn rfc3339_millis(time: DateTime<Utc>) -> crate::logging::Timestamp {
+    crate::logging::Timestamp(time)
 }
 
 /// Milliseconds with microsecond resolution, for log fields.

@@ -115,7 +115,7 @@ async fn pump(pipe: OwnedFd, job: &str, run_id: RunId, stream: &str, clock: Cloc
     let reader = match tokio::net::unix::pipe::Receiver::from_owned_fd(pipe) {
         Ok(reader) => reader,
         Err(err) => {
-            tracing::warn!(job, run = %run_id, stream, "cannot read output: {err}");
+            tracing::warn!(job = %job, run = %run_id, stream = %stream, "cannot read output: {err}");
             return;
         }
     };
@@ -128,7 +128,7 @@ async fn pump(pipe: OwnedFd, job: &str, run_id: RunId, stream: &str, clock: Cloc
             Ok([]) => break,
             Ok(chunk) => chunk,
             Err(err) => {
-                tracing::warn!(job, run = %run_id, stream, "cannot read output: {err}");
+                tracing::warn!(job = %job, run = %run_id, stream = %stream, "cannot read output: {err}");
                 break;
             }
         };
@@ -229,9 +229,9 @@ fn emit(job: &str, run_id: RunId, stream: &str, line: &[u8], cut: bool) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let text = String::from_utf8_lossy(line);
     if cut {
-        tracing::info!(target: "tickd::output", job, run = %run_id, stream, "{text} [line cut at {MAX_LINE} bytes]");
+        tracing::info!(target: "tickd::output", job = %job, run = %run_id, stream = %stream, "{text} [line cut at {MAX_LINE} bytes]");
     } else {
-        tracing::info!(target: "tickd::output", job, run = %run_id, stream, "{text}");
+        tracing::info!(target: "tickd::output", job = %job, run = %run_id, stream = %stream, "{text}");
     }
 }
 

@@ -99,7 +99,7 @@ pub async fn run_child(spec: &ProcessSpec, run: ChildRun<'_>) -> ChildEnd {
     let pid = child.id();
     // The child is the leader of its own group, so its pid is the group id.
     let group = Pid::from_raw(pid as i32);
-    tracing::debug!(job = run.job, run = %run.run_id, pid, "process started");
+    tracing::debug!(job = %run.job, run = %run.run_id, pid, "process started");
     if let Some(keeper) = run.keeper {
         keeper.register(group);
     }
@@ -183,7 +183,7 @@ async fn stop(
         ),
     };
     tracing::info!(
-        job = run.job,
+        job = %run.job,
         run = %run.run_id,
         grace = %humantime::format_duration(run.kill_grace),
         "{why}; sending SIGTERM to the process group"
@@ -192,7 +192,7 @@ async fn stop(
     let (status, killed) = tokio::select! {
         status = child.wait() => (status, false),
         _ = run.clock.sleep(run.kill_grace) => {
-            tracing::warn!(job = run.job, run = %run.run_id, "still running after the grace period; sending SIGKILL");
+            tracing::warn!(job = %run.job, run = %run.run_id, "still running after the grace period; sending SIGKILL");
             signal_group(group, Signal::SIGKILL);
             (child.wait().await, true)
         }
@@ -238,7 +238,7 @@ async fn stop_leftovers(group: Pid, run: &ChildRun<'_>) {
         return;
     }
     tracing::warn!(
-        job = run.job,
+        job = %run.job,
         run = %run.run_id,
         "processes are left in the run's process group after it ended; stopping them"
     );

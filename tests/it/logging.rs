@@ -161,3 +161,57 @@ shell = "echo x >> ticks"
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(), 0, "SIGTERM with stderr blocked");
 }
+
+/// Issue 18: one style in every line. `job=x`, never `job="x"`; times in RFC 3339 with
+/// milliseconds and `Z`, an aligned fire on its `.000`; how a child ended as `exit_code=` or
+/// `signal=`, never a Rust debug value (`Exited(ExitStatus(unix_wait_status(0)))`); `forced`
+/// only when force was needed.
+#[test]
+fn log_lines_have_one_style() {
+    let mut d = Daemon::start(
+        r#"
+[jobs.killed]
+every = "1s"
+align = true
+shell = "echo hi; kill -TERM $$"
+on_failure = ["true"]
+"#,
+    );
+    let log = d.wait_log("on_failure hook ended");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0);
+    let log = log + &d.log();
+    assert!(!log.contains("job=\""), "{log}");
+    assert!(!log.contains("stream=\""), "{log}");
+    assert!(!log.contains("ExitStatus"), "{log}");
+    assert!(!log.contains("forced="), "{log}");
+    let line = |what: &str| {
+        log.lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no line with {what:?}:\n{log}"))
+            .to_owned()
+    };
+    let started = line("run started");
+    assert!(started.contains("job=killed"), "{started}");
+    let scheduled = started
+        .split_once("scheduled=")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{started}"));
+    assert!(scheduled.ends_with(".000Z"), "{started}");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(scheduled).is_ok(),
+        "{started}"
+    );
+    // The line's own time: RFC 3339 with milliseconds and Z.
+    let stamp = started.split_whitespace().next().unwrap_or_default();
+    assert_eq!(stamp.len(), "2026-12-02T05:00:00.000Z".len(), "{started}");
+    assert!(stamp.ends_with('Z'), "{started}");
+    let finished = line("run finished");
+    assert!(finished.contains("signal=TERM"), "{finished}");
+    assert!(!finished.contains("exit_code"), "{finished}");
+    let output = line("hi");
+    assert!(output.contains("stream=stdout"), "{output}");
+    let hook = line("on_failure hook ended");
+    assert!(hook.contains("outcome=success"), "{hook}");
+    assert!(hook.contains("exit_code=0"), "{hook}");
+}

@@ -175,7 +175,7 @@ shell = "echo started > started; while [ ! -e go ]; do sleep 0.05; done; echo do
         "{log}"
     );
     // SIGUSR2 and SIGALRM: logged, ignored, and the jobs keep firing.
-    for (signal, name) in [(Signal::SIGUSR2, "SIGUSR2"), (Signal::SIGALRM, "SIGALRM")] {
+    for (signal, name) in [(Signal::SIGUSR2, "USR2"), (Signal::SIGALRM, "ALRM")] {
         let runs = d.log().matches("job=tick").count();
         d.signal(signal);
         let log = d.wait_log(&format!("signal={name}"));
