@@ -12,9 +12,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::clock::Clock;
-use crate::config::{Action, JobSpec};
+use crate::config::{Action, JobSpec, OutputMode, RunLog};
 use crate::handler::{Handlers, RunContext};
-use crate::process::{self, ChildRun, GroupKeeper, Spawner};
+use crate::process::{self, ChildRun, GroupKeeper, HeldOutput, OutputSink, Spawner};
 
 pub(crate) use child::report as child_report;
 pub(crate) use in_process::panic_message;
@@ -226,12 +226,21 @@ pub async fn execute(spec: &JobSpec, ctx: RunContext, env: &RunEnv) -> RunReport
                 .into_iter()
                 .map(|(var, _, value)| (var, value))
                 .collect();
+            // `log = "none"` logs no output, so none is read; `failures` holds it until the
+            // run has ended, to log it only if the run failed.
+            let output = match (spec.output(), spec.log()) {
+                (OutputMode::Log, RunLog::Nothing) => OutputMode::Discard,
+                (output, _) => output,
+            };
+            let held = (output == OutputMode::Log && spec.log() == RunLog::Failures)
+                .then(|| Arc::new(HeldOutput::default()));
             let end = process::run_child(
                 process,
                 ChildRun {
                     job: spec.name(),
                     run_id: ctx.run_id,
-                    output: spec.output(),
+                    output,
+                    sink: held.clone().map_or(OutputSink::Log, OutputSink::Hold),
                     timeout: spec.timeout(),
                     kill_grace: spec.kill_grace(),
                     cancel: &ctx.cancel,
@@ -244,7 +253,11 @@ pub async fn execute(spec: &JobSpec, ctx: RunContext, env: &RunEnv) -> RunReport
                 },
             )
             .await;
-            child::report(end)
+            let report = child::report(end);
+            if let (Some(held), Outcome::Failure | Outcome::Timeout) = (held, report.outcome) {
+                held.emit(spec.name(), ctx.run_id);
+            }
+            report
         }
         Action::Http(http) => {
             let headers: Vec<(&'static str, String)> = run_identity(&ctx)

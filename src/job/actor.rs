@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::action::{self, Outcome, RunReport};
 use crate::clock::{ClockSteps, Instant, Now, RemoteClock, Sleep};
-use crate::config::{JobSpec, OnMissed, OnNodeLoss, Scope};
+use crate::config::{JobSpec, OnMissed, OnNodeLoss, RunLog, Scope};
 use crate::handler::{ClusterFire, RunContext, RunId};
 use crate::metrics::JobMetrics;
 use crate::status::{record_run, SharedStatus};
@@ -499,13 +499,15 @@ impl JobActor {
         let now = self.now().instant;
         match runs::after_failure(self.spec.retry(), ended.attempt, now, next_fire) {
             AfterFailure::Retry(retry) => {
-                tracing::info!(
+                if self.spec.log() != RunLog::Nothing {
+                    tracing::info!(
                     job = %self.spec.name(),
                     run = %ended.run_id,
                     attempt = retry.attempt,
                     delay = %humantime::format_duration(retry.at - now),
                     "run failed; retrying"
-                );
+                    );
+                }
                 self.runs.retry = Some(retry);
                 return;
             }
@@ -542,14 +544,16 @@ impl JobActor {
         let scheduled = due.scheduled_wall(now);
         let lateness = now.instant.saturating_duration_since(due.start_at());
         let spec = self.spec.clone();
-        tracing::info!(
-            job = %spec.name(),
-            run = %run_id,
-            scheduled = %rfc3339_millis(scheduled),
-            lateness_ms = millis(lateness),
-            attempt,
-            "run started"
-        );
+        if spec.log() == RunLog::Runs {
+            tracing::info!(
+                job = %spec.name(),
+                run = %run_id,
+                scheduled = %rfc3339_millis(scheduled),
+                lateness_ms = millis(lateness),
+                attempt,
+                "run started"
+            );
+        }
         self.metrics.run_started(lateness);
         self.status.update(|s| s.running += 1);
         let ctx = RunContext {
@@ -565,6 +569,7 @@ impl JobActor {
                     node: cluster.node_name(),
                     epoch,
                 }),
+            log_runs: spec.log() == RunLog::Runs,
         };
         let end = RunEnd {
             spec: spec.clone(),
@@ -720,8 +725,9 @@ impl RunEnd {
         let (exit_code, status) = (report.exit_code, report.http_status);
         let signal = report.signal_name().map(tracing::field::display);
         let forced = report.forced.then_some(true);
-        match report.outcome {
-            Outcome::Success => {
+        match (report.outcome, spec.log()) {
+            (_, RunLog::Nothing) | (Outcome::Success | Outcome::Stopped, RunLog::Failures) => {}
+            (Outcome::Success, RunLog::Runs) => {
                 tracing::info!(job = %spec.name(), run = %run_id, outcome = %report.outcome, duration_ms, exit_code, status, "run finished")
             }
             _ => {

@@ -72,6 +72,7 @@ impl FailureHook {
                     job: &hook_job,
                     run_id,
                     output: OutputMode::Log,
+                    sink: process::OutputSink::Log,
                     timeout: Some(HOOK_TIMEOUT),
                     kill_grace,
                     cancel: &cancel,

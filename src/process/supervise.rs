@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::group::{group_alive_off_workers, signal_group, terminate};
 use super::keeper::GroupKeeper;
-use super::output::log_output;
+use super::output::{log_output, OutputSink};
 use super::plan::{plan, OutputPipe};
 use super::procfs::group_rss;
 use super::spawner::{ChildProcess, Spawner};
@@ -39,6 +39,8 @@ pub struct ChildRun<'a> {
     pub run_id: RunId,
     /// Where output goes.
     pub output: OutputMode,
+    /// With `output = "log"`: logged as it comes, or held until the run ends.
+    pub sink: OutputSink,
     /// Stop the run after this long.
     pub timeout: Option<Duration>,
     /// Between SIGTERM and SIGKILL.
@@ -105,7 +107,7 @@ pub async fn run_child(spec: &ProcessSpec, run: ChildRun<'_>) -> ChildEnd {
     }
     // Read until this function returns, so that what leftovers print while they are stopped is
     // logged too.
-    let output = log_output(stdout, stderr, run.job, run.run_id, run.clock);
+    let output = log_output(stdout, stderr, run.job, run.run_id, run.clock, &run.sink);
     tokio::pin!(output);
     let end = with_output(
         supervise(&mut child, group, &run),

@@ -215,3 +215,77 @@ on_failure = ["true"]
     assert!(hook.contains("outcome=success"), "{hook}");
     assert!(hook.contains("exit_code=0"), "{hook}");
 }
+
+/// Issue 18: a 5 Hz job drowned every other line. `log = "none"` writes no line for its runs
+/// (nor its output), while the metrics count them all; `log = "failures"` writes only the runs
+/// that fail, with what they printed.
+#[test]
+fn a_jobs_log_setting_decides_which_of_its_runs_are_logged() {
+    let port = crate::support::free_port();
+    let mut d = Daemon::start(&format!(
+        r#"
+[daemon]
+http = "127.0.0.1:{port}"
+
+[jobs.quiet]
+every = "200ms"
+handler = "log"
+log = "none"
+
+[jobs.quiet-child]
+every = "200ms"
+shell = "echo noisy"
+log = "none"
+
+[jobs.flaky]
+every = "200ms"
+shell = 'n=$(cat n 2>/dev/null || echo 0); n=$((n+1)); echo $n > n; echo "attempt $n"; [ $((n % 3)) -ne 0 ]'
+log = "failures"
+"#
+    ));
+    let runs = |job: &str, outcome: &str| {
+        let metrics = crate::support::http(port, "GET", "/metrics", None).1;
+        crate::support::sample(
+            &metrics,
+            &format!("tickd_runs_total{{job_name=\"{job}\",outcome=\"{outcome}\"}}"),
+        )
+    };
+    eventually("ten runs of each quiet job, counted", || {
+        runs("quiet", "success") >= 10.0 && runs("quiet-child", "success") >= 10.0
+    });
+    d.wait_log("attempt 6");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0);
+    let log = d.log();
+    // The harness logs at debug; "none" is about the default level's lines.
+    let of = |job: &str| -> Vec<&str> {
+        log.lines()
+            .filter(|l| !l.contains(" DEBUG "))
+            .filter(|l| {
+                l.split_whitespace()
+                    .any(|field| field == format!("job={job}"))
+            })
+            .collect()
+    };
+    assert_eq!(of("quiet"), Vec::<&str>::new(), "{log}");
+    assert_eq!(of("quiet-child"), Vec::<&str>::new(), "{log}");
+    assert!(!log.contains("noisy") && !log.contains(": tick "), "{log}");
+    let flaky = of("flaky");
+    assert!(
+        flaky.iter().any(|l| l.contains("run finished")
+            && l.contains("outcome=failure")
+            && l.contains("exit_code=1")),
+        "{log}"
+    );
+    let printed = |line: &str, n: u32| line.contains(&format!("tickd::output: attempt {n} "));
+    assert!(flaky.iter().any(|l| printed(l, 3)), "{log}");
+    // Its successful runs, their output and every start are not logged.
+    for line in &flaky {
+        assert!(!line.contains("run started"), "{line}");
+        assert!(!line.contains("outcome=success"), "{line}");
+        assert!(
+            !line.ends_with("attempt 1") && !line.ends_with("attempt 2"),
+            "{line}"
+        );
+    }
+}
