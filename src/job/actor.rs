@@ -19,7 +19,7 @@ use crate::status::{record_run, SharedStatus};
 
 use super::hook::FailureHook;
 use super::plan::{Due, Plan};
-use super::runs::{self, AfterFailure, FireAction, PendingRetry, Runs};
+use super::runs::{self, AfterFailure, FireAction, PendingRetry, Runs, SkipNotices};
 use super::{FireResult, JobCommand, JobEnv};
 
 /// A message from a run to its job.
@@ -59,6 +59,8 @@ pub(super) struct JobActor {
     /// The definition last given (reloads), for a restart of the task after a panic.
     pub latest_spec: Arc<Mutex<Arc<JobSpec>>>,
     hook: FailureHook,
+    /// The overlap skips not told in the log yet (rate-limited).
+    skip_notices: SkipNotices,
 }
 
 impl JobActor {
@@ -80,6 +82,7 @@ impl JobActor {
             paused: false,
             latest_spec: Arc::new(Mutex::new(spec.clone())),
             hook: FailureHook::default(),
+            skip_notices: SkipNotices::default(),
             spec,
             env,
         }
@@ -155,6 +158,9 @@ impl JobActor {
         }
         if self.runs.queued.take().is_some() {
             tracing::info!(job = %self.spec.name(), "job stopped; its pending run is dropped");
+        }
+        if let Some(skipped) = self.skip_notices.rest() {
+            self.tell_skips(skipped, "a run was still going");
         }
         let skipped = self.status.snapshot().runs.skipped_overlap;
         tracing::debug!(job = %self.spec.name(), skipped, "job stopped firing");
@@ -419,7 +425,12 @@ impl JobActor {
         }
         self.warn_of_long_runs();
         match self.runs.decide(&self.spec.overlap()) {
-            FireAction::Start => FireResult::Started(self.start_run(due)),
+            FireAction::Start => {
+                if let Some(skipped) = self.skip_notices.due(self.now().instant) {
+                    self.tell_skips(skipped, "a run was still going");
+                }
+                FireResult::Started(self.start_run(due))
+            }
             FireAction::Skip(why) => self.skip(why),
             FireAction::Queue => {
                 tracing::debug!(job = %self.spec.name(), "previous run still going; run queued");
@@ -460,8 +471,20 @@ impl JobActor {
             s.runs.skipped_overlap += 1;
             s.runs.skipped_overlap
         });
-        tracing::debug!(job = %self.spec.name(), skipped_total, "fire skipped: {why}");
+        match self.skip_notices.skipped(self.now().instant) {
+            Some(skipped) => self.tell_skips(skipped, why),
+            None => tracing::debug!(job = %self.spec.name(), skipped_total, "fire skipped: {why}"),
+        }
         FireResult::Skipped
+    }
+
+    /// Tells, at info, how many fires were skipped for overlap since the last time it did.
+    fn tell_skips(&self, skipped: u64, why: &str) {
+        tracing::info!(
+            job = %self.spec.name(),
+            skipped,
+            "fires skipped: {why} (told at most once a minute; skipped counts them since the last notice)"
+        );
     }
 
     fn refuse(&mut self, why: &str) -> FireResult {
