@@ -150,7 +150,7 @@ fn a_run_going_for_many_fires_is_reported() {
         "{line}"
     );
     d.signal(Signal::SIGINT);
-    d.wait_log("waiting for runs in flight");
+    d.wait_log("stopping: waiting for");
     d.signal(Signal::SIGINT);
     assert_eq!(d.wait_exit(), 3, "{}", d.log());
 }
