@@ -132,3 +132,39 @@ pub fn record_run(
         node: node.map(str::to_owned),
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An HTTP job's status was shown as `exit_code`; it has its own field now, and a process
+    /// job keeps `exit_code` (the endpoint's old field), with `signal` when one ended it.
+    #[test]
+    fn the_last_run_says_status_for_http_and_exit_code_or_signal_for_a_child() {
+        let run = |report: RunReport| {
+            let mut status = JobStatus::default();
+            record_run(&mut status, 1, &report, chrono::Utc::now(), 1.0, None);
+            serde_json::to_value(status.last_run).expect("json")
+        };
+        let http = run(RunReport {
+            outcome: Outcome::Failure,
+            exit_code: None,
+            signal: None,
+            http_status: Some(503),
+            reason: Some("HTTP 503".into()),
+            forced: false,
+        });
+        assert_eq!(http["status"], 503);
+        assert!(http["exit_code"].is_null());
+        let child = run(RunReport {
+            outcome: Outcome::Failure,
+            exit_code: None,
+            signal: Some(15),
+            http_status: None,
+            reason: Some("killed by signal SIGTERM".into()),
+            forced: false,
+        });
+        assert_eq!(child["signal"], "TERM");
+        assert!(child.get("status").is_none());
+    }
+}

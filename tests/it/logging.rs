@@ -289,3 +289,104 @@ log = "failures"
         );
     }
 }
+
+/// Issue 18: a typo in `TICKD_LOG` read as a target filter and silenced the whole log. It is
+/// refused before anything runs (exit 2, the valid values named); full directives still work.
+#[test]
+fn a_typo_in_tickd_log_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(
+        dir.path().join("jobs.toml"),
+        "[jobs.a]\nevery = \"200ms\"\nhandler = \"log\"\n",
+    )
+    .expect("jobs file");
+    // Bounded: before the fix, a typo ran the daemon, silent, until stopped.
+    let run = |level: &str| {
+        let mut child = crate::support::tickd()
+            .args(["run", "jobs.toml"])
+            .current_dir(dir.path())
+            .env("TICKD_LOG", level)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tickd");
+        let deadline = std::time::Instant::now() + crate::support::PATIENCE;
+        while child.try_wait().expect("wait").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("TICKD_LOG={level}: tickd ran instead of refusing it");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child.wait_with_output().expect("tickd ends")
+    };
+    for typo in ["warning", "verbose", "info,tickd=loud", "%%garbage"] {
+        let output = run(typo);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{typo}: {stderr}");
+        for word in [
+            "error",
+            "warn",
+            "info",
+            "debug",
+            "trace",
+            "off",
+            "target=level",
+        ] {
+            assert!(stderr.contains(word), "{typo}: {stderr}");
+        }
+    }
+    // A full EnvFilter directive: the daemon runs and logs what it asks for.
+    let mut d = Daemon::launch(
+        "[jobs.a]\nevery = \"200ms\"\nhandler = \"log\"\n",
+        |command, log| {
+            command
+                .args(["run", "jobs.toml"])
+                .env("TICKD_LOG", "warn,tickd::handler=info")
+                .stderr(fs::File::create(log).expect("log file"));
+        },
+    );
+    let log = d.wait_log(": tick ");
+    assert!(!log.contains("run started"), "{log}");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0);
+}
+
+/// `--log-time local`: every time of the log in the machine's zone (`TZ`), with its offset.
+#[test]
+fn log_time_local_shows_the_machines_zone_with_its_offset() {
+    let mut d = Daemon::launch(
+        "[jobs.a]\nevery = \"200ms\"\nhandler = \"log\"\n",
+        |command, log| {
+            command
+                .args(["run", "--log-time", "local", "jobs.toml"])
+                // A POSIX zone three hours east of UTC, with no daylight saving time.
+                .env("TZ", "XYZ-3")
+                .stderr(fs::File::create(log).expect("log file"));
+        },
+    );
+    let log = d.wait_log("run started");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0);
+    let started = log
+        .lines()
+        .find(|l| l.contains("run started"))
+        .expect("a run started");
+    let stamp = started.split_whitespace().next().unwrap_or_default();
+    assert!(stamp.ends_with("+03:00"), "{started}");
+    let stamp = chrono::DateTime::parse_from_rfc3339(stamp).expect("RFC 3339");
+    let scheduled = started
+        .split_once("scheduled=")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .unwrap_or_default();
+    assert!(scheduled.ends_with("+03:00"), "{started}");
+    let scheduled = chrono::DateTime::parse_from_rfc3339(scheduled).expect("RFC 3339");
+    // The same instant as UTC would show, not the UTC reading relabelled.
+    let now = chrono::Utc::now();
+    assert!(
+        (now - stamp.to_utc()).num_seconds().abs() < 600,
+        "{started}"
+    );
+    assert!((stamp - scheduled).num_seconds().abs() < 60, "{started}");
+}
