@@ -646,7 +646,7 @@ impl HttpSpec {
 /// The overlap policy: what a fire does while a previous run of the job is still going.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Overlap {
-    /// Skip the fire (logged at debug and counted).
+    /// Skip the fire (counted; logged at info at most once a minute per job, each at debug).
     Skip,
     /// Keep at most one pending run, started when the current one ends.
     Queue,
