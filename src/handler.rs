@@ -91,6 +91,9 @@ pub struct RunContext {
     pub cancel: CancellationToken,
     /// With `[cluster]`, for a job that fires once per cluster: which fire this is.
     pub cluster: Option<ClusterFire>,
+    /// Whether the job logs each of its runs (`log = "runs"`, the default): a handler that
+    /// writes a line per run, like the built-in `log`, writes it only then.
+    pub log_runs: bool,
 }
 
 /// A fire's identity in a cluster: the same on every node, so a job can make its work
@@ -137,7 +140,10 @@ impl Handlers {
     pub fn with_builtins() -> Self {
         let mut handlers = Self::new();
         handlers.register("log", |ctx: RunContext| async move {
-            tracing::info!(job = %ctx.job, run = %ctx.run_id, scheduled = %ctx.scheduled.to_rfc3339(), "tick");
+            if !ctx.log_runs {
+                return Ok(());
+            }
+            tracing::info!(job = %ctx.job, run = %ctx.run_id, scheduled = %crate::logging::Timestamp(ctx.scheduled), "tick");
             Ok(())
         });
         handlers

@@ -63,6 +63,7 @@ pub mod daemon;
 pub mod handler;
 pub mod http;
 pub mod job;
+pub mod logging;
 pub mod metrics;
 pub mod notify;
 mod os;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use cli::{client, daemon, exit, logging, offline, LogFormat};
+use cli::{client, daemon, exit, logging, offline, LogFormat, LogTimeArg};
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +33,10 @@ enum Command {
         /// Reap orphaned descendants (child subreaper); on by default when tickd is PID 1.
         #[arg(long)]
         subreaper: bool,
+        /// The zone of the log's times: utc (`Z`) or local (the machine's zone, `TZ`, with its
+        /// offset).
+        #[arg(long, value_enum, default_value_t = LogTimeArg::Utc)]
+        log_time: LogTimeArg,
     },
     /// Validate the jobs file without running anything (exit 0 when valid, 2 when not).
     Check {
@@ -110,9 +114,21 @@ fn main() -> ExitCode {
     // control signals could take one while tokio registers its listeners, and lose it.
     let held =
         matches!(cli.command, Command::Run { .. }).then(tickd::signals::hold_control_signals);
-    let log_writer = logging::init_logging(cli.log_format);
+    let log_time = match cli.command {
+        Command::Run { log_time, .. } => log_time,
+        _ => LogTimeArg::Utc,
+    };
+    let log_writer = match logging::init_logging(cli.log_format, log_time.into()) {
+        Ok(guard) => guard,
+        Err(err) => {
+            cli::eprintln_safe(&format!("tickd: {err}"));
+            return ExitCode::from(exit::INVALID);
+        }
+    };
     let code = match cli.command {
-        Command::Run { file, subreaper } => match held {
+        Command::Run {
+            file, subreaper, ..
+        } => match held {
             Some(Err(err)) => {
                 tracing::error!("cannot block signals: {err}");
                 exit::FATAL

@@ -616,6 +616,8 @@ mod tests {
         let report = RunReport {
             outcome: Outcome::Success,
             exit_code: Some(0),
+            signal: None,
+            http_status: None,
             reason: None,
             forced: false,
         };

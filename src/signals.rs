@@ -76,13 +76,13 @@ pub fn os_controls() -> std::io::Result<mpsc::Receiver<Control>> {
             .await;
             match meaning {
                 Meaning::Control(control) => {
-                    tracing::debug!(signal = %sig, ?control, "signal received");
+                    tracing::debug!(signal = %crate::action::signal_name(sig as i32), "signal received");
                     if tx.send(control).await.is_err() {
                         break;
                     }
                 }
                 Meaning::Ignore => {
-                    tracing::info!(signal = %sig, "signal received; it has no meaning to tickd and is ignored");
+                    tracing::info!(signal = %crate::action::signal_name(sig as i32), "signal received; it has no meaning to tickd and is ignored");
                 }
             }
         }

@@ -67,8 +67,14 @@ pub struct LastRun {
     pub duration_ms: f64,
     /// How it ended.
     pub outcome: String,
-    /// Its exit code (or HTTP status).
+    /// A child's exit code (absent for HTTP jobs, which have `status`, and for handlers).
     pub exit_code: Option<i32>,
+    /// The signal that ended a child (`TERM`), if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// An HTTP job's response status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
     /// Why it did not succeed.
     pub reason: Option<String>,
     /// In a cluster: the node that ran it.
@@ -120,7 +126,45 @@ pub fn record_run(
         duration_ms,
         outcome: report.outcome.as_str().to_owned(),
         exit_code: report.exit_code,
+        signal: report.signal_name(),
+        status: report.http_status,
         reason: report.reason.clone(),
         node: node.map(str::to_owned),
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An HTTP job's status was shown as `exit_code`; it has its own field now, and a process
+    /// job keeps `exit_code` (the endpoint's old field), with `signal` when one ended it.
+    #[test]
+    fn the_last_run_says_status_for_http_and_exit_code_or_signal_for_a_child() {
+        let run = |report: RunReport| {
+            let mut status = JobStatus::default();
+            record_run(&mut status, 1, &report, chrono::Utc::now(), 1.0, None);
+            serde_json::to_value(status.last_run).expect("json")
+        };
+        let http = run(RunReport {
+            outcome: Outcome::Failure,
+            exit_code: None,
+            signal: None,
+            http_status: Some(503),
+            reason: Some("HTTP 503".into()),
+            forced: false,
+        });
+        assert_eq!(http["status"], 503);
+        assert!(http["exit_code"].is_null());
+        let child = run(RunReport {
+            outcome: Outcome::Failure,
+            exit_code: None,
+            signal: Some(15),
+            http_status: None,
+            reason: Some("killed by signal SIGTERM".into()),
+            forced: false,
+        });
+        assert_eq!(child["signal"], "TERM");
+        assert!(child.get("status").is_none());
+    }
 }

@@ -1,20 +1,27 @@
 //! A child process's end, as a run's report.
 
-use crate::process::{self, ChildEnd, StopCause};
+use crate::process::{ChildEnd, StopCause};
 
-use super::RunReport;
+use super::{signal_name, RunReport};
 
 /// How the run of a child that ended as `end` went.
-pub(super) fn report(end: ChildEnd) -> RunReport {
+pub(crate) fn report(end: ChildEnd) -> RunReport {
     match end {
-        ChildEnd::SpawnFailed(reason) => RunReport::failure(None, reason),
-        ChildEnd::Exited(status) => match process::status_parts(&status) {
-            (Some(0), _) => RunReport::success(Some(0)),
-            (Some(code), _) => RunReport::failure(Some(code), format!("exited with code {code}")),
-            (None, Some(signal)) => {
-                RunReport::failure(None, format!("killed by signal {}", signal_name(signal)))
+        ChildEnd::SpawnFailed(reason) => RunReport::failure(reason),
+        ChildEnd::Exited(status) => match (
+            status.code(),
+            std::os::unix::process::ExitStatusExt::signal(&status),
+        ) {
+            (Some(0), _) => RunReport::success().exited(&status),
+            (Some(code), _) => {
+                RunReport::failure(format!("exited with code {code}")).exited(&status)
             }
-            (None, None) => RunReport::failure(None, format!("ended with {status}")),
+            (None, Some(signal)) => {
+                // The prose says SIGTERM; the log's `signal` field, TERM.
+                RunReport::failure(format!("killed by signal SIG{}", signal_name(signal)))
+                    .exited(&status)
+            }
+            (None, None) => RunReport::failure(format!("ended with {status}")),
         },
         ChildEnd::Stopped {
             status,
@@ -22,23 +29,16 @@ pub(super) fn report(end: ChildEnd) -> RunReport {
             killed,
         } => RunReport {
             forced: killed,
-            ..RunReport::failure(
-                status.code(),
-                format!(
-                    "stopped: its processes used {} of memory, over max_rss",
-                    bytesize::ByteSize(rss)
-                ),
-            )
+            ..RunReport::failure(format!(
+                "stopped: its processes used {} of memory, over max_rss",
+                bytesize::ByteSize(rss)
+            ))
+            .exited(&status)
         },
         ChildEnd::Stopped {
             status,
             cause,
             killed,
-        } => RunReport::stopped(cause == StopCause::Timeout, killed, status.code()),
+        } => RunReport::stopped(cause == StopCause::Timeout, killed).exited(&status),
     }
-}
-
-fn signal_name(signal: i32) -> String {
-    nix::sys::signal::Signal::try_from(signal)
-        .map_or_else(|_| signal.to_string(), |s| s.to_string())
 }

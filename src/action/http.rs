@@ -29,7 +29,7 @@ pub(super) async fn run(
     }
     let mut request = match request.build() {
         Ok(request) => request,
-        Err(err) => return RunReport::failure(None, format!("request failed: {err}")),
+        Err(err) => return RunReport::failure(format!("request failed: {err}")),
     };
     // Replacing, not appending: a job's `headers` cannot fake the run's identity.
     for (name, value) in identity {
@@ -39,21 +39,69 @@ pub(super) async fn run(
             request.headers_mut().insert(name, value);
         }
     }
-    tokio::select! {
-        response = env.http.execute(request) => match response {
-            Ok(response) => {
-                let status = response.status();
-                let code = Some(i32::from(status.as_u16()));
-                if status.is_success() {
-                    RunReport::success(code)
-                } else {
-                    RunReport::failure(code, format!("HTTP {status}"))
-                }
+    let exchange = async {
+        let mut response = env.http.execute(request).await?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(RunReport::success().http(status.as_u16()));
+        }
+        // The start of the body says why (a PHP error, a proxy's page); the rest is not read.
+        let mut body = Vec::new();
+        while body.len() < BODY_EXCERPT {
+            match response.chunk().await? {
+                Some(chunk) => body.extend_from_slice(&chunk),
+                None => break,
             }
-            Err(err) if err.is_timeout() => RunReport::stopped(true, false, None),
-            Err(err) => RunReport::failure(None, format!("request failed: {err}")),
+        }
+        let reason = match body_excerpt(&body) {
+            Some(excerpt) => format!("HTTP {status}, body: {excerpt:?}"),
+            None => format!("HTTP {status}"),
+        };
+        Ok::<_, reqwest::Error>(RunReport::failure(reason).http(status.as_u16()))
+    };
+    tokio::select! {
+        report = exchange => match report {
+            Ok(report) => report,
+            Err(err) if err.is_timeout() => RunReport::stopped(true, false),
+            Err(err) => RunReport::failure(format!("request failed: {err}")),
         },
-        _ = cancel.cancelled() => RunReport::stopped(false, false, None),
-        _ = timeout_elapsed(&env.clock, job_timeout) => RunReport::stopped(true, false, None),
+        _ = cancel.cancelled() => RunReport::stopped(false, false),
+        _ = timeout_elapsed(&env.clock, job_timeout) => RunReport::stopped(true, false),
+    }
+}
+
+/// How much of a failed response's body the log shows.
+const BODY_EXCERPT: usize = 200;
+
+/// The first [`BODY_EXCERPT`] bytes of `body` as text (lossy, whitespace trimmed), or `None`
+/// for an empty body.
+fn body_excerpt(body: &[u8]) -> Option<String> {
+    let mut end = body.len().min(BODY_EXCERPT);
+    // Not in the middle of a UTF-8 character.
+    while end < body.len() && end > 0 && (body[end] & 0b1100_0000) == 0b1000_0000 {
+        end -= 1;
+    }
+    let text = String::from_utf8_lossy(&body[..end]);
+    let text = text.trim();
+    (!text.is_empty()).then(|| {
+        if end < body.len() {
+            format!("{text}...")
+        } else {
+            text.to_owned()
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_responses_body_is_cut_at_a_character() {
+        assert_eq!(body_excerpt(b""), None);
+        assert_eq!(body_excerpt(b"  oops\n").as_deref(), Some("oops"));
+        let long = "é".repeat(150);
+        let excerpt = body_excerpt(long.as_bytes()).expect("an excerpt");
+        assert_eq!(excerpt, format!("{}...", "é".repeat(100)));
     }
 }

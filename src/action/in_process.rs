@@ -77,15 +77,15 @@ async fn drive(
 ) -> RunReport {
     let timed_out = tokio::select! {
         result = &mut future => return match result {
-            Ok(()) => RunReport::success(None),
-            Err(reason) => RunReport::failure(None, reason),
+            Ok(()) => RunReport::success(),
+            Err(reason) => RunReport::failure(reason),
         },
         _ = cancel.cancelled() => false,
         _ = timeout_elapsed(clock, timeout) => true,
     };
     cancel.cancel();
     tokio::select! {
-        _ = &mut future => RunReport::stopped(timed_out, false, None),
-        _ = clock.sleep(kill_grace) => RunReport::stopped(timed_out, true, None),
+        _ = &mut future => RunReport::stopped(timed_out, false),
+        _ = clock.sleep(kill_grace) => RunReport::stopped(timed_out, true),
     }
 }

@@ -12,10 +12,11 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::clock::Clock;
-use crate::config::{Action, JobSpec};
+use crate::config::{Action, JobSpec, OutputMode, RunLog};
 use crate::handler::{Handlers, RunContext};
-use crate::process::{self, ChildRun, GroupKeeper, Spawner};
+use crate::process::{self, ChildRun, GroupKeeper, HeldOutput, OutputSink, Spawner};
 
+pub(crate) use child::report as child_report;
 pub(crate) use in_process::panic_message;
 
 /// What every run needs from the daemon, shared by all jobs: the means to perform actions, and
@@ -112,8 +113,12 @@ impl fmt::Display for Outcome {
 pub struct RunReport {
     /// How it ended.
     pub outcome: Outcome,
-    /// The child's exit code, or the HTTP status code.
+    /// A child's exit code, when it exited (`None` for HTTP jobs and handlers).
     pub exit_code: Option<i32>,
+    /// The signal that ended a child, when one did (e.g. 15 for SIGTERM).
+    pub signal: Option<i32>,
+    /// An HTTP job's response status, when it got one.
+    pub http_status: Option<u16>,
     /// Why it did not succeed, for the log.
     pub reason: Option<String>,
     /// Whether stopping it took force after its grace period: SIGKILL for a process group, a
@@ -122,27 +127,28 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    fn success(exit_code: Option<i32>) -> Self {
+    fn success() -> Self {
         RunReport {
             outcome: Outcome::Success,
-            exit_code,
+            exit_code: None,
+            signal: None,
+            http_status: None,
             reason: None,
             forced: false,
         }
     }
 
     /// A failed run, with why.
-    pub(crate) fn failure(exit_code: Option<i32>, reason: impl Into<String>) -> Self {
+    pub(crate) fn failure(reason: impl Into<String>) -> Self {
         RunReport {
             outcome: Outcome::Failure,
-            exit_code,
             reason: Some(reason.into()),
-            forced: false,
+            ..Self::success()
         }
     }
 
     /// A run tickd stopped: at its timeout, or for a replacement or a shutdown.
-    fn stopped(timed_out: bool, forced: bool, exit_code: Option<i32>) -> Self {
+    fn stopped(timed_out: bool, forced: bool) -> Self {
         let (outcome, reason) = if timed_out {
             (Outcome::Timeout, "timeout reached")
         } else {
@@ -150,11 +156,42 @@ impl RunReport {
         };
         RunReport {
             outcome,
-            exit_code,
             reason: Some(reason.to_owned()),
             forced,
+            ..Self::success()
         }
     }
+
+    /// This report with how the child ended: its exit code, or the signal that ended it.
+    fn exited(self, status: &std::process::ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        RunReport {
+            exit_code: status.code(),
+            signal: status.signal(),
+            ..self
+        }
+    }
+
+    /// This report with the HTTP response's status.
+    fn http(self, status: u16) -> Self {
+        RunReport {
+            http_status: Some(status),
+            ..self
+        }
+    }
+
+    /// The name of the signal that ended the child, as the log shows it (`TERM`, `KILL`).
+    pub fn signal_name(&self) -> Option<String> {
+        self.signal.map(signal_name)
+    }
+}
+
+/// A signal's name without its `SIG` prefix (`TERM`), or its number when it has none.
+pub fn signal_name(signal: i32) -> String {
+    nix::sys::signal::Signal::try_from(signal).map_or_else(
+        |_| signal.to_string(),
+        |s| s.as_str().trim_start_matches("SIG").to_owned(),
+    )
 }
 
 /// What identifies a run to what it starts, as `(environment variable, HTTP header, value)`:
@@ -189,12 +226,21 @@ pub async fn execute(spec: &JobSpec, ctx: RunContext, env: &RunEnv) -> RunReport
                 .into_iter()
                 .map(|(var, _, value)| (var, value))
                 .collect();
+            // `log = "none"` logs no output, so none is read; `failures` holds it until the
+            // run has ended, to log it only if the run failed.
+            let output = match (spec.output(), spec.log()) {
+                (OutputMode::Log, RunLog::Nothing) => OutputMode::Discard,
+                (output, _) => output,
+            };
+            let held = (output == OutputMode::Log && spec.log() == RunLog::Failures)
+                .then(|| Arc::new(HeldOutput::default()));
             let end = process::run_child(
                 process,
                 ChildRun {
                     job: spec.name(),
                     run_id: ctx.run_id,
-                    output: spec.output(),
+                    output,
+                    sink: held.clone().map_or(OutputSink::Log, OutputSink::Hold),
                     timeout: spec.timeout(),
                     kill_grace: spec.kill_grace(),
                     cancel: &ctx.cancel,
@@ -207,7 +253,11 @@ pub async fn execute(spec: &JobSpec, ctx: RunContext, env: &RunEnv) -> RunReport
                 },
             )
             .await;
-            child::report(end)
+            let report = child::report(end);
+            if let (Some(held), Outcome::Failure | Outcome::Timeout) = (held, report.outcome) {
+                held.emit(spec.name(), ctx.run_id);
+            }
+            report
         }
         Action::Http(http) => {
             let headers: Vec<(&'static str, String)> = run_identity(&ctx)
@@ -218,7 +268,7 @@ pub async fn execute(spec: &JobSpec, ctx: RunContext, env: &RunEnv) -> RunReport
         }
         Action::Handler(name) => match env.handlers.get(name) {
             Some(handler) => in_process::run(&handler, ctx, spec, &env.clock).await,
-            None => RunReport::failure(None, format!("handler \"{name}\" is not registered")),
+            None => RunReport::failure(format!("handler \"{name}\" is not registered")),
         },
     }
 }

@@ -1,5 +1,6 @@
 //! The daemon's log: formatted where it is logged, written to stderr by a thread of its own.
 
+use tickd::logging::{LogFilterError, LogTime};
 use tickd::metrics::LOG_LINES_DROPPED;
 
 use super::LogFormat;
@@ -17,9 +18,16 @@ const LOG_DROPS_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 /// thread, which alone writes to stderr: a stderr that blocks (a pipe nobody reads) stalls that
 /// thread, never a job task or the shutdown. Lines that do not fit are dropped and counted (see
 /// [`DroppedLines`]).
-pub(crate) fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("TICKD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+///
+/// A `TICKD_LOG` that is not a filter is refused before anything is set up: read as tracing reads
+/// it, a typo such as `warning` would silence the whole log.
+pub(crate) fn init_logging(
+    format: LogFormat,
+    time: LogTime,
+) -> Result<tracing_appender::non_blocking::WorkerGuard, LogFilterError> {
+    let level = std::env::var("TICKD_LOG").ok();
+    let filter = tickd::logging::log_filter(level.as_deref())?;
+    tickd::logging::set_log_time(time);
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(LOG_QUEUE_LINES)
@@ -31,6 +39,7 @@ pub(crate) fn init_logging(format: LogFormat) -> tracing_appender::non_blocking:
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
+        .with_timer(tickd::logging::LineTime)
         .log_internal_errors(false);
     match format {
         LogFormat::Human => builder.with_ansi(false).init(),
@@ -48,7 +57,7 @@ pub(crate) fn init_logging(format: LogFormat) -> tracing_appender::non_blocking:
                 });
             }
         });
-    guard
+    Ok(guard)
 }
 
 /// What [`DroppedLines::check`] has counted and reported so far.

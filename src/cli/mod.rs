@@ -38,6 +38,24 @@ pub(crate) enum LogFormat {
     Json,
 }
 
+/// The zone of the log's times (`tickd run --log-time`).
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum LogTimeArg {
+    /// UTC, with `Z`.
+    Utc,
+    /// The machine's zone (`TZ`), with its offset.
+    Local,
+}
+
+impl From<LogTimeArg> for tickd::logging::LogTime {
+    fn from(arg: LogTimeArg) -> Self {
+        match arg {
+            LogTimeArg::Utc => tickd::logging::LogTime::Utc,
+            LogTimeArg::Local => tickd::logging::LogTime::Local,
+        }
+    }
+}
+
 /// Loads a config with the binary's handlers, printing the problems on failure.
 pub(crate) fn load_config(file: &Path) -> Option<Config> {
     match tickd::load(file, &Handlers::with_builtins()) {

@@ -47,6 +47,7 @@ pub(crate) fn exec(file: &Path, name: &str) -> u8 {
             scheduled: env.clock.wall_now(),
             cancel: tokio_util::sync::CancellationToken::new(),
             cluster: None,
+            log_runs: true,
         };
         let report = tickd::action::execute(&spec, ctx, &env).await;
         if let Some(reason) = &report.reason {

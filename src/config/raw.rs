@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::spec::{OnMissed, OnNodeLoss, OutputMode, Scope};
+use super::spec::{OnMissed, OnNodeLoss, OutputMode, RunLog, Scope};
 use crate::schedule::EveryMode;
 
 /// Parses the text, naming the path of a bad key in the error (`jobs.NAME.key`).
@@ -79,6 +79,7 @@ pub(super) struct RawJob {
     pub(super) cwd: Option<Spanned<String>>,
     pub(super) env: Option<Spanned<BTreeMap<String, String>>>,
     pub(super) output: Option<Spanned<OutputMode>>,
+    pub(super) log: Option<Spanned<RunLog>>,
     pub(super) mode: Option<Spanned<EveryMode>>,
     pub(super) align: Option<Spanned<bool>>,
     pub(super) jitter: Option<Spanned<String>>,

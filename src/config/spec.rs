@@ -128,6 +128,16 @@ pub enum Scope {
     Node,
 }
 
+impl Scope {
+    /// The value as the file spells it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Scope::Cluster => "cluster",
+            Scope::Node => "node",
+        }
+    }
+}
+
 /// What becomes of a cluster job's run that was in flight on a node that died.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -276,6 +286,8 @@ pub struct JobSpec {
     pub(in crate::config) kill_grace: Duration,
     /// Where a child's stdout/stderr go.
     pub(in crate::config) output: OutputMode,
+    /// What of its runs the log shows.
+    pub(in crate::config) log: RunLog,
     /// A delay added before each run.
     pub(in crate::config) jitter: Option<Jitter>,
     /// Run once right after the job is scheduled (daemon start, or the reload that adds it).
@@ -361,6 +373,11 @@ impl JobSpec {
     /// Where a child's stdout/stderr go.
     pub fn output(&self) -> OutputMode {
         self.output
+    }
+
+    /// What of its runs the log shows.
+    pub fn log(&self) -> RunLog {
+        self.log
     }
 
     /// A delay added before each run.
@@ -629,7 +646,7 @@ impl HttpSpec {
 /// The overlap policy: what a fire does while a previous run of the job is still going.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Overlap {
-    /// Skip the fire (logged at debug and counted).
+    /// Skip the fire (counted; logged at info at most once a minute per job, each at debug).
     Skip,
     /// Keep at most one pending run, started when the current one ends.
     Queue,
@@ -640,6 +657,23 @@ pub enum Overlap {
     },
     /// Stop the running one the way a timeout does, then start the new one.
     Replace,
+}
+
+/// What of a job's runs the log shows (`log = "runs" | "failures" | "none"`). The metrics and
+/// the status count every run whatever it says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RunLog {
+    /// A line when each run starts and one when it ends, and its output (`output = "log"`).
+    #[default]
+    Runs,
+    /// Only the runs that fail or time out: their end, and the output they printed (its last
+    /// [`crate::process::HELD_OUTPUT`] bytes, held until the run ends).
+    Failures,
+    /// No line for any run, nor its output: for jobs that fire so often that their lines would
+    /// drown the rest.
+    #[serde(rename = "none")]
+    Nothing,
 }
 
 /// Where a child's output goes.

@@ -479,9 +479,22 @@ impl Supervisor {
 
     /// Returns whether runs had to be stopped.
     async fn shut_down(mut self, mut controls: mpsc::Receiver<Control>) -> bool {
+        let timeout = self.config.daemon().shutdown_timeout();
+        // Said first, before anything that may take time: whoever sent the signal sees it was
+        // heard, and how long the wait may be.
+        let runs = self.env.runs.len();
+        let timeout_text = humantime::format_duration(timeout);
+        match runs {
+            0 => tracing::info!("stopping: no runs in flight"),
+            1 => {
+                tracing::info!(runs, timeout = %timeout_text, "stopping: waiting for 1 run, up to {timeout_text}")
+            }
+            _ => {
+                tracing::info!(runs, timeout = %timeout_text, "stopping: waiting for {runs} runs, up to {timeout_text}")
+            }
+        }
         self.notify(&format!(
-            "STOPPING=1\nSTATUS=stopping: {} runs in flight",
-            self.env.runs.len()
+            "STOPPING=1\nSTATUS=stopping: {runs} runs in flight"
         ));
         self.draining
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -496,14 +509,6 @@ impl Supervisor {
         }
         // 2. Wait for runs in flight, up to the drain timeout or a second stop request.
         self.env.runs.close();
-        let timeout = self.config.daemon().shutdown_timeout();
-        if !self.env.runs.is_empty() {
-            tracing::info!(
-                runs = self.env.runs.len(),
-                timeout = %humantime::format_duration(timeout),
-                "shutting down: waiting for runs in flight"
-            );
-        }
         let report_drain = || self.report("draining");
         let drained = tokio::select! {
             _ = self.env.runs.wait() => true,
@@ -600,7 +605,7 @@ fn report(
         let status = job.status.snapshot();
         let next_fire = match (status.paused, status.next_fire) {
             (true, _) => "paused".to_owned(),
-            (false, Some(next)) => next.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            (false, Some(next)) => crate::logging::Timestamp(next).to_string(),
             (false, None) => "none".to_owned(),
         };
         let last = status.last_run.as_ref();

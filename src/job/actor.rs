@@ -12,14 +12,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::action::{self, Outcome, RunReport};
 use crate::clock::{ClockSteps, Instant, Now, RemoteClock, Sleep};
-use crate::config::{JobSpec, OnMissed, OnNodeLoss, Scope};
+use crate::config::{JobSpec, OnMissed, OnNodeLoss, RunLog, Scope};
 use crate::handler::{ClusterFire, RunContext, RunId};
 use crate::metrics::JobMetrics;
 use crate::status::{record_run, SharedStatus};
 
 use super::hook::FailureHook;
 use super::plan::{Due, Plan};
-use super::runs::{self, AfterFailure, FireAction, PendingRetry, Runs};
+use super::runs::{self, AfterFailure, FireAction, PendingRetry, Runs, SkipNotices};
 use super::{FireResult, JobCommand, JobEnv};
 
 /// A message from a run to its job.
@@ -59,6 +59,8 @@ pub(super) struct JobActor {
     /// The definition last given (reloads), for a restart of the task after a panic.
     pub latest_spec: Arc<Mutex<Arc<JobSpec>>>,
     hook: FailureHook,
+    /// The overlap skips not told in the log yet (rate-limited).
+    skip_notices: SkipNotices,
 }
 
 impl JobActor {
@@ -80,6 +82,7 @@ impl JobActor {
             paused: false,
             latest_spec: Arc::new(Mutex::new(spec.clone())),
             hook: FailureHook::default(),
+            skip_notices: SkipNotices::default(),
             spec,
             env,
         }
@@ -155,6 +158,9 @@ impl JobActor {
         }
         if self.runs.queued.take().is_some() {
             tracing::info!(job = %self.spec.name(), "job stopped; its pending run is dropped");
+        }
+        if let Some(skipped) = self.skip_notices.rest() {
+            self.tell_skips(skipped, "a run was still going");
         }
         let skipped = self.status.snapshot().runs.skipped_overlap;
         tracing::debug!(job = %self.spec.name(), skipped, "job stopped firing");
@@ -419,7 +425,12 @@ impl JobActor {
         }
         self.warn_of_long_runs();
         match self.runs.decide(&self.spec.overlap()) {
-            FireAction::Start => FireResult::Started(self.start_run(due)),
+            FireAction::Start => {
+                if let Some(skipped) = self.skip_notices.due(self.now().instant) {
+                    self.tell_skips(skipped, "a run was still going");
+                }
+                FireResult::Started(self.start_run(due))
+            }
             FireAction::Skip(why) => self.skip(why),
             FireAction::Queue => {
                 tracing::debug!(job = %self.spec.name(), "previous run still going; run queued");
@@ -460,8 +471,20 @@ impl JobActor {
             s.runs.skipped_overlap += 1;
             s.runs.skipped_overlap
         });
-        tracing::debug!(job = %self.spec.name(), skipped_total, "fire skipped: {why}");
+        match self.skip_notices.skipped(self.now().instant) {
+            Some(skipped) => self.tell_skips(skipped, why),
+            None => tracing::debug!(job = %self.spec.name(), skipped_total, "fire skipped: {why}"),
+        }
         FireResult::Skipped
+    }
+
+    /// Tells, at info, how many fires were skipped for overlap since the last time it did.
+    fn tell_skips(&self, skipped: u64, why: &str) {
+        tracing::info!(
+            job = %self.spec.name(),
+            skipped,
+            "fires skipped: {why} (told at most once a minute; skipped counts them since the last notice)"
+        );
     }
 
     fn refuse(&mut self, why: &str) -> FireResult {
@@ -499,13 +522,15 @@ impl JobActor {
         let now = self.now().instant;
         match runs::after_failure(self.spec.retry(), ended.attempt, now, next_fire) {
             AfterFailure::Retry(retry) => {
-                tracing::info!(
+                if self.spec.log() != RunLog::Nothing {
+                    tracing::info!(
                     job = %self.spec.name(),
                     run = %ended.run_id,
                     attempt = retry.attempt,
                     delay = %humantime::format_duration(retry.at - now),
                     "run failed; retrying"
-                );
+                    );
+                }
                 self.runs.retry = Some(retry);
                 return;
             }
@@ -542,14 +567,16 @@ impl JobActor {
         let scheduled = due.scheduled_wall(now);
         let lateness = now.instant.saturating_duration_since(due.start_at());
         let spec = self.spec.clone();
-        tracing::info!(
-            job = %spec.name(),
-            run = %run_id,
-            scheduled = %rfc3339_millis(scheduled),
-            lateness_ms = millis(lateness),
-            attempt,
-            "run started"
-        );
+        if spec.log() == RunLog::Runs {
+            tracing::info!(
+                job = %spec.name(),
+                run = %run_id,
+                scheduled = %rfc3339_millis(scheduled),
+                lateness_ms = millis(lateness),
+                attempt,
+                "run started"
+            );
+        }
         self.metrics.run_started(lateness);
         self.status.update(|s| s.running += 1);
         let ctx = RunContext {
@@ -565,6 +592,7 @@ impl JobActor {
                     node: cluster.node_name(),
                     epoch,
                 }),
+            log_runs: spec.log() == RunLog::Runs,
         };
         let end = RunEnd {
             spec: spec.clone(),
@@ -596,7 +624,7 @@ impl JobActor {
         self.status.update(|s| s.schedule = schedule);
         let cluster_time = cluster_time(&self.env, &self.spec);
         if cluster_time.is_some() != self.cluster_time.is_some() {
-            tracing::info!(job = %self.spec.name(), scope = ?self.spec.scope(), "scope changed; the job's fires are planned anew");
+            tracing::info!(job = %self.spec.name(), scope = %self.spec.scope().as_str(), "scope changed; the job's fires are planned anew");
             self.cluster_time = cluster_time;
             (self.plan, self.next) = plan(&self.env, &self.spec, self.cluster_time.as_ref());
             self.last_slot = None;
@@ -714,14 +742,19 @@ impl RunEnd {
         ) {
             cluster.run_settled(spec.name(), slot);
         }
-        let exit_code = report.exit_code.map(i64::from);
-        let reason = report.reason.as_deref().unwrap_or("");
-        match report.outcome {
-            Outcome::Success => {
-                tracing::info!(job = %spec.name(), run = %run_id, outcome = %report.outcome, duration_ms, exit_code, "run finished")
+        let reason = report.reason.as_deref();
+        // Only what the run has: an exit code or a signal for a child, a status for HTTP, and
+        // `forced` only when force was needed.
+        let (exit_code, status) = (report.exit_code, report.http_status);
+        let signal = report.signal_name().map(tracing::field::display);
+        let forced = report.forced.then_some(true);
+        match (report.outcome, spec.log()) {
+            (_, RunLog::Nothing) | (Outcome::Success | Outcome::Stopped, RunLog::Failures) => {}
+            (Outcome::Success, RunLog::Runs) => {
+                tracing::info!(job = %spec.name(), run = %run_id, outcome = %report.outcome, duration_ms, exit_code, status, "run finished")
             }
             _ => {
-                tracing::warn!(job = %spec.name(), run = %run_id, outcome = %report.outcome, duration_ms, exit_code, forced = report.forced, reason, "run finished")
+                tracing::warn!(job = %spec.name(), run = %run_id, outcome = %report.outcome, duration_ms, exit_code, signal, status, forced, reason, "run finished")
             }
         }
         // The job may have been removed meanwhile; then nobody needs to know.
@@ -741,14 +774,14 @@ impl Drop for RunEnd {
             } else {
                 "the run's task was stopped before it reported"
             };
-            self.report(RunReport::failure(None, why));
+            self.report(RunReport::failure(why));
         }
     }
 }
 
-/// RFC 3339 with milliseconds, as the log shows times.
-fn rfc3339_millis(time: DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+/// A time as the log shows it.
+fn rfc3339_millis(time: DateTime<Utc>) -> crate::logging::Timestamp {
+    crate::logging::Timestamp(time)
 }
 
 /// Milliseconds with microsecond resolution, for log fields.

@@ -72,6 +72,7 @@ impl FailureHook {
                     job: &hook_job,
                     run_id,
                     output: OutputMode::Log,
+                    sink: process::OutputSink::Log,
                     timeout: Some(HOOK_TIMEOUT),
                     kill_grace,
                     cancel: &cancel,
@@ -84,7 +85,16 @@ impl FailureHook {
                 },
             )
             .await;
-            tracing::info!(job = %job, run = %run_id, "on_failure hook ended: {end:?}");
+            let report = crate::action::child_report(end);
+            tracing::info!(
+                job = %job,
+                run = %run_id,
+                outcome = %report.outcome,
+                exit_code = report.exit_code,
+                signal = report.signal_name().map(tracing::field::display),
+                reason = report.reason.as_deref(),
+                "on_failure hook ended"
+            );
         });
     }
 }
@@ -96,7 +106,12 @@ fn failure_vars(
     report: &RunReport,
     failures_without_hook: u64,
 ) -> [(String, String); 5] {
-    let exit_code = report.exit_code.map(|c| c.to_string()).unwrap_or_default();
+    // An HTTP job's status stands in for the exit code, as it always has here.
+    let exit_code = report
+        .exit_code
+        .or(report.http_status.map(i32::from))
+        .map(|c| c.to_string())
+        .unwrap_or_default();
     [
         ("TICKD_JOB", spec.name().to_owned()),
         ("TICKD_RUN_ID", run_id.to_string()),

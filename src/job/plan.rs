@@ -61,9 +61,19 @@ impl Due {
         let delay = chrono::Duration::from_std(self.delay).unwrap_or_default();
         match self.wall {
             Some(wall) => wall + delay,
-            None => now.wall_for_instant(self.start_at()),
+            // The two clocks of `now` are read one after the other, so the grid point's wall
+            // time is off by the microseconds between the readings: rounded to the millisecond
+            // (the log's resolution), an aligned fire is `:00.000`, not `:59.999`.
+            None => nearest_millisecond(now.wall_for_instant(self.instant)) + delay,
         }
     }
+}
+
+/// `time` rounded to the nearest millisecond.
+fn nearest_millisecond(time: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::DurationRound;
+    time.duration_round(chrono::Duration::milliseconds(1))
+        .unwrap_or(time)
 }
 
 /// The delay a job's jitter adds to each fire.
@@ -474,6 +484,27 @@ mod tests {
         let mut plan = Plan::new(spec("every = \"10s\"\nalign = true"), "m", start);
         let first = plan.first(start).expect("a first fire");
         assert_eq!(first.scheduled_wall(start), at("2026-01-01T12:00:10Z"));
+    }
+
+    /// An aligned fire was logged as `...:59.999Z`: the grid point's wall time is read through
+    /// the instant it fires at, and the two clocks, read one after the other, disagree by a few
+    /// microseconds; the label truncated to the millisecond below.
+    #[test]
+    fn an_aligned_fire_is_labelled_with_its_millisecond_not_the_one_before() {
+        let start = now("2026-01-01T12:00:07.300Z");
+        let mut plan = Plan::new(spec("every = \"10s\"\nalign = true"), "m", start);
+        let first = plan.first(start).expect("a first fire");
+        // At the fire, the wall clock was read 3 µs before the instant was.
+        let fired = Now {
+            instant: first.instant,
+            wall: at("2026-01-01T12:00:09.999997Z"),
+        };
+        assert_eq!(first.scheduled_wall(fired), at("2026-01-01T12:00:10Z"));
+        let after = Now {
+            instant: first.instant,
+            wall: at("2026-01-01T12:00:10.000004Z"),
+        };
+        assert_eq!(first.scheduled_wall(after), at("2026-01-01T12:00:10Z"));
     }
 
     #[test]

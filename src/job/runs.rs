@@ -189,6 +189,49 @@ impl Runs {
     }
 }
 
+/// How often, at most, a job's overlap skips are told at info level.
+pub(crate) const SKIP_NOTICE_EVERY: Duration = Duration::from_secs(60);
+
+/// The overlap skips of a job the log has not told yet: the first is told at once, the next
+/// at most once per [`SKIP_NOTICE_EVERY`] with how many there were since, so a job whose runs
+/// outlast its period shows it at the default level without a line per fire.
+#[derive(Debug, Default)]
+pub(crate) struct SkipNotices {
+    /// When the last notice was given.
+    told: Option<Instant>,
+    /// Skips since that notice.
+    untold: u64,
+}
+
+impl SkipNotices {
+    /// Counts a skip at `now`; returns the number of skips to tell now (this one included), if
+    /// a notice is due.
+    pub fn skipped(&mut self, now: Instant) -> Option<u64> {
+        self.untold += 1;
+        self.due(now)
+    }
+
+    /// The skips to tell at `now` if a notice is due (a fire that did not skip asks, so the last
+    /// skips of a burst are told within a fire of the minute passing).
+    pub fn due(&mut self, now: Instant) -> Option<u64> {
+        if self.untold == 0 {
+            return None;
+        }
+        match self.told {
+            Some(told) if now.saturating_duration_since(told) < SKIP_NOTICE_EVERY => None,
+            _ => {
+                self.told = Some(now);
+                Some(std::mem::take(&mut self.untold))
+            }
+        }
+    }
+
+    /// The skips not told yet, whatever the time (the job stops).
+    pub fn rest(&mut self) -> Option<u64> {
+        (self.untold > 0).then(|| std::mem::take(&mut self.untold))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::num::NonZeroUsize;
@@ -263,5 +306,30 @@ mod tests {
     fn long_runs_are_reported_at_ten_then_each_tenfold() {
         let reported: Vec<u64> = (1..=2000).filter(|&fires| is_long_run(fires)).collect();
         assert_eq!(reported, [10, 100, 1000]);
+    }
+
+    #[test]
+    fn overlap_skips_are_told_at_once_then_once_a_minute_with_their_count() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut notices = SkipNotices::default();
+        assert_eq!(notices.skipped(at(0)), Some(1), "the first at once");
+        // A skip every 200 ms for the rest of the minute: none told.
+        for ms in (200..60_000).step_by(200) {
+            assert_eq!(notices.skipped(at(ms)), None, "at {ms} ms");
+        }
+        // The minute is over: the next one tells the 299 before it and itself.
+        assert_eq!(notices.skipped(at(60_000)), Some(300));
+        // A few more, then fires that start runs again: told by the first fire past the minute.
+        assert_eq!(notices.skipped(at(61_000)), None);
+        assert_eq!(notices.skipped(at(62_000)), None);
+        assert_eq!(notices.due(at(100_000)), None);
+        assert_eq!(notices.due(at(120_000)), Some(2));
+        assert_eq!(notices.due(at(500_000)), None, "nothing left to tell");
+        // A skip long after the last notice is told at once.
+        assert_eq!(notices.skipped(at(600_000)), Some(1));
+        assert_eq!(notices.skipped(at(600_100)), None);
+        assert_eq!(notices.rest(), Some(1));
+        assert_eq!(notices.rest(), None);
     }
 }

@@ -3,9 +3,10 @@
 //! Lines longer than [`MAX_LINE`] are cut and marked, so a child that never prints a newline
 //! cannot grow the daemon's memory; bytes that are not UTF-8 are shown lossily.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::os::fd::OwnedFd;
-use std::sync::{mpsc as std_mpsc, OnceLock};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -25,6 +26,59 @@ const OUTPUT_RATE: u64 = 128 * 1024 * 1024;
 /// How far ahead of [`OUTPUT_RATE`] a stream may read in a burst.
 const OUTPUT_BURST: Duration = Duration::from_millis(50);
 
+/// How much of a run's output [`HeldOutput`] keeps (its last lines): what a failed run of a
+/// `log = "failures"` job shows.
+pub const HELD_OUTPUT: usize = 64 * 1024;
+
+/// A run's output held until the run ends instead of logged as it comes (`log = "failures"`):
+/// logged only if the run fails. Only its last [`HELD_OUTPUT`] bytes are kept.
+#[derive(Debug, Default)]
+pub struct HeldOutput(Mutex<Held>);
+
+#[derive(Debug, Default)]
+struct Held {
+    /// `(stream, line, cut)`, oldest first.
+    lines: VecDeque<(&'static str, String, bool)>,
+    /// The bytes of `lines`.
+    bytes: usize,
+    /// Lines let go to keep within the bound.
+    dropped: u64,
+}
+
+impl HeldOutput {
+    fn push(&self, stream: &'static str, line: String, cut: bool) {
+        let mut held = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        held.bytes += line.len();
+        held.lines.push_back((stream, line, cut));
+        while held.bytes > HELD_OUTPUT && held.lines.len() > 1 {
+            if let Some((_, old, _)) = held.lines.pop_front() {
+                held.bytes -= old.len();
+                held.dropped += 1;
+            }
+        }
+    }
+
+    /// Logs the lines held, as they would have been logged when printed.
+    pub fn emit(&self, job: &str, run_id: RunId) {
+        let held = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        if held.dropped > 0 {
+            tracing::info!(target: "tickd::output", job = %job, run = %run_id, dropped = held.dropped, "[{} earlier lines of output not kept]", held.dropped);
+        }
+        for (stream, line, cut) in held.lines {
+            emit(job, run_id, stream, line.as_bytes(), cut);
+        }
+    }
+}
+
+/// Where a run's output lines go.
+#[derive(Debug, Clone)]
+pub enum OutputSink {
+    /// To the log as they come.
+    Log,
+    /// Into the run's [`HeldOutput`].
+    Hold(Arc<HeldOutput>),
+}
+
 /// Starts logging a run's `stdout` and `stderr` pipes (those it has) on the output thread. The
 /// future resolves once both have reached EOF; dropping it stops the reading.
 pub(super) fn log_output(
@@ -33,10 +87,11 @@ pub(super) fn log_output(
     job: &str,
     run_id: RunId,
     clock: &Clock,
+    sink: &OutputSink,
 ) -> impl Future<Output = ()> + 'static {
     // Started now, not when the future is first polled: the child is already writing.
-    let stdout = stdout.map(|pipe| spawn_pump(pipe, job, run_id, "stdout", clock));
-    let stderr = stderr.map(|pipe| spawn_pump(pipe, job, run_id, "stderr", clock));
+    let stdout = stdout.map(|pipe| spawn_pump(pipe, job, run_id, "stdout", clock, sink.clone()));
+    let stderr = stderr.map(|pipe| spawn_pump(pipe, job, run_id, "stderr", clock, sink.clone()));
     async move {
         if let Some(task) = stdout {
             let _ = task.await;
@@ -54,10 +109,11 @@ fn spawn_pump(
     run_id: RunId,
     stream: &'static str,
     clock: &Clock,
+    sink: OutputSink,
 ) -> AbortOnDropHandle<()> {
     let job = job.to_owned();
     let clock = clock.clone();
-    let task = async move { pump(pipe, &job, run_id, stream, clock).await };
+    let task = async move { pump(pipe, &job, run_id, stream, clock, sink).await };
     AbortOnDropHandle::new(match output_runtime() {
         Some(output) => output.spawn(task),
         None => tokio::spawn(task),
@@ -111,16 +167,28 @@ fn spawn_output_thread() -> Option<tokio::runtime::Handle> {
 }
 
 /// Logs a child's output line by line (see [`Lines`]), paced by [`Pace`].
-async fn pump(pipe: OwnedFd, job: &str, run_id: RunId, stream: &str, clock: Clock) {
+async fn pump(
+    pipe: OwnedFd,
+    job: &str,
+    run_id: RunId,
+    stream: &'static str,
+    clock: Clock,
+    sink: OutputSink,
+) {
     let reader = match tokio::net::unix::pipe::Receiver::from_owned_fd(pipe) {
         Ok(reader) => reader,
         Err(err) => {
-            tracing::warn!(job, run = %run_id, stream, "cannot read output: {err}");
+            tracing::warn!(job = %job, run = %run_id, stream = %stream, "cannot read output: {err}");
             return;
         }
     };
     let mut reader = BufReader::with_capacity(64 * 1024, reader);
-    let log = |line: &[u8], cut: bool| emit(job, run_id, stream, line, cut);
+    let log = |line: &[u8], cut: bool| match &sink {
+        OutputSink::Log => emit(job, run_id, stream, line, cut),
+        OutputSink::Hold(held) => {
+            held.push(stream, String::from_utf8_lossy(line).into_owned(), cut)
+        }
+    };
     let mut lines = Lines::default();
     let mut pace = Pace::new(clock.now());
     loop {
@@ -128,7 +196,7 @@ async fn pump(pipe: OwnedFd, job: &str, run_id: RunId, stream: &str, clock: Cloc
             Ok([]) => break,
             Ok(chunk) => chunk,
             Err(err) => {
-                tracing::warn!(job, run = %run_id, stream, "cannot read output: {err}");
+                tracing::warn!(job = %job, run = %run_id, stream = %stream, "cannot read output: {err}");
                 break;
             }
         };
@@ -229,9 +297,9 @@ fn emit(job: &str, run_id: RunId, stream: &str, line: &[u8], cut: bool) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let text = String::from_utf8_lossy(line);
     if cut {
-        tracing::info!(target: "tickd::output", job, run = %run_id, stream, "{text} [line cut at {MAX_LINE} bytes]");
+        tracing::info!(target: "tickd::output", job = %job, run = %run_id, stream = %stream, "{text} [line cut at {MAX_LINE} bytes]");
     } else {
-        tracing::info!(target: "tickd::output", job, run = %run_id, stream, "{text}");
+        tracing::info!(target: "tickd::output", job = %job, run = %run_id, stream = %stream, "{text}");
     }
 }
 
@@ -240,6 +308,19 @@ mod tests {
     use std::cell::RefCell;
 
     use super::*;
+
+    #[test]
+    fn held_output_keeps_only_its_last_lines() {
+        let held = HeldOutput::default();
+        let line = "x".repeat(1000);
+        for _ in 0..100 {
+            held.push("stdout", line.clone(), false);
+        }
+        let inner = held.0.lock().expect("lock");
+        assert!(inner.bytes <= HELD_OUTPUT, "{}", inner.bytes);
+        assert_eq!(inner.lines.len(), HELD_OUTPUT / 1000);
+        assert_eq!(inner.dropped, 100 - inner.lines.len() as u64);
+    }
 
     #[test]
     fn a_long_line_is_cut_once_and_the_next_line_is_whole() {

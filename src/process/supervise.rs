@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::group::{group_alive_off_workers, signal_group, terminate};
 use super::keeper::GroupKeeper;
-use super::output::log_output;
+use super::output::{log_output, OutputSink};
 use super::plan::{plan, OutputPipe};
 use super::procfs::group_rss;
 use super::spawner::{ChildProcess, Spawner};
@@ -39,6 +39,8 @@ pub struct ChildRun<'a> {
     pub run_id: RunId,
     /// Where output goes.
     pub output: OutputMode,
+    /// With `output = "log"`: logged as it comes, or held until the run ends.
+    pub sink: OutputSink,
     /// Stop the run after this long.
     pub timeout: Option<Duration>,
     /// Between SIGTERM and SIGKILL.
@@ -99,13 +101,13 @@ pub async fn run_child(spec: &ProcessSpec, run: ChildRun<'_>) -> ChildEnd {
     let pid = child.id();
     // The child is the leader of its own group, so its pid is the group id.
     let group = Pid::from_raw(pid as i32);
-    tracing::debug!(job = run.job, run = %run.run_id, pid, "process started");
+    tracing::debug!(job = %run.job, run = %run.run_id, pid, "process started");
     if let Some(keeper) = run.keeper {
         keeper.register(group);
     }
     // Read until this function returns, so that what leftovers print while they are stopped is
     // logged too.
-    let output = log_output(stdout, stderr, run.job, run.run_id, run.clock);
+    let output = log_output(stdout, stderr, run.job, run.run_id, run.clock, &run.sink);
     tokio::pin!(output);
     let end = with_output(
         supervise(&mut child, group, &run),
@@ -183,7 +185,7 @@ async fn stop(
         ),
     };
     tracing::info!(
-        job = run.job,
+        job = %run.job,
         run = %run.run_id,
         grace = %humantime::format_duration(run.kill_grace),
         "{why}; sending SIGTERM to the process group"
@@ -192,7 +194,7 @@ async fn stop(
     let (status, killed) = tokio::select! {
         status = child.wait() => (status, false),
         _ = run.clock.sleep(run.kill_grace) => {
-            tracing::warn!(job = run.job, run = %run.run_id, "still running after the grace period; sending SIGKILL");
+            tracing::warn!(job = %run.job, run = %run.run_id, "still running after the grace period; sending SIGKILL");
             signal_group(group, Signal::SIGKILL);
             (child.wait().await, true)
         }
@@ -238,7 +240,7 @@ async fn stop_leftovers(group: Pid, run: &ChildRun<'_>) {
         return;
     }
     tracing::warn!(
-        job = run.job,
+        job = %run.job,
         run = %run.run_id,
         "processes are left in the run's process group after it ended; stopping them"
     );

@@ -141,7 +141,7 @@ shell = "sleep 30"
 
     // While draining, /healthz says so.
     d.signal(Signal::SIGTERM);
-    d.wait_log("waiting for runs in flight");
+    d.wait_log("stopping: waiting for");
     assert_eq!(http(port, "GET", "/healthz", None).0, 503);
 }
 

@@ -195,7 +195,7 @@ shell = "exit 3"
     assert!(!status.contains("SigIgn:\t0000000000000000"), "{status}");
     // A second SIGTERM during the drain skips the (default, 30 s) wait.
     d.signal(Signal::SIGTERM);
-    d.wait_log("waiting for runs in flight");
+    d.wait_log("stopping: waiting for");
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(), 3);
     assert!(d.log().contains("second stop request"));

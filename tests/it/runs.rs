@@ -29,10 +29,24 @@ http = {{ url = "http://127.0.0.1:{port}/fail" }}
     );
     assert!(request.ends_with("from=tickd"), "{request}");
     let log = d.wait_log("HTTP 500");
-    assert!(log.contains("job=broken"), "{log}");
-    assert!(log.contains("outcome=failure"), "{log}");
-    let log = d.wait_log("exit_code=200");
-    assert!(log.contains("job=cron-php"), "{log}");
+    let failed = log
+        .lines()
+        .find(|l| l.contains("run finished") && l.contains("job=broken"))
+        .unwrap_or_else(|| panic!("no failed run of broken:\n{log}"));
+    assert!(failed.contains("outcome=failure"), "{failed}");
+    // An HTTP job has a status, not an exit code, and a failure shows the body's start.
+    assert!(failed.contains("status=500"), "{failed}");
+    assert!(
+        failed.contains("Fatal error: the database is down"),
+        "{failed}"
+    );
+    let log = d.wait_log("status=200");
+    let ok = log
+        .lines()
+        .find(|l| l.contains("status=200"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(ok.contains("job=cron-php"), "{ok}");
+    assert!(!log.contains("exit_code="), "{log}");
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(), 0);
 }
@@ -136,7 +150,7 @@ fn a_run_going_for_many_fires_is_reported() {
         "{line}"
     );
     d.signal(Signal::SIGINT);
-    d.wait_log("waiting for runs in flight");
+    d.wait_log("stopping: waiting for");
     d.signal(Signal::SIGINT);
     assert_eq!(d.wait_exit(), 3, "{}", d.log());
 }

@@ -34,10 +34,32 @@ shell = "echo $$ > started.pid; sleep 2; echo finished > done"
         "finished\n"
     );
     let log = d.log();
-    assert!(log.contains("waiting for runs in flight"), "{log}");
+    // Acknowledged at once, with the real drain timeout: before the run in flight ends.
+    let position = |what: &str| {
+        log.find(what)
+            .unwrap_or_else(|| panic!("no {what:?} in the log:\n{log}"))
+    };
+    let ack = position("stopping: waiting for 1 run, up to 1m");
+    assert!(ack < position("run finished"), "{log}");
     assert!(log.contains("every run finished"), "{log}");
     // Exactly one run: nothing fired after the SIGTERM.
     assert_eq!(log.matches("run started").count(), 1, "{log}");
+}
+
+/// Issue 18: a stop with nothing running said nothing until "shut down".
+#[test]
+fn a_stop_with_no_run_in_flight_is_acknowledged() {
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        let mut d = Daemon::start("[jobs.rare]\nevery = \"1h\"\nhandler = \"log\"\n");
+        d.wait_log("scheduler started");
+        d.signal(signal);
+        assert_eq!(d.wait_exit(), 0, "{}", d.log());
+        let log = d.log();
+        assert!(
+            log.contains("stopping: no runs in flight"),
+            "{signal}: {log}"
+        );
+    }
 }
 
 #[test]
@@ -175,7 +197,7 @@ shell = "echo started > started; while [ ! -e go ]; do sleep 0.05; done; echo do
         "{log}"
     );
     // SIGUSR2 and SIGALRM: logged, ignored, and the jobs keep firing.
-    for (signal, name) in [(Signal::SIGUSR2, "SIGUSR2"), (Signal::SIGALRM, "SIGALRM")] {
+    for (signal, name) in [(Signal::SIGUSR2, "USR2"), (Signal::SIGALRM, "ALRM")] {
         let runs = d.log().matches("job=tick").count();
         d.signal(signal);
         let log = d.wait_log(&format!("signal={name}"));
@@ -185,7 +207,7 @@ shell = "echo started > started; while [ ! -e go ]; do sleep 0.05; done; echo do
     // SIGQUIT: a drain like SIGTERM, not a core dump: the run in flight finishes, exit 0. A
     // report during the drain says so.
     d.signal(Signal::SIGQUIT);
-    d.wait_log("waiting for runs in flight");
+    d.wait_log("stopping: waiting for");
     d.signal(Signal::SIGUSR1);
     let log = d.wait_log("draining");
     assert!(

@@ -309,7 +309,7 @@ pub fn sample(metrics: &str, series: &str) -> f64 {
 }
 
 /// A loopback HTTP/1.1 server for `http` jobs: answers `/ok` with 200 and anything else with
-/// 500, closes each connection, and hands every request's text to the test.
+/// 500 and a one-line body, closes each connection, and hands every request's text to the test.
 pub fn http_server() -> (u16, std::sync::mpsc::Receiver<String>) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
@@ -343,14 +343,18 @@ pub fn http_server() -> (u16, std::sync::mpsc::Receiver<String>) {
                 }
             }
             let text = String::from_utf8_lossy(&request).into_owned();
-            let status = if text.starts_with("POST /ok ") || text.starts_with("GET /ok ") {
-                "200 OK"
+            let (status, body) = if text.starts_with("POST /ok ") || text.starts_with("GET /ok ") {
+                ("200 OK", "")
             } else {
-                "500 Internal Server Error"
+                (
+                    "500 Internal Server Error",
+                    "Fatal error: the database is down",
+                )
             };
             let _ = write!(
                 stream,
-                "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
             );
             if tx.send(text).is_err() {
                 break;

@@ -80,6 +80,7 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|v| *v.get_ref())
                 .unwrap_or_default(),
+            log: raw.log.as_ref().map(|v| *v.get_ref()).unwrap_or_default(),
             jitter,
             run_on_start: raw.run_on_start.unwrap_or(false),
             on_missed,
@@ -298,6 +299,34 @@ mod tests {
         assert!(msg.contains("job \"a\": a job needs a schedule"), "{msg}");
         let msg = error("[jobs.a]\nevery = \"1s\"\n");
         assert!(msg.contains("job \"a\": a job needs an action"), "{msg}");
+    }
+
+    #[test]
+    fn log_takes_runs_failures_or_none() {
+        use crate::config::RunLog;
+        let job = |log: &str| {
+            let text = format!("[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\n{log}");
+            crate::config::parse(
+                std::path::Path::new("jobs.toml"),
+                &text,
+                &crate::Handlers::with_builtins(),
+            )
+            .map(|config| config.jobs()["a"].log())
+        };
+        assert_eq!(job("").expect("valid"), RunLog::Runs);
+        assert_eq!(job("log = \"runs\"\n").expect("valid"), RunLog::Runs);
+        assert_eq!(
+            job("log = \"failures\"\n").expect("valid"),
+            RunLog::Failures
+        );
+        assert_eq!(job("log = \"none\"\n").expect("valid"), RunLog::Nothing);
+        let msg = error("[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\nlog = \"errors\"\n");
+        assert!(
+            msg.starts_with("jobs.toml:4:7: job \"a\", key \"log\""),
+            "{msg}"
+        );
+        assert!(msg.contains("unknown variant `errors`"), "{msg}");
+        assert!(msg.contains("`runs`, `failures`, `none`"), "{msg}");
     }
 
     #[test]
