@@ -42,7 +42,7 @@ const SCENARIOS: &[(&str, &[&str])] = &[
     ),
     ("inproc-1x1hz-cron", &["tickd", "tokio-sleep", "tcs"]),
     ("inproc-1000x5hz", &["tickd", "tokio-sleep"]),
-    ("inproc-1000x5hz-aligned", &["tickd"]),
+    ("inproc-1000x5hz-aligned", &["tickd", "tokio-sleep"]),
     ("inproc-1000x5hz-spread", &["tickd"]),
     ("inproc-1000x1hz-cron", &["tickd", "tokio-sleep", "tcs"]),
     ("inproc-10000x1hz", &["tickd", "tokio-sleep", "tcs"]),
