@@ -82,6 +82,23 @@ enum Command {
         #[arg(default_value = "jobs.toml")]
         file: PathBuf,
     },
+    /// Pause a job of a running daemon: it fires nothing until resumed (its runs in flight go
+    /// on).
+    Pause {
+        /// The job.
+        name: String,
+        /// The jobs file (for the endpoint's address and token).
+        #[arg(default_value = "jobs.toml")]
+        file: PathBuf,
+    },
+    /// Resume a paused job of a running daemon.
+    Resume {
+        /// The job.
+        name: String,
+        /// The jobs file (for the endpoint's address and token).
+        #[arg(default_value = "jobs.toml")]
+        file: PathBuf,
+    },
     /// Run a job once in the foreground, without a daemon: its output on this terminal, its exit
     /// code as ours.
     Exec {
@@ -153,6 +170,8 @@ fn main() -> ExitCode {
         ),
         Command::Status { file, json } => client::status(&file, json),
         Command::RunNow { name, file } => client::run_now(&file, &name),
+        Command::Pause { name, file } => client::set_paused(&file, &name, true),
+        Command::Resume { name, file } => client::set_paused(&file, &name, false),
         Command::Exec { name, file } => offline::exec(&file, &name),
         Command::ImportCrontab {
             file,

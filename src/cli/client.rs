@@ -1,5 +1,5 @@
 //! The commands that talk to a running daemon through its HTTP endpoint: `tickd status` (a
-//! table, or the endpoint's JSON) and `tickd run-now`.
+//! table, or the endpoint's JSON), `tickd run-now`, `tickd pause` and `tickd resume`.
 
 use std::io::Write;
 use std::path::Path;
@@ -40,10 +40,7 @@ impl Endpoint {
     /// daemon could not be reached.
     fn call(&self, post: bool, path: &str) -> Result<(u16, String), u8> {
         self.send(post, path).map_err(|err| {
-            eprintln_safe(&format!(
-                "tickd: cannot reach the daemon at {}: {err}",
-                self.addr
-            ));
+            eprintln_safe(&unreachable(self.addr, &err));
             exit::FATAL
         })
     }
@@ -86,6 +83,35 @@ impl Endpoint {
     }
 }
 
+/// Why the daemon at `addr` could not be reached, in words.
+fn unreachable(addr: std::net::SocketAddr, err: &reqwest::Error) -> String {
+    let refused = std::error::Error::source(err)
+        .and_then(|mut source| loop {
+            if let Some(io) = source.downcast_ref::<std::io::Error>() {
+                break Some(io.kind());
+            }
+            source = source.source()?;
+        })
+        .is_some_and(|kind| kind == std::io::ErrorKind::ConnectionRefused);
+    if refused {
+        format!("tickd: no daemon is listening on {addr} (connection refused): is `[daemon] http` set and tickd running?")
+    } else {
+        format!("tickd: cannot reach the daemon at {addr}: {err}")
+    }
+}
+
+/// What an answer other than the one expected says: the endpoint's `error` in words, or the
+/// status and body of something else listening there.
+fn refused(code: u16, body: &str) -> String {
+    let reason = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|json| json["error"].as_str().map(str::to_owned));
+    match reason {
+        Some(reason) => format!("tickd: {reason} ({code})"),
+        None => format!("tickd: the endpoint answered {code}: {body}"),
+    }
+}
+
 /// Calls the endpoint named in the jobs file `file`: `GET` or `POST` `path`; returns status and
 /// body.
 fn call_endpoint(file: &Path, post: bool, path: &str) -> Result<(u16, String), u8> {
@@ -103,7 +129,7 @@ pub(crate) fn status(file: &Path, json: bool) -> u8 {
     };
     let mut out = std::io::stdout().lock();
     if code != 200 {
-        eprintln_safe(&format!("tickd: the endpoint answered {code}: {body}"));
+        eprintln_safe(&refused(code, &body));
         return exit::FATAL;
     }
     if json {
@@ -160,7 +186,25 @@ pub(crate) fn run_now(file: &Path, name: &str) -> u8 {
             exit::OK
         }
         Ok((code, body)) => {
-            eprintln_safe(&format!("tickd: {code}: {body}"));
+            eprintln_safe(&refused(code, &body));
+            exit::FATAL
+        }
+        Err(exit) => exit,
+    }
+}
+
+/// `tickd pause NAME` (`paused`) and `tickd resume NAME`: a paused job fires nothing until
+/// resumed; its runs in flight go on.
+pub(crate) fn set_paused(file: &Path, name: &str, paused: bool) -> u8 {
+    let action = if paused { "pause" } else { "resume" };
+    match call_endpoint(file, true, &format!("/jobs/{name}/{action}")) {
+        Ok((200, _)) => {
+            let done = if paused { "paused" } else { "resumed" };
+            let _ = writeln!(std::io::stdout(), "{name}: {done}");
+            exit::OK
+        }
+        Ok((code, body)) => {
+            eprintln_safe(&refused(code, &body));
             exit::FATAL
         }
         Err(exit) => exit,

@@ -125,7 +125,9 @@ pub(crate) fn check(file: &Path) -> u8 {
     for warning in config.warnings() {
         eprintln_safe(&warning.to_string());
     }
-    let _ = writeln!(out, "{}: OK, {} jobs", file.display(), config.jobs().len());
+    let count = config.jobs().len();
+    let noun = if count == 1 { "job" } else { "jobs" };
+    let _ = writeln!(out, "{}: OK, {count} {noun}", file.display());
     for spec in config.jobs().values() {
         let _ = writeln!(out, "  {}: {}", spec.name(), spec.schedule());
     }

@@ -93,8 +93,20 @@ pub(super) fn parse_address(text: &str) -> Result<SocketAddr, String> {
     } else {
         trimmed.to_owned()
     };
-    full.parse::<SocketAddr>()
-        .map_err(|e| format!("invalid address \"{text}\": {e} (e.g. \"127.0.0.1:9187\")"))
+    if let Ok(addr) = full.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    // A host name (`localhost:9187`): resolved once, at load; an IPv4 address first, so that
+    // `localhost` means 127.0.0.1 wherever it also names ::1.
+    let resolved: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(full.as_str())
+        .map_err(|e| format!("invalid address \"{text}\": {e} (e.g. \"127.0.0.1:9187\")"))?
+        .collect();
+    resolved
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or(resolved.first())
+        .copied()
+        .ok_or_else(|| format!("invalid address \"{text}\": the name resolves to no address"))
 }
 
 /// A whole number of at least 1 that fits `T`.

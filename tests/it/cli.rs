@@ -110,7 +110,7 @@ fn a_jobs_file_on_a_pipe_is_read_once() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("OK, 1 jobs"), "{stdout}");
+    assert!(stdout.contains("OK, 1 job\n"), "{stdout}");
 }
 
 #[test]
@@ -213,6 +213,34 @@ handler = "log"
 }
 
 #[test]
+fn the_cli_says_in_words_that_no_daemon_is_listening() {
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("jobs.toml"),
+        format!(
+            "[daemon]\nhttp = \"localhost:{port}\"\n[jobs.a]\nevery = \"1h\"\nhandler = \"log\"\n"
+        ),
+    )
+    .expect("jobs file");
+    for args in [&["status"][..], &["run-now", "a"], &["pause", "a"]] {
+        let out = tickd()
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("cli");
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains(&format!(
+                "no daemon is listening on 127.0.0.1:{port} (connection refused)"
+            )) && said.contains("is `[daemon] http` set and tickd running?"),
+            "{args:?}: {said}"
+        );
+    }
+}
+
+#[test]
 fn the_cli_talks_to_the_endpoint_and_exec_runs_a_job_in_the_foreground() {
     let port = free_port();
     let config = format!(
@@ -251,7 +279,39 @@ fn the_cli_talks_to_the_endpoint_and_exec_runs_a_job_in_the_foreground() {
         String::from_utf8_lossy(&out.stderr)
     );
     d.wait_log("from-exec");
-    assert_eq!(cli(&["run-now", "nope"]).status.code(), Some(1));
+    let out = cli(&["run-now", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    // The endpoint's reason in words, not its JSON.
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("no job named \"nope\"") && !said.contains('{'),
+        "{said}"
+    );
+    // pause and resume, which the status shows.
+    let out = cli(&["pause", "tick"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "tick: paused\n");
+    let table = String::from_utf8_lossy(&cli(&["status"]).stdout).into_owned();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("tick ") && l.contains("paused")),
+        "{table}"
+    );
+    let out = cli(&["resume", "tick"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "tick: resumed\n");
+    assert_eq!(cli(&["pause", "nope"]).status.code(), Some(1));
     // exec: no daemon involved; the job's output here, its exit code ours.
     let out = cli(&["exec", "hello"]);
     assert_eq!(out.status.code(), Some(7));
