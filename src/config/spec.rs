@@ -118,7 +118,7 @@ impl ClusterSettings {
 }
 
 /// Where a job runs when tickd runs as a cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// Once per fire in the whole cluster, on the node that owns the cluster.
@@ -129,7 +129,7 @@ pub enum Scope {
 }
 
 /// What becomes of a cluster job's run that was in flight on a node that died.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OnNodeLoss {
     /// Nothing: the slot ran at most once (its run may have been cut short).
@@ -528,7 +528,7 @@ impl Jitter {
 }
 
 /// What happens to fires that were missed (daemon down, stopped, stalled, wall clock jumped).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OnMissed {
     /// Missed fires are dropped; the next fire is the next one in the future.
@@ -643,7 +643,7 @@ pub enum Overlap {
 }
 
 /// Where a child's output goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputMode {
     /// Read line by line and log each line with the job name and run id.
