@@ -132,10 +132,33 @@ fn readme_toml_blocks() -> Vec<String> {
     blocks
 }
 
+/// The jobs files the repository ships: the example, the .deb's /etc/tickd/jobs.toml and the
+/// library example's.
+const SHIPPED: [&str; 3] = [
+    "jobs.toml",
+    "contrib/debian/jobs.toml",
+    "examples/embedded.toml",
+];
+
+#[test]
+fn the_debs_default_jobs_file_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/debian/jobs.toml");
+    let out = tickd().arg("check").arg(&path).output().expect("check");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn the_shipped_and_readme_examples_match_the_schema() {
     let validator = validator();
-    let mut examples = vec![("jobs.toml".to_owned(), repo_file("jobs.toml"))];
+    let mut examples: Vec<(String, String)> = SHIPPED
+        .iter()
+        .map(|path| (path.to_string(), repo_file(path)))
+        .collect();
     examples.extend(
         readme_toml_blocks()
             .into_iter()

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Builds the .deb with cargo-deb (metadata: [package.metadata.deb] in Cargo.toml) and prints its
+# path. The man pages, completions, schema and the unit with /usr/bin in ExecStart are generated
+# by the binary just built (into target/deb-assets/), so the package cannot ship stale ones.
+#   scripts/build-deb.sh [PROFILE]    PROFILE: release (default), or deb-test (CI: no optimizer)
+# Installs cargo-deb first (cargo install --locked) when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+profile="${1:-release}"
+
+if ! command -v cargo-deb > /dev/null; then
+    cargo install cargo-deb --locked
+fi
+cargo build --locked --profile "$profile" --bin tickd >&2
+target_dir="${CARGO_TARGET_DIR:-target}"
+tickd="$target_dir/$profile/tickd"
+
+assets=target/deb-assets
+rm -rf "$assets"
+mkdir -p "$assets/man"
+"$tickd" man --out-dir "$assets/man"
+gzip -9n "$assets"/man/*.1
+"$tickd" completions bash > "$assets/tickd.bash"
+"$tickd" completions zsh > "$assets/_tickd"
+"$tickd" completions fish > "$assets/tickd.fish"
+"$tickd" schema > "$assets/jobs.schema.json"
+# Debian installs programs in /usr/bin; the contrib unit points at /usr/local/bin (cargo install).
+sed 's#^ExecStart=/usr/local/bin/tickd #ExecStart=/usr/bin/tickd #' contrib/systemd/tickd.service \
+    > "$assets/tickd.service"
+grep -q '^ExecStart=/usr/bin/tickd ' "$assets/tickd.service"
+
+# cargo-deb prints the package's path on stdout.
+cargo deb --no-build --profile "$profile"
