@@ -5,9 +5,9 @@ mod cli;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
-use cli::{client, daemon, exit, logging, offline, LogFormat, LogTimeArg};
+use cli::{client, daemon, exit, generate, logging, offline, LogFormat, LogTimeArg};
 
 #[derive(Parser)]
 #[command(
@@ -120,6 +120,19 @@ enum Command {
         #[arg(long)]
         skip_invalid: bool,
     },
+    /// Print the man page (roff), or write one page per command into a directory.
+    Man {
+        /// Write tickd.1, tickd-run.1, ... into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+    /// Print a shell completion script (e.g. `tickd completions bash > /etc/bash_completion.d/tickd`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the JSON Schema of the jobs file, for editors (`#:schema` in taplo / Even Better TOML).
+    Schema,
     /// Internal: the group keeper a daemon starts (kills its jobs' process groups if it dies).
     #[command(name = "__keeper", hide = true)]
     Keeper,
@@ -178,6 +191,9 @@ fn main() -> ExitCode {
             system,
             skip_invalid,
         } => offline::import_crontab(&file, system, skip_invalid),
+        Command::Man { out_dir } => generate::man(Cli::command(), out_dir.as_deref()),
+        Command::Completions { shell } => generate::completions(Cli::command(), shell),
+        Command::Schema => generate::schema(),
         Command::Keeper => {
             tickd::process::keeper_main(std::io::stdin().lock());
             exit::OK

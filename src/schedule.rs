@@ -78,7 +78,7 @@ impl EverySchedule {
 }
 
 /// How an `every` schedule places its fires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum EveryMode {
     /// The k-th fire is due at `anchor + k * period`, however long runs take (drift-free).

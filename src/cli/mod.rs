@@ -1,9 +1,10 @@
 //! The binary's commands, one module per kind: the daemon (`daemon`), its log (`logging`), the
-//! client of a running daemon's endpoint (`client`), and the commands that need no daemon
-//! (`offline`). `main.rs` only parses the command line and dispatches.
+//! client of a running daemon's endpoint (`client`), the commands that need no daemon
+//! (`offline`), and what packagers and editors need (`generate`: man page, completions, schema). `main.rs` only parses the command line and dispatches.
 
 pub(crate) mod client;
 pub(crate) mod daemon;
+pub(crate) mod generate;
 pub(crate) mod logging;
 pub(crate) mod offline;
 

@@ -47,6 +47,13 @@ pub fn load(path: &Path, handlers: &Handlers) -> Result<Config, ConfigError> {
     parse(path, &text, handlers)
 }
 
+/// The JSON Schema (draft 7) of a jobs file, generated from the types the parser reads: every
+/// key with its type and description, unknown keys refused. What it cannot say (exactly one
+/// schedule and one action, value ranges, cron syntax) is left to [`load`].
+pub fn json_schema() -> serde_json::Value {
+    raw::schema()
+}
+
 /// Validates configuration text; `path` is only used in messages and as [`Config::source`].
 pub fn parse(path: &Path, text: &str, handlers: &Handlers) -> Result<Config, ConfigError> {
     let locator = Locator { path, text };

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -16,109 +17,275 @@ pub(super) fn deserialize(
     serde_path_to_error::deserialize(toml::Deserializer::new(text))
 }
 
+/// The JSON Schema of the file, from the types below, so it accepts exactly the keys and value
+/// types the parser does (draft 7: the newest draft taplo, and so Even Better TOML, validates).
+/// Only the shape: the rules of phase 2 (one schedule, one action, ranges) are `tickd check`'s.
+pub(super) fn schema() -> serde_json::Value {
+    let generator = schemars::generate::SchemaSettings::draft07().into_generator();
+    let mut schema = generator.into_root_schema_for::<RawConfig>();
+    schema.insert("title".into(), "tickd jobs file".into());
+    let mut schema = schema.to_value();
+    strip_null(&mut schema);
+    schema
+}
+
+/// Removes the `null` schemars allows for `Option` fields: TOML has no null (an absent key is
+/// `None`), and editors would offer it.
+fn strip_null(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    let Value::Object(map) = value else {
+        if let Value::Array(items) = value {
+            items.iter_mut().for_each(strip_null);
+        }
+        return;
+    };
+    if let Some(Value::Array(types)) = map.get_mut("type") {
+        types.retain(|t| t != "null");
+        if let [only] = types.as_slice() {
+            let only = only.clone();
+            map.insert("type".into(), only);
+        }
+    }
+    if let Some(Value::Array(any_of)) = map.get_mut("anyOf") {
+        any_of.retain(|s| s.get("type").is_none_or(|t| t != "null"));
+        if any_of.len() == 1 {
+            // `allOf`, not the bare `$ref`: draft 7 ignores the siblings of a `$ref`, such as
+            // the field's description.
+            let only = any_of.clone();
+            map.remove("anyOf");
+            map.insert("allOf".into(), Value::Array(only));
+        }
+    }
+    map.values_mut().for_each(strip_null);
+}
+
 /// The whole file.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "JobsFile")]
 pub(super) struct RawConfig {
+    /// Settings of the daemon itself.
     #[serde(default)]
     pub(super) daemon: RawDaemon,
     /// `None` when the file has no `[jobs]` table at all (see
     /// [`Config::no_jobs_on_purpose`](super::Config::no_jobs_on_purpose)).
+    #[schemars(
+        with = "Option<BTreeMap<String, RawJob>>",
+        description = "One table per job; the key is the job's name (letters, digits, `-`, `_`, `.`).",
+        extend("propertyNames" = { "pattern": "^[A-Za-z0-9._-]+$" })
+    )]
     pub(super) jobs: Option<BTreeMap<String, Spanned<RawJob>>>,
     /// `None`: tickd runs alone.
+    #[schemars(
+        with = "Option<RawCluster>",
+        description = "Run the jobs once per cluster of nodes that share one PostgreSQL database."
+    )]
     pub(super) cluster: Option<Spanned<RawCluster>>,
 }
 
 /// The `[cluster]` table.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Cluster")]
 pub(super) struct RawCluster {
+    /// The database URL (`postgres://user@host/db`); the password from PGPASSWORD or the URL.
+    #[schemars(with = "String")]
     pub(super) postgres: Spanned<String>,
+    /// This node's name, unique in the cluster (default: the host name).
+    #[schemars(with = "Option<String>")]
     pub(super) node: Option<Spanned<String>>,
+    /// The cluster's name, so that several clusters can share one database (default "default").
+    #[schemars(with = "Option<String>")]
     pub(super) name: Option<Spanned<String>>,
+    /// How far ahead the database confirms ownership to the owner (default "1s").
+    #[schemars(with = "Option<String>")]
     pub(super) window: Option<Spanned<String>>,
+    /// How often the owner renews its ownership; shorter than `window` (default "200ms").
+    #[schemars(with = "Option<String>")]
     pub(super) renew: Option<Spanned<String>>,
+    /// How long renewals must have stopped before another node takes over (default "1s").
+    #[schemars(with = "Option<String>")]
     pub(super) dead_after: Option<Spanned<String>>,
+    /// How late a missed slot of a 1 s or slower job may still run after a takeover (default "10s").
+    #[schemars(with = "Option<String>")]
     pub(super) catch_up: Option<Spanned<String>>,
+    /// How many shards the jobs fall into, spread over the live nodes (1 to 4096, default 1).
+    #[schemars(with = "Option<i64>")]
     pub(super) shards: Option<Spanned<i64>>,
+    /// This node's share of the shards, relative to the others' (1 to 1000, default 1).
+    #[schemars(with = "Option<i64>")]
     pub(super) weight: Option<Spanned<i64>>,
 }
 
 /// The `[daemon]` table.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Daemon")]
 pub(super) struct RawDaemon {
+    /// How long SIGTERM/SIGINT waits for runs in flight (default "30s").
+    #[schemars(with = "Option<String>")]
     pub(super) shutdown_timeout: Option<Spanned<String>>,
+    /// Default IANA zone for cron schedules (default "UTC").
+    #[schemars(with = "Option<String>")]
     pub(super) timezone: Option<Spanned<String>>,
+    /// Drain and exit 75 (recycle) after this long.
+    #[schemars(with = "Option<String>")]
     pub(super) max_uptime: Option<Spanned<String>>,
+    /// Where the last fire times are kept (needed by `on_missed = "once"`); relative to the jobs file.
+    #[schemars(with = "Option<String>")]
     pub(super) state_file: Option<Spanned<String>>,
+    /// Drain and exit 75 (recycle) after this many runs.
+    #[schemars(with = "Option<i64>")]
     pub(super) max_runs: Option<Spanned<i64>>,
+    /// Drain and exit 75 (recycle) when tickd's own memory exceeds this ("200MB").
+    #[schemars(with = "Option<String>")]
     pub(super) max_rss: Option<Spanned<String>>,
+    /// The address of the HTTP endpoint (metrics, status, control), e.g. "127.0.0.1:9187".
+    #[schemars(with = "Option<String>")]
     pub(super) http: Option<Spanned<String>>,
+    /// A bearer token every request to the endpoint but `/healthz` must carry.
+    #[schemars(with = "Option<String>")]
     pub(super) http_token: Option<Spanned<String>>,
+    /// Start jobs from an empty environment but for `env_keep`.
     pub(super) env_clear: Option<bool>,
+    /// With `env_clear`: the variables jobs still inherit.
+    #[schemars(with = "Option<Vec<String>>")]
     pub(super) env_keep: Option<Spanned<Vec<String>>>,
+    /// Variables jobs do not inherit.
     pub(super) env_remove: Option<Vec<String>>,
 }
 
 /// One `[jobs.NAME]` table.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Job")]
 pub(super) struct RawJob {
+    /// A period on a drift-free grid ("200ms", "10s", "1h30m").
+    #[schemars(with = "Option<String>")]
     pub(super) every: Option<Spanned<String>>,
+    /// A cron expression: 5 fields, 6 with seconds first, or @hourly etc.
+    #[schemars(with = "Option<String>")]
     pub(super) cron: Option<Spanned<String>>,
+    /// The IANA zone of this job's cron schedule (default: the daemon's).
+    #[schemars(with = "Option<String>")]
     pub(super) timezone: Option<Spanned<String>>,
+    /// Run a child process: program and arguments, no shell.
+    #[schemars(with = "Option<Vec<String>>")]
     pub(super) command: Option<Spanned<Vec<String>>>,
+    /// Run a script with `/bin/sh -c`.
+    #[schemars(with = "Option<String>")]
     pub(super) shell: Option<Spanned<String>>,
+    /// Make an in-process HTTP request; a 2xx status is success.
+    #[schemars(with = "Option<RawHttp>")]
     pub(super) http: Option<Spanned<RawHttp>>,
+    /// Run an in-process handler (the binary ships `log`).
+    #[schemars(with = "Option<String>")]
     pub(super) handler: Option<Spanned<String>>,
+    /// What a fire does while a run of this job is still going (default "skip").
+    #[schemars(with = "Option<RawOverlap>")]
     pub(super) overlap: Option<Spanned<RawOverlap>>,
+    /// With `overlap = "allow"`: at most this many runs at once.
+    #[schemars(with = "Option<i64>")]
     pub(super) max_concurrent: Option<Spanned<i64>>,
+    /// Stop a run after this long.
+    #[schemars(with = "Option<String>")]
     pub(super) timeout: Option<Spanned<String>>,
+    /// How long a stopped run gets between SIGTERM and SIGKILL (default "10s").
+    #[schemars(with = "Option<String>")]
     pub(super) kill_grace: Option<Spanned<String>>,
+    /// The working directory of `command` and `shell` runs.
+    #[schemars(with = "Option<String>")]
     pub(super) cwd: Option<Spanned<String>>,
+    /// Variables set for `command` and `shell` runs.
+    #[schemars(with = "Option<BTreeMap<String, String>>")]
     pub(super) env: Option<Spanned<BTreeMap<String, String>>>,
+    /// Where the output of `command` and `shell` runs goes (default "log").
+    #[schemars(with = "Option<OutputMode>")]
     pub(super) output: Option<Spanned<OutputMode>>,
+    /// Which of the job's runs are logged: "runs" (default), "failures" or "none".
+    #[schemars(with = "Option<RunLog>")]
     pub(super) log: Option<Spanned<RunLog>>,
+    /// How an `every` schedule places its fires (default "fixed-rate").
+    #[schemars(with = "Option<EveryMode>")]
     pub(super) mode: Option<Spanned<EveryMode>>,
+    /// Put an `every` grid on multiples of the period since the Unix epoch.
+    #[schemars(with = "Option<bool>")]
     pub(super) align: Option<Spanned<bool>>,
+    /// Delay each run by a random time below this.
+    #[schemars(with = "Option<String>")]
     pub(super) jitter: Option<Spanned<String>>,
+    /// With `jitter`: a delay stable per job and machine.
+    #[schemars(with = "Option<bool>")]
     pub(super) spread: Option<Spanned<bool>>,
+    /// Run once right after the daemon starts (or the reload that adds the job).
     pub(super) run_on_start: Option<bool>,
+    /// What becomes of fires missed while the daemon was down or stalled (default "skip").
+    #[schemars(with = "Option<OnMissed>")]
     pub(super) on_missed: Option<Spanned<OnMissed>>,
+    /// Stop a run whose processes use more memory than this ("50MB").
+    #[schemars(with = "Option<String>")]
     pub(super) max_rss: Option<Spanned<String>>,
+    /// Retry a failed run.
+    #[schemars(with = "Option<RawRetry>")]
     pub(super) retry: Option<Spanned<RawRetry>>,
+    /// A command run after a run finally failed.
+    #[schemars(with = "Option<Vec<String>>")]
     pub(super) on_failure: Option<Spanned<Vec<String>>>,
+    /// Run `command` and `shell` runs as this user (tickd must be root).
+    #[schemars(with = "Option<String>")]
     pub(super) user: Option<Spanned<String>>,
+    /// Run `command` and `shell` runs with this group.
+    #[schemars(with = "Option<String>")]
     pub(super) group: Option<Spanned<String>>,
+    /// In a cluster: once per cluster (default) or on every node.
+    #[schemars(with = "Option<Scope>")]
     pub(super) scope: Option<Spanned<Scope>>,
+    /// In a cluster: what becomes of a run cut short by its node's death (default "skip").
+    #[schemars(with = "Option<OnNodeLoss>")]
     pub(super) on_node_loss: Option<Spanned<OnNodeLoss>>,
 }
 
 /// A job's `retry = { ... }`.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Retry")]
 pub(super) struct RawRetry {
+    /// How many retries after the first failure.
+    #[schemars(with = "i64")]
     pub(super) attempts: Spanned<i64>,
+    /// The delay before the first retry, doubled for each next one.
+    #[schemars(with = "Option<String>")]
     pub(super) backoff: Option<Spanned<String>>,
+    /// The longest delay between retries.
+    #[schemars(with = "Option<String>")]
     pub(super) max_backoff: Option<Spanned<String>>,
 }
 
 /// A job's `http = { ... }`.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Http")]
 pub(super) struct RawHttp {
+    /// The URL to request.
+    #[schemars(with = "String")]
     pub(super) url: Spanned<String>,
+    /// The HTTP method (default "GET").
+    #[schemars(with = "Option<String>")]
     pub(super) method: Option<Spanned<String>>,
+    /// Request headers.
     #[serde(default)]
     pub(super) headers: BTreeMap<String, String>,
+    /// The request body.
     pub(super) body: Option<String>,
+    /// How long the request may take (default: the job's period, 1 s to 30 s).
+    #[schemars(with = "Option<String>")]
     pub(super) timeout: Option<Spanned<String>>,
 }
 
 /// A job's `overlap`; `max_concurrent` is a key of its own.
-#[derive(Deserialize, Clone, Copy)]
+#[derive(Deserialize, JsonSchema, Clone, Copy)]
 #[serde(rename_all = "lowercase")]
+#[schemars(rename = "Overlap")]
 pub(super) enum RawOverlap {
     Skip,
     Queue,

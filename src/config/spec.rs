@@ -118,7 +118,7 @@ impl ClusterSettings {
 }
 
 /// Where a job runs when tickd runs as a cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// Once per fire in the whole cluster, on the node that owns the cluster.
@@ -139,7 +139,7 @@ impl Scope {
 }
 
 /// What becomes of a cluster job's run that was in flight on a node that died.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OnNodeLoss {
     /// Nothing: the slot ran at most once (its run may have been cut short).
@@ -545,7 +545,7 @@ impl Jitter {
 }
 
 /// What happens to fires that were missed (daemon down, stopped, stalled, wall clock jumped).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OnMissed {
     /// Missed fires are dropped; the next fire is the next one in the future.
@@ -661,7 +661,7 @@ pub enum Overlap {
 
 /// What of a job's runs the log shows (`log = "runs" | "failures" | "none"`). The metrics and
 /// the status count every run whatever it says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RunLog {
     /// A line when each run starts and one when it ends, and its output (`output = "log"`).
@@ -677,7 +677,7 @@ pub enum RunLog {
 }
 
 /// Where a child's output goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputMode {
     /// Read line by line and log each line with the job name and run id.

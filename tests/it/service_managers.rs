@@ -64,8 +64,14 @@ fn systemd_notify_protocol_ready_reloading_watchdog_stopping() {
 }
 
 /// A Python path with supervisor installed: the system's if it has it, else installed from PyPI
-/// into `target/pydeps` by this test itself (nothing is needed beforehand).
+/// into `target/pydeps` by this test itself (nothing is needed beforehand). Once per process: the
+/// supervisord tests run in parallel, and two pip installs into one directory race.
 fn supervisor_pythonpath() -> PathBuf {
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(install_supervisor).clone()
+}
+
+fn install_supervisor() -> PathBuf {
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pydeps");
     let has = |path: &Path| {
         Command::new("python3")
@@ -96,72 +102,123 @@ fn supervisor_pythonpath() -> PathBuf {
     target
 }
 
-#[test]
-fn supervisorctl_stop_drains_the_run_and_restart_works() {
-    let pythonpath = supervisor_pythonpath();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path().display().to_string();
-    fs::write(
-        dir.path().join("jobs.toml"),
-        "[daemon]\nshutdown_timeout = \"30s\"\n[jobs.work]\nevery = \"100ms\"\nshell = \"echo started >> started; sleep 2; echo done >> done\"\n",
-    )
-    .expect("jobs");
-    // The shipped program section, with this test's paths.
-    let program = fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/supervisord/tickd.conf"),
-    )
-    .expect("contrib conf")
-    .replace("/usr/local/bin/tickd", env!("CARGO_BIN_EXE_tickd"))
-    .replace("/etc/tickd/jobs.toml", &format!("{d}/jobs.toml"))
-    .replace("/var/log/supervisor/tickd.log", &format!("{d}/tickd.log"));
-    fs::write(
-        dir.path().join("supervisord.conf"),
-        format!(
-            "[unix_http_server]\nfile={d}/supervisor.sock\n[supervisord]\nlogfile={d}/supervisord.log\npidfile={d}/supervisord.pid\ndirectory={d}\n[rpcinterface:supervisor]\nsupervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n[supervisorctl]\nserverurl=unix://{d}/supervisor.sock\n{program}"
-        ),
-    )
-    .expect("conf");
-    let python = |module: &str, args: &[&str]| {
+/// supervisord in a temp dir, running the shipped program section (contrib/) with the temp dir's
+/// paths on `jobs` (a jobs file).
+struct Supervisord {
+    dir: tempfile::TempDir,
+    pythonpath: PathBuf,
+}
+
+impl Supervisord {
+    fn start(jobs: &str) -> Supervisord {
+        let pythonpath = supervisor_pythonpath();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().display().to_string();
+        fs::write(dir.path().join("jobs.toml"), jobs).expect("jobs");
+        // The shipped program section, with this test's paths.
+        let program = fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/supervisord/tickd.conf"),
+        )
+        .expect("contrib conf")
+        .replace("/usr/local/bin/tickd", env!("CARGO_BIN_EXE_tickd"))
+        .replace("/etc/tickd/jobs.toml", &format!("{d}/jobs.toml"))
+        .replace("/var/log/supervisor/tickd.log", &format!("{d}/tickd.log"));
+        fs::write(
+            dir.path().join("supervisord.conf"),
+            format!(
+                "[unix_http_server]\nfile={d}/supervisor.sock\n[supervisord]\nlogfile={d}/supervisord.log\npidfile={d}/supervisord.pid\ndirectory={d}\n[rpcinterface:supervisor]\nsupervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n[supervisorctl]\nserverurl=unix://{d}/supervisor.sock\n{program}"
+            ),
+        )
+        .expect("conf");
+        let supervisord = Supervisord { dir, pythonpath };
+        let started = supervisord.python("supervisor.supervisord", &[]);
+        assert!(
+            started.status.success(),
+            "{}",
+            String::from_utf8_lossy(&started.stderr)
+        );
+        supervisord
+    }
+
+    fn python(&self, module: &str, args: &[&str]) -> std::process::Output {
+        let conf = self.dir.path().join("supervisord.conf");
         Command::new("python3")
-            .args(["-m", module, "-c", &format!("{d}/supervisord.conf")])
+            .args(["-m", module, "-c"])
+            .arg(conf)
             .args(args)
-            .env("PYTHONPATH", &pythonpath)
-            .current_dir(dir.path())
+            .env("PYTHONPATH", &self.pythonpath)
+            .current_dir(self.dir.path())
             .output()
             .expect("python3")
-    };
-    let started = python("supervisor.supervisord", &[]);
-    assert!(
-        started.status.success(),
-        "{}",
-        String::from_utf8_lossy(&started.stderr)
-    );
-    let ctl = |args: &[&str]| {
-        let out = python("supervisor.supervisorctl", args);
+    }
+
+    /// `supervisorctl ARGS`' output.
+    fn ctl(&self, args: &[&str]) -> String {
+        let out = self.python("supervisor.supervisorctl", args);
         String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let read = |name: &str| fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+    }
+
+    /// A file of the temp dir, empty if it is missing.
+    fn read(&self, name: &str) -> String {
+        fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+    }
+}
+
+impl Drop for Supervisord {
+    fn drop(&mut self) {
+        let _ = self.ctl(&["shutdown"]);
+        let pid: i32 = self.read("supervisord.pid").trim().parse().unwrap_or(0);
+        // No `eventually`: a panic in a drop that runs for a failed assertion would abort.
+        let deadline = Instant::now() + PATIENCE;
+        while pid > 0 && is_alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn supervisorctl_stop_drains_the_run_and_restart_works() {
+    let s = Supervisord::start(
+        "[daemon]\nshutdown_timeout = \"30s\"\n[jobs.work]\nevery = \"100ms\"\nshell = \"echo started >> started; sleep 2; echo done >> done\"\n",
+    );
     eventually("the job started under supervisord", || {
-        read("started").contains("started")
+        s.read("started").contains("started")
     });
     // `stop` waits for tickd, which waits for the run in flight.
-    let stop = ctl(&["stop", "tickd"]);
+    let stop = s.ctl(&["stop", "tickd"]);
     assert!(stop.contains("tickd: stopped"), "{stop}");
     assert_eq!(
-        read("started").lines().count(),
-        read("done").lines().count(),
+        s.read("started").lines().count(),
+        s.read("done").lines().count(),
         "a run was cut short"
     );
-    let log = read("supervisord.log");
+    let log = s.read("supervisord.log");
     assert!(log.contains("stopped: tickd (exit status 0)"), "{log}");
-    let restart = ctl(&["restart", "tickd"]);
+    let restart = s.ctl(&["restart", "tickd"]);
     assert!(restart.contains("tickd: started"), "{restart}");
-    assert!(ctl(&["status", "tickd"]).contains("RUNNING"));
-    let _ = ctl(&["shutdown"]);
-    let pid: i32 = read("supervisord.pid").trim().parse().unwrap_or(0);
-    if pid > 0 {
-        eventually("supervisord exited", || !is_alive(pid));
-    }
+    assert!(s.ctl(&["status", "tickd"]).contains("RUNNING"));
+}
+
+/// Without `exitcodes=0,75` in the shipped section, supervisord logged every recycle as "exit
+/// status 75; not expected".
+#[test]
+fn supervisord_restarts_a_recycled_tickd_as_an_expected_exit() {
+    // About 1.6 s a life: longer than startsecs=1, so supervisord counts it as started.
+    let s = Supervisord::start(
+        "[daemon]\nmax_runs = 8\n[jobs.a]\nevery = \"200ms\"\nshell = \"echo ran >> ran\"\n",
+    );
+    eventually("tickd recycled and was started again", || {
+        s.read("supervisord.log")
+            .matches("success: tickd entered RUNNING")
+            .count()
+            >= 2
+    });
+    let log = s.read("supervisord.log");
+    assert!(
+        log.contains("exited: tickd (exit status 75; expected)"),
+        "{log}"
+    );
+    assert!(!log.contains("not expected"), "{log}");
 }
 
 #[test]
