@@ -55,16 +55,19 @@ fn a_bad_config_at_start_exits_2_before_anything_runs() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// The quick start's file and the `.deb`'s default `/etc/tickd/jobs.toml`.
 #[test]
-fn the_shipped_jobs_toml_is_valid() {
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs.toml");
-    let out = tickd().arg("check").arg(&shipped).output().expect("check");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+fn the_shipped_jobs_files_are_valid() {
+    for shipped in ["jobs.toml", "contrib/debian/jobs.toml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(shipped);
+        let out = tickd().arg("check").arg(&path).output().expect("check");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{shipped}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// Waiting for a file to settle read a pipe twice: `tickd check` on a FIFO (or `/dev/stdin` for

@@ -141,18 +141,6 @@ const SHIPPED: [&str; 3] = [
 ];
 
 #[test]
-fn the_debs_default_jobs_file_is_valid() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/debian/jobs.toml");
-    let out = tickd().arg("check").arg(&path).output().expect("check");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-#[test]
 fn the_shipped_and_readme_examples_match_the_schema() {
     let validator = validator();
     let mut examples: Vec<(String, String)> = SHIPPED
