@@ -59,6 +59,8 @@ pub(super) struct RawDaemon {
     pub(super) env_clear: Option<bool>,
     pub(super) env_keep: Option<Spanned<Vec<String>>>,
     pub(super) env_remove: Option<Vec<String>>,
+    pub(super) history: Option<Spanned<i64>>,
+    pub(super) history_output: Option<Spanned<String>>,
 }
 
 /// One `[jobs.NAME]` table.

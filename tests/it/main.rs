@@ -9,6 +9,7 @@ mod cluster;
 mod cluster_tls;
 mod endpoint;
 mod extremes;
+mod history;
 mod logging;
 mod metrics;
 mod orphans;
