@@ -223,8 +223,8 @@ fn history_table(runs: &[tickd::status::RunRecord], zone: chrono_tz::Tz) -> Stri
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "{:>6} {:<19} {:<7} {:>8} {:>5} {}",
-        "RUN", "START", "OUTCOME", "DURATION", "EXIT", "REASON"
+        "{:>6} {:<19} {:<7} {:>8} {:>5} REASON",
+        "RUN", "START", "OUTCOME", "DURATION", "EXIT"
     );
     for run in runs {
         let exit = run
