@@ -34,7 +34,8 @@ pub struct RunEnv {
     /// Shared HTTP client (connection pool) for `http` jobs.
     pub http: reqwest::Client,
     /// How many bytes of the end of a child's output its report keeps for the run history
-    /// (`[daemon] history_output`; 0: none, and no output is held for it).
+    /// (`[daemon] history_output`, set by the daemon; 0, as [`RunEnv::new`] leaves it: none, and
+    /// no output is held for it).
     pub output_tail: usize,
 }
 
@@ -66,7 +67,8 @@ impl RunEnv {
                 .user_agent(concat!("tickd/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .map_err(RunEnvError::HttpClient)?,
-            output_tail: crate::config::DEFAULT_HISTORY_OUTPUT,
+            // Only the daemon keeps a history (it sets this); `tickd exec` has none.
+            output_tail: 0,
         })
     }
 }

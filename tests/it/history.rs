@@ -24,6 +24,12 @@ every = "1h"
 run_on_start = true
 shell = "echo out-$TICKD_RUN_ID; echo to-stderr >&2; exit 3"
 
+[jobs.quiet]
+every = "1h"
+run_on_start = true
+log = "none"
+shell = "echo quiet-output"
+
 [jobs.later]
 every = "1h"
 shell = "echo later-output-$TICKD_RUN_ID"
