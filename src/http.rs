@@ -1,5 +1,5 @@
 //! The HTTP endpoint (`[daemon] http = "127.0.0.1:9187"`, off unless configured), on axum:
-//! `/metrics` (Prometheus), `/healthz`, `/jobs`, `/jobs/{name}`, `/cluster`, and
+//! `/metrics` (Prometheus), `/healthz`, `/jobs`, `/jobs/{name}`, `/jobs/{name}/runs`, `/cluster`, and
 //! `POST /jobs/{name}/run`, `/pause`, `/resume`. With `http_token`, every request but `/healthz` needs
 //! `Authorization: Bearer <token>`; binding a non-loopback address requires a token.
 
@@ -120,6 +120,7 @@ fn router(state: ApiState, request_timeout: Duration) -> Router {
         .route("/metrics", get(metrics))
         .route("/jobs", get(jobs))
         .route("/jobs/{name}", get(job))
+        .route("/jobs/{name}/runs", get(runs))
         .route("/jobs/{name}/run", post(run_now))
         .route("/jobs/{name}/pause", post(pause))
         .route("/jobs/{name}/resume", post(resume))
@@ -392,6 +393,14 @@ fn job_json(name: &str, control: &JobControl) -> serde_json::Value {
 async fn job(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
     match lookup(&state, &name) {
         Some(control) => Json(job_json(&name, &control)).into_response(),
+        None => no_such_job(&name),
+    }
+}
+
+/// The job's last runs, newest first (`[daemon] history`; an empty list when it is 0).
+async fn runs(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
+    match lookup(&state, &name) {
+        Some(control) => Json(control.status.history()).into_response(),
         None => no_such_job(&name),
     }
 }

@@ -99,6 +99,26 @@ enum Command {
         #[arg(default_value = "jobs.toml")]
         file: PathBuf,
     },
+    /// Show a job's last runs on a running daemon, newest first ([daemon] history).
+    History {
+        /// The job.
+        name: String,
+        /// The jobs file (for the endpoint's address and token).
+        #[arg(default_value = "jobs.toml")]
+        file: PathBuf,
+    },
+    /// Print the output of a job's last run on a running daemon (its end: [daemon]
+    /// history_output).
+    Logs {
+        /// The job.
+        name: String,
+        /// The jobs file (for the endpoint's address and token).
+        #[arg(default_value = "jobs.toml")]
+        file: PathBuf,
+        /// Wait for the next run to end, and print its output instead.
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// Run a job once in the foreground, without a daemon: its output on this terminal, its exit
     /// code as ours.
     Exec {
@@ -185,6 +205,8 @@ fn main() -> ExitCode {
         Command::RunNow { name, file } => client::run_now(&file, &name),
         Command::Pause { name, file } => client::set_paused(&file, &name, true),
         Command::Resume { name, file } => client::set_paused(&file, &name, false),
+        Command::History { name, file } => client::history(&file, &name),
+        Command::Logs { name, file, follow } => client::logs(&file, &name, follow),
         Command::Exec { name, file } => offline::exec(&file, &name),
         Command::ImportCrontab {
             file,

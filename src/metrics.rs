@@ -620,6 +620,7 @@ mod tests {
             http_status: None,
             reason: None,
             forced: false,
+            output: None,
         };
         job.run_ended(&report, std::time::Duration::from_millis(3), Utc::now());
         job.skipped();

@@ -1,6 +1,8 @@
-//! Each job's status as the endpoint, the status report and `tickd status` show it: written by the
-//! job's task and its runs' tasks, read by the HTTP endpoint.
+//! Each job's status as the endpoint, the status report and `tickd status` show it, and its last
+//! runs (`/jobs/{name}/runs`, `tickd history`, `tickd logs`): written by the job's task and its
+//! runs' tasks, read by the HTTP endpoint.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
@@ -81,23 +83,112 @@ pub struct LastRun {
     pub node: Option<String>,
 }
 
-/// A job's status, shared between its task (writer) and the endpoint (readers).
+/// One ended run as the run history keeps it (`GET /jobs/{name}/runs`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct RunRecord {
+    /// Its id.
+    pub run_id: u64,
+    /// When it started.
+    pub started: DateTime<Utc>,
+    /// When it was due (without jitter).
+    pub scheduled: DateTime<Utc>,
+    /// How long after it was due it started, in milliseconds.
+    pub lateness_ms: f64,
+    /// How long it took, in milliseconds.
+    pub duration_ms: f64,
+    /// How it ended (`success`, `failure`, `timeout`, `stopped`).
+    pub outcome: String,
+    /// A child's exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that ended a child (`TERM`), if one did.
+    pub signal: Option<String>,
+    /// An HTTP job's response status.
+    pub status: Option<u16>,
+    /// Why it did not succeed.
+    pub reason: Option<String>,
+    /// In a cluster: the node that ran it.
+    pub node: Option<String>,
+    /// The end of a child's output (at most `[daemon] history_output` bytes); `null` for HTTP
+    /// jobs, handlers, and runs that printed nothing.
+    pub output: Option<String>,
+}
+
+/// A job's last runs, newest first: at most `limit` of them, each holding at most
+/// `[daemon] history_output` bytes of output (cut before it gets here), so a job's history
+/// holds at most `limit × history_output` bytes of output.
+#[derive(Debug, Default)]
+pub struct RunHistory {
+    /// Newest first.
+    runs: VecDeque<RunRecord>,
+}
+
+impl RunHistory {
+    /// Keeps `run` as the newest with at most the last `output_limit` bytes of its output,
+    /// letting the oldest go beyond `limit` runs (0: keeps nothing).
+    pub fn record(&mut self, mut run: RunRecord, limit: usize, output_limit: usize) {
+        if limit == 0 {
+            self.runs.clear();
+            return;
+        }
+        if let Some(output) = &mut run.output {
+            crate::process::keep_end(output, output_limit);
+            output.shrink_to_fit();
+        }
+        if run.output.as_deref() == Some("") {
+            run.output = None;
+        }
+        self.runs.truncate(limit - 1);
+        self.runs.push_front(run);
+    }
+
+    /// The runs kept, newest first.
+    pub fn runs(&self) -> impl Iterator<Item = &RunRecord> {
+        self.runs.iter()
+    }
+}
+
+/// A job's status and run history, shared between its task and runs (writers) and the endpoint
+/// (readers). Two locks, so that `/jobs` copies the status without the history's output.
 #[derive(Debug, Clone, Default)]
-pub struct SharedStatus(Arc<Mutex<JobStatus>>);
+pub struct SharedStatus {
+    /// The status: std locks, held only for a change or a copy (never across an `.await`).
+    status: Arc<Mutex<JobStatus>>,
+    /// The last runs.
+    history: Arc<Mutex<RunHistory>>,
+}
 
 impl SharedStatus {
     /// Changes the status and returns what `change` returns; the lock is held only for
     /// `change` (never across an `.await`).
     pub fn update<R>(&self, change: impl FnOnce(&mut JobStatus) -> R) -> R {
-        change(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+        change(&mut self.status.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// A copy of the status.
     pub fn snapshot(&self) -> JobStatus {
-        self.0
+        self.status
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Keeps an ended run in the history, which holds at most `limit` runs of at most
+    /// `output_limit` bytes of output each.
+    pub fn record_history(&self, run: RunRecord, limit: usize, output_limit: usize) {
+        self.history
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(run, limit, output_limit);
+    }
+
+    /// A copy of the runs kept, newest first.
+    pub fn history(&self) -> Vec<RunRecord> {
+        self.history
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .runs()
+            .cloned()
+            .collect()
     }
 }
 
@@ -137,6 +228,66 @@ pub fn record_run(
 mod tests {
     use super::*;
 
+    fn record(run_id: u64) -> RunRecord {
+        RunRecord {
+            run_id,
+            started: Utc::now(),
+            scheduled: Utc::now(),
+            lateness_ms: 0.0,
+            duration_ms: 1.0,
+            outcome: "success".into(),
+            exit_code: Some(0),
+            signal: None,
+            status: None,
+            reason: None,
+            node: None,
+            output: None,
+        }
+    }
+
+    #[test]
+    fn the_history_keeps_the_last_n_runs_newest_first() {
+        let status = SharedStatus::default();
+        for run_id in 1..=5 {
+            status.record_history(record(run_id), 3, 16);
+        }
+        let ids: Vec<u64> = status.history().iter().map(|r| r.run_id).collect();
+        assert_eq!(ids, [5, 4, 3]);
+        // A smaller limit (a restart with a new setting) lets the oldest go at the next run.
+        status.record_history(record(6), 2, 16);
+        let ids: Vec<u64> = status.history().iter().map(|r| r.run_id).collect();
+        assert_eq!(ids, [6, 5]);
+        status.record_history(record(7), 0, 16);
+        assert!(status.history().is_empty(), "0 turns it off");
+    }
+
+    #[test]
+    fn each_run_keeps_at_most_k_bytes_of_the_end_of_its_output() {
+        let status = SharedStatus::default();
+        for run_id in 1..=3 {
+            let run = RunRecord {
+                output: Some(format!("{}end {run_id}\n", "x".repeat(10_000))),
+                ..record(run_id)
+            };
+            status.record_history(run, 2, 8);
+        }
+        let outputs: Vec<Option<String>> = status.history().into_iter().map(|r| r.output).collect();
+        assert_eq!(
+            outputs,
+            [Some("xxend 3\n".to_owned()), Some("xxend 2\n".to_owned())]
+        );
+        status.record_history(record(4), 2, 0);
+        status.record_history(
+            RunRecord {
+                output: Some("dropped".into()),
+                ..record(5)
+            },
+            2,
+            0,
+        );
+        assert_eq!(status.history()[0].output, None, "K = 0 keeps no output");
+    }
+
     /// An HTTP job's status was shown as `exit_code`; it has its own field now, and a process
     /// job keeps `exit_code` (the endpoint's old field), with `signal` when one ended it.
     #[test]
@@ -153,6 +304,7 @@ mod tests {
             http_status: Some(503),
             reason: Some("HTTP 503".into()),
             forced: false,
+            output: None,
         });
         assert_eq!(http["status"], 503);
         assert!(http["exit_code"].is_null());
@@ -163,6 +315,7 @@ mod tests {
             http_status: None,
             reason: Some("killed by signal SIGTERM".into()),
             forced: false,
+            output: None,
         });
         assert_eq!(child["signal"], "TERM");
         assert!(child.get("status").is_none());

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::clock::Clock;
 use crate::config::{Action, JobSpec, OutputMode, RunLog};
 use crate::handler::{Handlers, RunContext};
-use crate::process::{self, ChildRun, GroupKeeper, HeldOutput, OutputSink, Spawner};
+use crate::process::{self, ChildRun, GroupKeeper, HeldOutput, OutputSink, Spawner, HELD_OUTPUT};
 
 pub(crate) use child::report as child_report;
 pub(crate) use in_process::panic_message;
@@ -33,6 +33,10 @@ pub struct RunEnv {
     pub keeper: Option<Arc<GroupKeeper>>,
     /// Shared HTTP client (connection pool) for `http` jobs.
     pub http: reqwest::Client,
+    /// How many bytes of the end of a child's output its report keeps for the run history
+    /// (`[daemon] history_output`, set by the daemon; 0, as [`RunEnv::new`] leaves it: none, and
+    /// no output is held for it).
+    pub output_tail: usize,
 }
 
 /// Why a [`RunEnv`] could not be set up.
@@ -63,6 +67,8 @@ impl RunEnv {
                 .user_agent(concat!("tickd/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .map_err(RunEnvError::HttpClient)?,
+            // Only the daemon keeps a history (it sets this); `tickd exec` has none.
+            output_tail: 0,
         })
     }
 }
@@ -124,6 +130,9 @@ pub struct RunReport {
     /// Whether stopping it took force after its grace period: SIGKILL for a process group, a
     /// dropped future for a handler.
     pub forced: bool,
+    /// The end of a child's output (at most [`RunEnv::output_tail`] bytes), for the run
+    /// history; `None` for HTTP jobs and handlers, and when nothing was printed or kept.
+    pub output: Option<String>,
 }
 
 impl RunReport {
@@ -135,6 +144,7 @@ impl RunReport {
             http_status: None,
             reason: None,
             forced: false,
+            output: None,
         }
     }
 
@@ -226,21 +236,33 @@ pub async fn execute(spec: &JobSpec, ctx: RunContext, env: &RunEnv) -> RunReport
                 .into_iter()
                 .map(|(var, _, value)| (var, value))
                 .collect();
-            // `log = "none"` logs no output, so none is read; `failures` holds it until the
-            // run has ended, to log it only if the run failed.
+            // `log = "none"` logs no output, so none is read unless the run history keeps its
+            // end; `failures` holds it until the run has ended, to log it only if the run
+            // failed. The history's tail comes from the same held lines.
+            let tail = env.output_tail;
             let output = match (spec.output(), spec.log()) {
-                (OutputMode::Log, RunLog::Nothing) => OutputMode::Discard,
+                (OutputMode::Log, RunLog::Nothing) if tail == 0 => OutputMode::Discard,
                 (output, _) => output,
             };
-            let held = (output == OutputMode::Log && spec.log() == RunLog::Failures)
-                .then(|| Arc::new(HeldOutput::default()));
+            let held = match (output, spec.log()) {
+                (OutputMode::Log, RunLog::Failures) => {
+                    Some(Arc::new(HeldOutput::new(HELD_OUTPUT.max(tail))))
+                }
+                (OutputMode::Log, _) if tail > 0 => Some(Arc::new(HeldOutput::new(tail))),
+                _ => None,
+            };
+            let sink = match (&held, spec.log()) {
+                (None, _) => OutputSink::Log,
+                (Some(held), RunLog::Runs) => OutputSink::LogAndHold(held.clone()),
+                (Some(held), _) => OutputSink::Hold(held.clone()),
+            };
             let end = process::run_child(
                 process,
                 ChildRun {
                     job: spec.name(),
                     run_id: ctx.run_id,
                     output,
-                    sink: held.clone().map_or(OutputSink::Log, OutputSink::Hold),
+                    sink,
                     timeout: spec.timeout(),
                     kill_grace: spec.kill_grace(),
                     cancel: &ctx.cancel,
@@ -253,9 +275,15 @@ pub async fn execute(spec: &JobSpec, ctx: RunContext, env: &RunEnv) -> RunReport
                 },
             )
             .await;
-            let report = child::report(end);
-            if let (Some(held), Outcome::Failure | Outcome::Timeout) = (held, report.outcome) {
-                held.emit(spec.name(), ctx.run_id);
+            let mut report = child::report(end);
+            if let Some(held) = held {
+                // Before `emit`, which takes the lines.
+                report.output = held.tail(tail);
+                if spec.log() == RunLog::Failures
+                    && matches!(report.outcome, Outcome::Failure | Outcome::Timeout)
+                {
+                    held.emit(spec.name(), ctx.run_id);
+                }
             }
             report
         }

@@ -1,5 +1,7 @@
 //! The commands that talk to a running daemon through its HTTP endpoint: `tickd status` (a
-//! table, or the endpoint's JSON), `tickd run-now`, `tickd pause` and `tickd resume`.
+//! table, or the endpoint's JSON), `tickd run-now`, `tickd pause` and `tickd resume`, `tickd
+//! history` (a job's last runs) and `tickd logs` (the output of its last run, or of the next with
+//! `-f`).
 
 use std::io::Write;
 use std::path::Path;
@@ -10,6 +12,10 @@ use super::{eprintln_safe, exit, load_config, small_runtime};
 struct Endpoint {
     addr: std::net::SocketAddr,
     token: Option<String>,
+    /// The daemon's zone (`[daemon] timezone`), for the times `tickd history` shows.
+    zone: chrono_tz::Tz,
+    /// `[daemon] history`: 0 when the daemon keeps no runs.
+    history: usize,
     runtime: tokio::runtime::Runtime,
     client: reqwest::Client,
 }
@@ -31,6 +37,8 @@ impl Endpoint {
         Ok(Endpoint {
             addr,
             token: config.daemon().http_token().map(str::to_owned),
+            zone: config.daemon().timezone(),
+            history: config.daemon().history(),
             runtime: small_runtime().ok_or(exit::FATAL)?,
             client: reqwest::Client::new(),
         })
@@ -208,5 +216,210 @@ pub(crate) fn set_paused(file: &Path, name: &str, paused: bool) -> u8 {
             exit::FATAL
         }
         Err(exit) => exit,
+    }
+}
+
+/// The widest line `tickd history` prints: an 80-column terminal does not wrap it.
+const HISTORY_WIDTH: usize = 79;
+
+/// `GET /jobs/{name}/runs`: the job's endpoint and its last runs, newest first, or the exit
+/// code after saying what went wrong (an unknown job exits 1, as with `run-now`).
+fn fetch_runs(endpoint: &Endpoint, name: &str) -> Result<Vec<tickd::status::RunRecord>, u8> {
+    match endpoint.call(false, &format!("/jobs/{name}/runs"))? {
+        (200, body) => serde_json::from_str(&body).map_err(|err| {
+            eprintln_safe(&format!(
+                "tickd: the endpoint's answer is not the list of runs tickd serves ({err}); is another program listening there?"
+            ));
+            exit::FATAL
+        }),
+        (404, _) => {
+            eprintln_safe(&format!("tickd: the daemon has no job named \"{name}\""));
+            Err(exit::FATAL)
+        }
+        (code, body) => {
+            eprintln_safe(&format!("tickd: the endpoint answered {code}: {body}"));
+            Err(exit::FATAL)
+        }
+    }
+}
+
+pub(crate) fn history(file: &Path, name: &str) -> u8 {
+    let runs = match Endpoint::of(file).and_then(|e| fetch_runs(&e, name).map(|r| (e, r))) {
+        Ok((endpoint, runs)) => {
+            if runs.is_empty() {
+                let why = if endpoint.history == 0 {
+                    "[daemon] history = 0 keeps none"
+                } else {
+                    "none has ended yet"
+                };
+                eprintln_safe(&format!("tickd: no runs of \"{name}\" to show: {why}"));
+            }
+            history_table(&runs, endpoint.zone)
+        }
+        Err(exit) => return exit,
+    };
+    let _ = std::io::stdout().lock().write_all(runs.as_bytes());
+    exit::OK
+}
+
+/// The runs as a table of at most [`HISTORY_WIDTH`] columns, times in `zone`.
+fn history_table(runs: &[tickd::status::RunRecord], zone: chrono_tz::Tz) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "{:>6} {:<19} {:<7} {:>8} {:>5} REASON",
+        "RUN", "START", "OUTCOME", "DURATION", "EXIT"
+    );
+    for run in runs {
+        let exit = run
+            .exit_code
+            .map(|code| code.to_string())
+            .or_else(|| run.signal.clone())
+            .or_else(|| run.status.map(|status| status.to_string()))
+            .unwrap_or_else(|| "-".to_owned());
+        let mut line = format!(
+            "{:>6} {:<19} {:<7} {:>8} {:>5} ",
+            run.run_id,
+            run.started.with_timezone(&zone).format("%Y-%m-%d %H:%M:%S"),
+            run.outcome,
+            short_duration(run.duration_ms),
+            exit,
+        );
+        let room = HISTORY_WIDTH.saturating_sub(line.chars().count());
+        let reason = run.reason.as_deref().unwrap_or("-");
+        let reason = reason.lines().next().unwrap_or("");
+        if reason.chars().count() > room {
+            line.extend(reason.chars().take(room.saturating_sub(1)));
+            line.push('…');
+        } else {
+            line.push_str(reason);
+        }
+        let _ = writeln!(text, "{}", line.trim_end());
+    }
+    text
+}
+
+/// A duration in at most 8 characters: `12ms`, `1.50s`, `2m03s`, `5h07m`.
+fn short_duration(ms: f64) -> String {
+    let secs = (ms / 1000.0) as u64;
+    match ms {
+        ms if ms < 1000.0 => format!("{ms:.0}ms"),
+        ms if ms < 60_000.0 => format!("{:.2}s", ms / 1000.0),
+        _ if secs < 3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
+    }
+}
+
+/// How often `tickd logs -f` asks the endpoint whether a run ended: the endpoint has no push
+/// channel, and a poll of one job's runs every 500 ms costs the daemon next to nothing.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+pub(crate) fn logs(file: &Path, name: &str, follow: bool) -> u8 {
+    let endpoint = match Endpoint::of(file) {
+        Ok(endpoint) => endpoint,
+        Err(exit) => return exit,
+    };
+    let runs = match fetch_runs(&endpoint, name) {
+        Ok(runs) => runs,
+        Err(exit) => return exit,
+    };
+    if endpoint.history == 0 {
+        eprintln_safe("tickd: the daemon keeps no runs ([daemon] history = 0)");
+        return exit::FATAL;
+    }
+    let run = if follow {
+        // The runs that had ended before: the next one is the newest not among them.
+        let seen: std::collections::HashSet<u64> = runs.iter().map(|run| run.run_id).collect();
+        loop {
+            std::thread::sleep(FOLLOW_POLL);
+            let runs = match fetch_runs(&endpoint, name) {
+                Ok(runs) => runs,
+                Err(exit) => return exit,
+            };
+            if let Some(run) = runs.into_iter().find(|run| !seen.contains(&run.run_id)) {
+                break run;
+            }
+        }
+    } else {
+        match runs.into_iter().next() {
+            Some(run) => run,
+            None => {
+                eprintln_safe(&format!("tickd: no run of \"{name}\" has ended yet"));
+                return exit::FATAL;
+            }
+        }
+    };
+    match &run.output {
+        Some(output) => {
+            let _ = std::io::stdout().lock().write_all(output.as_bytes());
+        }
+        None => eprintln_safe(&format!(
+            "tickd: run {} of \"{name}\" ({}) left no output",
+            run.run_id, run.outcome
+        )),
+    }
+    exit::OK
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_history_table_fits_80_columns_and_cuts_the_reason() {
+        let run = |run_id, exit_code, signal: Option<&str>, status, reason: &str| {
+            tickd::status::RunRecord {
+                run_id,
+                started: chrono::DateTime::parse_from_rfc3339("2026-01-01T12:00:00Z")
+                    .expect("time")
+                    .to_utc(),
+                scheduled: chrono::Utc::now(),
+                lateness_ms: 0.0,
+                duration_ms: 123_456.0,
+                outcome: "failure".into(),
+                exit_code,
+                signal: signal.map(str::to_owned),
+                status,
+                reason: Some(reason.to_owned()),
+                node: None,
+                output: None,
+            }
+        };
+        let table = history_table(
+            &[
+                run(
+                    123_456,
+                    Some(3),
+                    None,
+                    None,
+                    &"exited with code 3 ".repeat(10),
+                ),
+                run(2, None, Some("TERM"), None, "killed by signal SIGTERM"),
+                run(1, None, None, Some(503), "HTTP 503"),
+            ],
+            "Europe/Berlin".parse().expect("zone"),
+        );
+        assert!(
+            table.lines().all(|line| line.chars().count() <= 80),
+            "{table}"
+        );
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("   RUN START"), "{table}");
+        assert!(
+            lines[1].starts_with(
+                "123456 2026-01-01 13:00:00 failure    2m03s     3 exited with code 3"
+            ),
+            "{table}"
+        );
+        assert!(lines[1].ends_with('…'), "{table}");
+        assert!(
+            lines[2].contains("  TERM killed by signal SIGTERM"),
+            "{table}"
+        );
+        assert!(lines[3].contains("   503 HTTP 503"), "{table}");
+        assert_eq!(short_duration(12.4), "12ms");
+        assert_eq!(short_duration(1500.0), "1.50s");
+        assert_eq!(short_duration(3600.0 * 5e3 / 5.0 + 420_000.0), "1h07m");
     }
 }

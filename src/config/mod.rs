@@ -32,8 +32,9 @@ pub use error::{ConfigError, Problem};
 pub use file::{read_settled, SETTLE};
 pub use spec::{
     Action, ClusterSettings, Config, DaemonSettings, HttpSpec, Jitter, JobSpec, OnMissed,
-    OnNodeLoss, OutputMode, Overlap, ProcessSpec, Retry, RunAs, RunLog, Scope,
-    DEFAULT_HTTP_TIMEOUT, DEFAULT_KILL_GRACE, DEFAULT_SHUTDOWN_TIMEOUT, MIN_DEFAULT_HTTP_TIMEOUT,
+    OnNodeLoss, OutputMode, Overlap, ProcessSpec, Retry, RunAs, RunLog, Scope, DEFAULT_HISTORY,
+    DEFAULT_HISTORY_OUTPUT, DEFAULT_HTTP_TIMEOUT, DEFAULT_KILL_GRACE, DEFAULT_SHUTDOWN_TIMEOUT,
+    MAX_HISTORY, MAX_HISTORY_OUTPUT, MIN_DEFAULT_HTTP_TIMEOUT,
 };
 pub use values::{DurationRange, MAX_DURATION, MIN_PERIOD};
 

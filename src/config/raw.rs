@@ -153,6 +153,12 @@ pub(super) struct RawDaemon {
     pub(super) env_keep: Option<Spanned<Vec<String>>>,
     /// Variables jobs do not inherit.
     pub(super) env_remove: Option<Vec<String>>,
+    /// How many of each job's last runs the daemon keeps in memory (0 to 1000; default 20).
+    #[schemars(with = "Option<i64>")]
+    pub(super) history: Option<Spanned<i64>>,
+    /// How much of the end of each kept run's output is kept ("4KiB" by default, at most "1MiB").
+    #[schemars(with = "Option<String>")]
+    pub(super) history_output: Option<Spanned<String>>,
 }
 
 /// One `[jobs.NAME]` table.

@@ -217,6 +217,10 @@ pub struct DaemonSettings {
     pub(in crate::config) http_token: Option<String>,
     /// What jobs inherit of the daemon's environment.
     pub(in crate::config) env: EnvPolicy,
+    /// How many ended runs each job keeps in memory for `/jobs/{name}/runs` (0: none).
+    pub(in crate::config) history: usize,
+    /// How many bytes of each kept run's output (its end) are kept with it (0: none).
+    pub(in crate::config) history_output: usize,
 }
 
 impl DaemonSettings {
@@ -267,7 +271,31 @@ impl DaemonSettings {
     pub fn env(&self) -> &EnvPolicy {
         &self.env
     }
+
+    /// How many ended runs each job keeps in memory for `/jobs/{name}/runs` (0: none).
+    pub fn history(&self) -> usize {
+        self.history
+    }
+
+    /// How many bytes of each kept run's output (its end) are kept with it; 0 when
+    /// [`history`](Self::history) is 0, since there is nowhere to keep it.
+    pub fn history_output(&self) -> usize {
+        if self.history == 0 {
+            0
+        } else {
+            self.history_output
+        }
+    }
 }
+
+/// Runs each job keeps by default (`[daemon] history`).
+pub const DEFAULT_HISTORY: usize = 20;
+/// The most runs `[daemon] history` may keep per job.
+pub const MAX_HISTORY: usize = 1000;
+/// Bytes of output each kept run keeps by default (`[daemon] history_output`).
+pub const DEFAULT_HISTORY_OUTPUT: usize = 4 * 1024;
+/// The most output `[daemon] history_output` may keep per run.
+pub const MAX_HISTORY_OUTPUT: usize = 1024 * 1024;
 
 /// One validated job.
 #[derive(Debug, Clone, PartialEq)]

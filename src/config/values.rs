@@ -77,6 +77,16 @@ pub(super) fn parse_size(text: &str) -> Result<u64, String> {
     }
 }
 
+/// A size in bytes (`"4KiB"`), zero allowed (`"0"`: none).
+pub(super) fn parse_size_or_zero(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<bytesize::ByteSize>() {
+        Ok(size) => Ok(size.as_u64()),
+        Err(e) => Err(format!(
+            "invalid size \"{text}\": {e} (examples: \"4KiB\", \"0\")"
+        )),
+    }
+}
+
 /// An IANA time zone name.
 pub(super) fn parse_zone(text: &str) -> Result<Tz, String> {
     text.parse::<Tz>().map_err(|_| {

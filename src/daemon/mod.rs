@@ -193,12 +193,13 @@ fn start_services(
         )),
         None => None,
     };
-    let actions = RunEnv::new(
+    let mut actions = RunEnv::new(
         options.clock.clone(),
         options.handlers.clone(),
         keeper.clone(),
     )
     .map_err(DaemonError::RunEnv)?;
+    actions.output_tail = config.daemon().history_output();
     if options.subreaper {
         actions
             .spawner
@@ -243,6 +244,7 @@ fn start_services(
         stop_runs: CancellationToken::new(),
         runs: TaskTracker::new(),
         cluster,
+        history: config.daemon().history(),
     })
 }
 
@@ -437,6 +439,11 @@ impl Supervisor {
             || new.daemon().http_token() != self.config.daemon().http_token()
         {
             tracing::warn!("[daemon] http and http_token take effect at the next start");
+        }
+        if new.daemon().history() != self.config.daemon().history()
+            || new.daemon().history_output() != self.config.daemon().history_output()
+        {
+            tracing::warn!("[daemon] history and history_output take effect at the next start");
         }
         let (mut added, mut removed, mut changed) = (0, 0, 0);
         let gone: Vec<String> = self

@@ -15,7 +15,7 @@ use crate::clock::{ClockSteps, Instant, Now, RemoteClock, Sleep};
 use crate::config::{JobSpec, OnMissed, OnNodeLoss, RunLog, Scope};
 use crate::handler::{ClusterFire, RunContext, RunId};
 use crate::metrics::JobMetrics;
-use crate::status::{record_run, SharedStatus};
+use crate::status::{record_run, RunRecord, SharedStatus};
 
 use super::hook::FailureHook;
 use super::plan::{Due, Plan};
@@ -601,6 +601,8 @@ impl JobActor {
             attempt,
             started: now.instant,
             started_wall: now.wall,
+            scheduled,
+            lateness,
             metrics: self.metrics.clone(),
             status: self.status.clone(),
             settles: self.settles(&due, now),
@@ -703,6 +705,9 @@ struct RunEnd {
     attempt: u32,
     started: Instant,
     started_wall: DateTime<Utc>,
+    /// When the run was due, and how late it started: for the run history.
+    scheduled: DateTime<Utc>,
+    lateness: Duration,
     metrics: Arc<JobMetrics>,
     status: SharedStatus,
     /// The cluster slot this run settles when it ends (`on_node_loss = "rerun"` jobs).
@@ -717,7 +722,7 @@ impl RunEnd {
     }
 
     /// Counts, logs and tells the job how the run ended; a no-op after the first call.
-    fn report(&mut self, report: RunReport) {
+    fn report(&mut self, mut report: RunReport) {
         let Some(ended) = self.ended.take() else {
             return;
         };
@@ -733,6 +738,7 @@ impl RunEnd {
         let node = self.env.cluster.as_ref().map(|cluster| cluster.node());
         self.status
             .update(|s| record_run(s, run_id.0, &report, started_wall, duration_ms, node));
+        self.keep_in_history(&mut report, duration_ms, node);
         // A run stopped (by a shutdown whose drain ran out, say) did not do its work: with
         // `on_node_loss = "rerun"` the next owner runs it again.
         if let (Some(slot), Some(cluster), false) = (
@@ -763,6 +769,32 @@ impl RunEnd {
             attempt: self.attempt,
             report,
         });
+    }
+}
+
+impl RunEnd {
+    /// Keeps the run in the job's history, moving its output there (nothing after needs it).
+    fn keep_in_history(&self, report: &mut RunReport, duration_ms: f64, node: Option<&str>) {
+        let limit = self.env.history;
+        if limit == 0 {
+            return;
+        }
+        let run = RunRecord {
+            run_id: self.run_id.0,
+            started: self.started_wall,
+            scheduled: self.scheduled,
+            lateness_ms: millis(self.lateness),
+            duration_ms,
+            outcome: report.outcome.as_str().to_owned(),
+            exit_code: report.exit_code,
+            signal: report.signal_name(),
+            status: report.http_status,
+            reason: report.reason.clone(),
+            node: node.map(str::to_owned),
+            output: report.output.take(),
+        };
+        self.status
+            .record_history(run, limit, self.env.actions.output_tail);
     }
 }
 

@@ -57,6 +57,8 @@ pub(crate) struct JobEnv {
     pub runs: TaskTracker,
     /// With `[cluster]`: this node's part in it, asked before a cluster job fires.
     pub cluster: Option<crate::cluster::Cluster>,
+    /// How many ended runs each job keeps for `/jobs/{name}/runs` (`[daemon] history`; 0: none).
+    pub history: usize,
 }
 
 impl JobEnv {
@@ -76,6 +78,7 @@ impl JobEnv {
             stop_runs: CancellationToken::new(),
             runs: TaskTracker::new(),
             cluster: None,
+            history: crate::config::DEFAULT_HISTORY,
         })
     }
 

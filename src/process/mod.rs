@@ -27,7 +27,7 @@ mod spawner;
 mod supervise;
 
 pub use keeper::{keeper_main, GroupKeeper, KEEPER_CHECK};
-pub use output::{start_output_thread, HeldOutput, OutputSink, HELD_OUTPUT, MAX_LINE};
+pub use output::{keep_end, start_output_thread, HeldOutput, OutputSink, HELD_OUTPUT, MAX_LINE};
 pub use plan::set_child_descriptor_limit;
 pub use procfs::{group_rss, own_rss};
 pub use spawner::{ChildProcess, Spawner};

@@ -30,10 +30,23 @@ const OUTPUT_BURST: Duration = Duration::from_millis(50);
 /// `log = "failures"` job shows.
 pub const HELD_OUTPUT: usize = 64 * 1024;
 
-/// A run's output held until the run ends instead of logged as it comes (`log = "failures"`):
-/// logged only if the run fails. Only its last [`HELD_OUTPUT`] bytes are kept.
-#[derive(Debug, Default)]
-pub struct HeldOutput(Mutex<Held>);
+/// A run's output held until the run ends: instead of logged as it comes (`log = "failures"`,
+/// logged only if the run fails), or besides, for the end of it the run history keeps
+/// ([`HeldOutput::tail`]). Only its last lines are kept: [`HELD_OUTPUT`] bytes by default
+/// ([`HeldOutput::new`] for another bound), and at least the last line.
+#[derive(Debug)]
+pub struct HeldOutput {
+    /// The lines; a std lock, held only to push or take, never across an await.
+    held: Mutex<Held>,
+    /// The bytes of lines kept beyond the last one.
+    limit: usize,
+}
+
+impl Default for HeldOutput {
+    fn default() -> Self {
+        HeldOutput::new(HELD_OUTPUT)
+    }
+}
 
 #[derive(Debug, Default)]
 struct Held {
@@ -46,11 +59,19 @@ struct Held {
 }
 
 impl HeldOutput {
+    /// Holds up to `limit` bytes of a run's last lines (and always its last line).
+    pub fn new(limit: usize) -> Self {
+        HeldOutput {
+            held: Mutex::default(),
+            limit,
+        }
+    }
+
     fn push(&self, stream: &'static str, line: String, cut: bool) {
-        let mut held = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         held.bytes += line.len();
         held.lines.push_back((stream, line, cut));
-        while held.bytes > HELD_OUTPUT && held.lines.len() > 1 {
+        while held.bytes > self.limit && held.lines.len() > 1 {
             if let Some((_, old, _)) = held.lines.pop_front() {
                 held.bytes -= old.len();
                 held.dropped += 1;
@@ -60,7 +81,7 @@ impl HeldOutput {
 
     /// Logs the lines held, as they would have been logged when printed.
     pub fn emit(&self, job: &str, run_id: RunId) {
-        let held = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(PoisonError::into_inner));
         if held.dropped > 0 {
             tracing::info!(target: "tickd::output", job = %job, run = %run_id, dropped = held.dropped, "[{} earlier lines of output not kept]", held.dropped);
         }
@@ -70,6 +91,47 @@ impl HeldOutput {
     }
 }
 
+impl HeldOutput {
+    /// The end of the output held, at most `limit` bytes of it: one line per line printed
+    /// (stdout and stderr interleaved as they were read), cut at a character boundary at its
+    /// start if it is longer. `None` if nothing was printed.
+    pub fn tail(&self, limit: usize) -> Option<String> {
+        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if held.lines.is_empty() || limit == 0 {
+            return None;
+        }
+        // From the newest line back, only as many lines as fit: the copy stays near `limit`.
+        let mut taken = Vec::new();
+        let mut bytes = 0;
+        for (_, line, cut) in held.lines.iter().rev() {
+            taken.push((line.strip_suffix('\r').unwrap_or(line), *cut));
+            bytes += line.len() + 1;
+            if bytes >= limit {
+                break;
+            }
+        }
+        let mut text = String::with_capacity(bytes.min(limit + 64));
+        for (line, cut) in taken.into_iter().rev() {
+            text.push_str(line);
+            if cut {
+                text.push_str(&format!(" [line cut at {MAX_LINE} bytes]"));
+            }
+            text.push('\n');
+        }
+        keep_end(&mut text, limit);
+        Some(text)
+    }
+}
+
+/// Cuts `text` to its last `limit` bytes at most, starting at a character boundary.
+pub fn keep_end(text: &mut String, limit: usize) {
+    let mut start = text.len().saturating_sub(limit);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    text.drain(..start);
+}
+
 /// Where a run's output lines go.
 #[derive(Debug, Clone)]
 pub enum OutputSink {
@@ -77,6 +139,8 @@ pub enum OutputSink {
     Log,
     /// Into the run's [`HeldOutput`].
     Hold(Arc<HeldOutput>),
+    /// To the log as they come, and into the run's [`HeldOutput`] (for the run history).
+    LogAndHold(Arc<HeldOutput>),
 }
 
 /// Starts logging a run's `stdout` and `stderr` pipes (those it has) on the output thread. The
@@ -186,6 +250,10 @@ async fn pump(
     let log = |line: &[u8], cut: bool| match &sink {
         OutputSink::Log => emit(job, run_id, stream, line, cut),
         OutputSink::Hold(held) => {
+            held.push(stream, String::from_utf8_lossy(line).into_owned(), cut)
+        }
+        OutputSink::LogAndHold(held) => {
+            emit(job, run_id, stream, line, cut);
             held.push(stream, String::from_utf8_lossy(line).into_owned(), cut)
         }
     };
@@ -316,10 +384,31 @@ mod tests {
         for _ in 0..100 {
             held.push("stdout", line.clone(), false);
         }
-        let inner = held.0.lock().expect("lock");
+        let inner = held.held.lock().expect("lock");
         assert!(inner.bytes <= HELD_OUTPUT, "{}", inner.bytes);
         assert_eq!(inner.lines.len(), HELD_OUTPUT / 1000);
         assert_eq!(inner.dropped, 100 - inner.lines.len() as u64);
+    }
+
+    #[test]
+    fn the_tail_is_the_last_bytes_of_the_output_cut_at_a_character() {
+        let held = HeldOutput::new(100);
+        assert_eq!(held.tail(10), None, "nothing printed");
+        for i in 0..50 {
+            held.push("stdout", format!("line {i}"), false);
+        }
+        held.push("stderr", "é-end\r".to_owned(), false);
+        let tail = held.tail(16).expect("tail");
+        assert!(tail.len() <= 16, "{tail:?}");
+        assert!(tail.ends_with("line 49\né-end\n"), "{tail:?}");
+        // A cut in the middle of "é" starts after it.
+        assert_eq!(held.tail(7).expect("tail"), "é-end\n");
+        assert_eq!(held.tail(6).expect("tail"), "-end\n");
+        assert_eq!(
+            held.tail(1000).expect("tail").lines().count(),
+            14,
+            "the bound of 100 bytes"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod cluster;
 mod cluster_tls;
 mod endpoint;
 mod extremes;
+mod history;
 mod install;
 mod logging;
 mod metrics;

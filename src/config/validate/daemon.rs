@@ -11,7 +11,10 @@ use super::{At, Validator};
 use crate::config::env::{EnvPolicy, DEFAULT_ENV_KEEP};
 use crate::config::file::writable_by_others;
 use crate::config::raw::RawDaemon;
-use crate::config::spec::{DaemonSettings, DEFAULT_SHUTDOWN_TIMEOUT};
+use crate::config::spec::{
+    DaemonSettings, DEFAULT_HISTORY, DEFAULT_HISTORY_OUTPUT, DEFAULT_SHUTDOWN_TIMEOUT, MAX_HISTORY,
+    MAX_HISTORY_OUTPUT,
+};
 use crate::config::values::{self, DurationRange};
 
 impl Validator<'_> {
@@ -49,6 +52,7 @@ impl Validator<'_> {
             .and_then(|v| self.bytes(v, at("daemon.max_rss")));
         let (http, http_token) = self.endpoint(raw);
         let env = self.env_policy(raw);
+        let (history, history_output) = self.history(raw);
         DaemonSettings {
             shutdown_timeout,
             timezone,
@@ -59,7 +63,50 @@ impl Validator<'_> {
             http,
             http_token,
             env,
+            history,
+            history_output,
         }
+    }
+
+    /// How many runs each job keeps, and how much of each run's output: both bounded, since
+    /// they are kept in memory for every job (at most `history × history_output` bytes of
+    /// output per job).
+    fn history(&mut self, raw: &RawDaemon) -> (usize, usize) {
+        let history = raw
+            .history
+            .as_ref()
+            .and_then(|v| {
+                self.checked(v, At::daemon("daemon.history"), |&n| {
+                    usize::try_from(n)
+                        .ok()
+                        .filter(|&n| n <= MAX_HISTORY)
+                        .ok_or_else(|| {
+                            format!("must be a whole number from 0 (no history) to {MAX_HISTORY}")
+                        })
+                })
+            })
+            .unwrap_or(DEFAULT_HISTORY);
+        let history_output = raw
+            .history_output
+            .as_ref()
+            .and_then(|v| {
+                self.checked(v, At::daemon("daemon.history_output"), |text| {
+                    values::parse_size_or_zero(text)
+                        .and_then(|size| usize::try_from(size).map_err(|e| e.to_string()))
+                        .and_then(|size| {
+                            if size <= MAX_HISTORY_OUTPUT {
+                                Ok(size)
+                            } else {
+                                Err(format!(
+                                    "{text} is more than the {} KiB a run may keep",
+                                    MAX_HISTORY_OUTPUT / 1024
+                                ))
+                            }
+                        })
+                })
+            })
+            .unwrap_or(DEFAULT_HISTORY_OUTPUT);
+        (history, history_output)
     }
 
     /// The state file, relative to the configuration file's directory. It must be a regular
@@ -126,6 +173,40 @@ mod tests {
     use std::path::Path;
 
     use crate::config::testing::{check, error};
+
+    #[test]
+    fn history_and_its_output_are_bounded_and_named_in_errors() {
+        let config = check("").expect("empty");
+        assert_eq!(
+            (config.daemon.history(), config.daemon.history_output()),
+            (20, 4096)
+        );
+        let config = check("[daemon]\nhistory = 0\nhistory_output = \"1KiB\"\n").expect("off");
+        assert_eq!(
+            (config.daemon.history(), config.daemon.history_output()),
+            (0, 0)
+        );
+        let config = check("[daemon]\nhistory = 5\nhistory_output = \"0\"\n").expect("no output");
+        assert_eq!(
+            (config.daemon.history(), config.daemon.history_output()),
+            (5, 0)
+        );
+        let msg = error("[daemon]\nhistory = -1\n");
+        assert!(
+            msg.contains("jobs.toml:2:11: key \"daemon.history\": must be a whole number from 0 (no history) to 1000"),
+            "{msg}"
+        );
+        let msg = error("[daemon]\nhistory_output = \"lots\"\n");
+        assert!(
+            msg.contains("jobs.toml:2:18: key \"daemon.history_output\": invalid size \"lots\""),
+            "{msg}"
+        );
+        let msg = error("[daemon]\nhistory_output = \"2MiB\"\n");
+        assert!(
+            msg.contains("key \"daemon.history_output\": 2MiB is more than the 1024 KiB"),
+            "{msg}"
+        );
+    }
 
     #[test]
     fn env_keep_needs_env_clear() {
