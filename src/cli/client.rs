@@ -156,11 +156,24 @@ pub(crate) fn status(file: &Path, json: bool) -> u8 {
     if let Some(line) = endpoint.cluster_line() {
         let _ = writeln!(out, "{line}");
     }
-    let _ = writeln!(
-        out,
-        "{:<24} {:<26} {:<10} {:>8} {:>9} {:>9}",
-        "JOB", "NEXT FIRE", "LAST", "RUNS", "FAILURES", "IN FLIGHT"
+    let _ = write!(out, "{}", status_table(&jobs, chrono::Utc::now()));
+    exit::OK
+}
+
+/// `tickd status`'s table, 80 columns wide (a terminal under tmux wraps anything wider): times
+/// relative to `now` ("in 4s", "12s ago"), so the daemon's zone does not matter.
+fn status_table(jobs: &[serde_json::Value], now: chrono::DateTime<chrono::Utc>) -> String {
+    use std::fmt::Write as _;
+    let mut table = format!(
+        "{:<18} {:<9} {:<17} {:>7} {:>6} {:>6} {:>7} {:>3}\n",
+        "JOB", "NEXT", "LAST", "TOOK", "RUNS", "FAILED", "SKIPPED", "NOW"
     );
+    let time = |value: &serde_json::Value| {
+        value
+            .as_str()
+            .and_then(|text| chrono::DateTime::parse_from_rfc3339(text).ok())
+            .map(|time| time.to_utc())
+    };
     for job in jobs {
         let runs = &job["runs"];
         let count = |k: &str| runs[k].as_u64().unwrap_or(0);
@@ -171,20 +184,58 @@ pub(crate) fn status(file: &Path, json: bool) -> u8 {
         let next = if job["paused"].as_bool().unwrap_or(false) {
             "paused".to_owned()
         } else {
-            job["next_fire"].as_str().unwrap_or("-").to_owned()
+            match time(&job["next_fire"]) {
+                Some(at) if at > now => format!("in {}", relative(at - now)),
+                Some(_) => "now".to_owned(),
+                None => "-".to_owned(),
+            }
         };
+        let last = &job["last_run"];
+        let last_text = match (last["outcome"].as_str(), time(&last["started"])) {
+            (Some(outcome), Some(at)) => {
+                format!("{outcome} {} ago", relative(now - at))
+            }
+            (Some(outcome), None) => outcome.to_owned(),
+            _ => "-".to_owned(),
+        };
+        let took = last["duration_ms"]
+            .as_f64()
+            .map_or_else(|| "-".to_owned(), short_duration);
         let _ = writeln!(
-            out,
-            "{:<24} {:<26} {:<10} {:>8} {:>9} {:>9}",
-            job["name"].as_str().unwrap_or(""),
-            next.get(..26.min(next.len())).unwrap_or(&next),
-            job["last_run"]["outcome"].as_str().unwrap_or("-"),
+            table,
+            "{:<18} {:<9} {:<17} {:>7} {:>6} {:>6} {:>7} {:>3}",
+            cut(job["name"].as_str().unwrap_or(""), 18),
+            cut(&next, 9),
+            cut(&last_text, 17),
+            took,
             total,
             count("failure") + count("timeout"),
+            count("skipped_overlap"),
             job["running"].as_u64().unwrap_or(0),
         );
     }
-    exit::OK
+    table
+}
+
+/// `text` in at most `width` characters, its end replaced by `~` when cut.
+fn cut(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(width - 1).collect();
+    cut.push('~');
+    cut
+}
+
+/// A duration in its largest unit: 4s, 12m, 3h, 2d.
+fn relative(duration: chrono::Duration) -> String {
+    let seconds = duration.num_seconds().max(0);
+    match seconds {
+        0..=59 => format!("{seconds}s"),
+        60..=3599 => format!("{}m", seconds / 60),
+        3600..=86_399 => format!("{}h", seconds / 3600),
+        _ => format!("{}d", seconds / 86_400),
+    }
 }
 
 pub(crate) fn run_now(file: &Path, name: &str) -> u8 {
@@ -365,6 +416,43 @@ pub(crate) fn logs(file: &Path, name: &str, follow: bool) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_status_table_fits_80_columns_with_relative_times() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T12:00:00Z")
+            .expect("time")
+            .to_utc();
+        let jobs: Vec<serde_json::Value> = serde_json::from_str(
+            r#"[
+            {"name": "a-job-with-a-very-long-name-indeed", "next_fire": "2026-01-01T12:00:04Z",
+             "paused": false, "running": 1,
+             "runs": {"success": 120000, "failure": 3, "timeout": 1, "skipped_overlap": 7},
+             "last_run": {"outcome": "timeout", "started": "2026-01-01T11:59:48Z",
+                          "duration_ms": 1234.5}},
+            {"name": "paused", "next_fire": null, "paused": true, "running": 0,
+             "runs": {}, "last_run": null}
+        ]"#,
+        )
+        .expect("json");
+        let table = status_table(&jobs, now);
+        assert!(
+            table.lines().all(|line| line.chars().count() <= 80),
+            "{table}"
+        );
+        let rows: Vec<&str> = table.lines().collect();
+        assert!(rows[0].starts_with("JOB "), "{table}");
+        assert!(rows[1].starts_with("a-job-with-a-very~ in 4s"), "{table}");
+        assert!(rows[1].contains("timeout 12s ago"), "{table}");
+        assert!(
+            rows[1].contains("  1.23s 120004      4       7   1"),
+            "{table}"
+        );
+        assert!(
+            rows[2].starts_with("paused             paused    -"),
+            "{table}"
+        );
+        assert_eq!(relative(chrono::Duration::seconds(7200)), "2h");
+    }
 
     #[test]
     fn the_history_table_fits_80_columns_and_cuts_the_reason() {

@@ -268,6 +268,17 @@ fn the_cli_talks_to_the_endpoint_and_exec_runs_a_job_in_the_foreground() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.starts_with("JOB"), "{table}");
     assert!(
+        table.lines().all(|line| line.chars().count() <= 80),
+        "{table}"
+    );
+    // `hello` fires hourly: its next fire is relative.
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("hello ") && l.contains(" in 59m ")),
+        "{table}"
+    );
+    assert!(
         table.contains("\nhello ") && table.contains("\ntick "),
         "{table}"
     );
