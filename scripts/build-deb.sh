@@ -16,7 +16,11 @@ if [ "$profile" = deb-test ]; then
     # CI's package tests the packaging, not the optimizer: it takes the debug build the test
     # suite has just made (no second compilation of every crate, minutes on two cores), under
     # the name of a profile cargo-deb accepts (it refuses `dev`).
-    cargo build --locked --bin tickd >&2
+    # `cargo test` (which .ci/run has just run) builds the binary with the dev-dependencies'
+    # features unified in; a `cargo build` would compile much of the tree again without them.
+    if [ ! -x "$target_dir/debug/tickd" ]; then
+        cargo build --locked --bin tickd >&2
+    fi
     mkdir -p "$target_dir/deb-test"
     cp "$target_dir/debug/tickd" "$target_dir/deb-test/tickd"
 else

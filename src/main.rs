@@ -43,6 +43,9 @@ enum Command {
         /// The jobs file.
         #[arg(default_value = "jobs.toml")]
         file: PathBuf,
+        /// Exit 2 on warnings too (no jobs, a program or cwd not on this machine).
+        #[arg(long)]
+        strict: bool,
     },
     /// Print the next fire times of each job, or of one cron expression (`--cron`).
     Next {
@@ -185,7 +188,7 @@ fn main() -> ExitCode {
             }
             _ => daemon::run_daemon(&file, subreaper || std::process::id() == 1),
         },
-        Command::Check { file } => offline::check(&file),
+        Command::Check { file, strict } => offline::check(&file, strict),
         Command::Next {
             file,
             job,

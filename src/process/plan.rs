@@ -90,6 +90,26 @@ fn job_environment(
     env
 }
 
+/// The program a run of `spec` would start, found as the run would find it (the job's `PATH`,
+/// relative to its `cwd`): for `tickd check`, which warns of a program or a `cwd` that is not
+/// there.
+pub fn find_program(spec: &ProcessSpec) -> io::Result<PathBuf> {
+    let env = job_environment(spec, None, &[]);
+    let cwd = match spec.cwd() {
+        Some(cwd) => cwd.to_owned(),
+        None => std::env::current_dir()?,
+    };
+    let program = resolve_program(&spec.argv()[0], env.get(OsStr::new("PATH")), &cwd)?;
+    // A name with a `/` is used as it is: it must be there, relative to the job's `cwd`.
+    let there = if program.is_absolute() {
+        program.clone()
+    } else {
+        cwd.join(&program)
+    };
+    std::fs::metadata(&there)?;
+    Ok(program)
+}
+
 /// The program `argv0` names, found as `execvp` would: a name with a `/` is used as it is, a bare
 /// name is searched in `path` (the job's `PATH`), relative to `cwd`.
 fn resolve_program(argv0: &str, path: Option<&OsString>, cwd: &Path) -> io::Result<PathBuf> {

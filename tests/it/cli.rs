@@ -55,6 +55,46 @@ fn a_bad_config_at_start_exits_2_before_anything_runs() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// A valid file that will not do what it says on this machine is a warning, not an error; with
+/// `--strict` it is one.
+#[test]
+fn check_warns_of_no_jobs_and_of_a_program_or_cwd_not_here() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let check = |text: &str, strict: bool| {
+        fs::write(dir.path().join("jobs.toml"), text).expect("jobs file");
+        let mut command = tickd();
+        command.args(["check", "jobs.toml"]).current_dir(dir.path());
+        if strict {
+            command.arg("--strict");
+        }
+        let out = command.output().expect("check");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, said) = check("[jobs]\n", false);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("warning: jobs.toml: no jobs"), "{said}");
+    let missing = "[jobs.a]\nevery = \"1m\"\ncommand = [\"no-such-program-here\"]\n\
+                   [jobs.b]\nevery = \"1m\"\ncommand = [\"true\"]\ncwd = \"/no/such/dir\"\n\
+                   [jobs.c]\nevery = \"1m\"\ncommand = [\"true\"]\n";
+    let (code, said) = check(missing, false);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("job a: cannot find the program \"no-such-program-here\""),
+        "{said}"
+    );
+    assert!(
+        said.contains("job b: cwd /no/such/dir does not exist here"),
+        "{said}"
+    );
+    assert!(!said.contains("job c"), "{said}");
+    let (code, said) = check(missing, true);
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("--strict"), "{said}");
+}
+
 /// The quick start's file and the `.deb`'s default `/etc/tickd/jobs.toml`.
 #[test]
 fn the_shipped_jobs_files_are_valid() {
