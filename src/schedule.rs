@@ -164,7 +164,7 @@ impl CronSchedule {
             .dom_and_dow(days_are_anded(trimmed))
             .build()
             .parse(trimmed)
-            .map_err(|e| error(e.to_string()))?;
+            .map_err(|e| error(out_of_range(trimmed).unwrap_or_else(|| e.to_string())))?;
         // An expression that can never match (e.g. February 30th) is a config error, not a job
         // that silently never runs. Without a year field an expression that matches at all
         // matches from any time on, so the probe starts at a fixed one: parsing reads no clock.
@@ -211,6 +211,43 @@ impl CronSchedule {
 /// Whether an expression's day-of-month and day-of-week fields must both match: Vixie cron sets
 /// `DOM_STAR`/`DOW_STAR` when a field's text starts with `*`, and ORs the two fields only when
 /// neither flag is set. `?` is Quartz's `*`. Nicknames have no day fields to combine.
+/// Which field of `expression` holds a number out of its range, in words ("minute: 61 is out
+/// of range 0-59"): croner says only "Number out of bounds".
+fn out_of_range(expression: &str) -> Option<String> {
+    const FIELDS: [(&str, u32, u32); 6] = [
+        ("second", 0, 59),
+        ("minute", 0, 59),
+        ("hour", 0, 23),
+        ("day of month", 1, 31),
+        ("month", 1, 12),
+        ("day of week", 0, 7),
+    ];
+    let fields: Vec<&str> = expression.split_whitespace().collect();
+    let named = match fields.len() {
+        5 => &FIELDS[1..],
+        6 => &FIELDS[..],
+        _ => return None,
+    };
+    for (field, (name, low, high)) in fields.iter().zip(named) {
+        // The values of a list's items and of a range's ends; a step (`/15`) is a count, and
+        // `L`, `W` and `#` suffixes qualify a day.
+        let values = field
+            .split(',')
+            .filter_map(|item| item.split('/').next())
+            .flat_map(|range| range.split('-'))
+            .map(|value| value.split('#').next().unwrap_or(value))
+            .map(|value| value.trim_end_matches(['L', 'W']));
+        for value in values {
+            if let Ok(number) = value.parse::<u32>() {
+                if number < *low || number > *high {
+                    return Some(format!("{name}: {number} is out of range {low}-{high}"));
+                }
+            }
+        }
+    }
+    None
+}
+
 fn days_are_anded(expression: &str) -> bool {
     let fields: Vec<&str> = expression.split_whitespace().collect();
     let (dom, dow) = match fields.as_slice() {
@@ -267,6 +304,25 @@ pub fn stable_hash(bytes: impl IntoIterator<Item = u8>) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_number_out_of_range_names_its_field_and_the_range() {
+        let message = |expression: &str| {
+            super::CronSchedule::parse(expression, chrono_tz::UTC)
+                .err()
+                .map(|err| err.to_string())
+                .unwrap_or_default()
+        };
+        assert!(
+            message("61 * * * *").contains("minute: 61 is out of range 0-59"),
+            "{}",
+            message("61 * * * *")
+        );
+        assert!(message("0 0 24 * * *").contains("hour: 24 is out of range 0-23"));
+        assert!(message("0 0 1-32 * *").contains("day of month: 32 is out of range 1-31"));
+        assert!(message("0 0 1 13 *").contains("month: 13 is out of range 1-12"));
+        assert!(message("0 0 * * 5#9,8").contains("day of week: 8 is out of range 0-7"));
+    }
+
     use super::*;
     use chrono::TimeZone;
 

@@ -121,7 +121,30 @@ impl Locator<'_> {
             [] => (None, None),
             all => (None, Some(all.join("."))),
         };
-        let message = inner.message().trim().to_owned();
+        let message = with_suggestion(inner.message().trim());
         self.problem(offset, job.as_deref(), key.as_deref(), message)
+    }
+}
+
+/// serde's "unknown field `evry`, expected one of `every`, ..." led by the likeliest key:
+/// "unknown field `evry` (did you mean `every`?), expected one of ...".
+fn with_suggestion(message: &str) -> String {
+    let Some((unknown, expected)) = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once("`, expected one of "))
+    else {
+        return message.to_owned();
+    };
+    let closest = expected
+        .split(", ")
+        .map(|key| key.trim_matches('`'))
+        .map(|key| (strsim::jaro_winkler(unknown, key), key))
+        .filter(|(similarity, _)| *similarity >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match closest {
+        Some((_, key)) => {
+            format!("unknown field `{unknown}` (did you mean `{key}`?), expected one of {expected}")
+        }
+        None => message.to_owned(),
     }
 }

@@ -353,7 +353,10 @@ mod tests {
     fn unknown_key_names_file_line_column_job_and_key() {
         let msg = error("[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\nevry = \"2s\"\n");
         assert!(msg.starts_with("jobs.toml:4:1: job \"a\""), "{msg}");
-        assert!(msg.contains("unknown field `evry`"), "{msg}");
+        assert!(
+            msg.contains("unknown field `evry` (did you mean `every`?)"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -362,7 +365,16 @@ mod tests {
         assert!(msg.starts_with("jobs.toml:2:1:"), "{msg}");
         assert!(msg.contains("unknown field `shutdown_timout`"), "{msg}");
         let msg = error("[jbos.a]\nevery = \"1s\"\n");
-        assert!(msg.contains("unknown field `jbos`"), "{msg}");
+        assert!(
+            msg.contains("unknown field `jbos` (did you mean `jobs`?)"),
+            "{msg}"
+        );
+        // Nothing close: no guess.
+        let msg = error("[jobs.a]\nevery = \"1s\"\nhandler = \"log\"\nxyzzy = 1\n");
+        assert!(
+            msg.contains("unknown field `xyzzy`, expected one of"),
+            "{msg}"
+        );
     }
 
     #[test]
