@@ -89,14 +89,16 @@ fn a_storm_of_sighups_with_good_and_bad_files_ends_consistent() {
             .count()
             <= a_lines + 1
     );
-    // No descriptor leaked by 300 reloads.
-    let fds_after = fs::read_dir(format!("/proc/{}/fd", d.child.id()))
-        .expect("fds")
-        .count();
-    assert!(
-        fds_after <= fds_before + 2,
-        "fds {fds_before} -> {fds_after}"
-    );
+    // No descriptor leaked by 300 reloads. Eventually: a run in flight holds its pipes for a
+    // moment (every 50 ms here; on a loaded machine longer), a leak holds them for good.
+    let fds = || {
+        fs::read_dir(format!("/proc/{}/fd", d.child.id()))
+            .expect("fds")
+            .count()
+    };
+    eventually("the descriptors go back to where they were", || {
+        fds() <= fds_before + 2
+    });
     // SIGTERM during a reload burst still ends cleanly.
     for _ in 0..20 {
         d.signal(Signal::SIGHUP);
