@@ -71,6 +71,16 @@ impl Endpoint {
         })
     }
 
+    /// The line `tickd status` prints above everything when `/healthz` says the daemon is not
+    /// healthy: draining (a stop or a recycle is waiting for runs in flight), a stuck job task,
+    /// the group keeper down, the cluster's database unreachable.
+    fn health_banner(&self) -> Option<String> {
+        match self.send(false, "/healthz") {
+            Ok((503, body)) => Some(format!("*** not healthy: {} ***", body.trim())),
+            _ => None,
+        }
+    }
+
     /// The line `tickd status` prints above its table when the daemon is in a cluster
     /// (`GET /cluster` answers 200); `None` otherwise, including from a tickd without the route.
     fn cluster_line(&self) -> Option<String> {
@@ -153,6 +163,9 @@ pub(crate) fn status(file: &Path, json: bool) -> u8 {
             return exit::FATAL;
         }
     };
+    if let Some(line) = endpoint.health_banner() {
+        let _ = writeln!(out, "{line}");
+    }
     if let Some(line) = endpoint.cluster_line() {
         let _ = writeln!(out, "{line}");
     }

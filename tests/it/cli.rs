@@ -255,6 +255,37 @@ handler = "log"
     );
 }
 
+/// While the daemon drains (a stop waiting for a run in flight), `tickd status` says so above
+/// the table.
+#[test]
+fn status_shows_a_banner_while_the_daemon_drains() {
+    let port = free_port();
+    let mut d = Daemon::start(&format!(
+        "[daemon]\nhttp = \"127.0.0.1:{port}\"\nshutdown_timeout = \"60s\"\n\
+         [jobs.long]\nevery = \"100ms\"\nshell = \"echo go > started; sleep 30\"\n"
+    ));
+    let _ = d.wait_file("started");
+    let status = || {
+        let out = tickd()
+            .arg("status")
+            .current_dir(d.dir.path())
+            .output()
+            .expect("status");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(!status().contains("not healthy"), "{}", status());
+    d.signal(Signal::SIGTERM);
+    d.wait_log("stopping: waiting for 1 run");
+    let table = status();
+    assert!(
+        table.starts_with("*** not healthy: draining ***\nJOB "),
+        "{table}"
+    );
+    // A second stop request stops the run.
+    d.signal(Signal::SIGTERM);
+    let _ = d.wait_exit();
+}
+
 #[test]
 fn the_cli_says_in_words_that_no_daemon_is_listening() {
     let port = free_port();
