@@ -1524,8 +1524,10 @@ fn the_cluster_is_seen_in_metrics_healthz_and_status() {
         "{status}"
     );
     let table = tickd_status(n4.dir.path(), &[]);
+    // Unhealthy, as `/healthz` says: the banner says why, above the cluster's line.
     assert!(
-        table.starts_with("cluster: node n4, following; jobs differ from the owner's\n"),
+        table.starts_with("*** not healthy: this node's jobs differ from those of the owner (n")
+            && table.contains("***\ncluster: node n4, following; jobs differ from the owner's\n"),
         "{table}"
     );
     assert!(
