@@ -332,9 +332,14 @@ async fn take(
         .await
         .map_err(|err| err.to_string())?;
     let until_boot = crate::clock::boot_time() + settings.catch_up();
+    // A set: a thousand jobs due at one instant are looked up under the lock every fire takes.
+    let taken: HashSet<(&str, DateTime<Utc>)> = taken
+        .iter()
+        .map(|(job, slot)| (job.as_str(), *slot))
+        .collect();
     let mut state = shared.lock_state();
     for (job, slot, shard, epoch) in ours {
-        let got = taken.iter().any(|(j, s)| *j == job && *s == slot);
+        let got = taken.contains(&(job.as_str(), slot));
         tracing::debug!(job, %slot, shard, epoch, got, "cluster: mark");
         if got {
             let slot_taken = Taken {

@@ -571,6 +571,15 @@ fn slots(runs: &[Run], job: &str) -> Vec<DateTime<Utc>> {
     set.into_iter().collect()
 }
 
+/// Where the sorted `slots` of a job of 1 s skip a second: "between A and B" for each gap.
+fn second_gaps(slots: &[DateTime<Utc>]) -> Vec<String> {
+    slots
+        .windows(2)
+        .filter(|pair| pair[1] - pair[0] != TimeDelta::seconds(1))
+        .map(|pair| format!("between {} and {}", pair[0], pair[1]))
+        .collect()
+}
+
 /// The largest gap between consecutive `fast` slots from the last one before `event` up to `end`
 /// (`end` counts as a slot: an owner lost for good is a gap too), with where it starts.
 fn largest_fast_gap(
@@ -726,11 +735,7 @@ fn a_terminated_owner_hands_off_without_losing_a_second_job_slot() {
             "`{job}` did not run on both sides of the handoff at {terminated_at}\n{}",
             cluster.diagnostics()
         );
-        let missing: Vec<String> = slots
-            .windows(2)
-            .filter(|pair| pair[1] - pair[0] != TimeDelta::seconds(1))
-            .map(|pair| format!("between {} and {}", pair[0], pair[1]))
-            .collect();
+        let missing = second_gaps(&slots);
         assert!(
             missing.is_empty(),
             "`{job}` lost slots across the handoff ({owner} terminated at {terminated_at}): \
@@ -1103,11 +1108,7 @@ fn sixty_jobs_spread_over_three_nodes_and_follow_a_crash_a_restart_and_a_leave()
                 .into_iter()
                 .filter(|s| *s >= from)
                 .collect();
-            let gaps: Vec<String> = slots
-                .windows(2)
-                .filter(|pair| pair[1] - pair[0] != TimeDelta::seconds(1))
-                .map(|pair| format!("between {} and {}", pair[0], pair[1]))
-                .collect();
+            let gaps = second_gaps(&slots);
             (!gaps.is_empty()).then(|| format!("{job}: {gaps:?}"))
         })
         .collect();
