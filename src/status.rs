@@ -2,6 +2,7 @@
 //! runs (`/jobs/{name}/runs`, `tickd history`, `tickd logs`): written by the job's task and its
 //! runs' tasks, read by the HTTP endpoint.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -68,7 +69,7 @@ pub struct LastRun {
     /// How long it took, in milliseconds.
     pub duration_ms: f64,
     /// How it ended.
-    pub outcome: String,
+    pub outcome: Cow<'static, str>,
     /// A child's exit code (absent for HTTP jobs, which have `status`, and for handlers).
     pub exit_code: Option<i32>,
     /// The signal that ended a child (`TERM`), if one did.
@@ -97,7 +98,7 @@ pub struct RunRecord {
     /// How long it took, in milliseconds.
     pub duration_ms: f64,
     /// How it ended (`success`, `failure`, `timeout`, `stopped`).
-    pub outcome: String,
+    pub outcome: Cow<'static, str>,
     /// A child's exit code, when it exited.
     pub exit_code: Option<i32>,
     /// The signal that ended a child (`TERM`), if one did.
@@ -215,7 +216,7 @@ pub fn record_run(
         run_id,
         started,
         duration_ms,
-        outcome: report.outcome.as_str().to_owned(),
+        outcome: Cow::Borrowed(report.outcome.as_str()),
         exit_code: report.exit_code,
         signal: report.signal_name(),
         status: report.http_status,

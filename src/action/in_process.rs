@@ -76,6 +76,9 @@ async fn drive(
     clock: &Clock,
 ) -> RunReport {
     let timed_out = tokio::select! {
+        // The handler first: one that is done at its first poll (most are) registers neither
+        // a cancellation waiter nor a timer.
+        biased;
         result = &mut future => return match result {
             Ok(()) => RunReport::success(),
             Err(reason) => RunReport::failure(reason),

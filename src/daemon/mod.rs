@@ -245,6 +245,7 @@ fn start_services(
         runs: TaskTracker::new(),
         cluster,
         history: config.daemon().history(),
+        dispatcher: crate::job::Dispatcher::new(options.clock.clone()),
     })
 }
 
@@ -622,7 +623,7 @@ fn report(
             schedule = %status.schedule,
             next_fire = %next_fire,
             running = status.running,
-            last_outcome = last.map_or("-", |l| l.outcome.as_str()),
+            last_outcome = last.map_or("-", |l| l.outcome.as_ref()),
             last_duration_ms = last.map(|l| l.duration_ms),
             success = counts.success,
             failure = counts.failure,

@@ -1,28 +1,32 @@
-//! The job's task: a `select!` loop that wires the plan, the runs and the outside together. It
-//! sleeps until the plan's next fire (or a retry), and is otherwise woken only by a run ending,
-//! a command (reload, run now, pause), a wall-clock step (or, for a cluster job, a correction of
-//! the database's clock), or its stop token.
+//! A job's state ([`JobActor`], behind the lock of its [`JobCell`]) and its task: a `select!`
+//! loop that serves the job's commands (reload, run now, pause), wall-clock steps (or, for a
+//! cluster job, corrections of the database's clock) and its stop token. The job's fires and
+//! retries are the dispatcher's (`dispatch`): it calls [`JobCell::deadline_reached`] when the
+//! job's deadline comes, and a run's end calls back through the cell too, so neither wakes the
+//! task.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::action::{self, Outcome, RunReport};
-use crate::clock::{ClockSteps, Instant, Now, RemoteClock, Sleep};
+use crate::clock::{ClockSteps, Instant, Now, RemoteClock};
 use crate::config::{JobSpec, OnMissed, OnNodeLoss, RunLog, Scope};
 use crate::handler::{ClusterFire, RunContext, RunId};
 use crate::metrics::JobMetrics;
 use crate::status::{record_run, RunRecord, SharedStatus};
 
+use super::dispatch::Entry;
 use super::hook::FailureHook;
 use super::plan::{Due, Plan};
 use super::runs::{self, AfterFailure, FireAction, PendingRetry, Runs, SkipNotices};
 use super::{FireResult, JobCommand, JobEnv};
 
-/// A message from a run to its job.
+/// How a run ended, as its job learns it.
 #[derive(Debug)]
 struct RunEnded {
     run_id: RunId,
@@ -31,8 +35,144 @@ struct RunEnded {
     report: RunReport,
 }
 
+/// A job's state, and what tells its task that the state broke: shared by the three that act on
+/// it, the job's task, the dispatcher and the job's runs as they end. Its lock serializes them,
+/// as a mailbox would, without a task wake-up per fire.
+pub(super) struct JobCell {
+    /// A std mutex: every holder does a few steps of bookkeeping and returns; nothing awaits
+    /// under it.
+    actor: Mutex<JobActor>,
+    /// Why an outside caller (the dispatcher, a run's end) panicked while acting on the job: the
+    /// task then panics with it and is restarted from its schedule, as for a panic of its own.
+    broken: Mutex<Option<String>>,
+    /// Wakes the task when `broken` is set.
+    broke: Notify,
+}
+
+impl JobCell {
+    /// A new job state for `spec`.
+    pub fn new(spec: Arc<JobSpec>, env: Arc<JobEnv>, status: SharedStatus) -> Arc<Self> {
+        Arc::new_cyclic(|me| JobCell {
+            actor: Mutex::new(JobActor::new(spec, env, status, me.clone())),
+            broken: Mutex::new(None),
+            broke: Notify::new(),
+        })
+    }
+
+    /// Acts on the job from its own task, then brings its deadline up to date. A poisoned lock
+    /// (a panic in an earlier act) panics here, which restarts the task.
+    pub(super) fn with<R>(self: &Arc<Self>, act: impl FnOnce(&mut JobActor) -> R) -> R {
+        let mut actor = self
+            .actor
+            .lock()
+            .unwrap_or_else(|_| panic!("the job's state was left half-changed by a panic"));
+        let result = act(&mut actor);
+        actor.reschedule(self);
+        result
+    }
+
+    /// Acts on the job from outside its task (the dispatcher, a run's end), unless it stopped.
+    /// A panic does not unwind into the caller, which serves other jobs too: the job stops and
+    /// its task is told, to panic with it and be restarted.
+    fn act(self: &Arc<Self>, act: impl FnOnce(&mut JobActor)) {
+        let Ok(actor) = self.actor.lock() else {
+            return;
+        };
+        self.act_locked(actor, act);
+    }
+
+    fn act_locked(
+        self: &Arc<Self>,
+        mut actor: std::sync::MutexGuard<'_, JobActor>,
+        act: impl FnOnce(&mut JobActor),
+    ) {
+        if actor.stopped {
+            return;
+        }
+        let acted = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            act(&mut actor);
+            actor.reschedule(self);
+        }));
+        if let Err(panic) = acted {
+            actor.stopped = true;
+            drop(actor);
+            *self.broken.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some(crate::action::panic_message(&*panic));
+            self.broke.notify_one();
+        }
+    }
+
+    /// The dispatcher's call: the job's deadline `entry` came. A stale entry (the job moved its
+    /// deadline meanwhile) does nothing.
+    pub fn deadline_reached(self: &Arc<Self>, entry: Entry) {
+        let Ok(mut actor) = self.actor.lock() else {
+            return;
+        };
+        if actor.registered != Some(entry) {
+            return;
+        }
+        // The dispatcher took the entry out of its queue.
+        actor.registered = None;
+        self.act_locked(actor, JobActor::deadline_reached);
+    }
+
+    /// Runs the job's task until `stop`; `restarted` after a panic of the one before, which
+    /// already made the start-up fire.
+    pub async fn run(
+        self: Arc<Self>,
+        commands: &mut mpsc::UnboundedReceiver<JobCommand>,
+        stop: CancellationToken,
+        restarted: bool,
+    ) {
+        let (mut wall_steps, mut time_corrections) = self.with(|actor| {
+            let schedule = actor.spec.schedule().to_string();
+            actor.status.update(|s| s.schedule = schedule);
+            tracing::debug!(job = %actor.spec.name(), schedule = %actor.spec.schedule(), "job scheduled");
+            if !restarted {
+                if let Some(due) = actor.startup_fire() {
+                    actor.fire(due);
+                }
+            }
+            // Subscribed once: a step while this task is busy elsewhere is kept until it looks.
+            let wall_steps = actor.env.clock().wall_steps();
+            let time_corrections = actor
+                .cluster_time
+                .as_ref()
+                .map_or_else(ClockSteps::never, RemoteClock::corrections);
+            (wall_steps, time_corrections)
+        });
+        // Created once: re-registering a cancellation waiter on every wake-up is measurable at
+        // thousands of commands a second.
+        let stopped = stop.cancelled();
+        tokio::pin!(stopped);
+        loop {
+            // A cluster job's time does not follow this machine's wall clock.
+            let follows_wall_clock =
+                self.with(|actor| actor.plan.is_calendar() && actor.cluster_time.is_none());
+            tokio::select! {
+                biased;
+                _ = &mut stopped => break,
+                _ = self.broke.notified() => {
+                    let why = self.broken.lock().unwrap_or_else(PoisonError::into_inner).take();
+                    if let Some(why) = why {
+                        panic!("{why}");
+                    }
+                }
+                Some(command) = commands.recv() => self.with(|actor| actor.command(command)),
+                _ = wall_steps.changed(), if follows_wall_clock => {
+                    self.with(|actor| actor.time_stepped("the wall clock jumped past them"));
+                }
+                _ = time_corrections.changed() => self.with(JobActor::cluster_time_corrected),
+            }
+        }
+        self.with(JobActor::stop);
+    }
+}
+
 pub(super) struct JobActor {
     spec: Arc<JobSpec>,
+    /// The job's name, shared with every run's context (a reload keeps a job's name).
+    name: Arc<str>,
     env: Arc<JobEnv>,
     plan: Plan,
     /// For a cluster job, the database's clock: its slots are named and fired in the
@@ -45,8 +185,18 @@ pub(super) struct JobActor {
     /// cron expression with no future match).
     next: Option<Due>,
     runs: Runs,
-    ended_tx: mpsc::UnboundedSender<RunEnded>,
-    ended_rx: mpsc::UnboundedReceiver<RunEnded>,
+    /// The cell this state is in: what a run's end reports to.
+    me: Weak<JobCell>,
+    /// This job's entry in the dispatcher's queue: its deadline (the next fire or retry).
+    registered: Option<Entry>,
+    /// What the status last showed: (next start, paused).
+    published: Option<(Option<Instant>, bool)>,
+    /// The task stopped: nothing acts on the job any more (a run that ends after is only
+    /// counted, as it was by the run itself).
+    stopped: bool,
+    /// For the test of a panic in the dispatcher.
+    #[cfg(test)]
+    panic_at_next_fire: bool,
     /// Parent of this job's run tokens (a child of the daemon's stop-runs token): creating a
     /// run's token locks this node, not the root that every job shares.
     runs_cancel: CancellationToken,
@@ -64,8 +214,7 @@ pub(super) struct JobActor {
 }
 
 impl JobActor {
-    pub fn new(spec: Arc<JobSpec>, env: Arc<JobEnv>, status: SharedStatus) -> Self {
-        let (ended_tx, ended_rx) = mpsc::unbounded_channel();
+    fn new(spec: Arc<JobSpec>, env: Arc<JobEnv>, status: SharedStatus, me: Weak<JobCell>) -> Self {
         let cluster_time = cluster_time(&env, &spec);
         let (plan, next) = plan(&env, &spec, cluster_time.as_ref());
         JobActor {
@@ -74,8 +223,12 @@ impl JobActor {
             cluster_time,
             last_slot: None,
             runs: Runs::default(),
-            ended_tx,
-            ended_rx,
+            me,
+            registered: None,
+            published: None,
+            stopped: false,
+            #[cfg(test)]
+            panic_at_next_fire: false,
             runs_cancel: env.stop_runs.child_token(),
             metrics: Arc::new(env.metrics.for_job(spec.name())),
             status,
@@ -83,6 +236,7 @@ impl JobActor {
             latest_spec: Arc::new(Mutex::new(spec.clone())),
             hook: FailureHook::default(),
             skip_notices: SkipNotices::default(),
+            name: Arc::from(spec.name()),
             spec,
             env,
         }
@@ -93,68 +247,11 @@ impl JobActor {
         now_in(&self.env, self.cluster_time.as_ref())
     }
 
-    /// Runs the actor until `stop`; `restarted` after a panic of the one before, which already
-    /// made the start-up fire.
-    pub async fn run(
-        mut self,
-        commands: &mut mpsc::UnboundedReceiver<JobCommand>,
-        stop: CancellationToken,
-        restarted: bool,
-    ) {
-        let schedule = self.spec.schedule().to_string();
-        self.status.update(|s| s.schedule = schedule);
-        tracing::debug!(job = %self.spec.name(), schedule = %self.spec.schedule(), "job scheduled");
-        if !restarted {
-            if let Some(due) = self.startup_fire() {
-                self.fire(due);
-            }
-        }
-        // Long-lived futures, created once: re-registering a cancellation waiter and a timer
-        // deadline on every wake-up is measurable at thousands of fires a second.
-        let stopped = stop.cancelled();
-        tokio::pin!(stopped);
-        // Subscribed once: a step while this task is busy elsewhere is kept until it looks.
-        let mut wall_steps = self.env.clock().wall_steps();
-        let mut time_corrections = self
-            .cluster_time
-            .as_ref()
-            .map_or_else(ClockSteps::never, RemoteClock::corrections);
-        let mut timer = Timer::default();
-        let mut retry_timer = Timer::default();
-        // What the status shows: (next start, paused).
-        let mut published: Option<(Option<Instant>, bool)> = None;
-        loop {
-            let next = if self.paused { None } else { self.next };
-            let start_at = next.map(|due| due.start_at());
-            if published != Some((start_at, self.paused)) {
-                published = Some((start_at, self.paused));
-                self.publish_next(next);
-            }
-            timer.set(start_at, self.env.clock());
-            // A paused job does not retry either.
-            let retry_at = self.runs.retry.filter(|_| !self.paused).map(|r| r.at);
-            retry_timer.set(retry_at, self.env.clock());
-            tokio::select! {
-                biased;
-                _ = &mut stopped => break,
-                Some(command) = commands.recv() => self.command(command),
-                Some(ended) = self.ended_rx.recv() => self.run_ended(ended),
-                _ = retry_timer.wait() => {
-                    if let Some(retry) = self.runs.retry.take() {
-                        self.start_retry(retry);
-                    }
-                }
-                // A cluster job's time does not follow this machine's wall clock.
-                _ = wall_steps.changed(), if self.plan.is_calendar() && self.cluster_time.is_none() => {
-                    self.time_stepped("the wall clock jumped past them");
-                }
-                _ = time_corrections.changed() => self.cluster_time_corrected(),
-                _ = timer.wait() => {
-                    if let Some(due) = next {
-                        self.due(due);
-                    }
-                }
-            }
+    /// The job's task stops: no fire after this, and a queued run is dropped.
+    fn stop(&mut self) {
+        self.stopped = true;
+        if let Some(entry) = self.registered.take() {
+            self.env.dispatcher.remove(entry);
         }
         if self.runs.queued.take().is_some() {
             tracing::info!(job = %self.spec.name(), "job stopped; its pending run is dropped");
@@ -164,6 +261,60 @@ impl JobActor {
         }
         let skipped = self.status.snapshot().runs.skipped_overlap;
         tracing::debug!(job = %self.spec.name(), skipped, "job stopped firing");
+    }
+
+    /// The deadline the dispatcher holds for this job: its next fire or retry, whichever comes
+    /// first; none while paused (a paused job does not retry either).
+    fn deadline(&self) -> Option<Instant> {
+        if self.paused {
+            return None;
+        }
+        let fire = self.next.map(|due| due.start_at());
+        let retry = self.runs.retry.map(|retry| retry.at);
+        match (fire, retry) {
+            (Some(fire), Some(retry)) => Some(fire.min(retry)),
+            (fire, retry) => fire.or(retry),
+        }
+    }
+
+    /// Brings the dispatcher's entry and the status's next fire up to date after an act.
+    fn reschedule(&mut self, cell: &Arc<JobCell>) {
+        if self.stopped {
+            return;
+        }
+        let deadline = self.deadline();
+        if self.registered.map(|(at, _)| at) != deadline {
+            self.registered =
+                self.env
+                    .dispatcher
+                    .reschedule(cell, self.registered.take(), deadline);
+        }
+        let next = if self.paused { None } else { self.next };
+        let shown = (next.map(|due| due.start_at()), self.paused);
+        if self.published != Some(shown) {
+            self.published = Some(shown);
+            self.publish_next(next);
+        }
+    }
+
+    /// The job's deadline came: a retry due starts (retries first, as they were asked for
+    /// before the fire), then a fire due.
+    fn deadline_reached(&mut self) {
+        if self.paused {
+            return;
+        }
+        let now = self.env.clock().now();
+        if let Some(retry) = self.runs.retry.filter(|retry| retry.at <= now) {
+            self.runs.retry = None;
+            self.start_retry(retry);
+        }
+        if let Some(due) = self.next.filter(|due| due.start_at() <= now) {
+            #[cfg(test)]
+            if self.panic_at_next_fire {
+                panic!("a bug at a fire");
+            }
+            self.due(due);
+        }
     }
 
     fn publish_next(&self, next: Option<Due>) {
@@ -364,6 +515,8 @@ impl JobActor {
             }
             #[cfg(test)]
             JobCommand::Panic => panic!("a bug in the job task"),
+            #[cfg(test)]
+            JobCommand::PanicAtNextFire => self.panic_at_next_fire = true,
         }
     }
 
@@ -580,7 +733,7 @@ impl JobActor {
         self.metrics.run_started(lateness);
         self.status.update(|s| s.running += 1);
         let ctx = RunContext {
-            job: Arc::from(spec.name()),
+            job: self.name.clone(),
             run_id,
             scheduled,
             cancel,
@@ -606,7 +759,7 @@ impl JobActor {
             metrics: self.metrics.clone(),
             status: self.status.clone(),
             settles: self.settles(&due, now),
-            ended: Some(self.ended_tx.clone()),
+            ended: Some(self.me.clone()),
         };
         let env = self.env.clone();
         self.env.runs.spawn(async move {
@@ -674,26 +827,6 @@ fn plan(
     (plan, next)
 }
 
-/// One of the actor's timers: a sleep kept while its deadline stays the same, so a wake-up for
-/// something else does not re-register it.
-#[derive(Default)]
-struct Timer(Option<(Instant, Sleep)>);
-
-impl Timer {
-    /// Makes the timer go off at `at`, or never.
-    fn set(&mut self, at: Option<Instant>, clock: &crate::clock::Clock) {
-        if self.0.as_ref().map(|(deadline, _)| *deadline) != at {
-            self.0 = at.map(|at| (at, clock.sleep_until(at)));
-        }
-    }
-
-    /// Waits for the deadline (forever when there is none), then clears it.
-    async fn wait(&mut self) {
-        crate::clock::sleep_or_never(self.0.as_mut().map(|(_, sleep)| sleep)).await;
-        self.0 = None;
-    }
-}
-
 /// The end of a run, reported exactly once: by [`RunEnd::finish`] with the run's report, or,
 /// if the run's task panicked (or was aborted) before that, by its `Drop` as a failure. Without
 /// it a panic outside the handler's own catch (a future whose drop panics) never told the job,
@@ -712,17 +845,19 @@ struct RunEnd {
     status: SharedStatus,
     /// The cluster slot this run settles when it ends (`on_node_loss = "rerun"` jobs).
     settles: Option<DateTime<Utc>>,
-    /// Taken by the one report.
-    ended: Option<mpsc::UnboundedSender<RunEnded>>,
+    /// The job to tell; taken by the one report.
+    ended: Option<Weak<JobCell>>,
 }
 
 impl RunEnd {
     fn finish(mut self, report: RunReport) {
-        self.report(report);
+        self.report(report, true);
     }
 
-    /// Counts, logs and tells the job how the run ended; a no-op after the first call.
-    fn report(&mut self, mut report: RunReport) {
+    /// Counts, logs and tells the job how the run ended; a no-op after the first call. `wait`
+    /// for the job's lock, or (from a `Drop`, which may come while it is held: a run dropped
+    /// by a runtime that is shutting down) tell the job from a task of its own if it is busy.
+    fn report(&mut self, mut report: RunReport, wait: bool) {
         let Some(ended) = self.ended.take() else {
             return;
         };
@@ -763,12 +898,30 @@ impl RunEnd {
                 tracing::warn!(job = %spec.name(), run = %run_id, outcome = %report.outcome, duration_ms, exit_code, signal, status, forced, reason, "run finished")
             }
         }
-        // The job may have been removed meanwhile; then nobody needs to know.
-        let _ = ended.send(RunEnded {
+        let ended_run = RunEnded {
             run_id,
             attempt: self.attempt,
             report,
-        });
+        };
+        // The job may have been removed meanwhile; then nobody needs to know.
+        let Some(cell) = ended.upgrade() else {
+            return;
+        };
+        if wait {
+            cell.act(|actor| actor.run_ended(ended_run));
+            return;
+        }
+        let busy = match cell.actor.try_lock() {
+            Ok(actor) => {
+                cell.act_locked(actor, |actor| actor.run_ended(ended_run));
+                None
+            }
+            Err(std::sync::TryLockError::Poisoned(_)) => None,
+            Err(std::sync::TryLockError::WouldBlock) => Some(ended_run),
+        };
+        if let (Some(ended_run), Ok(runtime)) = (busy, tokio::runtime::Handle::try_current()) {
+            runtime.spawn(async move { cell.act(|actor| actor.run_ended(ended_run)) });
+        }
     }
 }
 
@@ -785,7 +938,7 @@ impl RunEnd {
             scheduled: self.scheduled,
             lateness_ms: millis(self.lateness),
             duration_ms,
-            outcome: report.outcome.as_str().to_owned(),
+            outcome: std::borrow::Cow::Borrowed(report.outcome.as_str()),
             exit_code: report.exit_code,
             signal: report.signal_name(),
             status: report.http_status,
@@ -806,7 +959,7 @@ impl Drop for RunEnd {
             } else {
                 "the run's task was stopped before it reported"
             };
-            self.report(RunReport::failure(why));
+            self.report(RunReport::failure(why), false);
         }
     }
 }

@@ -13,6 +13,7 @@
 //! a task that panicked.
 
 mod actor;
+mod dispatch;
 mod hook;
 pub mod plan;
 pub(crate) mod runs;
@@ -33,7 +34,8 @@ use crate::metrics::Metrics;
 use crate::state::StateStore;
 use crate::status::SharedStatus;
 
-use actor::JobActor;
+use actor::JobCell;
+pub(crate) use dispatch::Dispatcher;
 
 pub use plan::{machine_id, upcoming, Upcoming};
 
@@ -59,6 +61,8 @@ pub(crate) struct JobEnv {
     pub cluster: Option<crate::cluster::Cluster>,
     /// How many ended runs each job keeps for `/jobs/{name}/runs` (`[daemon] history`; 0: none).
     pub history: usize,
+    /// Acts on the jobs when their fires and retries come due.
+    pub dispatcher: Dispatcher,
 }
 
 impl JobEnv {
@@ -69,6 +73,7 @@ impl JobEnv {
         handlers: crate::Handlers,
         state: Option<Arc<StateStore>>,
     ) -> Arc<Self> {
+        let clock_for_dispatch = clock.clone();
         Arc::new(JobEnv {
             actions: Arc::new(RunEnv::new(clock, handlers, None).expect("run env")),
             metrics: Arc::default(),
@@ -79,6 +84,7 @@ impl JobEnv {
             runs: TaskTracker::new(),
             cluster: None,
             history: crate::config::DEFAULT_HISTORY,
+            dispatcher: Dispatcher::new(clock_for_dispatch),
         })
     }
 
@@ -111,6 +117,9 @@ pub(crate) enum JobCommand {
     /// Panic, as a bug in the task would: for the test of its restart.
     #[cfg(test)]
     Panic,
+    /// Panic at the next fire, in the dispatcher: for the test of that restart.
+    #[cfg(test)]
+    PanicAtNextFire,
 }
 
 /// What a fire did.
@@ -238,11 +247,13 @@ async fn supervise_actor(
     let mut restarted = false;
     let mut backoff = TASK_RESTART_BACKOFF;
     loop {
-        let mut actor = JobActor::new(spec.clone(), env.clone(), status.clone());
-        // What the endpoint set survives the restart.
-        actor.paused = restarted && status.snapshot().paused;
-        let latest = actor.latest_spec.clone();
-        let ran = std::panic::AssertUnwindSafe(actor.run(&mut commands, stop.clone(), restarted))
+        let cell = JobCell::new(spec.clone(), env.clone(), status.clone());
+        let latest = cell.with(|actor| {
+            // What the endpoint set survives the restart.
+            actor.paused = restarted && status.snapshot().paused;
+            actor.latest_spec.clone()
+        });
+        let ran = std::panic::AssertUnwindSafe(cell.run(&mut commands, stop.clone(), restarted))
             .catch_unwind()
             .await;
         let Err(panic) = ran else { return };
@@ -475,6 +486,42 @@ mod tests {
         );
         stop.cancel();
         job.stop().await.expect("the task ends when stopped");
+    }
+
+    /// A panic where the dispatcher acts on a job must not stop the dispatcher (every job would
+    /// stop firing): the job is restarted like a task that panicked, and the others go on.
+    #[tokio::test(start_paused = true)]
+    async fn a_panic_at_a_fire_restarts_that_job_and_the_others_go_on_firing() {
+        let start = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let handlers = Handlers::with_builtins();
+        let config = crate::config::parse(
+            std::path::Path::new("jobs.toml"),
+            "[jobs.a]\nevery = \"500ms\"\nhandler = \"log\"\n[jobs.b]\nevery = \"500ms\"\nhandler = \"log\"\n",
+            &handlers,
+        )
+        .expect("valid");
+        let env = JobEnv::for_test(Clock::manual(start), handlers.clone(), None);
+        let stop = CancellationToken::new();
+        let a = JobHandle::spawn(config.jobs()["a"].clone(), env.clone(), stop.clone());
+        let b = JobHandle::spawn(config.jobs()["b"].clone(), env.clone(), stop.clone());
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        a.control
+            .commands
+            .send(JobCommand::PanicAtNextFire)
+            .expect("send");
+        tokio::time::sleep(Duration::from_millis(2_400)).await;
+        let (a_status, b_status) = (a.control.status.snapshot(), b.control.status.snapshot());
+        assert_eq!(a_status.task_restarts, 1, "{a_status:?}");
+        // a: at 0.5 s and 1 s; the panic at 1.5 s; restarted 1 s later, at 3 s and 3.5 s.
+        assert_eq!(a_status.runs.success, 2 + 2, "{a_status:?}");
+        // b: every 500 ms throughout.
+        assert_eq!(b_status.runs.success, 7, "{b_status:?}");
+        assert_eq!(b_status.task_restarts, 0);
+        stop.cancel();
+        a.stop().await.expect("a ends");
+        b.stop().await.expect("b ends");
     }
 
     /// Panics in its drop: a handler future holding one panics where the handler's

@@ -1,0 +1,180 @@
+//! The dispatcher: one task that sleeps until the earliest deadline of every job and, when it
+//! comes, acts on all the jobs due at that instant, in due order, without waking their tasks.
+//!
+//! Before, each job's task slept on its own timer: 1,000 jobs due at :00 were 1,000 wake-ups
+//! from the timer thread (each a hop onto a worker's queue) and 1,000 polls of a `select!`,
+//! before the first run had started; then each run's end woke its job's task again. Now a
+//! job's state sits behind one lock ([`JobCell`](super::actor::JobCell)), shared by the three
+//! that act on it: its task (commands, wall-clock steps), this dispatcher (fires and retries)
+//! and its runs as they end. The lock serializes them as the task's mailbox did, so overlap is
+//! still state: a fire looks at the runs the job knows are going.
+//!
+//! A large batch is split: the dispatcher hands every other slice of [`SLICE`] jobs to a task
+//! of its own, so that the other worker starts fires while this one does, instead of only
+//! picking up the runs it spawned.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::{Clock, Instant};
+
+use super::actor::JobCell;
+
+/// Jobs acted on in one go before the rest of a batch is offered to another worker.
+const SLICE: usize = 64;
+
+/// Where a job's deadline sits in the queue: the deadline, then a tie-breaking sequence number
+/// (also the entry's identity, so a job can tell a stale entry from its current one).
+pub(super) type Entry = (Instant, u64);
+
+/// The daemon's dispatcher (one per [`JobEnv`](super::JobEnv)); its task starts on first use
+/// and stops when this is dropped.
+#[derive(Debug)]
+pub(crate) struct Dispatcher {
+    shared: Arc<Shared>,
+    started: OnceLock<()>,
+    stop: CancellationToken,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// A std mutex: held for map operations only, never across an `.await` and never while a
+    /// job's lock is taken (the dispatcher takes the due entries out first).
+    queue: Mutex<Queue>,
+    /// An earlier deadline than the one the task sleeps for was set.
+    earlier: Notify,
+    clock: Clock,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    deadlines: BTreeMap<Entry, Weak<JobCell>>,
+    next_seq: u64,
+}
+
+impl Dispatcher {
+    /// A dispatcher on `clock`; no task runs until a deadline is set.
+    pub fn new(clock: Clock) -> Self {
+        Dispatcher {
+            shared: Arc::new(Shared {
+                queue: Mutex::default(),
+                earlier: Notify::new(),
+                clock,
+            }),
+            started: OnceLock::new(),
+            stop: CancellationToken::new(),
+        }
+    }
+
+    /// Moves `job`'s deadline from `old` (its entry, if it has one) to `at` (or none), and
+    /// returns the new entry. Call with the job's lock held, so that entries and the job's own
+    /// record of them change together.
+    pub(super) fn reschedule(
+        &self,
+        job: &Arc<JobCell>,
+        old: Option<Entry>,
+        at: Option<Instant>,
+    ) -> Option<Entry> {
+        self.started.get_or_init(|| {
+            let shared = self.shared.clone();
+            let stop = self.stop.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = shared.serve() => {}
+                }
+            });
+        });
+        let mut queue = self.shared.lock();
+        if let Some(old) = old {
+            queue.deadlines.remove(&old);
+        }
+        let at = at?;
+        let entry = (at, queue.next_seq);
+        queue.next_seq += 1;
+        let earliest = queue
+            .deadlines
+            .keys()
+            .next()
+            .is_none_or(|first| entry < *first);
+        queue.deadlines.insert(entry, Arc::downgrade(job));
+        drop(queue);
+        if earliest {
+            self.shared.earlier.notify_one();
+        }
+        Some(entry)
+    }
+
+    /// Removes a job's entry (its task stops).
+    pub(super) fn remove(&self, entry: Entry) {
+        self.shared.lock().deadlines.remove(&entry);
+    }
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The task: sleep until the earliest deadline (or until an earlier one is set), then act
+    /// on every job due.
+    async fn serve(self: Arc<Self>) {
+        loop {
+            // Before reading the queue: a deadline set after the read is then not missed.
+            let earlier = self.earlier.notified();
+            tokio::pin!(earlier);
+            earlier.as_mut().enable();
+            let first = self.lock().deadlines.keys().next().map(|(at, _)| *at);
+            match first {
+                None => earlier.await,
+                Some(at) => {
+                    tokio::select! {
+                        biased;
+                        _ = self.clock.sleep_until(at) => {}
+                        _ = &mut earlier => continue,
+                    }
+                }
+            }
+            let now = self.clock.now();
+            let due: Vec<(Entry, Weak<JobCell>)> = {
+                let mut queue = self.lock();
+                let later = queue.deadlines.split_off(&(now, u64::MAX));
+                std::mem::replace(&mut queue.deadlines, later)
+                    .into_iter()
+                    .collect()
+            };
+            let mut slices = due.chunks(SLICE);
+            let mut offered = Vec::new();
+            while let Some(slice) = slices.next() {
+                act_on(slice);
+                // Every other slice to a task the other worker can take.
+                if let Some(next) = slices.next() {
+                    let next = next.to_vec();
+                    offered.push(tokio::spawn(async move { act_on(&next) }));
+                }
+            }
+            // The offered slices are done before the next batch, so fires stay in due order.
+            for task in offered {
+                let _ = task.await;
+            }
+        }
+    }
+}
+
+/// Acts on the jobs whose entries came due.
+fn act_on(due: &[(Entry, Weak<JobCell>)]) {
+    for (entry, job) in due {
+        if let Some(job) = job.upgrade() {
+            job.deadline_reached(*entry);
+        }
+    }
+}
