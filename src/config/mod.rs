@@ -58,10 +58,11 @@ pub fn json_schema() -> serde_json::Value {
 /// Validates configuration text; `path` is only used in messages and as [`Config::source`].
 pub fn parse(path: &Path, text: &str, handlers: &Handlers) -> Result<Config, ConfigError> {
     let locator = Locator { path, text };
-    let raw = raw::deserialize(text).map_err(|err| ConfigError::Invalid {
-        problems: vec![locator.serde_problem(&err)],
+    let (raw, problems) = raw::deserialize(&locator).map_err(|problem| ConfigError::Invalid {
+        problems: vec![problem],
     })?;
-    validate::config(&locator, handlers, raw).map_err(|problems| ConfigError::Invalid { problems })
+    validate::config(&locator, handlers, raw, problems)
+        .map_err(|problems| ConfigError::Invalid { problems })
 }
 
 /// What the unit tests of every file here share.

@@ -26,16 +26,18 @@ use super::spec::Config;
 use super::values::{self, DurationRange};
 use crate::handler::Handlers;
 
-/// Validates `raw`, the text `locator` holds; `handlers` names the handlers a job may use.
+/// Validates `raw`, the text `locator` holds; `handlers` names the handlers a job may use, and
+/// `problems` are those phase 1 found (in the parts it left out or trimmed).
 pub(super) fn config(
     locator: &Locator<'_>,
     handlers: &Handlers,
     raw: RawConfig,
+    problems: Vec<Problem>,
 ) -> Result<Config, Vec<Problem>> {
     Validator {
         locator,
         handlers,
-        problems: Vec::new(),
+        problems,
         warnings: Vec::new(),
     }
     .config(raw)
@@ -275,6 +277,54 @@ output = "discard"
             let text = template.replace('V', "\"100y\"");
             assert!(check(&text).is_ok(), "{key} = 100y is the documented bound");
         }
+    }
+
+    /// A wrong type in one job hid the validation errors of every other job (issue 18).
+    #[test]
+    fn a_parse_error_in_one_job_hides_nothing_else() {
+        let msg = error(concat!(
+            "[daemon]\n",
+            "shutdown_timeout = 5\n",
+            "[jobs.a]\n",
+            "every = \"0s\"\n",
+            "handler = \"log\"\n",
+            "[jobs.b]\n",
+            "every = [1]\n",
+            "handler = \"log\"\n",
+            "timeout = 3\n",
+            "evry = \"1s\"\n",
+            "[jobs.c]\n",
+            "cron = \"61 * * * *\"\n",
+            "handler = \"log\"\n",
+            "[jbos.d]\n",
+        ));
+        let lines: Vec<&str> = msg.lines().collect();
+        assert_eq!(lines.len(), 7, "{msg}");
+        for (line, (start, says)) in lines.iter().zip([
+            (
+                "jobs.toml:2:20: key \"daemon.shutdown_timeout\"",
+                "invalid type",
+            ),
+            (
+                "jobs.toml:4:9: job \"a\", key \"every\"",
+                "greater than zero",
+            ),
+            ("jobs.toml:7:9: job \"b\", key \"every\"", "invalid type"),
+            ("jobs.toml:9:11: job \"b\", key \"timeout\"", "invalid type"),
+            ("jobs.toml:10:1: job \"b\"", "did you mean `every`"),
+            ("jobs.toml:12:8: job \"c\", key \"cron\"", "61"),
+            ("jobs.toml:14:2: key \"jbos\"", "did you mean `jobs`"),
+        ]) {
+            assert!(line.starts_with(start), "{line}\nin\n{msg}");
+            assert!(line.contains(says), "{line}");
+        }
+        // A syntax error is necessarily alone.
+        let msg = error("[jobs.a]\nevery = 5\n[jobs.b\n");
+        assert!(
+            msg.starts_with("jobs.toml:3:8: invalid table header"),
+            "{msg}"
+        );
+        assert!(!msg.contains("every"), "{msg}");
     }
 
     #[test]
