@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, SecondsFormat, Utc};
 use chrono_tz::Tz;
 
-use tickd::config::JobSpec;
+use tickd::config::{JobSpec, Purpose};
 use tickd::schedule::{CronSchedule, Schedule};
 use tickd::{Clock, Handlers};
 
@@ -118,15 +118,19 @@ fn local_zone() -> Option<String> {
 }
 
 /// `tickd check`: exit 2 on problems; warnings (a valid file that will not do what it says:
-/// no jobs, a program or `cwd` that is not on this machine) exit 0, or 2 with `strict`.
+/// no jobs, a user, program or `cwd` that is not on this machine) exit 0, or 2 with `strict`.
 pub(crate) fn check(file: &Path, strict: bool) -> u8 {
-    let Some(config) = load_config(file) else {
-        return exit::INVALID;
+    let handlers = Handlers::with_builtins();
+    let config = match tickd::config::load_for(file, &handlers, Purpose::Check) {
+        Ok(config) => config,
+        Err(err) => {
+            tracing::error!("invalid configuration:\n{err}");
+            return exit::INVALID;
+        }
     };
     let mut out = std::io::stdout().lock();
-    let mut warnings: Vec<String> = config.warnings().iter().map(ToString::to_string).collect();
-    warnings.extend(machine_warnings(file, &config));
-    for warning in &warnings {
+    let warnings = config.warnings();
+    for warning in warnings {
         eprintln_safe(&format!("warning: {warning}"));
     }
     let count = config.jobs().len();
@@ -143,40 +147,6 @@ pub(crate) fn check(file: &Path, strict: bool) -> u8 {
         return exit::INVALID;
     }
     exit::OK
-}
-
-/// What a valid file asks of this machine that it does not have: no jobs at all, a program not
-/// found (in the job's `PATH`), a `cwd` that does not exist. Not errors: the file may be meant
-/// for another machine, or the program installed later.
-fn machine_warnings(file: &Path, config: &tickd::config::Config) -> Vec<String> {
-    let mut warnings = Vec::new();
-    if config.jobs().is_empty() {
-        warnings.push(format!(
-            "{}: no jobs: tickd would run and fire nothing",
-            file.display()
-        ));
-    }
-    for spec in config.jobs().values() {
-        let tickd::config::Action::Process(process) = spec.action() else {
-            continue;
-        };
-        if let Some(cwd) = process.cwd().filter(|cwd| !cwd.is_dir()) {
-            warnings.push(format!(
-                "job {}: cwd {} does not exist here",
-                spec.name(),
-                cwd.display()
-            ));
-            continue;
-        }
-        if let Err(err) = tickd::process::find_program(process) {
-            warnings.push(format!(
-                "job {}: cannot find the program {:?} ({err}); is it installed, and in the job's PATH?",
-                spec.name(),
-                process.argv()[0]
-            ));
-        }
-    }
-    warnings
 }
 
 pub(crate) fn next(

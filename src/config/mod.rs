@@ -41,11 +41,30 @@ pub use values::{DurationRange, MAX_DURATION, MIN_PERIOD};
 use crate::handler::Handlers;
 use error::Locator;
 
-/// Reads and validates a configuration file. `handlers` names the in-process handlers a job may
-/// use.
+/// What a configuration is loaded for. The file's meaning is the same; what this machine lacks
+/// (a user, a program, a `cwd`) is judged differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// To run it (start-up, reload, `tickd exec`): a `user` or `group` this machine does not
+    /// have is an error, since the job could never run as it says.
+    Run,
+    /// To check it (`tickd check`): the file may be meant for another machine, so what this
+    /// machine lacks (no jobs, a user or group, a program in the job's `PATH`, a `cwd`) is a
+    /// warning in [`Config::warnings`]. Such a configuration is for reporting only: a job whose
+    /// user is missing has no user to run as.
+    Check,
+}
+
+/// Reads and validates a configuration file to run it. `handlers` names the in-process
+/// handlers a job may use.
 pub fn load(path: &Path, handlers: &Handlers) -> Result<Config, ConfigError> {
+    load_for(path, handlers, Purpose::Run)
+}
+
+/// Reads and validates a configuration file for `purpose`.
+pub fn load_for(path: &Path, handlers: &Handlers, purpose: Purpose) -> Result<Config, ConfigError> {
     let text = file::read_text(path)?;
-    parse(path, &text, handlers)
+    parse_for(path, &text, handlers, purpose)
 }
 
 /// The JSON Schema (draft 7) of a jobs file, generated from the types the parser reads: every
@@ -55,13 +74,25 @@ pub fn json_schema() -> serde_json::Value {
     raw::schema()
 }
 
-/// Validates configuration text; `path` is only used in messages and as [`Config::source`].
+/// Validates configuration text to run it; `path` is only used in messages and as
+/// [`Config::source`].
 pub fn parse(path: &Path, text: &str, handlers: &Handlers) -> Result<Config, ConfigError> {
+    parse_for(path, text, handlers, Purpose::Run)
+}
+
+/// Validates configuration text for `purpose`; `path` is only used in messages and as
+/// [`Config::source`].
+pub fn parse_for(
+    path: &Path,
+    text: &str,
+    handlers: &Handlers,
+    purpose: Purpose,
+) -> Result<Config, ConfigError> {
     let locator = Locator { path, text };
     let (raw, problems) = raw::deserialize(&locator).map_err(|problem| ConfigError::Invalid {
         problems: vec![problem],
     })?;
-    validate::config(&locator, handlers, raw, problems)
+    validate::config(&locator, handlers, purpose, raw, problems)
         .map_err(|problems| ConfigError::Invalid { problems })
 }
 

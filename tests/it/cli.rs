@@ -75,24 +75,67 @@ fn check_warns_of_no_jobs_and_of_a_program_or_cwd_not_here() {
     };
     let (code, said) = check("[jobs]\n", false);
     assert_eq!(code, Some(0), "{said}");
-    assert!(said.contains("warning: jobs.toml: no jobs"), "{said}");
+    assert!(said.contains("warning: jobs.toml:1:1: no jobs"), "{said}");
     let missing = "[jobs.a]\nevery = \"1m\"\ncommand = [\"no-such-program-here\"]\n\
                    [jobs.b]\nevery = \"1m\"\ncommand = [\"true\"]\ncwd = \"/no/such/dir\"\n\
                    [jobs.c]\nevery = \"1m\"\ncommand = [\"true\"]\n";
     let (code, said) = check(missing, false);
     assert_eq!(code, Some(0), "{said}");
     assert!(
-        said.contains("job a: cannot find the program \"no-such-program-here\""),
+        said.contains(
+            "jobs.toml:3:11: job \"a\", key \"command\": cannot find the program \"no-such-program-here\""
+        ),
         "{said}"
     );
     assert!(
-        said.contains("job b: cwd /no/such/dir does not exist here"),
+        said.contains(
+            "jobs.toml:7:7: job \"b\", key \"cwd\": cwd /no/such/dir does not exist here"
+        ),
         "{said}"
     );
-    assert!(!said.contains("job c"), "{said}");
+    assert!(!said.contains("job \"c\""), "{said}");
     let (code, said) = check(missing, true);
     assert_eq!(code, Some(2), "{said}");
     assert!(said.contains("--strict"), "{said}");
+}
+
+/// A `user` this machine does not have: a warning to `check` (the file may be meant for another
+/// machine), an error to `run` and to a reload (the job could never run as it says).
+#[test]
+fn a_missing_user_warns_in_check_and_fails_run_and_reload() {
+    let job = "[jobs.a]\nevery = \"1m\"\ncommand = [\"true\"]\nuser = \"no-such-user-tickd\"\n";
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("jobs.toml"), job).expect("jobs file");
+    let run = |args: &[&str]| {
+        let out = tickd()
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("tickd");
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), said)
+    };
+    let (code, said) = run(&["check", "jobs.toml"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("warning: jobs.toml:4:8: job \"a\", key \"user\": no such user \"no-such-user-tickd\" on this machine"),
+        "{said}"
+    );
+    let (code, said) = run(&["check", "--strict", "jobs.toml"]);
+    assert_eq!(code, Some(2), "{said}");
+    let (code, said) = run(&["run", "jobs.toml"]);
+    assert_eq!(code, Some(2), "{said}");
+    assert!(
+        said.contains("jobs.toml:4:8: job \"a\", key \"user\": no such user"),
+        "{said}"
+    );
+
+    let d = Daemon::start("[jobs.b]\nevery = \"100ms\"\nhandler = \"log\"\n");
+    d.wait_log("tick job=b");
+    d.rewrite(job);
+    d.signal(Signal::SIGHUP);
+    let log = d.wait_log("reload rejected");
+    assert!(log.contains("no such user \"no-such-user-tickd\""), "{log}");
 }
 
 /// The quick start's file and the `.deb`'s default `/etc/tickd/jobs.toml`.

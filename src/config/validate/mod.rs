@@ -24,6 +24,7 @@ use super::error::{Locator, Problem};
 use super::raw::RawConfig;
 use super::spec::Config;
 use super::values::{self, DurationRange};
+use super::Purpose;
 use crate::handler::Handlers;
 
 /// Validates `raw`, the text `locator` holds; `handlers` names the handlers a job may use, and
@@ -31,12 +32,14 @@ use crate::handler::Handlers;
 pub(super) fn config(
     locator: &Locator<'_>,
     handlers: &Handlers,
+    purpose: Purpose,
     raw: RawConfig,
     problems: Vec<Problem>,
 ) -> Result<Config, Vec<Problem>> {
     Validator {
         locator,
         handlers,
+        purpose,
         problems,
         warnings: Vec::new(),
     }
@@ -47,6 +50,8 @@ pub(super) fn config(
 struct Validator<'a> {
     locator: &'a Locator<'a>,
     handlers: &'a Handlers,
+    /// Whether what this machine lacks is an error (to run) or a warning (to check).
+    purpose: Purpose,
     problems: Vec<Problem>,
     warnings: Vec<Problem>,
 }
@@ -85,6 +90,15 @@ impl Validator<'_> {
                 jobs.insert(name, Arc::new(spec));
             }
         }
+        if self.purpose == Purpose::Check && jobs.is_empty() && self.problems.is_empty() {
+            let warning = self.locator.problem(
+                0,
+                None,
+                None,
+                "no jobs: tickd would run and fire nothing".to_owned(),
+            );
+            self.warnings.push(warning);
+        }
         if !self.problems.is_empty() {
             // A stable sort: problems at the same place keep the order they were found in.
             self.problems.sort_by_key(|p| (p.line, p.column));
@@ -109,6 +123,15 @@ impl Validator<'_> {
     /// A problem with `value`.
     fn reject<T>(&mut self, value: &Spanned<T>, at: At<'_>, message: String) {
         self.report(value.span().start, at.job, Some(at.key), message);
+    }
+
+    /// Something `value` asks of this machine that it lacks: an error when the configuration
+    /// is to run, a warning when it is only checked (see [`Purpose`]).
+    fn lacking<T>(&mut self, value: &Spanned<T>, at: At<'_>, message: String) {
+        match self.purpose {
+            Purpose::Run => self.reject(value, at, message),
+            Purpose::Check => self.warn(value, at, message),
+        }
     }
 
     /// Something about `value` that loads but deserves a look.
