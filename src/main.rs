@@ -43,7 +43,8 @@ enum Command {
         /// The jobs file.
         #[arg(default_value = "jobs.toml")]
         file: PathBuf,
-        /// Exit 2 on warnings too (no jobs, a program or cwd not on this machine).
+        /// Exit 2 on warnings too (no jobs, a user, program or cwd not on this machine). With
+        /// `--log-format json`, each problem and warning is a JSON object on a line of stderr.
         #[arg(long)]
         strict: bool,
     },
@@ -188,7 +189,7 @@ fn main() -> ExitCode {
             }
             _ => daemon::run_daemon(&file, subreaper || std::process::id() == 1),
         },
-        Command::Check { file, strict } => offline::check(&file, strict),
+        Command::Check { file, strict } => offline::check(&file, strict, cli.log_format),
         Command::Next {
             file,
             job,

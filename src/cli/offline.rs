@@ -7,11 +7,11 @@ use std::sync::Arc;
 use chrono::{DateTime, SecondsFormat, Utc};
 use chrono_tz::Tz;
 
-use tickd::config::{JobSpec, Purpose};
+use tickd::config::{ConfigError, JobSpec, Problem, Purpose};
 use tickd::schedule::{CronSchedule, Schedule};
 use tickd::{Clock, Handlers};
 
-use super::{eprintln_safe, exit, load_config, small_runtime};
+use super::{eprintln_safe, exit, load_config, small_runtime, LogFormat};
 
 /// Runs one job once, here and now, like Laravel's `schedule:test`.
 pub(crate) fn exec(file: &Path, name: &str) -> u8 {
@@ -119,19 +119,37 @@ fn local_zone() -> Option<String> {
 
 /// `tickd check`: exit 2 on problems; warnings (a valid file that will not do what it says:
 /// no jobs, a user, program or `cwd` that is not on this machine) exit 0, or 2 with `strict`.
-pub(crate) fn check(file: &Path, strict: bool) -> u8 {
+/// With `--log-format json`, each problem and warning is one JSON object on a line of stderr.
+pub(crate) fn check(file: &Path, strict: bool, format: LogFormat) -> u8 {
     let handlers = Handlers::with_builtins();
     let config = match tickd::config::load_for(file, &handlers, Purpose::Check) {
         Ok(config) => config,
         Err(err) => {
-            tracing::error!("invalid configuration:\n{err}");
+            match (format, &err) {
+                (LogFormat::Json, ConfigError::Invalid { problems }) => {
+                    for problem in problems {
+                        let json = problem_json(file, Some(problem), "error", &problem.message);
+                        eprintln_safe(&json);
+                    }
+                }
+                (LogFormat::Json, _) => {
+                    eprintln_safe(&problem_json(file, None, "error", &err.to_string()));
+                }
+                (LogFormat::Human, _) => tracing::error!("invalid configuration:\n{err}"),
+            }
             return exit::INVALID;
         }
     };
     let mut out = std::io::stdout().lock();
     let warnings = config.warnings();
     for warning in warnings {
-        eprintln_safe(&format!("warning: {warning}"));
+        match format {
+            LogFormat::Json => {
+                let json = problem_json(file, Some(warning), "warning", &warning.message);
+                eprintln_safe(&json);
+            }
+            LogFormat::Human => eprintln_safe(&format!("warning: {warning}")),
+        }
     }
     let count = config.jobs().len();
     let noun = if count == 1 { "job" } else { "jobs" };
@@ -140,13 +158,31 @@ pub(crate) fn check(file: &Path, strict: bool) -> u8 {
         let _ = writeln!(out, "  {}: {}", spec.name(), spec.schedule());
     }
     if strict && !warnings.is_empty() {
-        eprintln_safe(&format!(
-            "tickd: {} warning(s), and --strict makes them errors",
-            warnings.len()
-        ));
+        if let LogFormat::Human = format {
+            eprintln_safe(&format!(
+                "tickd: {} warning(s), and --strict makes them errors",
+                warnings.len()
+            ));
+        }
         return exit::INVALID;
     }
     exit::OK
+}
+
+/// One problem of `tickd check --log-format json`: `file`, `line`, `column`, `job`, `key`
+/// (each `null` when unknown, as for a file that cannot be read), `severity` and `message`.
+fn problem_json(file: &Path, problem: Option<&Problem>, severity: &str, message: &str) -> String {
+    let file = problem.map_or(file, |p| p.path.as_path());
+    serde_json::json!({
+        "file": file.display().to_string(),
+        "line": problem.map(|p| p.line),
+        "column": problem.map(|p| p.column),
+        "job": problem.and_then(|p| p.job.as_deref()),
+        "key": problem.and_then(|p| p.key.as_deref()),
+        "severity": severity,
+        "message": message,
+    })
+    .to_string()
 }
 
 pub(crate) fn next(

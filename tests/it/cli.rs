@@ -138,6 +138,65 @@ fn a_missing_user_warns_in_check_and_fails_run_and_reload() {
     assert!(log.contains("no such user \"no-such-user-tickd\""), "{log}");
 }
 
+/// `check --log-format json`: one object per line of stderr, problems and warnings alike, each
+/// with its file, line, column, job, key, severity and message.
+#[test]
+fn check_gives_its_problems_as_json_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let check = |text: &str| {
+        fs::write(dir.path().join("jobs.toml"), text).expect("jobs file");
+        let out = tickd()
+            .args(["--log-format", "json", "check", "jobs.toml"])
+            .current_dir(dir.path())
+            .output()
+            .expect("check");
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+            .collect();
+        (out.status.code(), lines)
+    };
+    let (code, lines) = check(
+        "[jobs.a]\nevery = 5\nhandler = \"log\"\n[jobs.b]\ncron = \"x\"\nhandler = \"log\"\n",
+    );
+    assert_eq!(code, Some(2));
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let first = &lines[0];
+    assert_eq!(first["file"], "jobs.toml");
+    assert_eq!(first["line"], 2);
+    assert_eq!(first["column"], 9);
+    assert_eq!(first["job"], "a");
+    assert_eq!(first["key"], "every");
+    assert_eq!(first["severity"], "error");
+    assert!(
+        first["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("invalid type")),
+        "{first}"
+    );
+    assert_eq!(lines[1]["job"], "b");
+    assert_eq!(lines[1]["line"], 5);
+
+    let (code, lines) =
+        check("[jobs.a]\nevery = \"1m\"\ncommand = [\"true\"]\ncwd = \"/no/such/dir\"\n");
+    assert_eq!(code, Some(0));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["severity"], "warning");
+    assert_eq!(lines[0]["key"], "cwd");
+    assert_eq!(lines[0]["line"], 4);
+
+    // A file that cannot be read has no line: null.
+    let out = tickd()
+        .args(["--log-format", "json", "check", "missing.toml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("check");
+    assert_eq!(out.status.code(), Some(2));
+    let line: serde_json::Value = serde_json::from_slice(&out.stderr).expect("one JSON object");
+    assert_eq!(line["file"], "missing.toml");
+    assert!(line["line"].is_null() && line["job"].is_null(), "{line}");
+}
+
 /// The quick start's file and the `.deb`'s default `/etc/tickd/jobs.toml`.
 #[test]
 fn the_shipped_jobs_files_are_valid() {
