@@ -3,8 +3,12 @@
 //! history` (a job's last runs) and `tickd logs` (the output of its last run, or of the next with
 //! `-f`).
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use tickd::config::Config;
 
 use super::{eprintln_safe, exit, load_config, small_runtime};
 
@@ -24,6 +28,11 @@ impl Endpoint {
     /// The endpoint of the jobs file `file`, or the exit code after saying why there is none.
     fn of(file: &Path) -> Result<Endpoint, u8> {
         let config = load_config(file).ok_or(exit::INVALID)?;
+        Self::of_config(file, &config)
+    }
+
+    /// The endpoint `config` (loaded from `file`) names.
+    fn of_config(file: &Path, config: &Config) -> Result<Endpoint, u8> {
         let Some(mut addr) = config.daemon().http() else {
             eprintln_safe(&format!(
                 "tickd: {} has no [daemon] http address; this command talks to a running daemon's endpoint",
@@ -40,7 +49,15 @@ impl Endpoint {
             zone: config.daemon().timezone(),
             history: config.daemon().history(),
             runtime: small_runtime().ok_or(exit::FATAL)?,
-            client: reqwest::Client::new(),
+            // A local daemon answers at once; something that accepts and never answers must
+            // not hang the command.
+            client: reqwest::Client::builder()
+                .timeout(ANSWER_TIMEOUT)
+                .build()
+                .map_err(|err| {
+                    eprintln_safe(&format!("tickd: cannot start an HTTP client: {err}"));
+                    exit::FATAL
+                })?,
         })
     }
 
@@ -99,6 +116,50 @@ impl Endpoint {
             _ => None,
         }
     }
+}
+
+/// How long a command waits for the endpoint's answer.
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What `tickd next` shows of a running daemon: its address and each job's next fire as
+/// `GET /jobs` says (`None`: paused, or no fire ahead).
+pub(crate) struct DaemonGrid {
+    /// Where the daemon answered.
+    pub(crate) addr: std::net::SocketAddr,
+    /// The next fire of each of its jobs, by name.
+    pub(crate) next_fires: BTreeMap<String, Option<DateTime<Utc>>>,
+}
+
+/// The grid of the daemon running `config` (loaded from `file`), or why there is none to show:
+/// no `[daemon] http`, nothing answering, or an answer that is not tickd's.
+pub(crate) fn daemon_grid(file: &Path, config: &Config) -> Result<DaemonGrid, String> {
+    let Some(addr) = config.daemon().http() else {
+        return Err("the file has no [daemon] http".to_owned());
+    };
+    let endpoint = Endpoint::of_config(file, config).map_err(|_| format!("{addr}"))?;
+    let (code, body) = endpoint
+        .send(false, "/jobs")
+        .map_err(|err| unreachable(endpoint.addr, &err))?;
+    if code != 200 {
+        return Err(refused(code, &body));
+    }
+    let jobs: Vec<serde_json::Value> = serde_json::from_str(&body)
+        .map_err(|err| format!("the answer of {} is not tickd's ({err})", endpoint.addr))?;
+    let next_fires = jobs
+        .iter()
+        .filter_map(|job| {
+            let name = job["name"].as_str()?.to_owned();
+            let next = job["next_fire"]
+                .as_str()
+                .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+                .map(|time| time.to_utc());
+            Some((name, next))
+        })
+        .collect();
+    Ok(DaemonGrid {
+        addr: endpoint.addr,
+        next_fires,
+    })
 }
 
 /// Why the daemon at `addr` could not be reached, in words.

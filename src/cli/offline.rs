@@ -8,7 +8,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use chrono_tz::Tz;
 
 use tickd::config::{ConfigError, JobSpec, Problem, Purpose};
-use tickd::schedule::{CronSchedule, Schedule};
+use tickd::schedule::{CronSchedule, EveryMode, Schedule};
 use tickd::{Clock, Handlers};
 
 use super::{eprintln_safe, exit, load_config, small_runtime, LogFormat};
@@ -193,6 +193,7 @@ pub(crate) fn next(
     tz: &str,
     after: Option<&str>,
 ) -> u8 {
+    let after_arg = after;
     let after = match after.map(DateTime::parse_from_rfc3339) {
         None => Clock::system().wall_now(),
         Some(Ok(t)) => t.with_timezone(&Utc),
@@ -235,11 +236,45 @@ pub(crate) fn next(
         },
         None => config.jobs().values().collect(),
     };
+    // The daemon's own grid, when it runs this file and answers (and no other start is asked
+    // for): its jobs' grids started when it did, which no offline computation can know.
+    let grid = match (config.daemon().http(), after_arg) {
+        (Some(_), None) => match super::client::daemon_grid(file, &config) {
+            Ok(grid) => {
+                let _ = writeln!(
+                    out,
+                    "from the daemon running at {}: its next fires (GET /jobs)",
+                    grid.addr
+                );
+                Some(grid)
+            }
+            Err(why) => {
+                let why = why.strip_prefix("tickd: ").unwrap_or(&why);
+                let _ = writeln!(out, "computed offline: {why}");
+                None
+            }
+        },
+        _ => None,
+    };
     let machine_id = tickd::job::machine_id();
     let now = Clock::system().read();
     let now = tickd::clock::Now { wall: after, ..now };
     for spec in jobs {
         let _ = writeln!(out, "{} ({}):", spec.name(), spec.schedule());
+        if let Some(grid) = &grid {
+            match grid.next_fires.get(spec.name()) {
+                Some(next) => {
+                    print_times(&mut out, spec, &daemon_times(spec, *next, count));
+                    continue;
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "  (not in the running daemon: computed offline; reload it to apply the file)"
+                    );
+                }
+            }
+        }
         let upcoming = tickd::job::upcoming(spec, &machine_id, now, count);
         // A stable (`spread`) delay is part of every fire time; a random one can only be told.
         if let Some(max) = upcoming.random_delay {
@@ -249,19 +284,42 @@ pub(crate) fn next(
                 humantime::format_duration(max)
             );
         }
-        for time in upcoming.times {
-            match spec.schedule() {
-                Schedule::Every(_) => {
-                    let _ = writeln!(out, "  {}", rfc3339(&time));
-                }
-                Schedule::Cron(cron) => {
-                    let local = time.with_timezone(&cron.timezone());
-                    let _ = writeln!(out, "  {}  ({})", rfc3339(&local), rfc3339(&time));
-                }
+        print_times(&mut out, spec, &upcoming.times);
+    }
+    exit::OK
+}
+
+/// Up to `count` fires from the daemon's `next` on: its grid goes on by the period, or by the
+/// calendar. A fixed delay depends on how long the runs take, so only the next one is known.
+fn daemon_times(spec: &JobSpec, next: Option<DateTime<Utc>>, count: usize) -> Vec<DateTime<Utc>> {
+    let after = |time: &DateTime<Utc>| match spec.schedule() {
+        Schedule::Every(every) if every.mode == EveryMode::FixedRate => {
+            chrono::Duration::from_std(every.period)
+                .ok()
+                .and_then(|period| time.checked_add_signed(period))
+        }
+        Schedule::Every(_) => None,
+        Schedule::Cron(cron) => cron.next_after(*time),
+    };
+    std::iter::successors(next, after).take(count).collect()
+}
+
+/// The fire times of `spec`, one a line; a cron job's in its zone, then in UTC.
+fn print_times(out: &mut impl Write, spec: &JobSpec, times: &[DateTime<Utc>]) {
+    if times.is_empty() {
+        let _ = writeln!(out, "  (no fire ahead: paused, or past its last)");
+    }
+    for time in times {
+        match spec.schedule() {
+            Schedule::Every(_) => {
+                let _ = writeln!(out, "  {}", rfc3339(time));
+            }
+            Schedule::Cron(cron) => {
+                let local = time.with_timezone(&cron.timezone());
+                let _ = writeln!(out, "  {}  ({})", rfc3339(&local), rfc3339(time));
             }
         }
     }
-    exit::OK
 }
 
 /// The next `count` fires of one cron expression after `after`.

@@ -302,6 +302,68 @@ fn next_prints_the_fire_times_the_daemon_uses() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// `tickd next` on the file of a running daemon shows the daemon's grid (which started when the
+/// daemon did), saying so; with nothing answering, it says so and computes offline.
+#[test]
+fn next_shows_the_running_daemons_grid_or_computes_offline() {
+    let port = free_port();
+    let config = format!(
+        "[daemon]\nhttp = \"127.0.0.1:{port}\"\n[jobs.hourly]\nevery = \"1h\"\nhandler = \"log\"\n\
+         [jobs.calendar]\ncron = \"0 0 1 1 *\"\nhandler = \"log\"\n"
+    );
+    let mut d = Daemon::start(&config);
+    let (_, body) = crate::support::http(port, "GET", "/jobs", None);
+    let jobs: Vec<serde_json::Value> = serde_json::from_str(&body).expect("jobs");
+    let daemon_next = |name: &str| {
+        let job = jobs.iter().find(|j| j["name"] == name).expect("job");
+        chrono::DateTime::parse_from_rfc3339(job["next_fire"].as_str().expect("next_fire"))
+            .expect("time")
+    };
+    let dir = d.path("");
+    let next = |n: &str| {
+        let out = tickd()
+            .args(["next", "jobs.toml", "-n", n])
+            .current_dir(&dir)
+            .output()
+            .expect("next");
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let said = next("2");
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!("from the daemon running at 127.0.0.1:{port}: its next fires (GET /jobs)"),
+        "{said}"
+    );
+    let shown = |line: &str| {
+        chrono::DateTime::parse_from_rfc3339(line.split_whitespace().next().expect("time"))
+            .expect("time")
+    };
+    // BTreeMap order: calendar, then hourly.
+    assert_eq!(lines[1], "calendar (cron \"0 0 1 1 *\" (UTC)):", "{said}");
+    assert_eq!(shown(lines[2]), daemon_next("calendar"), "{said}");
+    assert_eq!(lines[4], "hourly (every 1h):", "{said}");
+    let first = shown(lines[5]);
+    assert_eq!(first, daemon_next("hourly"), "{said}");
+    assert_eq!(
+        shown(lines[6]) - first,
+        chrono::Duration::hours(1),
+        "{said}"
+    );
+
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0);
+    let said = next("1");
+    assert!(
+        said.starts_with(&format!(
+            "computed offline: no daemon is listening on 127.0.0.1:{port}"
+        )),
+        "{said}"
+    );
+    assert!(said.contains("hourly (every 1h):\n  20"), "{said}");
+}
+
 #[test]
 fn next_shows_aligned_and_spread_fire_times() {
     let dir = tempfile::tempdir().expect("tempdir");
