@@ -7,14 +7,17 @@ use std::sync::Arc;
 use chrono::{DateTime, SecondsFormat, Utc};
 use chrono_tz::Tz;
 
+use tickd::action::Outcome;
 use tickd::config::{ConfigError, JobSpec, Problem, Purpose};
 use tickd::schedule::{CronSchedule, EveryMode, Schedule};
 use tickd::{Clock, Handlers};
 
 use super::{eprintln_safe, exit, load_config, small_runtime, LogFormat};
 
-/// Runs one job once, here and now, like Laravel's `schedule:test`.
-pub(crate) fn exec(file: &Path, name: &str) -> u8 {
+/// Runs one job once, here and now, like Laravel's `schedule:test`, as the daemon would: a
+/// failed run is retried by the job's `retry` (all its attempts: no next fire cuts them short
+/// here) and a final failure runs its `on_failure` hook; `no_retry` skips both.
+pub(crate) fn exec(file: &Path, name: &str, no_retry: bool) -> u8 {
     let Some(config) = load_config(file) else {
         return exit::INVALID;
     };
@@ -41,20 +44,48 @@ pub(crate) fn exec(file: &Path, name: &str) -> u8 {
                 return exit::FATAL;
             }
         };
-        let ctx = tickd::RunContext {
-            job: spec.name().into(),
-            run_id: tickd::handler::RunIds::default().next(),
-            scheduled: env.clock.wall_now(),
-            cancel: tokio_util::sync::CancellationToken::new(),
-            cluster: None,
-            log_runs: true,
+        let ids = tickd::handler::RunIds::default();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let retry = spec.retry().filter(|_| !no_retry);
+        let mut attempt = 0;
+        let (run_id, report) = loop {
+            let ctx = tickd::RunContext {
+                job: spec.name().into(),
+                run_id: ids.next(),
+                scheduled: env.clock.wall_now(),
+                cancel: cancel.clone(),
+                cluster: None,
+                log_runs: true,
+            };
+            let run_id = ctx.run_id;
+            let report = tickd::action::execute(&spec, ctx, &env).await;
+            let failed = matches!(report.outcome, Outcome::Failure | Outcome::Timeout);
+            if let Some(reason) = &report.reason {
+                eprintln_safe(&format!("tickd: {name}: {}: {reason}", report.outcome));
+            }
+            let Some(retry) = retry.filter(|r| failed && attempt < r.attempts()) else {
+                break (run_id, report);
+            };
+            attempt += 1;
+            let delay = retry.delay(attempt);
+            eprintln_safe(&format!(
+                "tickd: {name}: {}; retry {attempt} of {} in {}",
+                report.outcome,
+                retry.attempts(),
+                humantime::format_duration(delay)
+            ));
+            env.clock.sleep(delay).await;
         };
-        let report = tickd::action::execute(&spec, ctx, &env).await;
-        if let Some(reason) = &report.reason {
-            eprintln_safe(&format!("tickd: {name}: {}: {reason}", report.outcome));
+        let failed = matches!(report.outcome, Outcome::Failure | Outcome::Timeout);
+        if failed && !no_retry {
+            if let Some(hook) =
+                tickd::job::run_failure_hook(&spec, run_id, &report, &env, &cancel).await
+            {
+                eprintln_safe(&format!("tickd: {name}: on_failure hook: {}", hook.outcome));
+            }
         }
         match (report.outcome, report.exit_code) {
-            (tickd::action::Outcome::Success, _) => exit::OK,
+            (Outcome::Success, _) => exit::OK,
             (_, Some(code)) if (1..=255).contains(&code) => code as u8,
             _ => exit::FATAL,
         }

@@ -35,6 +35,7 @@ use crate::status::SharedStatus;
 
 use actor::JobActor;
 
+pub use hook::run_failure_hook;
 pub use plan::{machine_id, upcoming, Upcoming};
 
 /// What every job task shares with the others.

@@ -197,6 +197,49 @@ fn check_gives_its_problems_as_json_lines() {
     assert!(line["line"].is_null() && line["job"].is_null(), "{line}");
 }
 
+/// `tickd exec` ran a failing job once and never its hook: the daemon retries it and runs
+/// `on_failure`, and a test of the job should see the same; `--no-retry` skips both.
+#[test]
+fn exec_runs_the_retries_and_the_failure_hook_unless_no_retry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(
+        dir.path().join("jobs.toml"),
+        "[jobs.flaky]\nevery = \"1h\"\nshell = \"echo run >> attempts; exit 3\"\n\
+         retry = { attempts = 2, backoff = \"10ms\" }\n\
+         on_failure = [\"sh\", \"-c\", \"echo $TICKD_EXIT_CODE > hook\"]\n",
+    )
+    .expect("jobs file");
+    let exec = |extra: &[&str]| {
+        let out = tickd()
+            .args(["exec", "flaky", "jobs.toml"])
+            .args(extra)
+            .current_dir(dir.path())
+            .output()
+            .expect("exec");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, said) = exec(&[]);
+    assert_eq!(code, Some(3), "{said}");
+    let attempts = fs::read_to_string(dir.path().join("attempts")).expect("attempts");
+    assert_eq!(attempts.lines().count(), 3, "{said}");
+    assert!(said.contains("retry 2 of 2"), "{said}");
+    assert_eq!(
+        fs::read_to_string(dir.path().join("hook")).expect("the hook ran"),
+        "3\n"
+    );
+
+    fs::remove_file(dir.path().join("attempts")).expect("rm");
+    fs::remove_file(dir.path().join("hook")).expect("rm");
+    let (code, said) = exec(&["--no-retry"]);
+    assert_eq!(code, Some(3), "{said}");
+    let attempts = fs::read_to_string(dir.path().join("attempts")).expect("attempts");
+    assert_eq!(attempts.lines().count(), 1, "{said}");
+    assert!(!dir.path().join("hook").exists(), "{said}");
+}
+
 /// The quick start's file and the `.deb`'s default `/etc/tickd/jobs.toml`.
 #[test]
 fn the_shipped_jobs_files_are_valid() {
