@@ -230,8 +230,28 @@ pub(crate) fn status(file: &Path, json: bool) -> u8 {
     if let Some(line) = endpoint.cluster_line() {
         let _ = writeln!(out, "{line}");
     }
-    let _ = write!(out, "{}", status_table(&jobs, chrono::Utc::now()));
+    // Colours only on a terminal that wants them: anstream drops the escapes when stdout is not
+    // a terminal, under NO_COLOR, and with CLICOLOR=0 (CLICOLOR_FORCE=1 keeps them).
+    let _ = write!(
+        anstream::stdout().lock(),
+        "{}",
+        status_table(&jobs, chrono::Utc::now())
+    );
     exit::OK
+}
+
+/// `text` in `style` (escapes a non-terminal's stream drops again).
+fn paint(style: anstyle::Style, text: &str) -> String {
+    format!("{style}{text}{style:#}")
+}
+
+/// Red for the outcomes that need a look, green for success, yellow for skips.
+mod colours {
+    use anstyle::{AnsiColor, Style};
+
+    pub(super) const BAD: Style = AnsiColor::Red.on_default();
+    pub(super) const GOOD: Style = AnsiColor::Green.on_default();
+    pub(super) const SKIP: Style = AnsiColor::Yellow.on_default();
 }
 
 /// `tickd status`'s table, 80 columns wide (a terminal under tmux wraps anything wider): times
@@ -275,16 +295,39 @@ fn status_table(jobs: &[serde_json::Value], now: chrono::DateTime<chrono::Utc>) 
         let took = last["duration_ms"]
             .as_f64()
             .map_or_else(|| "-".to_owned(), short_duration);
+        // Padded first, painted after: the escapes take no columns.
+        let mut last_cell = format!("{:<17}", cut(&last_text, 17));
+        let outcome_style = match last["outcome"].as_str() {
+            Some("failure" | "timeout") => Some(colours::BAD),
+            Some("success") => Some(colours::GOOD),
+            _ => None,
+        };
+        if let (Some(style), Some(outcome)) = (outcome_style, last["outcome"].as_str()) {
+            if let Some(rest) = last_cell.strip_prefix(outcome) {
+                last_cell = format!("{}{rest}", paint(style, outcome));
+            }
+        }
+        let failed = count("failure") + count("timeout");
+        let failed_cell = format!("{failed:>6}");
+        let failed_cell = if failed > 0 {
+            paint(colours::BAD, &failed_cell)
+        } else {
+            failed_cell
+        };
+        let skipped = count("skipped_overlap");
+        let skipped_cell = format!("{skipped:>7}");
+        let skipped_cell = if skipped > 0 {
+            paint(colours::SKIP, &skipped_cell)
+        } else {
+            skipped_cell
+        };
         let _ = writeln!(
             table,
-            "{:<18} {:<9} {:<17} {:>7} {:>6} {:>6} {:>7} {:>3}",
+            "{:<18} {:<9} {last_cell} {:>7} {:>6} {failed_cell} {skipped_cell} {:>3}",
             cut(job["name"].as_str().unwrap_or(""), 18),
             cut(&next, 9),
-            cut(&last_text, 17),
             took,
             total,
-            count("failure") + count("timeout"),
-            count("skipped_overlap"),
             job["running"].as_u64().unwrap_or(0),
         );
     }
@@ -508,7 +551,15 @@ mod tests {
         ]"#,
         )
         .expect("json");
-        let table = status_table(&jobs, now);
+        let painted = status_table(&jobs, now);
+        // A terminal's colours: the outcome and the failed count red, the skips yellow.
+        assert!(
+            painted.contains("\x1b[31mtimeout\x1b[0m 12s ago"),
+            "{painted:?}"
+        );
+        assert!(painted.contains("\x1b[33m      7\x1b[0m"), "{painted:?}");
+        // What anything else gets: the same table, without them.
+        let table = anstream::adapter::strip_str(&painted).to_string();
         assert!(
             table.lines().all(|line| line.chars().count() <= 80),
             "{table}"

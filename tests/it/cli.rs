@@ -560,6 +560,18 @@ fn the_cli_talks_to_the_endpoint_and_exec_runs_a_job_in_the_foreground() {
         table.contains("\nhello ") && table.contains("\ntick "),
         "{table}"
     );
+    // Colours on a terminal only: never on a pipe, unless forced (CLICOLOR_FORCE, as anstream
+    // reads it), and then `tick`'s success is green.
+    assert!(!table.contains('\x1b'), "{table:?}");
+    crate::support::eventually("a green success", || {
+        let forced = tickd()
+            .arg("status")
+            .env("CLICOLOR_FORCE", "1")
+            .current_dir(d.dir.path())
+            .output()
+            .expect("status");
+        String::from_utf8_lossy(&forced.stdout).contains("\x1b[32msuccess\x1b[0m")
+    });
     let out = cli(&["status", "--json"]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(json[0]["name"], "hello");
