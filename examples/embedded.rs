@@ -41,7 +41,7 @@ async fn run() -> anyhow::Result<std::process::ExitCode> {
             // Real work would go here; it must give up when the token is cancelled (timeout,
             // replace, or shutdown after the drain timeout).
             tokio::select! {
-                _ = ctx.cancel.cancelled() => return Err("cancelled".into()),
+                _ = ctx.cancel.cancelled() => anyhow::bail!("cancelled"),
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
             let total = counter.fetch_add(1, Ordering::Relaxed) + 1;

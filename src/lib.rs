@@ -33,7 +33,7 @@
 //! let mut handlers = tickd::Handlers::with_builtins();
 //! handlers.register("flush-cache", |ctx: tickd::RunContext| async move {
 //!     // ... do the work, giving up when ctx.cancel is cancelled ...
-//!     Ok(())
+//!     Ok::<(), tickd::HandlerError>(())
 //! });
 //! let config = tickd::load("jobs.toml".as_ref(), &handlers)?;
 //! let options = tickd::DaemonOptions {
@@ -76,4 +76,4 @@ pub mod status;
 pub use clock::Clock;
 pub use config::{load, Config, ConfigError};
 pub use daemon::{run, Control, DaemonError, DaemonOptions, Stopped};
-pub use handler::{Handlers, RunContext, RunId};
+pub use handler::{HandlerError, Handlers, RunContext, RunId};
