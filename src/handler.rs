@@ -118,6 +118,19 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), HandlerError>> +
 /// A registered handler.
 pub type HandlerFn = Arc<dyn Fn(RunContext) -> HandlerFuture + Send + Sync>;
 
+/// `handler` as a [`HandlerFn`]: its future boxed, its error made a [`HandlerError`].
+pub(crate) fn boxed<F, Fut, E>(handler: F) -> HandlerFn
+where
+    F: Fn(RunContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<HandlerError> + 'static,
+{
+    Arc::new(move |ctx| {
+        let run = handler(ctx);
+        Box::pin(async move { run.await.map_err(Into::into) })
+    })
+}
+
 /// The named handlers a configuration may refer to with `handler = "name"`.
 #[derive(Clone, Default)]
 pub struct Handlers {
@@ -177,11 +190,7 @@ impl Handlers {
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: Into<HandlerError> + 'static,
     {
-        let handler: HandlerFn = Arc::new(move |ctx| {
-            let run = handler(ctx);
-            Box::pin(async move { run.await.map_err(Into::into) })
-        });
-        self.by_name.insert(name.into(), handler);
+        self.by_name.insert(name.into(), boxed(handler));
         self
     }
 

@@ -67,6 +67,25 @@ pub fn load_for(path: &Path, handlers: &Handlers, purpose: Purpose) -> Result<Co
     parse_for(path, &text, handlers, purpose)
 }
 
+/// Reads the file at `path` as [`load`] does (`None`: no file, an empty one) and validates it
+/// with `extra` TOML appended to its text: the jobs a program defines in code
+/// ([`crate::builder`]). Appended, the file's own lines keep their numbers in every problem.
+pub fn load_with_extra(
+    path: Option<&Path>,
+    extra: &str,
+    handlers: &Handlers,
+) -> Result<Config, ConfigError> {
+    let (path, mut text) = match path {
+        Some(path) => (path, file::read_text(path)?),
+        None => (Path::new("(code)"), String::new()),
+    };
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(extra);
+    parse(path, &text, handlers)
+}
+
 /// The JSON Schema (draft 7) of a jobs file, generated from the types the parser reads: every
 /// key with its type and description, unknown keys refused. What it cannot say (exactly one
 /// schedule and one action, value ranges, cron syntax) is left to [`load`].
