@@ -290,7 +290,7 @@ fn recording_handlers(recorder: &Arc<Recorder>) -> tickd::Handlers {
     handlers.register("measure", move |ctx: tickd::RunContext| {
         let lateness = Utc::now() - ctx.scheduled;
         rec.record(lateness.num_nanoseconds().unwrap_or(i64::MAX));
-        async { Ok(()) }
+        async { Ok::<(), tickd::handler::HandlerError>(()) }
     });
     handlers
 }

@@ -6,7 +6,7 @@
 //! let mut handlers = Handlers::with_builtins();
 //! handlers.register("flush-cache", |ctx: RunContext| async move {
 //!     tokio::select! {
-//!         _ = ctx.cancel.cancelled() => Err("cancelled".into()),
+//!         _ = ctx.cancel.cancelled() => Err("cancelled"),
 //!         _ = async { /* the work */ } => Ok(()),
 //!     }
 //! });
@@ -118,6 +118,19 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), HandlerError>> +
 /// A registered handler.
 pub type HandlerFn = Arc<dyn Fn(RunContext) -> HandlerFuture + Send + Sync>;
 
+/// `handler` as a [`HandlerFn`]: its future boxed, its error made a [`HandlerError`].
+pub(crate) fn boxed<F, Fut, E>(handler: F) -> HandlerFn
+where
+    F: Fn(RunContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<HandlerError> + 'static,
+{
+    Arc::new(move |ctx| {
+        let run = handler(ctx);
+        Box::pin(async move { run.await.map_err(Into::into) })
+    })
+}
+
 /// The named handlers a configuration may refer to with `handler = "name"`.
 #[derive(Clone, Default)]
 pub struct Handlers {
@@ -144,19 +157,40 @@ impl Handlers {
                 return Ok(());
             }
             tracing::info!(job = %ctx.job, run = %ctx.run_id, scheduled = %crate::logging::Timestamp(ctx.scheduled), "tick");
-            Ok(())
+            Ok::<(), HandlerError>(())
         });
         handlers
     }
 
-    /// Registers (or replaces) the handler called `name`.
-    pub fn register<F, Fut>(&mut self, name: impl Into<String>, handler: F) -> &mut Self
+    /// Registers (or replaces) the handler called `name`. It may fail with any error that
+    /// converts into a [`HandlerError`]: `anyhow::Error` (so `anyhow::bail!` works), a
+    /// `thiserror` type, a `String`, a `Box<dyn Error + Send + Sync>`.
+    ///
+    /// A handler whose body names no error type at all (only `Ok(())`, or `?` alone) leaves the
+    /// compiler to ask which: say it with `Ok::<(), tickd::HandlerError>(())`, or write the
+    /// handler as an `async fn` returning `anyhow::Result<()>` or another `Result`.
+    ///
+    /// ```
+    /// let mut handlers = tickd::Handlers::new();
+    /// handlers.register("flush", |ctx: tickd::RunContext| async move {
+    ///     if ctx.cancel.is_cancelled() {
+    ///         anyhow::bail!("cancelled before it started");
+    ///     }
+    ///     Ok(())
+    /// });
+    /// async fn report(_ctx: tickd::RunContext) -> Result<(), std::io::Error> {
+    ///     Ok(())
+    /// }
+    /// handlers.register("report", report);
+    /// assert!(handlers.contains("flush") && handlers.contains("report"));
+    /// ```
+    pub fn register<F, Fut, E>(&mut self, name: impl Into<String>, handler: F) -> &mut Self
     where
         F: Fn(RunContext) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<HandlerError> + 'static,
     {
-        let handler: HandlerFn = Arc::new(move |ctx| Box::pin(handler(ctx)));
-        self.by_name.insert(name.into(), handler);
+        self.by_name.insert(name.into(), boxed(handler));
         self
     }
 

@@ -28,33 +28,33 @@
 //!
 //! # Embedding
 //!
+//! [`Daemon`] ([`builder`]) puts a daemon together with defaults for everything internal: jobs
+//! from a file ([`Daemon::from_file`]), from code ([`builder::DaemonBuilder::job`]) or both,
+//! your handlers, then `.run().await` or `.run_blocking()` (which holds the control signals and
+//! builds the runtime, as `tickd run` does). A [`DaemonHandle`] changes the jobs from code while
+//! it runs, through the path a reload takes.
+//!
 //! ```no_run
-//! # async fn embed() -> Result<(), Box<dyn std::error::Error>> {
-//! let mut handlers = tickd::Handlers::with_builtins();
-//! handlers.register("flush-cache", |ctx: tickd::RunContext| async move {
-//!     // ... do the work, giving up when ctx.cancel is cancelled ...
-//!     Ok(())
-//! });
-//! let config = tickd::load("jobs.toml".as_ref(), &handlers)?;
-//! let options = tickd::DaemonOptions {
-//!     config_path: "jobs.toml".into(),
-//!     handlers,
-//!     clock: tickd::Clock::system(),
-//!     group_keeper: None, // or Some(path to the tickd binary), see process::GroupKeeper
-//!     notifier: None,     // or tickd::notify::Notifier::from_env()?
-//!     subreaper: false,
-//! };
-//! let stopped = tickd::run(config, options, tickd::signals::os_controls()?).await?;
-//! # let _ = stopped;
+//! # fn main() -> Result<(), tickd::builder::BuildError> {
+//! tickd::Daemon::from_file("jobs.toml")
+//!     .handler("flush-cache", |ctx: tickd::RunContext| async move {
+//!         // ... do the work, giving up when ctx.cancel is cancelled ...
+//!         anyhow::Ok(())
+//!     })
+//!     .run_blocking()?;
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Underneath, [`run`] takes a validated [`Config`], [`DaemonOptions`] and a stream of
+//! [`Control`]s; the builder is a thin layer over it.
 //!
 //! The binary (`src/main.rs` and `src/cli/`) is a thin layer: command line, logging, OS signals
 //! mapped to [`daemon::Control`], the client of a running daemon's endpoint, and exit codes.
 
 pub mod action;
 mod blocking;
+pub mod builder;
 pub mod clock;
 pub mod cluster;
 pub mod config;
@@ -73,7 +73,8 @@ pub mod signals;
 pub mod state;
 pub mod status;
 
+pub use builder::{Cron, Daemon, DaemonHandle, Every};
 pub use clock::Clock;
 pub use config::{load, Config, ConfigError};
 pub use daemon::{run, Control, DaemonError, DaemonOptions, Stopped};
-pub use handler::{Handlers, RunContext, RunId};
+pub use handler::{HandlerError, Handlers, RunContext, RunId};

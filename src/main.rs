@@ -43,7 +43,8 @@ enum Command {
         /// The jobs file.
         #[arg(default_value = "jobs.toml")]
         file: PathBuf,
-        /// Exit 2 on warnings too (no jobs, a program or cwd not on this machine).
+        /// Exit 2 on warnings too (no jobs, a user, program or cwd not on this machine). With
+        /// `--log-format json`, each problem and warning is a JSON object on a line of stderr.
         #[arg(long)]
         strict: bool,
     },
@@ -123,13 +124,16 @@ enum Command {
         follow: bool,
     },
     /// Run a job once in the foreground, without a daemon: its output on this terminal, its exit
-    /// code as ours.
+    /// code as ours; a failure is retried and runs `on_failure` as the daemon would.
     Exec {
         /// The job.
         name: String,
         /// The jobs file.
         #[arg(default_value = "jobs.toml")]
         file: PathBuf,
+        /// Run it once only: no retries (`retry`) and no `on_failure` hook after a failure.
+        #[arg(long)]
+        no_retry: bool,
     },
     /// Turn a crontab into a jobs file on stdout.
     ImportCrontab {
@@ -188,7 +192,7 @@ fn main() -> ExitCode {
             }
             _ => daemon::run_daemon(&file, subreaper || std::process::id() == 1),
         },
-        Command::Check { file, strict } => offline::check(&file, strict),
+        Command::Check { file, strict } => offline::check(&file, strict, cli.log_format),
         Command::Next {
             file,
             job,
@@ -210,7 +214,11 @@ fn main() -> ExitCode {
         Command::Resume { name, file } => client::set_paused(&file, &name, false),
         Command::History { name, file } => client::history(&file, &name),
         Command::Logs { name, file, follow } => client::logs(&file, &name, follow),
-        Command::Exec { name, file } => offline::exec(&file, &name),
+        Command::Exec {
+            name,
+            file,
+            no_retry,
+        } => offline::exec(&file, &name, no_retry),
         Command::ImportCrontab {
             file,
             system,

@@ -12,7 +12,7 @@ use crate::daemon::Control;
 /// What each signal tickd listens for means. Every signal whose default action would end the
 /// daemon without a word and that a user or a tool may plausibly send has a meaning here;
 /// README's "Signals" section documents the table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 enum Meaning {
     /// A control for the daemon.
     Control(Control),
@@ -68,7 +68,7 @@ pub fn os_controls() -> std::io::Result<mpsc::Receiver<Control>> {
             let (sig, meaning) = std::future::poll_fn(|cx| {
                 for (sig, meaning, stream) in &mut streams {
                     if stream.poll_recv(cx).is_ready() {
-                        return std::task::Poll::Ready((*sig, *meaning));
+                        return std::task::Poll::Ready((*sig, meaning.clone()));
                     }
                 }
                 std::task::Poll::Pending

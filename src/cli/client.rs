@@ -3,8 +3,12 @@
 //! history` (a job's last runs) and `tickd logs` (the output of its last run, or of the next with
 //! `-f`).
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use tickd::config::Config;
 
 use super::{eprintln_safe, exit, load_config, small_runtime};
 
@@ -24,6 +28,11 @@ impl Endpoint {
     /// The endpoint of the jobs file `file`, or the exit code after saying why there is none.
     fn of(file: &Path) -> Result<Endpoint, u8> {
         let config = load_config(file).ok_or(exit::INVALID)?;
+        Self::of_config(file, &config)
+    }
+
+    /// The endpoint `config` (loaded from `file`) names.
+    fn of_config(file: &Path, config: &Config) -> Result<Endpoint, u8> {
         let Some(mut addr) = config.daemon().http() else {
             eprintln_safe(&format!(
                 "tickd: {} has no [daemon] http address; this command talks to a running daemon's endpoint",
@@ -40,7 +49,15 @@ impl Endpoint {
             zone: config.daemon().timezone(),
             history: config.daemon().history(),
             runtime: small_runtime().ok_or(exit::FATAL)?,
-            client: reqwest::Client::new(),
+            // A local daemon answers at once; something that accepts and never answers must
+            // not hang the command.
+            client: reqwest::Client::builder()
+                .timeout(ANSWER_TIMEOUT)
+                .build()
+                .map_err(|err| {
+                    eprintln_safe(&format!("tickd: cannot start an HTTP client: {err}"));
+                    exit::FATAL
+                })?,
         })
     }
 
@@ -99,6 +116,50 @@ impl Endpoint {
             _ => None,
         }
     }
+}
+
+/// How long a command waits for the endpoint's answer.
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What `tickd next` shows of a running daemon: its address and each job's next fire as
+/// `GET /jobs` says (`None`: paused, or no fire ahead).
+pub(crate) struct DaemonGrid {
+    /// Where the daemon answered.
+    pub(crate) addr: std::net::SocketAddr,
+    /// The next fire of each of its jobs, by name.
+    pub(crate) next_fires: BTreeMap<String, Option<DateTime<Utc>>>,
+}
+
+/// The grid of the daemon running `config` (loaded from `file`), or why there is none to show:
+/// no `[daemon] http`, nothing answering, or an answer that is not tickd's.
+pub(crate) fn daemon_grid(file: &Path, config: &Config) -> Result<DaemonGrid, String> {
+    let Some(addr) = config.daemon().http() else {
+        return Err("the file has no [daemon] http".to_owned());
+    };
+    let endpoint = Endpoint::of_config(file, config).map_err(|_| format!("{addr}"))?;
+    let (code, body) = endpoint
+        .send(false, "/jobs")
+        .map_err(|err| unreachable(endpoint.addr, &err))?;
+    if code != 200 {
+        return Err(refused(code, &body));
+    }
+    let jobs: Vec<serde_json::Value> = serde_json::from_str(&body)
+        .map_err(|err| format!("the answer of {} is not tickd's ({err})", endpoint.addr))?;
+    let next_fires = jobs
+        .iter()
+        .filter_map(|job| {
+            let name = job["name"].as_str()?.to_owned();
+            let next = job["next_fire"]
+                .as_str()
+                .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+                .map(|time| time.to_utc());
+            Some((name, next))
+        })
+        .collect();
+    Ok(DaemonGrid {
+        addr: endpoint.addr,
+        next_fires,
+    })
 }
 
 /// Why the daemon at `addr` could not be reached, in words.
@@ -169,8 +230,28 @@ pub(crate) fn status(file: &Path, json: bool) -> u8 {
     if let Some(line) = endpoint.cluster_line() {
         let _ = writeln!(out, "{line}");
     }
-    let _ = write!(out, "{}", status_table(&jobs, chrono::Utc::now()));
+    // Colours only on a terminal that wants them: anstream drops the escapes when stdout is not
+    // a terminal, under NO_COLOR, and with CLICOLOR=0 (CLICOLOR_FORCE=1 keeps them).
+    let _ = write!(
+        anstream::stdout().lock(),
+        "{}",
+        status_table(&jobs, chrono::Utc::now())
+    );
     exit::OK
+}
+
+/// `text` in `style` (escapes a non-terminal's stream drops again).
+fn paint(style: anstyle::Style, text: &str) -> String {
+    format!("{style}{text}{style:#}")
+}
+
+/// Red for the outcomes that need a look, green for success, yellow for skips.
+mod colours {
+    use anstyle::{AnsiColor, Style};
+
+    pub(super) const BAD: Style = AnsiColor::Red.on_default();
+    pub(super) const GOOD: Style = AnsiColor::Green.on_default();
+    pub(super) const SKIP: Style = AnsiColor::Yellow.on_default();
 }
 
 /// `tickd status`'s table, 80 columns wide (a terminal under tmux wraps anything wider): times
@@ -214,16 +295,39 @@ fn status_table(jobs: &[serde_json::Value], now: chrono::DateTime<chrono::Utc>) 
         let took = last["duration_ms"]
             .as_f64()
             .map_or_else(|| "-".to_owned(), short_duration);
+        // Padded first, painted after: the escapes take no columns.
+        let mut last_cell = format!("{:<17}", cut(&last_text, 17));
+        let outcome_style = match last["outcome"].as_str() {
+            Some("failure" | "timeout") => Some(colours::BAD),
+            Some("success") => Some(colours::GOOD),
+            _ => None,
+        };
+        if let (Some(style), Some(outcome)) = (outcome_style, last["outcome"].as_str()) {
+            if let Some(rest) = last_cell.strip_prefix(outcome) {
+                last_cell = format!("{}{rest}", paint(style, outcome));
+            }
+        }
+        let failed = count("failure") + count("timeout");
+        let failed_cell = format!("{failed:>6}");
+        let failed_cell = if failed > 0 {
+            paint(colours::BAD, &failed_cell)
+        } else {
+            failed_cell
+        };
+        let skipped = count("skipped_overlap");
+        let skipped_cell = format!("{skipped:>7}");
+        let skipped_cell = if skipped > 0 {
+            paint(colours::SKIP, &skipped_cell)
+        } else {
+            skipped_cell
+        };
         let _ = writeln!(
             table,
-            "{:<18} {:<9} {:<17} {:>7} {:>6} {:>6} {:>7} {:>3}",
+            "{:<18} {:<9} {last_cell} {:>7} {:>6} {failed_cell} {skipped_cell} {:>3}",
             cut(job["name"].as_str().unwrap_or(""), 18),
             cut(&next, 9),
-            cut(&last_text, 17),
             took,
             total,
-            count("failure") + count("timeout"),
-            count("skipped_overlap"),
             job["running"].as_u64().unwrap_or(0),
         );
     }
@@ -447,7 +551,15 @@ mod tests {
         ]"#,
         )
         .expect("json");
-        let table = status_table(&jobs, now);
+        let painted = status_table(&jobs, now);
+        // A terminal's colours: the outcome and the failed count red, the skips yellow.
+        assert!(
+            painted.contains("\x1b[31mtimeout\x1b[0m 12s ago"),
+            "{painted:?}"
+        );
+        assert!(painted.contains("\x1b[33m      7\x1b[0m"), "{painted:?}");
+        // What anything else gets: the same table, without them.
+        let table = anstream::adapter::strip_str(&painted).to_string();
         assert!(
             table.lines().all(|line| line.chars().count() <= 80),
             "{table}"

@@ -99,20 +99,18 @@ impl Locator<'_> {
         }
     }
 
-    /// A parse error, located by toml's span and named by serde's path (`jobs.NAME.key`).
+    /// A parse error of the part of the file at `prefix` (`["jobs", NAME]`), located by toml's
+    /// span (else at `fallback`, where the part starts) and named by serde's path.
     pub(super) fn serde_problem(
         &self,
-        err: &serde_path_to_error::Error<toml::de::Error>,
+        prefix: &[&str],
+        err: &serde_path_to_error::Error<toml_edit::de::Error>,
+        fallback: usize,
     ) -> Problem {
         let inner = err.inner();
-        let offset = inner.span().map_or(0, |s| s.start);
-        // `Spanned` wrappers show up in serde's path under a private name: leave them out.
-        let segments: Vec<String> = err
-            .path()
-            .iter()
-            .map(|segment| segment.to_string())
-            .filter(|segment| !segment.starts_with("$__serde_spanned"))
-            .collect();
+        let offset = inner.span().map_or(fallback, |s| s.start);
+        let mut segments: Vec<String> = prefix.iter().map(|s| (*s).to_owned()).collect();
+        segments.extend(path_segments(err));
         let (job, key) = match segments.as_slice() {
             [jobs, job, rest @ ..] if jobs == "jobs" => (
                 Some(job.clone()),
@@ -124,6 +122,15 @@ impl Locator<'_> {
         let message = with_suggestion(inner.message().trim());
         self.problem(offset, job.as_deref(), key.as_deref(), message)
     }
+}
+
+/// serde's path to the bad value, without the `Spanned` wrappers it shows under a private name.
+pub(super) fn path_segments<E>(err: &serde_path_to_error::Error<E>) -> Vec<String> {
+    err.path()
+        .iter()
+        .map(|segment| segment.to_string())
+        .filter(|segment| !segment.starts_with("$__serde_spanned"))
+        .collect()
 }
 
 /// serde's "unknown field `evry`, expected one of `every`, ..." led by the likeliest key:

@@ -41,10 +41,48 @@ pub use values::{DurationRange, MAX_DURATION, MIN_PERIOD};
 use crate::handler::Handlers;
 use error::Locator;
 
-/// Reads and validates a configuration file. `handlers` names the in-process handlers a job may
-/// use.
+/// What a configuration is loaded for. The file's meaning is the same; what this machine lacks
+/// (a user, a program, a `cwd`) is judged differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// To run it (start-up, reload, `tickd exec`): a `user` or `group` this machine does not
+    /// have is an error, since the job could never run as it says.
+    Run,
+    /// To check it (`tickd check`): the file may be meant for another machine, so what this
+    /// machine lacks (no jobs, a user or group, a program in the job's `PATH`, a `cwd`) is a
+    /// warning in [`Config::warnings`]. Such a configuration is for reporting only: a job whose
+    /// user is missing has no user to run as.
+    Check,
+}
+
+/// Reads and validates a configuration file to run it. `handlers` names the in-process
+/// handlers a job may use.
 pub fn load(path: &Path, handlers: &Handlers) -> Result<Config, ConfigError> {
+    load_for(path, handlers, Purpose::Run)
+}
+
+/// Reads and validates a configuration file for `purpose`.
+pub fn load_for(path: &Path, handlers: &Handlers, purpose: Purpose) -> Result<Config, ConfigError> {
     let text = file::read_text(path)?;
+    parse_for(path, &text, handlers, purpose)
+}
+
+/// Reads the file at `path` as [`load`] does (`None`: no file, an empty one) and validates it
+/// with `extra` TOML appended to its text: the jobs a program defines in code
+/// ([`crate::builder`]). Appended, the file's own lines keep their numbers in every problem.
+pub fn load_with_extra(
+    path: Option<&Path>,
+    extra: &str,
+    handlers: &Handlers,
+) -> Result<Config, ConfigError> {
+    let (path, mut text) = match path {
+        Some(path) => (path, file::read_text(path)?),
+        None => (Path::new("(code)"), String::new()),
+    };
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(extra);
     parse(path, &text, handlers)
 }
 
@@ -55,13 +93,26 @@ pub fn json_schema() -> serde_json::Value {
     raw::schema()
 }
 
-/// Validates configuration text; `path` is only used in messages and as [`Config::source`].
+/// Validates configuration text to run it; `path` is only used in messages and as
+/// [`Config::source`].
 pub fn parse(path: &Path, text: &str, handlers: &Handlers) -> Result<Config, ConfigError> {
+    parse_for(path, text, handlers, Purpose::Run)
+}
+
+/// Validates configuration text for `purpose`; `path` is only used in messages and as
+/// [`Config::source`].
+pub fn parse_for(
+    path: &Path,
+    text: &str,
+    handlers: &Handlers,
+    purpose: Purpose,
+) -> Result<Config, ConfigError> {
     let locator = Locator { path, text };
-    let raw = raw::deserialize(text).map_err(|err| ConfigError::Invalid {
-        problems: vec![locator.serde_problem(&err)],
+    let (raw, problems) = raw::deserialize(&locator).map_err(|problem| ConfigError::Invalid {
+        problems: vec![problem],
     })?;
-    validate::config(&locator, handlers, raw).map_err(|problems| ConfigError::Invalid { problems })
+    validate::config(&locator, handlers, purpose, raw, problems)
+        .map_err(|problems| ConfigError::Invalid { problems })
 }
 
 /// What the unit tests of every file here share.

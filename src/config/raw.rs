@@ -7,14 +7,121 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::error::{Locator, Problem};
 use super::spec::{OnMissed, OnNodeLoss, OutputMode, RunLog, Scope};
 use crate::schedule::EveryMode;
 
-/// Parses the text, naming the path of a bad key in the error (`jobs.NAME.key`).
-pub(super) fn deserialize(
-    text: &str,
-) -> Result<RawConfig, serde_path_to_error::Error<toml::de::Error>> {
-    serde_path_to_error::deserialize(toml::Deserializer::new(text))
+/// Parses the text part by part: the document first (a TOML syntax error is necessarily alone),
+/// then `[daemon]`, `[cluster]` and each job on its own, so that a wrong type in one job still
+/// lets every other job be read and validated. Every part keeps the spans of the whole text.
+///
+/// A part with a problem has its bad key taken out and is read again, so one pass names every
+/// bad key of the part. A job with any such problem is left out (validating the rest of it
+/// would report the removed key again as missing); `[daemon]` and `[cluster]` are kept without
+/// their bad keys, since every job depends on them.
+pub(super) fn deserialize(locator: &Locator<'_>) -> Result<(RawConfig, Vec<Problem>), Problem> {
+    let document = toml_edit::ImDocument::parse(locator.text).map_err(|err| {
+        let err = toml_edit::de::Error::from(err);
+        let offset = err.span().map_or(0, |s| s.start);
+        locator.problem(offset, None, None, err.message().trim().to_owned())
+    })?;
+    let mut root = document.into_item();
+    let mut problems = Vec::new();
+    // The top level's keys only (unknown ones are taken out); each part is read below.
+    let _: Option<RawTop> = read_part(locator, &mut root, &[], &mut problems);
+    let mut part = |key: &str| root.as_table_like_mut().and_then(|table| table.remove(key));
+    let daemon = part("daemon")
+        .and_then(|mut item| read_part(locator, &mut item, &["daemon"], &mut problems))
+        .unwrap_or_default();
+    let cluster = part("cluster")
+        .and_then(|mut item| read_part(locator, &mut item, &["cluster"], &mut problems));
+    let jobs = part("jobs").and_then(|mut item| {
+        // The names first: `jobs = 3` is one problem, not one per job.
+        let _: BTreeMap<String, serde::de::IgnoredAny> =
+            read_part(locator, &mut item, &["jobs"], &mut problems)?;
+        let table = item.as_table_like_mut()?;
+        let mut jobs = BTreeMap::new();
+        for (name, job) in table.iter_mut() {
+            let name = name.get().to_owned();
+            let before = problems.len();
+            let parsed = read_part(locator, job, &["jobs", &name], &mut problems);
+            if let Some(parsed) = parsed.filter(|_| problems.len() == before) {
+                jobs.insert(name, parsed);
+            }
+        }
+        Some(jobs)
+    });
+    let raw = RawConfig {
+        daemon,
+        jobs,
+        cluster,
+    };
+    Ok((raw, problems))
+}
+
+/// `item` read as a `T`, the problems pushed onto `problems`. On a problem the bad key is taken
+/// out of `item` and it is read again, until it reads or no key can be blamed (`None`).
+fn read_part<T: serde::de::DeserializeOwned>(
+    locator: &Locator<'_>,
+    item: &mut toml_edit::Item,
+    prefix: &[&str],
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    let fallback = item.span().map_or(0, |s| s.start);
+    loop {
+        let err = match read_item(item) {
+            Ok(value) => return Some(value),
+            Err(err) => err,
+        };
+        problems.push(locator.serde_problem(prefix, &err, fallback));
+        let blamed = super::error::path_segments(&err)
+            .into_iter()
+            .next()
+            .or_else(|| unknown_field(err.inner().message()));
+        let removed = match (blamed, item.as_table_like_mut()) {
+            (Some(key), Some(table)) => table.remove(&key).is_some(),
+            _ => false,
+        };
+        if !removed {
+            return None;
+        }
+    }
+}
+
+/// `item` read as a `T`, with the spans of the whole text. toml_edit reads a `[table]` only as
+/// a document's root, and other values as values.
+fn read_item<T: serde::de::DeserializeOwned>(
+    item: &toml_edit::Item,
+) -> Result<T, serde_path_to_error::Error<toml_edit::de::Error>> {
+    use serde::de::IntoDeserializer;
+    match item.clone() {
+        toml_edit::Item::Table(table) => serde_path_to_error::deserialize(
+            toml_edit::de::Deserializer::from(toml_edit::DocumentMut::from(table)),
+        ),
+        // An array of tables becomes an array value; nothing else is left to be `None`.
+        other => {
+            let value = other
+                .into_value()
+                .unwrap_or_else(|_| toml_edit::InlineTable::new().into());
+            serde_path_to_error::deserialize(value.into_deserializer())
+        }
+    }
+}
+
+/// The key serde's "unknown field `evry`, expected ..." names.
+fn unknown_field(message: &str) -> Option<String> {
+    let rest = message.trim().strip_prefix("unknown field `")?;
+    rest.split_once('`').map(|(key, _)| key.to_owned())
+}
+
+/// The top level's keys, for [`deserialize`]: each part is read on its own.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // Only the check that no other key is there is wanted.
+struct RawTop {
+    daemon: Option<serde::de::IgnoredAny>,
+    jobs: Option<serde::de::IgnoredAny>,
+    cluster: Option<serde::de::IgnoredAny>,
 }
 
 /// The JSON Schema of the file, from the types below, so it accepts exactly the keys and value

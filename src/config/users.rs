@@ -49,6 +49,12 @@ pub(super) enum LookupError {
 }
 
 impl LookupError {
+    /// Whether the user database answered that there is no such user or group: what a machine
+    /// lacks, rather than a database that failed or a daemon that cannot switch users.
+    pub(super) fn is_missing(&self) -> bool {
+        matches!(self, Self::NoUser(_) | Self::NoGroup(_))
+    }
+
     /// Whether the problem is with the `group` key rather than `user`.
     pub(super) fn is_about_group(&self) -> bool {
         matches!(self, Self::NoGroup(_) | Self::GroupDatabase { .. })

@@ -30,10 +30,13 @@ mod recycle;
 use recycle::Recycler;
 
 /// What the outside world asks of a running daemon.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Control {
     /// Re-read the configuration file (SIGHUP).
     Reload,
+    /// Apply this configuration as a reload would, without reading the file: jobs added,
+    /// changed and removed from code ([`crate::builder::DaemonHandle`]). The sender validated it.
+    Apply(Box<Config>),
     /// Stop (SIGTERM, SIGINT, SIGQUIT). The first one starts the drain; a second one skips the
     /// wait.
     Shutdown,
@@ -336,6 +339,11 @@ impl Supervisor {
                         self.reload().await;
                         self.notify(&format!("READY=1\nSTATUS={}", self.status()));
                     }
+                    Some(Control::Apply(new)) => {
+                        self.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", crate::clock::monotonic_usec()));
+                        self.apply(*new);
+                        self.notify(&format!("READY=1\nSTATUS={}", self.status()));
+                    }
                     Some(Control::Report) => self.report("running"),
                     // A closed control channel means nobody can ask us to stop any more.
                     Some(Control::Shutdown) | None => return false,
@@ -410,10 +418,10 @@ impl Supervisor {
             crate::blocking::off_the_workers("a reload", move || config::load(&path, &handlers))
                 .await;
         let rejected = match loaded {
-            Ok(new) if new.jobs().is_empty() && !self.jobs.is_empty() && !new.no_jobs_on_purpose() => {
-                "the file has no jobs: it may be empty or half-written, so every job keeps running; to remove every job, leave an empty [jobs] table in the file".to_owned()
-            }
-            Ok(new) => return Some(new),
+            Ok(new) => match refusal(&new, self.jobs.len()) {
+                Some(why) => why.to_owned(),
+                None => return Some(new),
+            },
             Err(err) => err.to_string(),
         };
         tracing::error!("reload rejected, the running configuration stays in force:\n{rejected}");
@@ -427,6 +435,12 @@ impl Supervisor {
             self.env.metrics.reloaded(false);
             return;
         };
+        self.apply(new);
+    }
+
+    /// Applies a new, valid configuration whole: new jobs start, removed ones stop firing,
+    /// changed ones take their new definition, unchanged ones keep their grid.
+    fn apply(&mut self, new: Config) {
         for warning in new.warnings() {
             tracing::warn!("{warning}");
         }
@@ -577,6 +591,15 @@ async fn wait_for_runs(runs: &TaskTracker, clock: &Clock, bound: std::time::Dura
     }
 }
 
+/// Why a reload to `new` must be refused although it is valid, while `running` jobs run: a file
+/// with no jobs and no explicit empty `[jobs]` (an empty or half-written file must not stop
+/// every job).
+pub(crate) fn refusal(new: &Config, running: usize) -> Option<&'static str> {
+    (new.jobs().is_empty() && running > 0 && !new.no_jobs_on_purpose()).then_some(
+        "the file has no jobs: it may be empty or half-written, so every job keeps running; to remove every job, leave an empty [jobs] table in the file",
+    )
+}
+
 /// Resolves on the next [`Control::Shutdown`]; reloads during the drain are ignored, reports
 /// are written with `report`.
 async fn second_stop(controls: &mut mpsc::Receiver<Control>, report: impl Fn()) {
@@ -586,7 +609,9 @@ async fn second_stop(controls: &mut mpsc::Receiver<Control>, report: impl Fn()) 
                 tracing::warn!("second stop request: not waiting any longer");
                 return;
             }
-            Some(Control::Reload) => tracing::info!("reload ignored while shutting down"),
+            Some(Control::Reload | Control::Apply(_)) => {
+                tracing::info!("reload ignored while shutting down")
+            }
             Some(Control::Report) => report(),
             None => std::future::pending().await,
         }

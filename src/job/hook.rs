@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::action::RunReport;
-use crate::config::{JobSpec, OutputMode};
+use crate::action::{RunEnv, RunReport};
+use crate::config::{JobSpec, OutputMode, ProcessSpec, RunAs};
 use crate::handler::RunId;
 use crate::process::{self, ChildRun};
 
@@ -64,38 +64,83 @@ impl FailureHook {
         env.runs.clone().spawn(async move {
             // Frees the job's hook slot however this task ends.
             let _slot = slot;
-            let hook_job = format!("{job}/on_failure");
-            let actions = &env.actions;
-            let end = process::run_child(
-                &hook,
-                ChildRun {
-                    job: &hook_job,
-                    run_id,
-                    output: OutputMode::Log,
-                    sink: process::OutputSink::Log,
-                    timeout: Some(HOOK_TIMEOUT),
-                    kill_grace,
-                    cancel: &cancel,
-                    clock: &actions.clock,
-                    spawner: &actions.spawner,
-                    keeper: actions.keeper.as_deref(),
-                    max_rss: None,
-                    run_as: run_as.as_ref(),
-                    run_vars: &[],
-                },
-            )
-            .await;
-            let report = crate::action::child_report(end);
-            tracing::info!(
-                job = %job,
-                run = %run_id,
-                outcome = %report.outcome,
-                exit_code = report.exit_code,
-                signal = report.signal_name().map(tracing::field::display),
-                reason = report.reason.as_deref(),
-                "on_failure hook ended"
-            );
+            let run = HookRun {
+                job: &job,
+                run_id,
+                output: OutputMode::Log,
+                kill_grace,
+                run_as: run_as.as_ref(),
+            };
+            run.run(&hook, &cancel, &env.actions).await;
         });
+    }
+}
+
+/// Runs `spec`'s `on_failure` hook for its failed run `run_id` (ended as `report`) here, to its
+/// end, with its output on tickd's own stdout and stderr: what `tickd exec` does after a final
+/// failure, as the daemon would (the same `TICKD_*` variables, `cwd`, user and timeout).
+/// `None` when the job has no hook.
+pub async fn run_failure_hook(
+    spec: &JobSpec,
+    run_id: RunId,
+    report: &RunReport,
+    env: &RunEnv,
+    cancel: &CancellationToken,
+) -> Option<RunReport> {
+    let hook = spec.failure_hook(failure_vars(spec, run_id, report, 0))?;
+    let run = HookRun {
+        job: spec.name(),
+        run_id,
+        output: OutputMode::Inherit,
+        kill_grace: spec.kill_grace(),
+        run_as: spec.run_as(),
+    };
+    Some(run.run(&hook, cancel, env).await)
+}
+
+/// One run of a job's hook, for the daemon or for `tickd exec`.
+struct HookRun<'a> {
+    job: &'a str,
+    run_id: RunId,
+    output: OutputMode,
+    kill_grace: Duration,
+    run_as: Option<&'a RunAs>,
+}
+
+impl HookRun<'_> {
+    /// Runs `hook` (bounded by [`HOOK_TIMEOUT`]) and logs how it ended.
+    async fn run(self, hook: &ProcessSpec, cancel: &CancellationToken, env: &RunEnv) -> RunReport {
+        let hook_job = format!("{}/on_failure", self.job);
+        let end = process::run_child(
+            hook,
+            ChildRun {
+                job: &hook_job,
+                run_id: self.run_id,
+                output: self.output,
+                sink: process::OutputSink::Log,
+                timeout: Some(HOOK_TIMEOUT),
+                kill_grace: self.kill_grace,
+                cancel,
+                clock: &env.clock,
+                spawner: &env.spawner,
+                keeper: env.keeper.as_deref(),
+                max_rss: None,
+                run_as: self.run_as,
+                run_vars: &[],
+            },
+        )
+        .await;
+        let report = crate::action::child_report(end);
+        tracing::info!(
+            job = %self.job,
+            run = %self.run_id,
+            outcome = %report.outcome,
+            exit_code = report.exit_code,
+            signal = report.signal_name().map(tracing::field::display),
+            reason = report.reason.as_deref(),
+            "on_failure hook ended"
+        );
+        report
     }
 }
 

@@ -37,6 +37,7 @@ use crate::status::SharedStatus;
 use actor::JobCell;
 pub(crate) use dispatch::Dispatcher;
 
+pub use hook::run_failure_hook;
 pub use plan::{machine_id, upcoming, Upcoming};
 
 /// What every job task shares with the others.
@@ -298,7 +299,7 @@ mod tests {
         let record = seen.clone();
         handlers.register("record", move |ctx: RunContext| {
             record.lock().expect("lock").push(ctx.scheduled);
-            async { Ok(()) }
+            async { Ok::<(), crate::handler::HandlerError>(()) }
         });
         (JobEnv::for_test(clock, handlers, Some(state)), seen)
     }
@@ -323,7 +324,9 @@ mod tests {
         let handlers = Handlers::with_builtins();
         let spec = |name: &str, schedule: &str| {
             let mut handlers = handlers.clone();
-            handlers.register("record", |_ctx: RunContext| async { Ok(()) });
+            handlers.register("record", |_ctx: RunContext| async {
+                Ok::<(), crate::handler::HandlerError>(())
+            });
             let text = format!("[daemon]\nstate_file = \"unused\"\n[jobs.{name}]\n{schedule}\nhandler = \"record\"\non_missed = \"once\"\n");
             crate::config::parse(std::path::Path::new("jobs.toml"), &text, &handlers)
                 .expect("valid")
@@ -383,7 +386,9 @@ mod tests {
         let state = Arc::new(crate::state::StateStore::open(&dir.path().join("state")));
         let (env, seen) = recording_env(clock.clone(), state);
         let mut handlers = Handlers::with_builtins();
-        handlers.register("record", |_ctx: RunContext| async { Ok(()) });
+        handlers.register("record", |_ctx: RunContext| async {
+            Ok::<(), crate::handler::HandlerError>(())
+        });
         let spec = crate::config::parse(
             std::path::Path::new("jobs.toml"),
             "[jobs.c]\ncron = \"0 * * * * *\"\nhandler = \"record\"\n",
@@ -547,7 +552,7 @@ mod tests {
             async move {
                 let _guard = guard;
                 std::future::pending::<()>().await;
-                Ok(())
+                Ok::<(), crate::handler::HandlerError>(())
             }
         });
         let spec = crate::config::parse(

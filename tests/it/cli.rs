@@ -75,24 +75,169 @@ fn check_warns_of_no_jobs_and_of_a_program_or_cwd_not_here() {
     };
     let (code, said) = check("[jobs]\n", false);
     assert_eq!(code, Some(0), "{said}");
-    assert!(said.contains("warning: jobs.toml: no jobs"), "{said}");
+    assert!(said.contains("warning: jobs.toml:1:1: no jobs"), "{said}");
     let missing = "[jobs.a]\nevery = \"1m\"\ncommand = [\"no-such-program-here\"]\n\
                    [jobs.b]\nevery = \"1m\"\ncommand = [\"true\"]\ncwd = \"/no/such/dir\"\n\
                    [jobs.c]\nevery = \"1m\"\ncommand = [\"true\"]\n";
     let (code, said) = check(missing, false);
     assert_eq!(code, Some(0), "{said}");
     assert!(
-        said.contains("job a: cannot find the program \"no-such-program-here\""),
+        said.contains(
+            "jobs.toml:3:11: job \"a\", key \"command\": cannot find the program \"no-such-program-here\""
+        ),
         "{said}"
     );
     assert!(
-        said.contains("job b: cwd /no/such/dir does not exist here"),
+        said.contains(
+            "jobs.toml:7:7: job \"b\", key \"cwd\": cwd /no/such/dir does not exist here"
+        ),
         "{said}"
     );
-    assert!(!said.contains("job c"), "{said}");
+    assert!(!said.contains("job \"c\""), "{said}");
     let (code, said) = check(missing, true);
     assert_eq!(code, Some(2), "{said}");
     assert!(said.contains("--strict"), "{said}");
+}
+
+/// A `user` this machine does not have: a warning to `check` (the file may be meant for another
+/// machine), an error to `run` and to a reload (the job could never run as it says).
+#[test]
+fn a_missing_user_warns_in_check_and_fails_run_and_reload() {
+    let job = "[jobs.a]\nevery = \"1m\"\ncommand = [\"true\"]\nuser = \"no-such-user-tickd\"\n";
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("jobs.toml"), job).expect("jobs file");
+    let run = |args: &[&str]| {
+        let out = tickd()
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("tickd");
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), said)
+    };
+    let (code, said) = run(&["check", "jobs.toml"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("warning: jobs.toml:4:8: job \"a\", key \"user\": no such user \"no-such-user-tickd\" on this machine"),
+        "{said}"
+    );
+    let (code, said) = run(&["check", "--strict", "jobs.toml"]);
+    assert_eq!(code, Some(2), "{said}");
+    let (code, said) = run(&["run", "jobs.toml"]);
+    assert_eq!(code, Some(2), "{said}");
+    assert!(
+        said.contains("jobs.toml:4:8: job \"a\", key \"user\": no such user"),
+        "{said}"
+    );
+
+    let d = Daemon::start("[jobs.b]\nevery = \"100ms\"\nhandler = \"log\"\n");
+    d.wait_log("tick job=b");
+    d.rewrite(job);
+    d.signal(Signal::SIGHUP);
+    let log = d.wait_log("reload rejected");
+    assert!(log.contains("no such user \"no-such-user-tickd\""), "{log}");
+}
+
+/// `check --log-format json`: one object per line of stderr, problems and warnings alike, each
+/// with its file, line, column, job, key, severity and message.
+#[test]
+fn check_gives_its_problems_as_json_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let check = |text: &str| {
+        fs::write(dir.path().join("jobs.toml"), text).expect("jobs file");
+        let out = tickd()
+            .args(["--log-format", "json", "check", "jobs.toml"])
+            .current_dir(dir.path())
+            .output()
+            .expect("check");
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+            .collect();
+        (out.status.code(), lines)
+    };
+    let (code, lines) = check(
+        "[jobs.a]\nevery = 5\nhandler = \"log\"\n[jobs.b]\ncron = \"x\"\nhandler = \"log\"\n",
+    );
+    assert_eq!(code, Some(2));
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let first = &lines[0];
+    assert_eq!(first["file"], "jobs.toml");
+    assert_eq!(first["line"], 2);
+    assert_eq!(first["column"], 9);
+    assert_eq!(first["job"], "a");
+    assert_eq!(first["key"], "every");
+    assert_eq!(first["severity"], "error");
+    assert!(
+        first["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("invalid type")),
+        "{first}"
+    );
+    assert_eq!(lines[1]["job"], "b");
+    assert_eq!(lines[1]["line"], 5);
+
+    let (code, lines) =
+        check("[jobs.a]\nevery = \"1m\"\ncommand = [\"true\"]\ncwd = \"/no/such/dir\"\n");
+    assert_eq!(code, Some(0));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["severity"], "warning");
+    assert_eq!(lines[0]["key"], "cwd");
+    assert_eq!(lines[0]["line"], 4);
+
+    // A file that cannot be read has no line: null.
+    let out = tickd()
+        .args(["--log-format", "json", "check", "missing.toml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("check");
+    assert_eq!(out.status.code(), Some(2));
+    let line: serde_json::Value = serde_json::from_slice(&out.stderr).expect("one JSON object");
+    assert_eq!(line["file"], "missing.toml");
+    assert!(line["line"].is_null() && line["job"].is_null(), "{line}");
+}
+
+/// `tickd exec` ran a failing job once and never its hook: the daemon retries it and runs
+/// `on_failure`, and a test of the job should see the same; `--no-retry` skips both.
+#[test]
+fn exec_runs_the_retries_and_the_failure_hook_unless_no_retry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(
+        dir.path().join("jobs.toml"),
+        "[jobs.flaky]\nevery = \"1h\"\nshell = \"echo run >> attempts; exit 3\"\n\
+         retry = { attempts = 2, backoff = \"10ms\" }\n\
+         on_failure = [\"sh\", \"-c\", \"echo $TICKD_EXIT_CODE > hook\"]\n",
+    )
+    .expect("jobs file");
+    let exec = |extra: &[&str]| {
+        let out = tickd()
+            .args(["exec", "flaky", "jobs.toml"])
+            .args(extra)
+            .current_dir(dir.path())
+            .output()
+            .expect("exec");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, said) = exec(&[]);
+    assert_eq!(code, Some(3), "{said}");
+    let attempts = fs::read_to_string(dir.path().join("attempts")).expect("attempts");
+    assert_eq!(attempts.lines().count(), 3, "{said}");
+    assert!(said.contains("retry 2 of 2"), "{said}");
+    assert_eq!(
+        fs::read_to_string(dir.path().join("hook")).expect("the hook ran"),
+        "3\n"
+    );
+
+    fs::remove_file(dir.path().join("attempts")).expect("rm");
+    fs::remove_file(dir.path().join("hook")).expect("rm");
+    let (code, said) = exec(&["--no-retry"]);
+    assert_eq!(code, Some(3), "{said}");
+    let attempts = fs::read_to_string(dir.path().join("attempts")).expect("attempts");
+    assert_eq!(attempts.lines().count(), 1, "{said}");
+    assert!(!dir.path().join("hook").exists(), "{said}");
 }
 
 /// The quick start's file and the `.deb`'s default `/etc/tickd/jobs.toml`.
@@ -198,6 +343,68 @@ fn next_prints_the_fire_times_the_daemon_uses() {
         .output()
         .expect("next");
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// `tickd next` on the file of a running daemon shows the daemon's grid (which started when the
+/// daemon did), saying so; with nothing answering, it says so and computes offline.
+#[test]
+fn next_shows_the_running_daemons_grid_or_computes_offline() {
+    let port = free_port();
+    let config = format!(
+        "[daemon]\nhttp = \"127.0.0.1:{port}\"\n[jobs.hourly]\nevery = \"1h\"\nhandler = \"log\"\n\
+         [jobs.calendar]\ncron = \"0 0 1 1 *\"\nhandler = \"log\"\n"
+    );
+    let mut d = Daemon::start(&config);
+    let (_, body) = crate::support::http(port, "GET", "/jobs", None);
+    let jobs: Vec<serde_json::Value> = serde_json::from_str(&body).expect("jobs");
+    let daemon_next = |name: &str| {
+        let job = jobs.iter().find(|j| j["name"] == name).expect("job");
+        chrono::DateTime::parse_from_rfc3339(job["next_fire"].as_str().expect("next_fire"))
+            .expect("time")
+    };
+    let dir = d.path("");
+    let next = |n: &str| {
+        let out = tickd()
+            .args(["next", "jobs.toml", "-n", n])
+            .current_dir(&dir)
+            .output()
+            .expect("next");
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let said = next("2");
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!("from the daemon running at 127.0.0.1:{port}: its next fires (GET /jobs)"),
+        "{said}"
+    );
+    let shown = |line: &str| {
+        chrono::DateTime::parse_from_rfc3339(line.split_whitespace().next().expect("time"))
+            .expect("time")
+    };
+    // BTreeMap order: calendar, then hourly.
+    assert_eq!(lines[1], "calendar (cron \"0 0 1 1 *\" (UTC)):", "{said}");
+    assert_eq!(shown(lines[2]), daemon_next("calendar"), "{said}");
+    assert_eq!(lines[4], "hourly (every 1h):", "{said}");
+    let first = shown(lines[5]);
+    assert_eq!(first, daemon_next("hourly"), "{said}");
+    assert_eq!(
+        shown(lines[6]) - first,
+        chrono::Duration::hours(1),
+        "{said}"
+    );
+
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0);
+    let said = next("1");
+    assert!(
+        said.starts_with(&format!(
+            "computed offline: no daemon is listening on 127.0.0.1:{port}"
+        )),
+        "{said}"
+    );
+    assert!(said.contains("hourly (every 1h):\n  20"), "{said}");
 }
 
 #[test]
@@ -353,6 +560,18 @@ fn the_cli_talks_to_the_endpoint_and_exec_runs_a_job_in_the_foreground() {
         table.contains("\nhello ") && table.contains("\ntick "),
         "{table}"
     );
+    // Colours on a terminal only: never on a pipe, unless forced (CLICOLOR_FORCE, as anstream
+    // reads it), and then `tick`'s success is green.
+    assert!(!table.contains('\x1b'), "{table:?}");
+    crate::support::eventually("a green success", || {
+        let forced = tickd()
+            .arg("status")
+            .env("CLICOLOR_FORCE", "1")
+            .current_dir(d.dir.path())
+            .output()
+            .expect("status");
+        String::from_utf8_lossy(&forced.stdout).contains("\x1b[32msuccess\x1b[0m")
+    });
     let out = cli(&["status", "--json"]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(json[0]["name"], "hello");

@@ -445,7 +445,7 @@ fn recording_handlers(events: &Arc<Mutex<Vec<Event>>>, start: tokio::time::Insta
     let p = push.clone();
     handlers.register("record", move |ctx: RunContext| {
         p(&ctx, "run");
-        async { Ok(()) }
+        async { Ok::<(), tickd::handler::HandlerError>(()) }
     });
     let p = push.clone();
     handlers.register("slow", move |ctx: RunContext| {
@@ -454,7 +454,7 @@ fn recording_handlers(events: &Arc<Mutex<Vec<Event>>>, start: tokio::time::Insta
         async move {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(250)) => { p(&ctx, "done"); Ok(()) }
-                _ = ctx.cancel.cancelled() => { p(&ctx, "cancelled"); Err("cancelled".into()) }
+                _ = ctx.cancel.cancelled() => { p(&ctx, "cancelled"); Err("cancelled") }
             }
         }
     });
@@ -465,20 +465,25 @@ fn recording_handlers(events: &Arc<Mutex<Vec<Event>>>, start: tokio::time::Insta
         async move {
             tokio::time::sleep(Duration::from_secs(10)).await;
             p(&ctx, "done");
-            Ok(())
+            Ok::<(), tickd::handler::HandlerError>(())
         }
     });
     let p = push.clone();
     handlers.register("fails", move |ctx: RunContext| {
         p(&ctx, "run");
-        async { Err("always fails".into()) }
+        async { Err("always fails") }
     });
     let p = push;
     handlers.register("panics", move |ctx: RunContext| {
         p(&ctx, "run");
-        async { panic!("handler bug") }
+        panics()
     });
     handlers
+}
+
+/// The `panics` handler's run.
+async fn panics() -> Result<(), tickd::handler::HandlerError> {
+    panic!("handler bug")
 }
 
 impl InProcess {

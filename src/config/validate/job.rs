@@ -11,12 +11,14 @@ use toml::Spanned;
 use super::http::bound_http_timeout;
 use super::{At, Validator};
 use crate::config::raw::{RawJob, RawOverlap, RawRetry};
+use crate::config::spec::Action;
 use crate::config::spec::{
     DaemonSettings, Jitter, JobSpec, OnMissed, OnNodeLoss, Overlap, Retry, RunAs, Scope,
     DEFAULT_KILL_GRACE,
 };
 use crate::config::users;
 use crate::config::values::DurationRange;
+use crate::config::Purpose;
 
 impl Validator<'_> {
     /// The job `name`, or `None` (with its problems reported) when any part of it is invalid.
@@ -97,7 +99,39 @@ impl Validator<'_> {
                 .unwrap_or_default(),
         };
         self.on_node_loss(&spec, &raw, clustered);
+        if self.purpose == Purpose::Check {
+            self.process_on_this_machine(&spec, &raw);
+        }
         (self.problems.len() == problems_before).then_some(spec)
+    }
+
+    /// A `cwd` that does not exist here, or a program not found as a run would find it (the
+    /// job's `PATH`, relative to its `cwd`): warnings of [`Purpose::Check`], since the file may be
+    /// meant for another machine or the program installed later. A run reports either as its
+    /// own failure.
+    fn process_on_this_machine(&mut self, spec: &JobSpec, raw: &RawJob) {
+        let Action::Process(process) = spec.action() else {
+            return;
+        };
+        let at = |key| At::job(spec.name(), key);
+        if let (Some(cwd), Some(value)) = (process.cwd(), &raw.cwd) {
+            if !cwd.is_dir() {
+                let why = format!("cwd {} does not exist here", cwd.display());
+                self.lacking(value, at("cwd"), why);
+                return;
+            }
+        }
+        if let Err(err) = crate::process::find_program(process) {
+            let why = format!(
+                "cannot find the program {:?} ({err}); is it installed, and in the job's PATH?",
+                process.argv()[0]
+            );
+            match (&raw.command, &raw.shell) {
+                (Some(value), _) => self.lacking(value, at("command"), why),
+                (None, Some(value)) => self.lacking(value, at("shell"), why),
+                (None, None) => {}
+            }
+        }
     }
 
     /// `on_node_loss = "rerun"` needs what finds a run lost: a cluster job of 1 s or slower,
@@ -262,7 +296,12 @@ impl Validator<'_> {
                             Some(group) if err.is_about_group() => (group, "group"),
                             _ => (user, "user"),
                         };
-                        self.reject(value, At::job(job, key), err.to_string());
+                        let at = At::job(job, key);
+                        if err.is_missing() {
+                            self.lacking(value, at, format!("{err} on this machine"));
+                        } else {
+                            self.reject(value, at, err.to_string());
+                        }
                     })
                     .ok()
             }

@@ -24,18 +24,23 @@ use super::error::{Locator, Problem};
 use super::raw::RawConfig;
 use super::spec::Config;
 use super::values::{self, DurationRange};
+use super::Purpose;
 use crate::handler::Handlers;
 
-/// Validates `raw`, the text `locator` holds; `handlers` names the handlers a job may use.
+/// Validates `raw`, the text `locator` holds; `handlers` names the handlers a job may use, and
+/// `problems` are those phase 1 found (in the parts it left out or trimmed).
 pub(super) fn config(
     locator: &Locator<'_>,
     handlers: &Handlers,
+    purpose: Purpose,
     raw: RawConfig,
+    problems: Vec<Problem>,
 ) -> Result<Config, Vec<Problem>> {
     Validator {
         locator,
         handlers,
-        problems: Vec::new(),
+        purpose,
+        problems,
         warnings: Vec::new(),
     }
     .config(raw)
@@ -45,6 +50,8 @@ pub(super) fn config(
 struct Validator<'a> {
     locator: &'a Locator<'a>,
     handlers: &'a Handlers,
+    /// Whether what this machine lacks is an error (to run) or a warning (to check).
+    purpose: Purpose,
     problems: Vec<Problem>,
     warnings: Vec<Problem>,
 }
@@ -83,6 +90,15 @@ impl Validator<'_> {
                 jobs.insert(name, Arc::new(spec));
             }
         }
+        if self.purpose == Purpose::Check && jobs.is_empty() && self.problems.is_empty() {
+            let warning = self.locator.problem(
+                0,
+                None,
+                None,
+                "no jobs: tickd would run and fire nothing".to_owned(),
+            );
+            self.warnings.push(warning);
+        }
         if !self.problems.is_empty() {
             // A stable sort: problems at the same place keep the order they were found in.
             self.problems.sort_by_key(|p| (p.line, p.column));
@@ -107,6 +123,15 @@ impl Validator<'_> {
     /// A problem with `value`.
     fn reject<T>(&mut self, value: &Spanned<T>, at: At<'_>, message: String) {
         self.report(value.span().start, at.job, Some(at.key), message);
+    }
+
+    /// Something `value` asks of this machine that it lacks: an error when the configuration
+    /// is to run, a warning when it is only checked (see [`Purpose`]).
+    fn lacking<T>(&mut self, value: &Spanned<T>, at: At<'_>, message: String) {
+        match self.purpose {
+            Purpose::Run => self.reject(value, at, message),
+            Purpose::Check => self.warn(value, at, message),
+        }
     }
 
     /// Something about `value` that loads but deserves a look.
@@ -275,6 +300,54 @@ output = "discard"
             let text = template.replace('V', "\"100y\"");
             assert!(check(&text).is_ok(), "{key} = 100y is the documented bound");
         }
+    }
+
+    /// A wrong type in one job hid the validation errors of every other job (issue 18).
+    #[test]
+    fn a_parse_error_in_one_job_hides_nothing_else() {
+        let msg = error(concat!(
+            "[daemon]\n",
+            "shutdown_timeout = 5\n",
+            "[jobs.a]\n",
+            "every = \"0s\"\n",
+            "handler = \"log\"\n",
+            "[jobs.b]\n",
+            "every = [1]\n",
+            "handler = \"log\"\n",
+            "timeout = 3\n",
+            "evry = \"1s\"\n",
+            "[jobs.c]\n",
+            "cron = \"61 * * * *\"\n",
+            "handler = \"log\"\n",
+            "[jbos.d]\n",
+        ));
+        let lines: Vec<&str> = msg.lines().collect();
+        assert_eq!(lines.len(), 7, "{msg}");
+        for (line, (start, says)) in lines.iter().zip([
+            (
+                "jobs.toml:2:20: key \"daemon.shutdown_timeout\"",
+                "invalid type",
+            ),
+            (
+                "jobs.toml:4:9: job \"a\", key \"every\"",
+                "greater than zero",
+            ),
+            ("jobs.toml:7:9: job \"b\", key \"every\"", "invalid type"),
+            ("jobs.toml:9:11: job \"b\", key \"timeout\"", "invalid type"),
+            ("jobs.toml:10:1: job \"b\"", "did you mean `every`"),
+            ("jobs.toml:12:8: job \"c\", key \"cron\"", "61"),
+            ("jobs.toml:14:2: key \"jbos\"", "did you mean `jobs`"),
+        ]) {
+            assert!(line.starts_with(start), "{line}\nin\n{msg}");
+            assert!(line.contains(says), "{line}");
+        }
+        // A syntax error is necessarily alone.
+        let msg = error("[jobs.a]\nevery = 5\n[jobs.b\n");
+        assert!(
+            msg.starts_with("jobs.toml:3:8: invalid table header"),
+            "{msg}"
+        );
+        assert!(!msg.contains("every"), "{msg}");
     }
 
     #[test]
