@@ -578,7 +578,7 @@ impl JobActor {
             );
         }
         self.metrics.run_started(lateness);
-        self.status.update(|s| s.running += 1);
+        self.status.update(|s| s.run_started(run_id.0, now.wall));
         let ctx = RunContext {
             job: Arc::from(spec.name()),
             run_id,
