@@ -588,6 +588,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_jobs_histograms_are_read_back_bucket_by_bucket() {
+        let metrics = Metrics::new();
+        assert_eq!(metrics.job_histograms("x"), None);
+        let job = metrics.for_job("x");
+        for micros in [5, 5, 700, 2_000_000] {
+            job.run_started(std::time::Duration::from_micros(micros));
+        }
+        let read = metrics.job_histograms("x").expect("known job");
+        assert_eq!(read.lateness.count(), 4);
+        assert!((read.lateness.sum - 2.00071).abs() < 1e-9, "{read:?}");
+        let per: Vec<(f64, u64)> = read
+            .lateness
+            .per_bucket()
+            .into_iter()
+            .filter(|b| b.2 > 0)
+            .map(|b| (b.1, b.2))
+            .collect();
+        assert_eq!(per, [(0.00001, 2), (0.001, 1), (f64::INFINITY, 1)]);
+        assert_eq!(read.duration.count(), 0);
+        assert_eq!(read.duration.cumulative.len(), 11, "10 bounds and +Inf");
+    }
+
+    #[test]
     fn the_cluster_series_are_read_from_its_status_at_each_scrape() {
         let config = crate::config::parse(
             std::path::Path::new("jobs.toml"),

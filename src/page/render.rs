@@ -199,8 +199,13 @@ fn time(at: DateTime<Utc>, now: DateTime<Utc>, zone: Tz) -> String {
     } else {
         format!("{} ago", relative(now - at))
     };
+    format!("{rel} {}", absolute(at, zone))
+}
+
+/// A time as `<time>`, in `zone`.
+fn absolute(at: DateTime<Utc>, zone: Tz) -> String {
     format!(
-        "{rel} <time datetime=\"{}\">{}</time>",
+        "<time datetime=\"{}\">{}</time>",
         at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         at.with_timezone(&zone).format("%Y-%m-%d %H:%M:%S %Z")
     )
@@ -422,9 +427,9 @@ fn daemon_section(daemon: &DaemonView) -> String {
     row(
         "Up",
         format!(
-            "{} (since {})",
+            "{}, since {}",
             relative(chrono::Duration::from_std(daemon.uptime).unwrap_or_default()),
-            time(facts.started_at, now, zone)
+            absolute(facts.started_at, zone)
         ),
     );
     row(
@@ -681,7 +686,8 @@ fn bars(id: &str, caption: &str, bars: &[(String, f64, String, &str)]) -> String
     const WIDTH: f64 = 360.0;
     const HEIGHT: f64 = 100.0;
     let max = bars.iter().map(|b| b.1).fold(0.0_f64, f64::max);
-    let step = WIDTH / bars.len().max(1) as f64;
+    // At least 10 slots, so that two runs are not two slabs.
+    let step = WIDTH / bars.len().max(10) as f64;
     let mut svg = format!(
         "<figure><svg viewBox=\"0 0 {WIDTH} {}\" role=\"img\" aria-labelledby=\"{id}\"><title id=\"{id}\">{}</title>",
         HEIGHT + 16.0,
@@ -708,6 +714,10 @@ fn bars(id: &str, caption: &str, bars: &[(String, f64, String, &str)]) -> String
             );
         }
     }
+    let _ = write!(
+        svg,
+        "<line class=\"axis\" x1=\"0\" y1=\"{HEIGHT}\" x2=\"{WIDTH}\" y2=\"{HEIGHT}\"/>"
+    );
     let _ = write!(svg, "</svg><figcaption>{}</figcaption></figure>", Esc(caption));
     svg
 }
