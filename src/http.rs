@@ -448,11 +448,9 @@ async fn run_now(State(state): State<ApiState>, Path(name): Path<String>) -> Res
             Json(json!({ "started": false, "queued": true })),
         )
             .into_response(),
-        Some(FireResult::Skipped) => (
-            StatusCode::CONFLICT,
-            Json(json!({ "error": REFUSED_RUN })),
-        )
-            .into_response(),
+        Some(FireResult::Skipped) => {
+            (StatusCode::CONFLICT, Json(json!({ "error": REFUSED_RUN }))).into_response()
+        }
         None => no_such_job(&name),
     }
 }

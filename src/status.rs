@@ -258,7 +258,10 @@ impl SharedDaemonFacts {
 
     /// A copy of the facts.
     pub fn snapshot(&self) -> DaemonFacts {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 

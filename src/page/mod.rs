@@ -413,8 +413,14 @@ mod tests {
             ("origin", "http://localhost:9187"),
             ("host", "localhost:9187")
         ]));
-        assert!(ok(&[("origin", "http://localhost:9187"), ("host", "localhost:9187")]));
-        assert!(!ok(&[("origin", "http://evil.example"), ("host", "localhost:9187")]));
+        assert!(ok(&[
+            ("origin", "http://localhost:9187"),
+            ("host", "localhost:9187")
+        ]));
+        assert!(!ok(&[
+            ("origin", "http://evil.example"),
+            ("host", "localhost:9187")
+        ]));
         assert!(!ok(&[("origin", "null"), ("host", "localhost:9187")]));
         // Behind a proxy that rewrites Host.
         assert!(ok(&[
@@ -440,7 +446,10 @@ mod tests {
 
     #[test]
     fn next_is_a_local_path_only() {
-        assert_eq!(local_path("/ui/jobs/x?done=paused"), "/ui/jobs/x?done=paused");
+        assert_eq!(
+            local_path("/ui/jobs/x?done=paused"),
+            "/ui/jobs/x?done=paused"
+        );
         assert_eq!(local_path("//evil.example/"), "/");
         assert_eq!(local_path("/\\evil.example"), "/");
         assert_eq!(local_path("https://evil.example/"), "/");

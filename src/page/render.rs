@@ -126,7 +126,10 @@ impl ListQuery {
 }
 
 /// The jobs `query` selects, in its order.
-pub fn select<'a>(jobs: &'a [(String, JobStatus)], query: &ListQuery) -> Vec<&'a (String, JobStatus)> {
+pub fn select<'a>(
+    jobs: &'a [(String, JobStatus)],
+    query: &ListQuery,
+) -> Vec<&'a (String, JobStatus)> {
     let needle = query.q.trim().to_lowercase();
     let mut chosen: Vec<_> = jobs
         .iter()
@@ -138,9 +141,9 @@ pub fn select<'a>(jobs: &'a [(String, JobStatus)], query: &ListQuery) -> Vec<&'a
             let next = if s.paused { None } else { s.next_fire };
             (next.is_none(), next, name.clone())
         }),
-        Sort::Failures => chosen.sort_by_key(|(name, s)| {
-            (std::cmp::Reverse(failures(s)), name.clone())
-        }),
+        Sort::Failures => {
+            chosen.sort_by_key(|(name, s)| (std::cmp::Reverse(failures(s)), name.clone()))
+        }
     }
     chosen
 }
@@ -173,7 +176,11 @@ fn layout(title: &str, refresh: Option<&str>, daemon: Option<&DaemonView>, body:
     page.push_str("<link rel=\"stylesheet\" href=\"/ui/page.css\">\n</head>\n<body>\n");
     page.push_str("<header><a class=\"brand\" href=\"/\">tickd</a>");
     if let Some(daemon) = daemon {
-        let state = if daemon.draining { "draining" } else { "running" };
+        let state = if daemon.draining {
+            "draining"
+        } else {
+            "running"
+        };
         let _ = write!(
             page,
             " <span class=\"state {state}\">{state}</span> <span class=\"muted\">v{} · up {}</span>",
@@ -251,7 +258,9 @@ pub fn schedule_words(schedule: &str) -> String {
         let (period, tail) = rest.split_at(end);
         let mut words = Vec::new();
         for part in period.split_whitespace() {
-            let digits = part.find(|c: char| !c.is_ascii_digit()).unwrap_or(part.len());
+            let digits = part
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(part.len());
             let (number, unit) = part.split_at(digits);
             match unit_word(unit, number == "1") {
                 Some(word) => words.push(format!("{number} {word}")),
@@ -328,23 +337,27 @@ pub fn overview(daemon: &DaemonView, jobs: &[(String, JobStatus)], query: &ListQ
     let mut body = String::new();
     body.push_str(&daemon_section(daemon));
     let chosen = select(jobs, query);
-    let _ = write!(
+    let _ = writeln!(
         body,
-        "<section aria-labelledby=\"jobs\"><h2 id=\"jobs\">Jobs <span class=\"muted\">({} of {})</span></h2>\n",
+        "<section aria-labelledby=\"jobs\"><h2 id=\"jobs\">Jobs <span class=\"muted\">({} of {})</span></h2>",
         chosen.len(),
         jobs.len()
     );
-    let _ = write!(
+    let _ = writeln!(
         body,
         "<form class=\"filter\" method=\"get\" action=\"/\"><label for=\"q\">Filter by name</label> \
          <input id=\"q\" name=\"q\" type=\"search\" value=\"{}\"> \
-         <input type=\"hidden\" name=\"sort\" value=\"{}\">{}<button type=\"submit\">Filter</button></form>\n",
+         <input type=\"hidden\" name=\"sort\" value=\"{}\">{}<button type=\"submit\">Filter</button></form>",
         Esc(&query.q),
         query.sort.as_str(),
         if query.refreshes() { "" } else { "<input type=\"hidden\" name=\"refresh\" value=\"0\">" },
     );
     body.push_str("<p class=\"sort\">Sort: ");
-    for (sort, label) in [(Sort::Name, "name"), (Sort::Next, "next fire"), (Sort::Failures, "failures")] {
+    for (sort, label) in [
+        (Sort::Name, "name"),
+        (Sort::Next, "next fire"),
+        (Sort::Failures, "failures"),
+    ] {
         if sort == query.sort {
             let _ = write!(body, "<strong aria-current=\"true\">{label}</strong> ");
         } else {
@@ -354,15 +367,15 @@ pub fn overview(daemon: &DaemonView, jobs: &[(String, JobStatus)], query: &ListQ
     if query.refreshes() {
         let mut stop = query.href(query.sort);
         stop.push_str("&refresh=0");
-        let _ = write!(
+        let _ = writeln!(
             body,
-            "· refreshes every {REFRESH_SECONDS}s (<a href=\"{}\">stop</a>)</p>\n",
+            "· refreshes every {REFRESH_SECONDS}s (<a href=\"{}\">stop</a>)</p>",
             Esc(&stop)
         );
     } else {
-        let _ = write!(
+        let _ = writeln!(
             body,
-            "· not refreshing (<a href=\"{}\">refresh again</a>)</p>\n",
+            "· not refreshing (<a href=\"{}\">refresh again</a>)</p>",
             Esc(&query.href(query.sort).replace("&refresh=0", ""))
         );
     }
@@ -382,7 +395,11 @@ pub fn overview(daemon: &DaemonView, jobs: &[(String, JobStatus)], query: &ListQ
             (0, _) => "idle".to_owned(),
             (n, Some(since)) => format!(
                 "<span class=\"badge run\">running{}</span> for {}",
-                if n > 1 { format!(" ×{n}") } else { String::new() },
+                if n > 1 {
+                    format!(" ×{n}")
+                } else {
+                    String::new()
+                },
                 relative(now - since)
             ),
             (n, None) => format!("<span class=\"badge run\">running ×{n}</span>"),
@@ -421,7 +438,10 @@ fn daemon_section(daemon: &DaemonView) -> String {
     let facts = &daemon.facts;
     let mut rows = String::new();
     let mut row = |label: &str, value: String| {
-        let _ = writeln!(rows, "<tr><th scope=\"row\">{label}</th><td>{value}</td></tr>");
+        let _ = writeln!(
+            rows,
+            "<tr><th scope=\"row\">{label}</th><td>{value}</td></tr>"
+        );
     };
     row("Version", Esc(daemon.version).to_string());
     row(
@@ -472,8 +492,14 @@ fn daemon_section(daemon: &DaemonView) -> String {
             "node <strong>{}</strong>, {}, epoch {}, database {}",
             Esc(&cluster.node),
             if cluster.owner { "owner" } else { "follower" },
-            cluster.epoch.map_or_else(|| "-".to_owned(), |e| e.to_string()),
-            if cluster.connected { "connected" } else { "<span class=\"badge bad\">unreachable</span>" },
+            cluster
+                .epoch
+                .map_or_else(|| "-".to_owned(), |e| e.to_string()),
+            if cluster.connected {
+                "connected"
+            } else {
+                "<span class=\"badge bad\">unreachable</span>"
+            },
         );
         if let Some(refusal) = &cluster.refusal {
             let _ = write!(text, "; refuses to own: {}", Esc(refusal));
@@ -595,7 +621,9 @@ pub fn job_page(
             outcome(&last.outcome),
             short_duration(last.duration_ms),
             time(last.started, now, zone),
-            last.reason.as_deref().map_or_else(String::new, |r| format!(" · {}", Esc(r)))
+            last.reason
+                .as_deref()
+                .map_or_else(String::new, |r| format!(" · {}", Esc(r)))
         ),
         None => "none yet".to_owned(),
     };
@@ -604,8 +632,16 @@ pub fn job_page(
         "{} runs: {} succeeded, {} failed, {} timed out, {} stopped · {} skipped (overlap), {} missed, {} run-now refused, {} retries dropped",
         total_runs(status), r.success, r.failure, r.timeout, r.stopped, r.skipped_overlap, r.missed, r.refused, r.retries_dropped
     );
-    for (label, value) in [("Next fire", next), ("Now", going), ("Last run", last), ("Counts", counts)] {
-        let _ = writeln!(body, "<tr><th scope=\"row\">{label}</th><td>{value}</td></tr>");
+    for (label, value) in [
+        ("Next fire", next),
+        ("Now", going),
+        ("Last run", last),
+        ("Counts", counts),
+    ] {
+        let _ = writeln!(
+            body,
+            "<tr><th scope=\"row\">{label}</th><td>{value}</td></tr>"
+        );
     }
     body.push_str("</tbody></table>\n<div class=\"charts\">");
     if let Some(histograms) = histograms {
@@ -619,7 +655,9 @@ pub fn job_page(
         runs.len()
     );
     if runs.is_empty() {
-        body.push_str("<p>No run has ended yet (or <code>[daemon] history = 0</code> keeps none).</p>\n");
+        body.push_str(
+            "<p>No run has ended yet (or <code>[daemon] history = 0</code> keeps none).</p>\n",
+        );
     } else {
         body.push_str(
             "<div class=\"scroll\"><table class=\"runs\"><thead><tr><th scope=\"col\">Run</th><th scope=\"col\">Started</th>\
@@ -694,7 +732,11 @@ fn bars(id: &str, caption: &str, bars: &[(String, f64, String, &str)]) -> String
         Esc(caption)
     );
     for (i, (label, value, title, class)) in bars.iter().enumerate() {
-        let h = if max > 0.0 { (value / max * HEIGHT).max(if *value > 0.0 { 1.0 } else { 0.0 }) } else { 0.0 };
+        let h = if max > 0.0 {
+            (value / max * HEIGHT).max(if *value > 0.0 { 1.0 } else { 0.0 })
+        } else {
+            0.0
+        };
         let x = i as f64 * step;
         let _ = write!(
             svg,
@@ -718,7 +760,11 @@ fn bars(id: &str, caption: &str, bars: &[(String, f64, String, &str)]) -> String
         svg,
         "<line class=\"axis\" x1=\"0\" y1=\"{HEIGHT}\" x2=\"{WIDTH}\" y2=\"{HEIGHT}\"/>"
     );
-    let _ = write!(svg, "</svg><figcaption>{}</figcaption></figure>", Esc(caption));
+    let _ = write!(
+        svg,
+        "</svg><figcaption>{}</figcaption></figure>",
+        Esc(caption)
+    );
     svg
 }
 
@@ -729,7 +775,11 @@ fn lateness_chart(buckets: &Buckets) -> String {
         .per_bucket()
         .into_iter()
         .map(|(_, le, n)| {
-            let label = if le.is_infinite() { "more".to_owned() } else { format!("≤{}", bound(le)) };
+            let label = if le.is_infinite() {
+                "more".to_owned()
+            } else {
+                format!("≤{}", bound(le))
+            };
             let title = format!("{label}: {n} fires");
             (label, n as f64, title, "bar")
         })
@@ -752,15 +802,28 @@ fn durations_chart(runs: &[RunRecord]) -> String {
         .iter()
         .rev()
         .map(|run| {
-            let class = if run.outcome == "success" { "bar" } else { "bar bad" };
-            let title = format!("run {}: {} {}", run.run_id, short_duration(run.duration_ms), run.outcome);
+            let class = if run.outcome == "success" {
+                "bar"
+            } else {
+                "bar bad"
+            };
+            let title = format!(
+                "run {}: {} {}",
+                run.run_id,
+                short_duration(run.duration_ms),
+                run.outcome
+            );
             (String::new(), run.duration_ms, title, class)
         })
         .collect();
     let longest = runs.iter().map(|r| r.duration_ms).fold(0.0_f64, f64::max);
     bars(
         "durations-chart",
-        &format!("Durations of the last {} runs, oldest first (longest {})", runs.len(), short_duration(longest)),
+        &format!(
+            "Durations of the last {} runs, oldest first (longest {})",
+            runs.len(),
+            short_duration(longest)
+        ),
         &bars_,
     )
 }
@@ -771,12 +834,12 @@ pub fn login_page(failed: bool, next: &str) -> String {
     if failed {
         body.push_str("<p class=\"notice bad\" role=\"alert\">That is not the token.</p>\n");
     }
-    let _ = write!(
+    let _ = writeln!(
         body,
         "<p>This daemon's endpoint requires its <code>[daemon] http_token</code>.</p>\
          <form class=\"login\" method=\"post\" action=\"/login\"><label for=\"token\">Token</label> \
          <input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"current-password\" required autofocus>\
-         <input type=\"hidden\" name=\"next\" value=\"{}\"> <button type=\"submit\">Log in</button></form>\n",
+         <input type=\"hidden\" name=\"next\" value=\"{}\"> <button type=\"submit\">Log in</button></form>",
         Esc(next)
     );
     // No refresh: a form is being filled in.
@@ -869,11 +932,17 @@ mod tests {
             None,
         );
         assert!(!page.contains("<script>"), "{page}");
-        assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{page}");
+        assert!(
+            page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{page}"
+        );
         // The daemon's facts are escaped too (a path, a reload's problems).
         let page = overview(&daemon(), &[], &ListQuery::default());
         assert!(page.contains("/etc/tickd/&lt;jobs&gt;.toml"), "{page}");
-        assert!(page.contains("key &quot;every&quot;: &lt;bad&gt;"), "{page}");
+        assert!(
+            page.contains("key &quot;every&quot;: &lt;bad&gt;"),
+            "{page}"
+        );
         // And what was typed in the filter.
         let query = ListQuery {
             q: "\"><script>".into(),
@@ -928,15 +997,30 @@ mod tests {
     #[test]
     fn the_list_filters_by_name_and_sorts_by_next_fire_or_failures() {
         let jobs = vec![
-            ("alpha".to_owned(), job("every 1s", Some("2026-01-01T12:00:09Z"), 0)),
-            ("beta".to_owned(), job("every 1s", Some("2026-01-01T12:00:01Z"), 5)),
+            (
+                "alpha".to_owned(),
+                job("every 1s", Some("2026-01-01T12:00:09Z"), 0),
+            ),
+            (
+                "beta".to_owned(),
+                job("every 1s", Some("2026-01-01T12:00:01Z"), 5),
+            ),
             ("gamma".to_owned(), job("every 1s", None, 2)),
-            ("Alphabet".to_owned(), job("every 1s", Some("2026-01-01T12:00:05Z"), 1)),
+            (
+                "Alphabet".to_owned(),
+                job("every 1s", Some("2026-01-01T12:00:05Z"), 1),
+            ),
         ];
         let names = |query: ListQuery| -> Vec<String> {
-            select(&jobs, &query).iter().map(|(n, _)| n.clone()).collect()
+            select(&jobs, &query)
+                .iter()
+                .map(|(n, _)| n.clone())
+                .collect()
         };
-        assert_eq!(names(ListQuery::default()), ["Alphabet", "alpha", "beta", "gamma"]);
+        assert_eq!(
+            names(ListQuery::default()),
+            ["Alphabet", "alpha", "beta", "gamma"]
+        );
         let next = ListQuery {
             sort: Sort::Next,
             ..ListQuery::default()
@@ -1010,10 +1094,22 @@ mod tests {
             schedule_words("every 5s after each run"),
             "every 5 seconds, counted from the end of each run"
         );
-        assert_eq!(schedule_words("cron \"*/10 * * * * *\" (UTC)"), "every 10 seconds (UTC)");
-        assert_eq!(schedule_words("cron \"*/5 * * * *\" (UTC)"), "every 5 minutes (UTC)");
-        assert_eq!(schedule_words("cron \"@hourly\" (UTC)"), "every hour at minute 0 (UTC)");
-        assert_eq!(schedule_words("cron \"0 6 */2 * 1-5\" (UTC)"), "on a cron schedule (UTC)");
+        assert_eq!(
+            schedule_words("cron \"*/10 * * * * *\" (UTC)"),
+            "every 10 seconds (UTC)"
+        );
+        assert_eq!(
+            schedule_words("cron \"*/5 * * * *\" (UTC)"),
+            "every 5 minutes (UTC)"
+        );
+        assert_eq!(
+            schedule_words("cron \"@hourly\" (UTC)"),
+            "every hour at minute 0 (UTC)"
+        );
+        assert_eq!(
+            schedule_words("cron \"0 6 */2 * 1-5\" (UTC)"),
+            "on a cron schedule (UTC)"
+        );
     }
 
     #[test]
@@ -1021,7 +1117,10 @@ mod tests {
         let page = login_page(true, "/ui/jobs/\"x");
         assert!(!page.contains("http-equiv"), "{page}");
         assert!(page.contains("value=\"/ui/jobs/&quot;x\""), "{page}");
-        assert!(page.contains("<label for=\"token\">Token</label>"), "{page}");
+        assert!(
+            page.contains("<label for=\"token\">Token</label>"),
+            "{page}"
+        );
         assert!(page.contains("role=\"alert\""), "{page}");
     }
 }

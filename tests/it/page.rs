@@ -121,12 +121,18 @@ fn the_page_needs_a_login_shows_the_jobs_and_refuses_cross_site_posts() {
     // are open, and every answer carries the policy.
     let answer = request(port, "GET", "/ui/jobs/evil", &[], "");
     assert_eq!(answer.status, 303, "{}", answer.head);
-    assert_eq!(answer.header("location"), Some("/login?next=%2Fui%2Fjobs%2Fevil"));
+    assert_eq!(
+        answer.header("location"),
+        Some("/login?next=%2Fui%2Fjobs%2Fevil")
+    );
     let form = request(port, "GET", "/login?next=/ui/jobs/evil", &[], "");
     assert_eq!(form.status, 200);
     assert!(form.body.contains("name=\"token\""), "{}", form.body);
     let csp = form.header("content-security-policy").unwrap_or("");
-    assert!(csp.starts_with("default-src 'none'; style-src 'self'"), "{csp}");
+    assert!(
+        csp.starts_with("default-src 'none'; style-src 'self'"),
+        "{csp}"
+    );
     assert_eq!(request(port, "GET", "/ui/page.css", &[], "").status, 200);
 
     // A wrong token, a login from elsewhere, then the right one.
@@ -146,25 +152,47 @@ fn the_page_needs_a_login_shows_the_jobs_and_refuses_cross_site_posts() {
         "{set_cookie}"
     );
     assert!(!set_cookie.contains("Secure"), "plain HTTP: {set_cookie}");
-    assert!(!set_cookie.contains(TOKEN), "the cookie is not the token: {set_cookie}");
+    assert!(
+        !set_cookie.contains(TOKEN),
+        "the cookie is not the token: {set_cookie}"
+    );
     let cookie = set_cookie.split(';').next().expect("name=value").to_owned();
     let with_cookie = [("Cookie", cookie.as_str())];
     // Behind a TLS proxy the cookie is Secure.
-    let proxied = [("Sec-Fetch-Site", "same-origin"), ("X-Forwarded-Proto", "https")];
+    let proxied = [
+        ("Sec-Fetch-Site", "same-origin"),
+        ("X-Forwarded-Proto", "https"),
+    ];
     let login = request(port, "POST", "/login", &proxied, &body);
-    assert!(login.header("set-cookie").is_some_and(|c| c.contains("; Secure")));
+    assert!(login
+        .header("set-cookie")
+        .is_some_and(|c| c.contains("; Secure")));
 
     // The cookie opens the page, not the JSON API; the bearer token opens both.
     let page = request(port, "GET", "/", &with_cookie, "");
     assert_eq!(page.status, 200);
     for job in ["evil", "fails", "slow", "beat", "nightly"] {
-        assert!(page.body.contains(&format!("href=\"/ui/jobs/{job}\"")), "{job}: {}", page.body);
+        assert!(
+            page.body.contains(&format!("href=\"/ui/jobs/{job}\"")),
+            "{job}: {}",
+            page.body
+        );
     }
-    assert!(page.body.contains("every day at 03:00 (Europe/Berlin)"), "{}", page.body);
+    assert!(
+        page.body.contains("every day at 03:00 (Europe/Berlin)"),
+        "{}",
+        page.body
+    );
     let bearer = format!("Bearer {TOKEN}");
-    assert_eq!(request(port, "GET", "/", &[("Authorization", &bearer)], "").status, 200);
+    assert_eq!(
+        request(port, "GET", "/", &[("Authorization", &bearer)], "").status,
+        200
+    );
     assert_eq!(request(port, "GET", "/jobs", &with_cookie, "").status, 401);
-    assert_eq!(request(port, "GET", "/", &[("Cookie", "tickd_session=forged")], "").status, 303);
+    assert_eq!(
+        request(port, "GET", "/", &[("Cookie", "tickd_session=forged")], "").status,
+        303
+    );
 
     // The job's output is shown as text.
     eventually("evil's run shows with its output", || {
@@ -177,32 +205,57 @@ fn the_page_needs_a_login_shows_the_jobs_and_refuses_cross_site_posts() {
 
     // Filter and sort, on the server.
     let filtered = request(port, "GET", "/?q=EVI&sort=failures", &with_cookie, "").body;
-    assert!(filtered.contains("/ui/jobs/evil") && !filtered.contains("/ui/jobs/slow"), "{filtered}");
+    assert!(
+        filtered.contains("/ui/jobs/evil") && !filtered.contains("/ui/jobs/slow"),
+        "{filtered}"
+    );
     eventually("fails has failed", || {
-        request(port, "GET", "/jobs/fails", &[("Authorization", &bearer)], "")
-            .body
-            .contains("\"failure\":1")
+        request(
+            port,
+            "GET",
+            "/jobs/fails",
+            &[("Authorization", &bearer)],
+            "",
+        )
+        .body
+        .contains("\"failure\":1")
     });
     let by_failures = request(port, "GET", "/?sort=failures", &with_cookie, "").body;
-    let first = by_failures.find("/ui/jobs/").map(|at| &by_failures[at..at + 15]);
+    let first = by_failures
+        .find("/ui/jobs/")
+        .map(|at| &by_failures[at..at + 15]);
     assert_eq!(first, Some("/ui/jobs/fails\""), "{by_failures}");
 
     // The buttons: no session, cross-site, from elsewhere: refused; from the page: done.
     let post = |path: &str, headers: &[(&str, &str)]| request(port, "POST", path, headers, "");
     assert_eq!(post("/ui/jobs/slow/run", &same).status, 401);
-    let cross_site = [("Cookie", cookie.as_str()), ("Sec-Fetch-Site", "cross-site")];
+    let cross_site = [
+        ("Cookie", cookie.as_str()),
+        ("Sec-Fetch-Site", "cross-site"),
+    ];
     assert_eq!(post("/ui/jobs/slow/run", &cross_site).status, 403);
-    let elsewhere = [("Cookie", cookie.as_str()), ("Origin", "http://evil.example")];
+    let elsewhere = [
+        ("Cookie", cookie.as_str()),
+        ("Origin", "http://evil.example"),
+    ];
     assert_eq!(post("/ui/jobs/slow/run", &elsewhere).status, 403);
     let no_origin = [("Cookie", cookie.as_str())];
     assert_eq!(post("/ui/jobs/slow/run", &no_origin).status, 403);
-    let ours = [("Cookie", cookie.as_str()), ("Origin", &*format!("http://127.0.0.1:{port}"))];
+    let ours = [
+        ("Cookie", cookie.as_str()),
+        ("Origin", &*format!("http://127.0.0.1:{port}")),
+    ];
     let refused = post("/ui/jobs/slow/run", &ours);
     assert_eq!(refused.status, 303);
-    assert_eq!(refused.header("location"), Some("/ui/jobs/slow?done=refused"));
+    assert_eq!(
+        refused.header("location"),
+        Some("/ui/jobs/slow?done=refused")
+    );
     let slow = request(port, "GET", "/ui/jobs/slow?done=refused", &with_cookie, "").body;
     assert!(
-        slow.contains("Run now refused: a run is still going; the overlap policy refuses this one."),
+        slow.contains(
+            "Run now refused: a run is still going; the overlap policy refuses this one."
+        ),
         "{slow}"
     );
     assert!(slow.contains("1 running</span> for "), "{slow}");
@@ -223,12 +276,17 @@ fn the_page_needs_a_login_shows_the_jobs_and_refuses_cross_site_posts() {
     );
     let (_, json) = http(port, "GET", "/jobs/evil", Some(TOKEN));
     assert!(json.contains("\"paused\":true"), "{json}");
-    assert!(request(port, "GET", "/", &with_cookie, "").body.contains("paused</span>"));
+    assert!(request(port, "GET", "/", &with_cookie, "")
+        .body
+        .contains("paused</span>"));
     assert_eq!(post("/ui/jobs/nope/run", &ours).status, 404);
 
     // A refused reload shows with its problem; the configuration loaded stays.
-    std::fs::write(d.path("jobs.toml"), "[jobs.broken]\nevery = \"0s\"\nhandler = \"log\"\n")
-        .expect("write");
+    std::fs::write(
+        d.path("jobs.toml"),
+        "[jobs.broken]\nevery = \"0s\"\nhandler = \"log\"\n",
+    )
+    .expect("write");
     d.signal(Signal::SIGHUP);
     eventually("the refused reload shows", || {
         let page = request(port, "GET", "/", &with_cookie, "").body;
@@ -237,7 +295,9 @@ fn the_page_needs_a_login_shows_the_jobs_and_refuses_cross_site_posts() {
 
     // Logging out ends the session for this browser (the cookie is cleared).
     let out = post("/logout", &ours);
-    assert!(out.header("set-cookie").is_some_and(|c| c.contains("Max-Age=0")));
+    assert!(out
+        .header("set-cookie")
+        .is_some_and(|c| c.contains("Max-Age=0")));
     d.signal(Signal::SIGTERM);
 }
 
@@ -250,12 +310,24 @@ fn without_a_token_on_loopback_the_page_is_open_but_its_buttons_still_refuse_oth
     assert_eq!(page.status, 200);
     assert!(!page.body.contains("/logout"), "no session to end");
     // Nothing to log in to.
-    assert_eq!(request(port, "GET", "/login", &[], "").header("location"), Some("/"));
+    assert_eq!(
+        request(port, "GET", "/login", &[], "").header("location"),
+        Some("/")
+    );
     // A page elsewhere posting to localhost (no cookie for SameSite to withhold).
-    let cross = [("Origin", "http://evil.example"), ("Sec-Fetch-Site", "cross-site")];
-    assert_eq!(request(port, "POST", "/ui/jobs/evil/pause", &cross, "").status, 403);
+    let cross = [
+        ("Origin", "http://evil.example"),
+        ("Sec-Fetch-Site", "cross-site"),
+    ];
+    assert_eq!(
+        request(port, "POST", "/ui/jobs/evil/pause", &cross, "").status,
+        403
+    );
     let ours = [("Sec-Fetch-Site", "same-origin")];
-    assert_eq!(request(port, "POST", "/ui/jobs/evil/pause", &ours, "").status, 303);
+    assert_eq!(
+        request(port, "POST", "/ui/jobs/evil/pause", &ours, "").status,
+        303
+    );
     d.signal(Signal::SIGTERM);
 }
 
@@ -363,7 +435,10 @@ impl Browser {
             "Target.attachToTarget",
             json!({ "targetId": target, "flatten": true }),
         );
-        browser.session = attached["sessionId"].as_str().expect("a session").to_owned();
+        browser.session = attached["sessionId"]
+            .as_str()
+            .expect("a session")
+            .to_owned();
         browser.page("Page.enable", json!({}));
         browser.page("Runtime.enable", json!({}));
         browser.page(
@@ -436,12 +511,16 @@ impl Browser {
     fn wait_for(&mut self, what: &str, js: &str) {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            if self.eval(&format!("document.readyState === 'complete' && !!({js})")) == json!(true) {
+            if self.eval(&format!("document.readyState === 'complete' && !!({js})")) == json!(true)
+            {
                 return;
             }
             if Instant::now() >= deadline {
                 let text = self.eval("location.href + '\\n' + document.body.innerText");
-                panic!("timed out waiting for: {what}; the page:\n{}", text.as_str().unwrap_or(""));
+                panic!(
+                    "timed out waiting for: {what}; the page:\n{}",
+                    text.as_str().unwrap_or("")
+                );
             }
             std::thread::sleep(Duration::from_millis(300));
             if self.eval("document.readyState") == json!("complete") {
@@ -554,7 +633,10 @@ fn in_a_real_browser_the_page_logs_in_shows_the_jobs_and_runs_one_now() {
     );
     assert_eq!(browser.eval("document.scripts.length"), json!(0));
     browser.click("button[aria-label='Run evil now']");
-    browser.wait_until("the answer to run now", "location.search.includes('done=started')");
+    browser.wait_until(
+        "the answer to run now",
+        "location.search.includes('done=started')",
+    );
     let search = browser.eval("location.search");
     let run_id = search
         .as_str()
@@ -583,13 +665,19 @@ fn in_a_real_browser_the_page_logs_in_shows_the_jobs_and_runs_one_now() {
         .iter()
         .filter(|e| e["method"] == json!("Page.javascriptDialogOpening"))
         .collect();
-    assert!(dialogs.is_empty(), "a JavaScript dialog opened: {dialogs:?}");
+    assert!(
+        dialogs.is_empty(),
+        "a JavaScript dialog opened: {dialogs:?}"
+    );
 
     let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
         .expect("the target directory")
         .to_owned();
-    for (name, png) in [("status-page.png", &overview), ("status-page-job.png", &job_page)] {
+    for (name, png) in [
+        ("status-page.png", &overview),
+        ("status-page-job.png", &job_page),
+    ] {
         let (distinct, width, height) = colours(png);
         assert!(
             width >= 800 && height >= 400 && distinct >= 16,
