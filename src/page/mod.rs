@@ -25,6 +25,10 @@
 //! a `Secure` cookie would not be kept by every browser. Tokens and cookies are compared in
 //! constant time ([`crate::http::same_secret`]).
 //!
+//! Without a token (loopback only), the page answers only to a `Host` that is an address or
+//! `localhost`: a site that points its own name at 127.0.0.1 (DNS rebinding) would otherwise be
+//! same-origin with the page in its visitors' browsers.
+//!
 //! **Cross-site requests.** Every `POST` here must come from this page: a browser's
 //! `Sec-Fetch-Site` must be `same-origin`, or, from a browser that does not send it, the
 //! `Origin` must be this host (`Host`, or `X-Forwarded-Host` behind a proxy); a `POST` with
@@ -127,8 +131,32 @@ fn logged_in(state: &ApiState, headers: &HeaderMap) -> bool {
             .is_some_and(|given| same_secret(given.as_bytes(), session_of(token).as_bytes()))
 }
 
+/// Whether `host` (a `Host` header) is an IP address or `localhost`, with or without a port: a
+/// name no one else's DNS can point here. Without a token that is all the page answers to, so a
+/// site that rebinds its own name to 127.0.0.1 (DNS rebinding) gets nothing: to its scripts
+/// the page would be same-origin, cookies or not.
+fn host_is_local(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => return v6.split(']').next().is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || name.to_ascii_lowercase().ends_with(".localhost")
+}
+
 /// Lets a logged-in request through; sends a `GET` to the login form, refuses anything else.
 async fn require_login(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    if state.token.is_none() {
+        let host = request.headers().get(header::HOST).and_then(|v| v.to_str().ok());
+        if !host.is_some_and(host_is_local) {
+            return (
+                StatusCode::FORBIDDEN,
+                "without [daemon] http_token the status page answers only to an address or localhost (Host); set a token to serve it under a name\n",
+            )
+                .into_response();
+        }
+    }
     if logged_in(&state, request.headers()) {
         return next.run(request).await;
     }
@@ -442,6 +470,16 @@ mod tests {
         assert_eq!(cookie(&map, COOKIE), Some("abc"));
         assert_eq!(cookie(&map, "b"), Some("2"));
         assert_eq!(cookie(&map, "c"), None);
+    }
+
+    #[test]
+    fn without_a_token_the_page_answers_only_to_addresses_and_localhost() {
+        for host in ["127.0.0.1:9187", "localhost:9187", "LOCALHOST", "[::1]:9187", "10.0.0.2", "a.localhost:1"] {
+            assert!(host_is_local(host), "{host}");
+        }
+        for host in ["evil.example:9187", "evil.example", "127.0.0.1.nip.io:80", "[evil]:1", ""] {
+            assert!(!host_is_local(host), "{host}");
+        }
     }
 
     #[test]

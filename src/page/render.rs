@@ -1088,6 +1088,29 @@ mod tests {
     }
 
     #[test]
+    fn in_a_cluster_the_daemon_shows_the_node_the_owner_the_epoch_and_the_nodes() {
+        let cluster: ClusterStatus = serde_json::from_value(serde_json::json!({
+            "node": "web-<2>", "owner": true, "epoch": 7, "window_left_ms": 4000,
+            "connected": true, "round_trip_ms": 1.5, "refusal": null, "takeovers": 1,
+            "failures": 0, "shards": 2, "shards_owned": [0],
+            "nodes": [{"node": "web-1", "shards": [1], "jobs": 3, "fires_per_second": 2.5}]
+        }))
+        .expect("a ClusterStatus");
+        let view = DaemonView {
+            cluster: Some(cluster),
+            ..daemon()
+        };
+        let page = overview(&view, &[], &ListQuery::default());
+        for needle in [
+            "node <strong>web-&lt;2&gt;</strong>, owner, epoch 7, database connected",
+            "owns 1 of 2 shards",
+            "<th scope=\"row\">web-1</th><td class=\"num\">1</td><td class=\"num\">3</td><td class=\"num\">2.5</td>",
+        ] {
+            assert!(page.contains(needle), "{needle:?} not in:\n{page}");
+        }
+    }
+
+    #[test]
     fn schedules_in_words() {
         assert_eq!(schedule_words("every 1h 30m"), "every 1 hour 30 minutes");
         assert_eq!(
