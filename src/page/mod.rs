@@ -137,7 +137,12 @@ fn logged_in(state: &ApiState, headers: &HeaderMap) -> bool {
 /// the page would be same-origin, cookies or not.
 fn host_is_local(host: &str) -> bool {
     let name = match host.strip_prefix('[') {
-        Some(v6) => return v6.split(']').next().is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+        Some(v6) => {
+            return v6
+                .split(']')
+                .next()
+                .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+        }
         None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
     };
     name.parse::<std::net::Ipv4Addr>().is_ok()
@@ -148,7 +153,10 @@ fn host_is_local(host: &str) -> bool {
 /// Lets a logged-in request through; sends a `GET` to the login form, refuses anything else.
 async fn require_login(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     if state.token.is_none() {
-        let host = request.headers().get(header::HOST).and_then(|v| v.to_str().ok());
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok());
         if !host.is_some_and(host_is_local) {
             return (
                 StatusCode::FORBIDDEN,
@@ -474,10 +482,23 @@ mod tests {
 
     #[test]
     fn without_a_token_the_page_answers_only_to_addresses_and_localhost() {
-        for host in ["127.0.0.1:9187", "localhost:9187", "LOCALHOST", "[::1]:9187", "10.0.0.2", "a.localhost:1"] {
+        for host in [
+            "127.0.0.1:9187",
+            "localhost:9187",
+            "LOCALHOST",
+            "[::1]:9187",
+            "10.0.0.2",
+            "a.localhost:1",
+        ] {
             assert!(host_is_local(host), "{host}");
         }
-        for host in ["evil.example:9187", "evil.example", "127.0.0.1.nip.io:80", "[evil]:1", ""] {
+        for host in [
+            "evil.example:9187",
+            "evil.example",
+            "127.0.0.1.nip.io:80",
+            "[evil]:1",
+            "",
+        ] {
             assert!(!host_is_local(host), "{host}");
         }
     }
