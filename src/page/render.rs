@@ -218,6 +218,15 @@ fn absolute(at: DateTime<Utc>, zone: Tz) -> String {
     )
 }
 
+/// A job's next fire as a time, or that it is paused.
+fn next_fire(status: &JobStatus, now: DateTime<Utc>, zone: Tz) -> String {
+    match (status.paused, status.next_fire) {
+        (true, _) => "<span class=\"badge warn\">paused</span>".to_owned(),
+        (false, Some(at)) => time(at, now, zone),
+        (false, None) => "-".to_owned(),
+    }
+}
+
 /// The outcome as a badge.
 fn outcome(outcome: &str) -> String {
     let class = match outcome {
@@ -386,11 +395,7 @@ pub fn overview(daemon: &DaemonView, jobs: &[(String, JobStatus)], query: &ListQ
          <th scope=\"col\" class=\"num\">Skips</th><th scope=\"col\" class=\"num\">Missed</th></tr></thead>\n<tbody>\n",
     );
     for (name, status) in chosen {
-        let next = match (status.paused, status.next_fire) {
-            (true, _) => "<span class=\"badge warn\">paused</span>".to_owned(),
-            (false, Some(at)) => time(at, now, zone),
-            (false, None) => "-".to_owned(),
-        };
+        let next = next_fire(status, now, zone);
         let going = match (status.running, status.running_since()) {
             (0, _) => "idle".to_owned(),
             (n, Some(since)) => format!(
@@ -603,11 +608,7 @@ pub fn job_page(
         );
     }
     body.push_str("</div>\n<table class=\"facts\"><tbody>\n");
-    let next = match (status.paused, status.next_fire) {
-        (true, _) => "<span class=\"badge warn\">paused</span>".to_owned(),
-        (false, Some(at)) => time(at, now, zone),
-        (false, None) => "-".to_owned(),
-    };
+    let next = next_fire(status, now, zone);
     let going = match (status.running, status.running_since()) {
         (0, _) => "no run going".to_owned(),
         (n, since) => format!(
