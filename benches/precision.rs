@@ -54,6 +54,7 @@ const SCENARIOS: &[(&str, &[&str])] = &[
     ("inproc-100x5hz-cpu-hog", &["tickd"]),
     ("startup-reload-10000", &["tickd"]),
     ("memory-soak", &["tickd"]),
+    ("page-1000", &["tickd"]),
 ];
 
 fn main() {
@@ -271,6 +272,7 @@ fn run_child(scenario: &str, system: &str, scale: Scale) -> Value {
             "inproc-100x5hz-with-children" => neighbours_with(scenario, None, 10, scale).await,
             "startup-reload-10000" => startup_reload().await,
             "memory-soak" => memory_soak(scale).await,
+            "page-1000" => page_1000(scale).await,
             other => json!({"error": format!("unknown scenario {other}")}),
         }
     })
@@ -742,6 +744,86 @@ async fn memory_soak(scale: Scale) -> Value {
     })
 }
 
+/// The status page (issue 19) next to 1000 aligned jobs at 5 Hz with the endpoint on a
+/// loopback port: `scale.seconds` without fetching the page, then as long again with `GET /`
+/// ten times a second. The result's p50/p99 are the jobs' lateness with the page fetched;
+/// `without_page_*` the same without, `page_*` the page's response times (request sent to body
+/// read), all in milliseconds.
+async fn page_1000(scale: Scale) -> Value {
+    let (jobs, period) = (1000, Duration::from_millis(200));
+    let window = Duration::from_secs(scale.seconds);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let mut text = format!("[daemon]\nhttp = \"127.0.0.1:{port}\"\n");
+    for i in 0..jobs {
+        text.push_str(&format!(
+            "[jobs.j{i}]\nevery = \"200ms\"\nalign = true\nhandler = \"measure\"\n"
+        ));
+    }
+    let (_dir, path) = jobs_file(&text);
+    let expected = jobs * (window.as_nanos() / period.as_nanos()) as u64;
+    let mut phases = Vec::new();
+    let mut page_ns = Vec::new();
+    let mut cpu = 0.0;
+    for fetch in [false, true] {
+        let recorder = Arc::new(Recorder::default());
+        let handlers = recording_handlers(&recorder);
+        let config = tickd::load(&path, &handlers).expect("valid config");
+        let cpu0 = cpu_seconds();
+        let running = Running::start(&path, config, handlers);
+        let until = tokio::time::Instant::now() + window + period / 2;
+        let fetcher = fetch.then(|| {
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let url = format!("http://127.0.0.1:{port}/");
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                let mut times = Vec::new();
+                while tick.tick().await < until {
+                    let sent = Instant::now();
+                    let Ok(answer) = client.get(&url).send().await else {
+                        continue;
+                    };
+                    if answer.status().is_success() && answer.bytes().await.is_ok() {
+                        times.push(sent.elapsed().as_nanos() as u64);
+                    }
+                }
+                times
+            })
+        });
+        tokio::time::sleep_until(until).await;
+        if let Some(fetcher) = fetcher {
+            page_ns = fetcher.await.expect("the fetcher");
+        }
+        running.stop().await;
+        cpu = cpu_seconds() - cpu0;
+        let mut samples = recorder.samples.lock().expect("lock").clone();
+        samples.truncate(expected.min(samples.len() as u64) as usize);
+        phases.push(samples);
+    }
+    let without = summary(
+        "page-1000",
+        "tickd",
+        jobs,
+        expected,
+        &mut phases[0],
+        f64::NAN,
+    );
+    let page = summary("page-1000", "page", 0, 0, &mut page_ns, f64::NAN);
+    let mut result = summary("page-1000", "tickd", jobs, expected, &mut phases[1], cpu);
+    result["page_fetches"] = page["observed"].clone();
+    for (key, from, field) in [
+        ("page_p50_ms", &page, "p50_ms"),
+        ("page_p99_ms", &page, "p99_ms"),
+        ("without_page_p50_ms", &without, "p50_ms"),
+        ("without_page_p99_ms", &without, "p99_ms"),
+    ] {
+        result[key] = from[field].clone();
+    }
+    result
+}
+
 // ---------------------------------------------------------------------------------------------
 
 fn print_table(results: &[Value]) {
@@ -801,6 +883,10 @@ fn print_table(results: &[Value]) {
             "reload_ms",
             "rss_inproc_growth_mb",
             "rss_child_growth_mb",
+            "page_p50_ms",
+            "page_p99_ms",
+            "without_page_p50_ms",
+            "without_page_p99_ms",
         ] {
             if let Some(v) = r.get(key) {
                 println!("  {} {}: {}", r["scenario"].as_str().unwrap_or(""), key, v);

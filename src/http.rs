@@ -1,7 +1,9 @@
 //! The HTTP endpoint (`[daemon] http = "127.0.0.1:9187"`, off unless configured), on axum:
 //! `/metrics` (Prometheus), `/healthz`, `/jobs`, `/jobs/{name}`, `/jobs/{name}/runs`, `/cluster`, and
-//! `POST /jobs/{name}/run`, `/pause`, `/resume`. With `http_token`, every request but `/healthz` needs
-//! `Authorization: Bearer <token>`; binding a non-loopback address requires a token.
+//! `POST /jobs/{name}/run`, `/pause`, `/resume`; and the status page for browsers ([`crate::page`]:
+//! `/`, `/ui/...`, `/login`). With `http_token`, every request but `/healthz` needs
+//! `Authorization: Bearer <token>` (the page also takes its login's session cookie); binding a
+//! non-loopback address requires a token.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,6 +53,9 @@ pub struct ApiState {
     /// This node's part in a cluster (`[cluster]`), which `/cluster` shows and `/healthz`
     /// checks; `None` when tickd runs alone.
     pub cluster: Option<Cluster>,
+    /// What the supervisor publishes about the daemon itself (configuration, reloads,
+    /// stopping), which the status page shows.
+    pub daemon: crate::status::SharedDaemonFacts,
 }
 
 /// The endpoint's defences against slow and many clients; [`Limits::for_this_process`] gives
@@ -129,6 +134,7 @@ fn router(state: ApiState, request_timeout: Duration) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .merge(protected)
+        .merge(crate::page::routes(state.clone()))
         .with_state(state)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -216,15 +222,36 @@ pub async fn serve(
     connections.shutdown().await;
 }
 
+/// The bearer token of a request's `Authorization` header, if it has one.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// Whether `given` is `expected`, in a time that does not depend on where they first differ (a
+/// byte-by-byte `==` stops there, and its timing would tell a guesser how much of the token it
+/// has right). Only the length may show, which a token's strength does not rest on.
+pub(crate) fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && std::hint::black_box(
+            given
+                .iter()
+                .zip(expected)
+                .fold(0u8, |differ, (a, b)| differ | (a ^ b)),
+        ) == 0
+}
+
+/// The answer of a run-now request the overlap policy refuses (409), the same in the JSON API
+/// and on the status page.
+pub const REFUSED_RUN: &str = "a run is still going; the overlap policy refuses this one";
+
 async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     if let Some(token) = &state.token {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
         // The token itself is never logged.
-        if given != Some(token.as_ref()) {
+        let given = bearer(request.headers());
+        if !given.is_some_and(|given| same_secret(given.as_bytes(), token.as_bytes())) {
             return (StatusCode::UNAUTHORIZED, "a bearer token is required\n").into_response();
         }
     }
@@ -350,7 +377,8 @@ async fn cluster(State(state): State<ApiState>) -> Response {
     }
 }
 
-fn lookup(state: &ApiState, name: &str) -> Option<JobControl> {
+/// The job `name`'s control, if the daemon has that job.
+pub(crate) fn lookup(state: &ApiState, name: &str) -> Option<JobControl> {
     state
         .directory
         .read()
@@ -368,7 +396,7 @@ fn no_such_job(name: &str) -> Response {
 }
 
 /// A copy of the job directory, so that no lock is held across an await.
-fn directory_snapshot(state: &ApiState) -> BTreeMap<String, JobControl> {
+pub(crate) fn directory_snapshot(state: &ApiState) -> BTreeMap<String, JobControl> {
     state
         .directory
         .read()
@@ -420,11 +448,9 @@ async fn run_now(State(state): State<ApiState>, Path(name): Path<String>) -> Res
             Json(json!({ "started": false, "queued": true })),
         )
             .into_response(),
-        Some(FireResult::Skipped) => (
-            StatusCode::CONFLICT,
-            Json(json!({ "error": "a run is still going; the overlap policy refuses this one" })),
-        )
-            .into_response(),
+        Some(FireResult::Skipped) => {
+            (StatusCode::CONFLICT, Json(json!({ "error": REFUSED_RUN }))).into_response()
+        }
         None => no_such_job(&name),
     }
 }
@@ -491,6 +517,15 @@ mod tests {
             token: None,
             clock: Clock::system(),
             cluster,
+            daemon: crate::status::SharedDaemonFacts::new(crate::status::DaemonFacts {
+                config_path: "jobs.toml".into(),
+                loaded_at: chrono::Utc::now(),
+                started_at: chrono::Utc::now(),
+                started: crate::clock::Instant::now(),
+                timezone: chrono_tz::Tz::UTC,
+                last_reload: None,
+                stopping: None,
+            }),
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(serve(listener, state, stop.clone(), limits));

@@ -67,6 +67,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 mod os;
+pub mod page;
 pub mod process;
 pub mod schedule;
 pub mod signals;

@@ -276,6 +276,22 @@ impl Metrics {
         self.task_restarts.remove(&label);
     }
 
+    /// A job's lateness and duration histograms as they are now, for the status page; `None`
+    /// for a job the metrics do not know. Each histogram is copied out of the registry through
+    /// a registry of its own, encoded and read back: prometheus-client keeps its buckets to
+    /// itself, and this costs one job's few lines, not the whole `/metrics`.
+    pub fn job_histograms(&self, job: &str) -> Option<JobHistograms> {
+        let label = JobLabel {
+            job_name: job.to_owned(),
+        };
+        let lateness = self.lateness.get(&label).map(|h| h.clone())?;
+        let duration = self.duration.get(&label).map(|h| h.clone())?;
+        Some(JobHistograms {
+            lateness: Buckets::of(lateness),
+            duration: Buckets::of(duration),
+        })
+    }
+
     /// Exports the group keeper's `tickd_group_keeper_up` and `tickd_group_keeper_restarts_total`
     /// (only a daemon that runs a keeper has them).
     pub fn register_group_keeper(&mut self, keeper: &crate::process::GroupKeeper) {
@@ -424,6 +440,77 @@ impl Collector for ClusterCollector {
     }
 }
 
+/// A job's histograms as [`Metrics::job_histograms`] reads them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobHistograms {
+    /// `tickd_fire_lateness_seconds`.
+    pub lateness: Buckets,
+    /// `tickd_run_duration_seconds`.
+    pub duration: Buckets,
+}
+
+/// One histogram's buckets: each upper bound in seconds with the observations at or below it
+/// (cumulative, as Prometheus counts them; the last bound is `+Inf`), and their sum.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Buckets {
+    /// `(le, cumulative count)`, in increasing `le`.
+    pub cumulative: Vec<(f64, u64)>,
+    /// The sum of the observations, in seconds.
+    pub sum: f64,
+}
+
+impl Buckets {
+    /// The buckets of `histogram`, read from its text encoding.
+    fn of(histogram: Histogram) -> Buckets {
+        let mut registry = Registry::default();
+        registry.register("h", "", histogram);
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
+            return Buckets::default();
+        }
+        let mut buckets = Buckets::default();
+        for line in text.lines() {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            if series == "h_sum" {
+                buckets.sum = value.parse().unwrap_or(0.0);
+            } else if let Some(le) = series
+                .strip_prefix("h_bucket{le=\"")
+                .and_then(|rest| rest.strip_suffix("\"}"))
+            {
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap_or(f64::NAN)
+                };
+                if let Ok(count) = value.parse() {
+                    buckets.cumulative.push((le, count));
+                }
+            }
+        }
+        buckets
+    }
+
+    /// How many observations in all.
+    pub fn count(&self) -> u64 {
+        self.cumulative.last().map_or(0, |(_, count)| *count)
+    }
+
+    /// Each bucket's own count (not cumulative): `(lower bound, upper bound, count)`.
+    pub fn per_bucket(&self) -> Vec<(f64, f64, u64)> {
+        let mut below = (0.0, 0);
+        self.cumulative
+            .iter()
+            .map(|&(le, count)| {
+                let bucket = (below.0, le, count.saturating_sub(below.1));
+                below = (le, count);
+                bucket
+            })
+            .collect()
+    }
+}
+
 /// One job's metric handles; see [`Metrics::for_job`].
 #[derive(Debug, Clone)]
 pub struct JobMetrics {
@@ -499,6 +586,29 @@ impl JobMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jobs_histograms_are_read_back_bucket_by_bucket() {
+        let metrics = Metrics::new();
+        assert_eq!(metrics.job_histograms("x"), None);
+        let job = metrics.for_job("x");
+        for micros in [5, 5, 700, 2_000_000] {
+            job.run_started(std::time::Duration::from_micros(micros));
+        }
+        let read = metrics.job_histograms("x").expect("known job");
+        assert_eq!(read.lateness.count(), 4);
+        assert!((read.lateness.sum - 2.00071).abs() < 1e-9, "{read:?}");
+        let per: Vec<(f64, u64)> = read
+            .lateness
+            .per_bucket()
+            .into_iter()
+            .filter(|b| b.2 > 0)
+            .map(|b| (b.1, b.2))
+            .collect();
+        assert_eq!(per, [(0.00001, 2), (0.001, 1), (f64::INFINITY, 1)]);
+        assert_eq!(read.duration.count(), 0);
+        assert_eq!(read.duration.cumulative.len(), 11, "10 bounds and +Inf");
+    }
 
     #[test]
     fn the_cluster_series_are_read_from_its_status_at_each_scrape() {

@@ -31,6 +31,23 @@ pub struct JobStatus {
     pub last_success: Option<DateTime<Utc>>,
     /// How often the job's task panicked and was started again (a bug in tickd).
     pub task_restarts: u64,
+    /// The runs going now, by id, with when each started (the status page's "running for");
+    /// not in the JSON, which has `running`.
+    #[serde(skip)]
+    pub going: Vec<(u64, DateTime<Utc>)>,
+}
+
+impl JobStatus {
+    /// A run started at `started`: counted in `running` until [`record_run`] records its end.
+    pub fn run_started(&mut self, run_id: u64, started: DateTime<Utc>) {
+        self.running += 1;
+        self.going.push((run_id, started));
+    }
+
+    /// When the oldest run going now started, if one is going.
+    pub fn running_since(&self) -> Option<DateTime<Utc>> {
+        self.going.iter().map(|(_, started)| *started).min()
+    }
 }
 
 /// Runs of a job by outcome, and the fires, retries and run-now requests that did not run.
@@ -193,6 +210,85 @@ impl SharedStatus {
     }
 }
 
+/// What the daemon itself is doing, as the status page shows it: its configuration file and
+/// when that was loaded, the last reload's result, and why it stops when it does. Written by
+/// the supervisor (`daemon::run`), read by the endpoint; a std lock held only for a change or a
+/// copy.
+#[derive(Debug, Clone)]
+pub struct DaemonFacts {
+    /// The jobs file the daemon runs (and re-reads on SIGHUP).
+    pub config_path: std::path::PathBuf,
+    /// When the running configuration was loaded: at start, then at each applied reload.
+    pub loaded_at: DateTime<Utc>,
+    /// When the daemon started (wall clock), shown beside the uptime.
+    pub started_at: DateTime<Utc>,
+    /// When the daemon started on the monotonic clock: the uptime is measured from it.
+    pub started: crate::clock::Instant,
+    /// `[daemon] timezone`: the zone the page shows times in.
+    pub timezone: chrono_tz::Tz,
+    /// The last reload asked for (SIGHUP), if any since the start.
+    pub last_reload: Option<ReloadResult>,
+    /// Why the daemon stops, once it does (it then drains: fires nothing, waits for runs).
+    pub stopping: Option<String>,
+}
+
+/// The result of a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadResult {
+    /// When it was asked for.
+    pub at: DateTime<Utc>,
+    /// `Ok` with what changed (`2 added, 1 removed, 0 changed, 5 unchanged`), or `Err` with the
+    /// problems that made it refused (the running configuration stayed in force).
+    pub result: Result<String, String>,
+}
+
+/// [`DaemonFacts`] shared between the supervisor and the endpoint.
+#[derive(Debug, Clone)]
+pub struct SharedDaemonFacts(Arc<Mutex<DaemonFacts>>);
+
+impl SharedDaemonFacts {
+    /// Facts starting as `facts`.
+    pub fn new(facts: DaemonFacts) -> Self {
+        SharedDaemonFacts(Arc::new(Mutex::new(facts)))
+    }
+
+    /// Changes the facts; the lock is held only for `change`.
+    pub fn update(&self, change: impl FnOnce(&mut DaemonFacts)) {
+        change(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// A copy of the facts.
+    pub fn snapshot(&self) -> DaemonFacts {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// A duration in its largest unit: 4s, 12m, 3h, 2d (`tickd status`, the status page).
+pub fn relative(duration: chrono::Duration) -> String {
+    let seconds = duration.num_seconds().max(0);
+    match seconds {
+        0..=59 => format!("{seconds}s"),
+        60..=3599 => format!("{}m", seconds / 60),
+        3600..=86_399 => format!("{}h", seconds / 3600),
+        _ => format!("{}d", seconds / 86_400),
+    }
+}
+
+/// A duration in at most 8 characters: `12ms`, `1.50s`, `2m03s`, `5h07m` (`tickd status`,
+/// `tickd history`, the status page).
+pub fn short_duration(ms: f64) -> String {
+    let secs = (ms / 1000.0) as u64;
+    match ms {
+        ms if ms < 1000.0 => format!("{ms:.0}ms"),
+        ms if ms < 60_000.0 => format!("{:.2}s", ms / 1000.0),
+        _ if secs < 3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
+    }
+}
+
 /// Records a finished run in a job's status.
 pub fn record_run(
     status: &mut JobStatus,
@@ -203,6 +299,7 @@ pub fn record_run(
     node: Option<&str>,
 ) {
     status.running = status.running.saturating_sub(1);
+    status.going.retain(|(id, _)| *id != run_id);
     match report.outcome {
         Outcome::Success => {
             status.runs.success += 1;

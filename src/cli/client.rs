@@ -9,6 +9,7 @@ use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use tickd::config::Config;
+use tickd::status::{relative, short_duration};
 
 use super::{eprintln_safe, exit, load_config, small_runtime};
 
@@ -344,17 +345,6 @@ fn cut(text: &str, width: usize) -> String {
     cut
 }
 
-/// A duration in its largest unit: 4s, 12m, 3h, 2d.
-fn relative(duration: chrono::Duration) -> String {
-    let seconds = duration.num_seconds().max(0);
-    match seconds {
-        0..=59 => format!("{seconds}s"),
-        60..=3599 => format!("{}m", seconds / 60),
-        3600..=86_399 => format!("{}h", seconds / 3600),
-        _ => format!("{}d", seconds / 86_400),
-    }
-}
-
 pub(crate) fn run_now(file: &Path, name: &str) -> u8 {
     match call_endpoint(file, true, &format!("/jobs/{name}/run")) {
         Ok((202, body)) => {
@@ -466,17 +456,6 @@ fn history_table(runs: &[tickd::status::RunRecord], zone: chrono_tz::Tz) -> Stri
         let _ = writeln!(text, "{}", line.trim_end());
     }
     text
-}
-
-/// A duration in at most 8 characters: `12ms`, `1.50s`, `2m03s`, `5h07m`.
-fn short_duration(ms: f64) -> String {
-    let secs = (ms / 1000.0) as u64;
-    match ms {
-        ms if ms < 1000.0 => format!("{ms:.0}ms"),
-        ms if ms < 60_000.0 => format!("{:.2}s", ms / 1000.0),
-        _ if secs < 3600 => format!("{}m{:02}s", secs / 60, secs % 60),
-        _ => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
-    }
 }
 
 /// How often `tickd logs -f` asks the endpoint whether a run ended: the endpoint has no push

@@ -264,6 +264,8 @@ struct Supervisor {
     draining: Arc<std::sync::atomic::AtomicBool>,
     /// When the daemon started, for the uptime in reports.
     started: crate::clock::Instant,
+    /// What the status page shows of the daemon itself (configuration, reloads, stopping).
+    facts: crate::status::SharedDaemonFacts,
     config: Config,
     options: DaemonOptions,
 }
@@ -271,13 +273,24 @@ struct Supervisor {
 impl Supervisor {
     /// Starts a task for each job of `config`.
     fn start(config: Config, options: DaemonOptions, env: JobEnv) -> Self {
+        let now = options.clock.read();
+        let facts = crate::status::SharedDaemonFacts::new(crate::status::DaemonFacts {
+            config_path: options.config_path.clone(),
+            loaded_at: now.wall,
+            started_at: now.wall,
+            started: now.instant,
+            timezone: config.daemon().timezone(),
+            last_reload: None,
+            stopping: None,
+        });
         let mut supervisor = Supervisor {
             env: Arc::new(env),
             firing: CancellationToken::new(),
             jobs: BTreeMap::new(),
             directory: Directory::default(),
             draining: Arc::default(),
-            started: options.clock.now(),
+            started: now.instant,
+            facts,
             config,
             options,
         };
@@ -306,6 +319,7 @@ impl Supervisor {
             token: self.config.daemon().http_token().map(Arc::from),
             clock: self.options.clock.clone(),
             cluster: self.env.cluster.clone(),
+            daemon: self.facts.clone(),
         };
         tokio::spawn(crate::http::serve(
             listener,
@@ -346,9 +360,15 @@ impl Supervisor {
                     }
                     Some(Control::Report) => self.report("running"),
                     // A closed control channel means nobody can ask us to stop any more.
-                    Some(Control::Shutdown) | None => return false,
+                    Some(Control::Shutdown) | None => {
+                        self.facts.update(|f| f.stopping = Some("a stop was requested".to_owned()));
+                        return false;
+                    }
                 },
-                () = recycler.due(&settings) => return true,
+                why = recycler.due(&settings) => {
+                    self.facts.update(|f| f.stopping = Some(why));
+                    return true;
+                }
                 Some(catch_up) = next_catch_up(&mut catch_ups) => {
                     if let Some(job) = self.jobs.get(&catch_up.job) {
                         job.control.catch_up(catch_up.slot, catch_up.epoch);
@@ -408,7 +428,7 @@ impl Supervisor {
 
     /// The file's new configuration, or `None` (logged) if it must be rejected: invalid, or with
     /// no jobs while jobs run and no explicit empty `[jobs]`.
-    async fn load_for_reload(&self) -> Option<Config> {
+    async fn load_for_reload(&self) -> Result<Config, String> {
         let path = self.options.config_path.clone();
         tracing::info!(config = %path.display(), "reloading configuration");
         // Reading waits for the file to settle and resolves users (NSS may ask LDAP): not on a
@@ -420,20 +440,29 @@ impl Supervisor {
         let rejected = match loaded {
             Ok(new) => match refusal(&new, self.jobs.len()) {
                 Some(why) => why.to_owned(),
-                None => return Some(new),
+                None => return Ok(new),
             },
             Err(err) => err.to_string(),
         };
         tracing::error!("reload rejected, the running configuration stays in force:\n{rejected}");
-        None
+        Err(rejected)
     }
 
     /// Loads the file anew and applies it whole, or not at all: the new configuration is built
     /// and validated completely before any running job is touched.
     async fn reload(&mut self) {
-        let Some(new) = self.load_for_reload().await else {
-            self.env.metrics.reloaded(false);
-            return;
+        let at = self.options.clock.wall_now();
+        let new = match self.load_for_reload().await {
+            Ok(new) => new,
+            Err(problems) => {
+                self.env.metrics.reloaded(false);
+                let result = crate::status::ReloadResult {
+                    at,
+                    result: Err(problems),
+                };
+                self.facts.update(|f| f.last_reload = Some(result));
+                return;
+            }
         };
         self.apply(new);
     }
@@ -441,6 +470,7 @@ impl Supervisor {
     /// Applies a new, valid configuration whole: new jobs start, removed ones stop firing,
     /// changed ones take their new definition, unchanged ones keep their grid.
     fn apply(&mut self, new: Config) {
+        let at = self.options.clock.wall_now();
         for warning in new.warnings() {
             tracing::warn!("{warning}");
         }
@@ -497,6 +527,18 @@ impl Supervisor {
         self.publish_directory();
         self.env.metrics.reloaded(true);
         tracing::info!(added, removed, changed, unchanged, "configuration reloaded");
+        let result = crate::status::ReloadResult {
+            at,
+            result: Ok(format!(
+                "{added} added, {removed} removed, {changed} changed, {unchanged} unchanged"
+            )),
+        };
+        let zone = self.config.daemon().timezone();
+        self.facts.update(|f| {
+            f.last_reload = Some(result);
+            f.loaded_at = at;
+            f.timezone = zone;
+        });
     }
 
     /// Returns whether runs had to be stopped.

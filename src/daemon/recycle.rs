@@ -48,24 +48,28 @@ impl Recycler {
         }
     }
 
-    /// Resolves, with the cause logged, when a limit of `settings` is reached; never if none is.
-    pub async fn due(&mut self, settings: &DaemonSettings) {
+    /// Resolves, with the cause logged and returned (in words, for the status page), when a
+    /// limit of `settings` is reached; never if none is.
+    pub async fn due(&mut self, settings: &DaemonSettings) -> String {
         loop {
             tokio::select! {
                 _ = crate::clock::sleep_or_never(self.uptime.as_mut().map(|(_, sleep)| sleep)) => {
-                    tracing::info!(max_uptime = %humantime::format_duration(settings.max_uptime().unwrap_or_default()), "max_uptime reached; draining and exiting to be restarted fresh");
-                    return;
+                    let max_uptime = humantime::format_duration(settings.max_uptime().unwrap_or_default());
+                    tracing::info!(%max_uptime, "max_uptime reached; draining and exiting to be restarted fresh");
+                    return format!("recycling: max_uptime ({max_uptime}) reached");
                 }
                 _ = self.run_ids.limit_reached() => {
-                    tracing::info!(max_runs = settings.max_runs().unwrap_or_default(), "max_runs reached; draining and exiting to be restarted fresh");
-                    return;
+                    let max_runs = settings.max_runs().unwrap_or_default();
+                    tracing::info!(max_runs, "max_runs reached; draining and exiting to be restarted fresh");
+                    return format!("recycling: max_runs ({max_runs}) reached");
                 }
                 _ = crate::clock::sleep_or_never(self.rss.as_mut()) => {
                     let rss = crate::process::own_rss();
                     let limit = settings.max_rss().unwrap_or(u64::MAX);
                     if rss > limit {
-                        tracing::info!(rss = %bytesize::ByteSize(rss), max_rss = %bytesize::ByteSize(limit), "max_rss exceeded; draining and exiting to be restarted fresh");
-                        return;
+                        let (rss, limit) = (bytesize::ByteSize(rss), bytesize::ByteSize(limit));
+                        tracing::info!(%rss, max_rss = %limit, "max_rss exceeded; draining and exiting to be restarted fresh");
+                        return format!("recycling: max_rss ({limit}) exceeded: {rss}");
                     }
                     self.rss = Some(self.clock.sleep(OWN_RSS_SAMPLE));
                 }

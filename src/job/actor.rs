@@ -731,7 +731,7 @@ impl JobActor {
             );
         }
         self.metrics.run_started(lateness);
-        self.status.update(|s| s.running += 1);
+        self.status.update(|s| s.run_started(run_id.0, now.wall));
         let ctx = RunContext {
             job: self.name.clone(),
             run_id,

@@ -15,6 +15,7 @@ mod install;
 mod logging;
 mod metrics;
 mod orphans;
+mod page;
 mod postgres;
 mod process;
 mod proxy;
