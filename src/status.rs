@@ -21,8 +21,6 @@ pub struct JobStatus {
     pub next_fire: Option<DateTime<Utc>>,
     /// Paused through the endpoint: not firing until resumed.
     pub paused: bool,
-    /// Runs going now.
-    pub running: usize,
     /// Runs by how they ended.
     pub runs: RunCounts,
     /// The last run that ended.
@@ -31,23 +29,32 @@ pub struct JobStatus {
     pub last_success: Option<DateTime<Utc>>,
     /// How often the job's task panicked and was started again (a bug in tickd).
     pub task_restarts: u64,
-    /// The runs going now, by id, with when each started (the status page's "running for");
-    /// not in the JSON, which has `running`.
-    #[serde(skip)]
+    /// The runs going now, by id, with when each started (the status page's "running for"); the
+    /// JSON has only their number, as `running`.
+    #[serde(rename = "running", serialize_with = "count")]
     pub going: Vec<(u64, DateTime<Utc>)>,
 }
 
 impl JobStatus {
     /// A run started at `started`: counted in `running` until [`record_run`] records its end.
     pub fn run_started(&mut self, run_id: u64, started: DateTime<Utc>) {
-        self.running += 1;
         self.going.push((run_id, started));
+    }
+
+    /// How many runs are going now.
+    pub fn running(&self) -> usize {
+        self.going.len()
     }
 
     /// When the oldest run going now started, if one is going.
     pub fn running_since(&self) -> Option<DateTime<Utc>> {
         self.going.iter().map(|(_, started)| *started).min()
     }
+}
+
+/// Serializes a list as its length.
+fn count<T, S: serde::Serializer>(items: &[T], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64(items.len() as u64)
 }
 
 /// Runs of a job by outcome, and the fires, retries and run-now requests that did not run.
@@ -298,7 +305,6 @@ pub fn record_run(
     duration_ms: f64,
     node: Option<&str>,
 ) {
-    status.running = status.running.saturating_sub(1);
     status.going.retain(|(id, _)| *id != run_id);
     match report.outcome {
         Outcome::Success => {

@@ -689,7 +689,7 @@ fn report(
             job = %name,
             schedule = %status.schedule,
             next_fire = %next_fire,
-            running = status.running,
+            running = status.running(),
             last_outcome = last.map_or("-", |l| l.outcome.as_ref()),
             last_duration_ms = last.map(|l| l.duration_ms),
             success = counts.success,

@@ -570,7 +570,7 @@ mod tests {
         let status = job.control.status.snapshot();
         // Runs at 1 s, 2 s and 3 s, each ended (as a failure), none left "running".
         assert_eq!(status.runs.failure, 3, "{status:?}");
-        assert_eq!(status.running, 0, "{status:?}");
+        assert_eq!(status.running(), 0, "{status:?}");
         let reason = status.last_run.and_then(|r| r.reason).unwrap_or_default();
         assert!(reason.contains("panicked"), "{reason}");
         stop.cancel();

@@ -396,7 +396,7 @@ pub fn overview(daemon: &DaemonView, jobs: &[(String, JobStatus)], query: &ListQ
     );
     for (name, status) in chosen {
         let next = next_fire(status, now, zone);
-        let going = match (status.running, status.running_since()) {
+        let going = match (status.running(), status.running_since()) {
             (0, _) => "idle".to_owned(),
             (n, Some(since)) => format!(
                 "<span class=\"badge run\">running{}</span> for {}",
@@ -609,7 +609,7 @@ pub fn job_page(
     }
     body.push_str("</div>\n<table class=\"facts\"><tbody>\n");
     let next = next_fire(status, now, zone);
-    let going = match (status.running, status.running_since()) {
+    let going = match (status.running(), status.running_since()) {
         (0, _) => "no run going".to_owned(),
         (n, since) => format!(
             "<span class=\"badge run\">{n} running</span>{}",
