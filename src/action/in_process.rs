@@ -15,21 +15,45 @@ use crate::handler::{HandlerFn, HandlerFuture, RunContext};
 
 use super::{timeout_elapsed, RunReport};
 
-/// Runs `handler` for one run of `spec`.
-pub(super) async fn run(
+/// How a run stood after it was started where its fire was decided.
+pub enum Started {
+    /// It ended there: an in-process handler that was done at its first poll (most are).
+    Ended(RunReport),
+    /// It goes on: its future wants a task of its own.
+    Going(Pin<Box<dyn Future<Output = RunReport> + Send>>),
+}
+
+/// Calls `handler` for one run of `spec` and polls its future once, on the caller's thread: a
+/// handler done then needs no task, no cancellation waiter and no timer. One that is not goes
+/// on in [`Started::Going`], under its timeout and cancellation. Its first poll had a waker that
+/// wakes nobody, and the task's first poll registers its own: a future must wake the waker of
+/// its latest poll only, so nothing is missed.
+pub(super) fn start(
     handler: &HandlerFn,
     ctx: RunContext,
     spec: &JobSpec,
     clock: &Clock,
-) -> RunReport {
+) -> Started {
     let cancel = ctx.cancel.clone();
-    // Run inline in the run's task (one task per run, not two: this is the hot path of
-    // in-process jobs); a panic is caught by `CatchUnwind`.
-    let future = CatchUnwind(
+    let mut future = CatchUnwind(
         std::panic::catch_unwind(AssertUnwindSafe(|| handler(ctx)))
             .map_err(|panic| panic_message(&*panic)),
     );
-    drive(future, cancel, spec.timeout(), spec.kill_grace(), clock).await
+    let mut first = Context::from_waker(std::task::Waker::noop());
+    if let Poll::Ready(result) = Pin::new(&mut future).poll(&mut first) {
+        return Started::Ended(report_of(result));
+    }
+    let (timeout, kill_grace, clock) = (spec.timeout(), spec.kill_grace(), clock.clone());
+    Started::Going(Box::pin(async move {
+        drive(future, cancel, timeout, kill_grace, &clock).await
+    }))
+}
+
+fn report_of(result: Result<(), String>) -> RunReport {
+    match result {
+        Ok(()) => RunReport::success(),
+        Err(reason) => RunReport::failure(reason),
+    }
 }
 
 /// A handler's future with its panics caught: a panic is a failed run, not a dead daemon.
@@ -79,10 +103,7 @@ async fn drive(
         // The handler first: one that is done at its first poll (most are) registers neither
         // a cancellation waiter nor a timer.
         biased;
-        result = &mut future => return match result {
-            Ok(()) => RunReport::success(),
-            Err(reason) => RunReport::failure(reason),
-        },
+        result = &mut future => return report_of(result),
         _ = cancel.cancelled() => false,
         _ = timeout_elapsed(clock, timeout) => true,
     };

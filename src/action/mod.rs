@@ -18,6 +18,7 @@ use crate::process::{self, ChildRun, GroupKeeper, HeldOutput, OutputSink, Spawne
 
 pub(crate) use child::report as child_report;
 pub(crate) use in_process::panic_message;
+pub use in_process::Started;
 
 /// What every run needs from the daemon, shared by all jobs: the means to perform actions, and
 /// nothing of the daemon's own bookkeeping.
@@ -295,10 +296,31 @@ pub async fn execute(spec: &JobSpec, ctx: RunContext, env: &RunEnv) -> RunReport
             http::run(http, &headers, spec.timeout(), &ctx.cancel, env).await
         }
         Action::Handler(name) => match env.handlers.get(name) {
-            Some(handler) => in_process::run(&handler, ctx, spec, &env.clock).await,
-            None => RunReport::failure(format!("handler \"{name}\" is not registered")),
+            Some(handler) => match in_process::start(&handler, ctx, spec, &env.clock) {
+                Started::Ended(report) => report,
+                Started::Going(run) => run.await,
+            },
+            None => not_registered(name),
         },
     }
+}
+
+/// Starts one run of `spec` on the caller's thread: an in-process handler is called and polled
+/// once there, and most have ended by then ([`Started::Ended`]); a handler still going, and
+/// every other action, come back as the future a task is to drive.
+pub fn start(spec: &Arc<JobSpec>, ctx: RunContext, env: &Arc<RunEnv>) -> Started {
+    if let Action::Handler(name) = spec.action() {
+        return match env.handlers.get(name) {
+            Some(handler) => in_process::start(&handler, ctx, spec, &env.clock),
+            None => Started::Ended(not_registered(name)),
+        };
+    }
+    let (spec, env) = (spec.clone(), env.clone());
+    Started::Going(Box::pin(async move { execute(&spec, ctx, &env).await }))
+}
+
+fn not_registered(name: &str) -> RunReport {
+    RunReport::failure(format!("handler \"{name}\" is not registered"))
 }
 
 /// Sleeps until `timeout` from now, or forever when there is none.

@@ -33,6 +33,8 @@ struct RunEnded {
     /// Which attempt the run was: 0 for a scheduled run, n for the n-th retry.
     attempt: u32,
     report: RunReport,
+    /// How long the handler's first poll took, when it blocked the thread that started it.
+    first_poll_blocked: Option<Duration>,
 }
 
 /// A job's state, and what tells its task that the state broke: shared by the three that act on
@@ -68,6 +70,9 @@ impl JobCell {
             .unwrap_or_else(|_| panic!("the job's state was left half-changed by a panic"));
         let result = act(&mut actor);
         actor.reschedule(self);
+        let launches = actor.take_launches();
+        drop(actor);
+        launch_all(launches, None);
         result
     }
 
@@ -78,33 +83,44 @@ impl JobCell {
         let Ok(actor) = self.actor.lock() else {
             return;
         };
-        self.act_locked(actor, act);
+        let launches = self.act_locked(actor, act);
+        launch_all(launches, None);
     }
 
+    /// Acts under the lock and returns the runs the act decided on, to start once the lock is
+    /// released.
     fn act_locked(
         self: &Arc<Self>,
         mut actor: std::sync::MutexGuard<'_, JobActor>,
         act: impl FnOnce(&mut JobActor),
-    ) {
+    ) -> Vec<Launch> {
         if actor.stopped {
-            return;
+            return Vec::new();
         }
         let acted = std::panic::catch_unwind(AssertUnwindSafe(|| {
             act(&mut actor);
             actor.reschedule(self);
         }));
-        if let Err(panic) = acted {
-            actor.stopped = true;
-            drop(actor);
-            *self.broken.lock().unwrap_or_else(PoisonError::into_inner) =
-                Some(crate::action::panic_message(&*panic));
-            self.broke.notify_one();
+        match acted {
+            Ok(()) => actor.take_launches(),
+            Err(panic) => {
+                actor.stopped = true;
+                // Runs decided before the panic report as stopped when dropped, after the lock.
+                let decided = actor.take_launches();
+                drop(actor);
+                drop(decided);
+                *self.broken.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(crate::action::panic_message(&*panic));
+                self.broke.notify_one();
+                Vec::new()
+            }
         }
     }
 
     /// The dispatcher's call: the job's deadline `entry` came. A stale entry (the job moved its
-    /// deadline meanwhile) does nothing.
-    pub fn deadline_reached(self: &Arc<Self>, entry: Entry) {
+    /// deadline meanwhile) does nothing. The runs it starts that end at their first poll go to
+    /// `ended`, for the dispatcher to book once every fire due with this one has started.
+    pub fn deadline_reached(self: &Arc<Self>, entry: Entry, ended: &mut Vec<EndedAtOnce>) {
         let Ok(mut actor) = self.actor.lock() else {
             return;
         };
@@ -113,7 +129,8 @@ impl JobCell {
         }
         // The dispatcher took the entry out of its queue.
         actor.registered = None;
-        self.act_locked(actor, JobActor::deadline_reached);
+        let launches = self.act_locked(actor, JobActor::deadline_reached);
+        launch_all(launches, Some(ended));
     }
 
     /// Runs the job's task until `stop`; `restarted` after a panic of the one before, which
@@ -211,7 +228,16 @@ pub(super) struct JobActor {
     hook: FailureHook,
     /// The overlap skips not told in the log yet (rate-limited).
     skip_notices: SkipNotices,
+    /// Runs decided under the lock, started by whoever holds it once it is released.
+    launches: Vec<Launch>,
+    /// The job's in-process handler is called and first polled where its fire is decided (the
+    /// dispatcher's task); cleared for good once a first poll blocked for longer than
+    /// [`BLOCKING_FIRST_POLL`], so that one job's blocking code does not delay the others.
+    starts_inline: bool,
 }
+
+/// A first poll longer than this moves the job's runs onto tasks of their own.
+const BLOCKING_FIRST_POLL: Duration = Duration::from_millis(1);
 
 impl JobActor {
     fn new(spec: Arc<JobSpec>, env: Arc<JobEnv>, status: SharedStatus, me: Weak<JobCell>) -> Self {
@@ -236,9 +262,20 @@ impl JobActor {
             latest_spec: Arc::new(Mutex::new(spec.clone())),
             hook: FailureHook::default(),
             skip_notices: SkipNotices::default(),
+            launches: Vec::new(),
+            starts_inline: true,
             name: Arc::from(spec.name()),
             spec,
             env,
+        }
+    }
+
+    /// The runs decided since the last call (no allocation when there are none).
+    fn take_launches(&mut self) -> Vec<Launch> {
+        if self.launches.is_empty() {
+            Vec::new()
+        } else {
+            std::mem::take(&mut self.launches)
         }
     }
 
@@ -655,6 +692,15 @@ impl JobActor {
 
     fn run_ended(&mut self, ended: RunEnded) {
         self.runs.ended(ended.run_id);
+        if let (Some(blocked), true) = (ended.first_poll_blocked, self.starts_inline) {
+            self.starts_inline = false;
+            tracing::warn!(
+                job = %self.spec.name(),
+                blocked_ms = millis(blocked),
+                "the handler blocked for {} before it first returned; its runs now start on tasks of their own (do blocking work in spawn_blocking)",
+                humantime::format_duration(Duration::from_micros(blocked.as_micros() as u64))
+            );
+        }
         if matches!(ended.report.outcome, Outcome::Failure | Outcome::Timeout) {
             self.run_failed(&ended);
         }
@@ -720,16 +766,6 @@ impl JobActor {
         let scheduled = due.scheduled_wall(now);
         let lateness = now.instant.saturating_duration_since(due.start_at());
         let spec = self.spec.clone();
-        if spec.log() == RunLog::Runs {
-            tracing::info!(
-                job = %spec.name(),
-                run = %run_id,
-                scheduled = %rfc3339_millis(scheduled),
-                lateness_ms = millis(lateness),
-                attempt,
-                "run started"
-            );
-        }
         self.metrics.run_started(lateness);
         self.status.update(|s| s.run_started(run_id.0, now.wall));
         let ctx = RunContext {
@@ -748,7 +784,7 @@ impl JobActor {
             log_runs: spec.log() == RunLog::Runs,
         };
         let end = RunEnd {
-            spec: spec.clone(),
+            spec,
             env: self.env.clone(),
             run_id,
             attempt,
@@ -759,12 +795,13 @@ impl JobActor {
             metrics: self.metrics.clone(),
             status: self.status.clone(),
             settles: self.settles(&due, now),
+            first_poll_blocked: None,
             ended: Some(self.me.clone()),
         };
-        let env = self.env.clone();
-        self.env.runs.spawn(async move {
-            let report = action::execute(&spec, ctx, &env.actions).await;
-            end.finish(report);
+        self.launches.push(Launch {
+            ctx,
+            end,
+            inline: self.starts_inline,
         });
         run_id
     }
@@ -827,6 +864,77 @@ fn plan(
     (plan, next)
 }
 
+/// A run decided under its job's lock, started once the lock is released: neither a handler's
+/// first poll nor a task's spawn holds up the job's other parties.
+pub(super) struct Launch {
+    ctx: RunContext,
+    end: RunEnd,
+    /// Start it on the caller's thread (see [`JobActor::starts_inline`]).
+    inline: bool,
+}
+
+/// A run that ended at its first poll, not yet booked (metrics, status, history, its log lines,
+/// its job told): the dispatcher books these after every fire due at the same instant started,
+/// so that booking one run does not delay the start of the next.
+pub(crate) struct EndedAtOnce {
+    end: RunEnd,
+    report: RunReport,
+}
+
+impl EndedAtOnce {
+    /// Books the run.
+    pub fn book(self) {
+        self.end.log_started();
+        self.end.finish(self.report);
+    }
+}
+
+/// Starts `launches`; those that end at once go to `ended` if given, else are booked now.
+fn launch_all(launches: Vec<Launch>, mut ended: Option<&mut Vec<EndedAtOnce>>) {
+    for launch in launches {
+        launch.start(ended.as_deref_mut());
+    }
+}
+
+impl Launch {
+    fn start(self, ended: Option<&mut Vec<EndedAtOnce>>) {
+        let Launch {
+            ctx,
+            mut end,
+            inline,
+        } = self;
+        let (spec, env) = (end.spec.clone(), end.env.actions.clone());
+        let started = if inline {
+            let began = std::time::Instant::now();
+            let started = action::start(&spec, ctx, &env);
+            let took = began.elapsed();
+            end.first_poll_blocked = (took > BLOCKING_FIRST_POLL).then_some(took);
+            started
+        } else {
+            action::Started::Going(Box::pin(async move {
+                match action::start(&spec, ctx, &env) {
+                    action::Started::Ended(report) => report,
+                    action::Started::Going(run) => run.await,
+                }
+            }))
+        };
+        match (started, ended) {
+            (action::Started::Ended(report), Some(ended)) => {
+                ended.push(EndedAtOnce { end, report })
+            }
+            (action::Started::Ended(report), None) => EndedAtOnce { end, report }.book(),
+            (action::Started::Going(run), _) => {
+                end.log_started();
+                let runs = end.env.runs.clone();
+                runs.spawn(async move {
+                    let report = run.await;
+                    end.finish(report);
+                });
+            }
+        }
+    }
+}
+
 /// The end of a run, reported exactly once: by [`RunEnd::finish`] with the run's report, or,
 /// if the run's task panicked (or was aborted) before that, by its `Drop` as a failure. Without
 /// it a panic outside the handler's own catch (a future whose drop panics) never told the job,
@@ -845,11 +953,28 @@ struct RunEnd {
     status: SharedStatus,
     /// The cluster slot this run settles when it ends (`on_node_loss = "rerun"` jobs).
     settles: Option<DateTime<Utc>>,
+    /// How long the handler's first poll blocked the thread that started the run, if too long.
+    first_poll_blocked: Option<Duration>,
     /// The job to tell; taken by the one report.
     ended: Option<Weak<JobCell>>,
 }
 
 impl RunEnd {
+    /// The run's "run started" line, for a job that logs its runs. A run that ended at its
+    /// first poll in a batch of fires has it written when it is booked, after the batch started.
+    fn log_started(&self) {
+        if self.spec.log() == RunLog::Runs {
+            tracing::info!(
+                job = %self.spec.name(),
+                run = %self.run_id,
+                scheduled = %rfc3339_millis(self.scheduled),
+                lateness_ms = millis(self.lateness),
+                attempt = self.attempt,
+                "run started"
+            );
+        }
+    }
+
     fn finish(mut self, report: RunReport) {
         self.report(report, true);
     }
@@ -902,6 +1027,7 @@ impl RunEnd {
             run_id,
             attempt: self.attempt,
             report,
+            first_poll_blocked: self.first_poll_blocked,
         };
         // The job may have been removed meanwhile; then nobody needs to know.
         let Some(cell) = ended.upgrade() else {
@@ -913,7 +1039,8 @@ impl RunEnd {
         }
         let busy = match cell.actor.try_lock() {
             Ok(actor) => {
-                cell.act_locked(actor, |actor| actor.run_ended(ended_run));
+                let launches = cell.act_locked(actor, |actor| actor.run_ended(ended_run));
+                launch_all(launches, None);
                 None
             }
             Err(std::sync::TryLockError::Poisoned(_)) => None,

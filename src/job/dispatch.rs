@@ -152,29 +152,39 @@ impl Shared {
                     .into_iter()
                     .collect()
             };
-            let mut slices = due.chunks(SLICE);
-            let mut offered = Vec::new();
-            while let Some(slice) = slices.next() {
-                act_on(slice);
-                // Every other slice to a task the other worker can take.
-                if let Some(next) = slices.next() {
-                    let next = next.to_vec();
-                    offered.push(tokio::spawn(async move { act_on(&next) }));
-                }
+            // Half of the batch (every other slice, so that both halves go in due order) to a
+            // task the other worker can take.
+            let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+            for (i, slice) in due.chunks(SLICE).enumerate() {
+                if i % 2 == 0 { &mut mine } else { &mut theirs }.extend_from_slice(slice);
             }
-            // The offered slices are done before the next batch, so fires stay in due order.
-            for task in offered {
-                let _ = task.await;
+            let offered = (!theirs.is_empty()).then(|| {
+                let offered = tokio::spawn(async move { act_on(&theirs) });
+                // A task spawned from a worker sits in its LIFO slot, which other workers do not
+                // steal from: this empty one takes the slot and leaves the half in the queue.
+                tokio::spawn(async {});
+                offered
+            });
+            act_on(&mine);
+            // The offered half is done before the next batch, so fires stay in due order.
+            if let Some(offered) = offered {
+                let _ = offered.await;
             }
         }
     }
 }
 
-/// Acts on the jobs whose entries came due.
+/// Acts on the jobs whose entries came due: starts every run they decide on first, then books
+/// those that ended at their first poll (metrics, status, history, log lines), so that the
+/// bookkeeping of one run does not delay the start of the next.
 fn act_on(due: &[(Entry, Weak<JobCell>)]) {
+    let mut ended = Vec::new();
     for (entry, job) in due {
         if let Some(job) = job.upgrade() {
-            job.deadline_reached(*entry);
+            job.deadline_reached(*entry, &mut ended);
         }
+    }
+    for run in ended {
+        run.book();
     }
 }

@@ -529,6 +529,111 @@ mod tests {
         b.stop().await.expect("b ends");
     }
 
+    /// The fires due at one instant all start before any of their runs is booked (metrics,
+    /// status, history, log lines): booking one run must not delay the start of the next.
+    #[tokio::test(start_paused = true)]
+    async fn the_runs_of_one_instant_all_start_before_any_is_booked() {
+        let start = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let statuses: Arc<std::sync::OnceLock<Vec<SharedStatus>>> = Arc::default();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut handlers = Handlers::with_builtins();
+        let (statuses_in, seen_in) = (statuses.clone(), seen.clone());
+        handlers.register("count", move |_ctx: RunContext| {
+            // Runs booked so far, over the three jobs, as each run starts.
+            let booked: u64 = statuses_in
+                .get()
+                .map_or(0, |all| all.iter().map(|s| s.snapshot().runs.success).sum());
+            seen_in.lock().expect("lock").push(booked);
+            async { Ok::<(), crate::handler::HandlerError>(()) }
+        });
+        // The statuses are only known once the jobs are spawned: share them through the cell
+        // from the first run on (the first instant sees none either way).
+        let text: String = ["a", "b", "c"]
+            .iter()
+            .map(|job| format!("[jobs.{job}]\nevery = \"1s\"\nalign = true\nhandler = \"count\"\n"))
+            .collect();
+        let config = crate::config::parse(std::path::Path::new("jobs.toml"), &text, &handlers)
+            .expect("valid");
+        let env = JobEnv::for_test(Clock::manual(start), handlers, None);
+        let stop = CancellationToken::new();
+        let jobs: Vec<JobHandle> = ["a", "b", "c"]
+            .iter()
+            .map(|job| JobHandle::spawn(config.jobs()[*job].clone(), env.clone(), stop.clone()))
+            .collect();
+        let _ = statuses.set(jobs.iter().map(|job| job.control.status.clone()).collect());
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        stop.cancel();
+        for job in jobs {
+            job.stop().await.expect("job ends");
+        }
+        // Three instants of three runs each: every run of an instant saw the runs of the
+        // instants before it booked, and none of its own.
+        assert_eq!(*seen.lock().expect("lock"), [0, 0, 0, 3, 3, 3, 6, 6, 6]);
+    }
+
+    /// A handler that blocks its thread at its first poll would hold up every job due with it
+    /// (its first poll is made where the fire is decided): after one such poll, the job's runs
+    /// start on tasks of their own, and the others' still start where their fires are decided.
+    #[tokio::test(start_paused = true)]
+    async fn a_handler_that_blocks_its_first_poll_gets_tasks_of_its_own() {
+        let start = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut handlers = Handlers::with_builtins();
+        let (blocking, quick) = (tasks.clone(), tasks.clone());
+        handlers.register("blocking", move |_ctx: RunContext| {
+            // Blocking where it must not: in the handler's synchronous part.
+            std::thread::sleep(Duration::from_millis(3));
+            blocking
+                .lock()
+                .expect("lock")
+                .push(("blocking", tokio::task::try_id()));
+            async { Ok::<(), crate::handler::HandlerError>(()) }
+        });
+        handlers.register("quick", move |_ctx: RunContext| {
+            quick
+                .lock()
+                .expect("lock")
+                .push(("quick", tokio::task::try_id()));
+            async { Ok::<(), crate::handler::HandlerError>(()) }
+        });
+        let config = crate::config::parse(
+            std::path::Path::new("jobs.toml"),
+            "[jobs.a]\nevery = \"1s\"\nalign = true\nhandler = \"blocking\"\n[jobs.b]\nevery = \"1s\"\nalign = true\nhandler = \"quick\"\n",
+            &handlers,
+        )
+        .expect("valid");
+        let env = JobEnv::for_test(Clock::manual(start), handlers, None);
+        let stop = CancellationToken::new();
+        let a = JobHandle::spawn(config.jobs()["a"].clone(), env.clone(), stop.clone());
+        let b = JobHandle::spawn(config.jobs()["b"].clone(), env.clone(), stop.clone());
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        stop.cancel();
+        a.stop().await.expect("a ends");
+        b.stop().await.expect("b ends");
+        let tasks = tasks.lock().expect("lock").clone();
+        let of = |job| -> Vec<_> {
+            tasks
+                .iter()
+                .filter(|(j, _)| *j == job)
+                .map(|(_, id)| *id)
+                .collect()
+        };
+        let (blocking, quick) = (of("blocking"), of("quick"));
+        assert_eq!((blocking.len(), quick.len()), (3, 3), "{tasks:?}");
+        // The quick job always starts in the dispatcher's task; the blocking one did once.
+        let dispatcher = quick[0];
+        assert!(quick.iter().all(|id| *id == dispatcher), "{tasks:?}");
+        assert_eq!(blocking[0], dispatcher, "{tasks:?}");
+        assert!(
+            blocking[1..].iter().all(|id| *id != dispatcher),
+            "{tasks:?}"
+        );
+    }
+
     /// Panics in its drop: a handler future holding one panics where the handler's
     /// `catch_unwind` does not reach, when it is dropped after its timeout and grace.
     struct PanicsOnDrop;

@@ -31,6 +31,9 @@ pub(crate) struct Due {
     pub delay: Duration,
     /// The cluster epoch under which this node may fire it (`None`: alone, or a node job).
     pub epoch: Option<i64>,
+    /// The fire's wall time is a whole millisecond (a grid aligned to the epoch): read back
+    /// through its instant, it is rounded to it.
+    pub round_wall: bool,
 }
 
 impl Due {
@@ -41,6 +44,7 @@ impl Due {
             wall: None,
             delay: Duration::ZERO,
             epoch: None,
+            round_wall: false,
         }
     }
 
@@ -61,10 +65,14 @@ impl Due {
         let delay = chrono::Duration::from_std(self.delay).unwrap_or_default();
         match self.wall {
             Some(wall) => wall + delay,
-            // The two clocks of `now` are read one after the other, so the grid point's wall
-            // time is off by the microseconds between the readings: rounded to the millisecond
-            // (the log's resolution), an aligned fire is `:00.000`, not `:59.999`.
-            None => nearest_millisecond(now.wall_for_instant(self.instant)) + delay,
+            // The two clocks of `now` are read one after the other, so an aligned grid point's
+            // wall time is off by the microseconds between the readings: rounded to the
+            // millisecond, an aligned fire is `:00.000`, not `:59.999`. Any other grid point
+            // keeps its microseconds (a handler measures its lateness from it).
+            None if self.round_wall => {
+                nearest_millisecond(now.wall_for_instant(self.instant)) + delay
+            }
+            None => now.wall_for_instant(self.instant) + delay,
         }
     }
 }
@@ -336,8 +344,10 @@ impl Plan {
         let wall = self
             .anchor_wall
             .map(|anchor| anchor + chrono::Duration::from_std(offset).unwrap_or_default());
+        let aligned = matches!(self.spec.schedule(), Schedule::Every(every) if every.align);
         self.with_delay(Due {
             wall,
+            round_wall: aligned || self.cluster_slots,
             ..Due::at(self.anchor + offset)
         })
     }
@@ -505,6 +515,19 @@ mod tests {
             wall: at("2026-01-01T12:00:10.000004Z"),
         };
         assert_eq!(first.scheduled_wall(after), at("2026-01-01T12:00:10Z"));
+    }
+
+    /// Rounding every grid point to its millisecond put a handler's `scheduled` up to 0.5 ms
+    /// off its real due time: an unaligned grid point keeps its microseconds.
+    #[test]
+    fn an_unaligned_grid_point_keeps_its_microseconds() {
+        let start = now("2026-01-01T12:00:07.300400Z");
+        let mut plan = Plan::new(spec("every = \"10s\""), "m", start);
+        let first = plan.first(start).expect("a first fire");
+        assert_eq!(
+            first.scheduled_wall(start),
+            at("2026-01-01T12:00:17.300400Z")
+        );
     }
 
     #[test]
