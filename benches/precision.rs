@@ -362,6 +362,7 @@ async fn periodic(
     let cpu0 = cpu_seconds();
     // The first fire is due one period in; fires due in (start, start + window] count.
     let expected = jobs * (window.as_nanos() / period.as_nanos()) as u64;
+    let steady = steady_sampler(&recorder, window);
     match system {
         "tickd" => {
             let mut text = String::new();
@@ -457,7 +458,23 @@ async fn periodic(
     let mut samples = recorder.samples.lock().expect("lock").clone();
     // Count only fires due within the window (a few may land in the extra half period).
     samples.truncate(expected.min(samples.len() as u64) as usize);
-    summary(scenario, system, jobs, expected, &mut samples, cpu)
+    let mut result = summary(scenario, system, jobs, expected, &mut samples, cpu);
+    result["cpu_us_per_fire"] = json!(cpu * 1e6 / expected.max(1) as f64);
+    result["steady_cpu_us_per_fire"] = json!(steady.await.unwrap_or(f64::NAN));
+    result
+}
+
+/// CPU per fire in the steady state: from a quarter into the window (start-up done, histories
+/// full) to its last period, in µs.
+fn steady_sampler(recorder: &Arc<Recorder>, window: Duration) -> tokio::task::JoinHandle<f64> {
+    let recorder = recorder.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(window / 4).await;
+        let (cpu1, fires1) = (cpu_seconds(), recorder.fires.load(Ordering::Relaxed));
+        tokio::time::sleep(window * 3 / 4 - Duration::from_millis(500)).await;
+        let (cpu2, fires2) = (cpu_seconds(), recorder.fires.load(Ordering::Relaxed));
+        (cpu2 - cpu1) * 1e6 / (fires2.saturating_sub(fires1)).max(1) as f64
+    })
 }
 
 /// Child-process start: from the due time to the child's first instruction (the child records
@@ -828,7 +845,7 @@ async fn page_1000(scale: Scale) -> Value {
 
 fn print_table(results: &[Value]) {
     println!(
-        "\n{:<22} {:<20} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "\n{:<22} {:<20} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>10}",
         "scenario",
         "system",
         "jobs",
@@ -838,14 +855,15 @@ fn print_table(results: &[Value]) {
         "p99 ms",
         "max ms",
         "cpu s",
-        "rss MB"
+        "rss MB",
+        "µs/fire*"
     );
-    let mut tickd_p99: BTreeMap<String, f64> = BTreeMap::new();
+    let mut tickd_lateness: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     for r in results {
         let f = |k: &str| r.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
         let s = |k: &str| r.get(k).map(|v| v.to_string()).unwrap_or_default();
         println!(
-            "{:<22} {:<20} {:>6} {:>9} {:>9} {:>9.3} {:>9.3} {:>9.3} {:>8.2} {:>8.1}",
+            "{:<22} {:<20} {:>6} {:>9} {:>9} {:>9.3} {:>9.3} {:>9.3} {:>8.2} {:>8.1} {:>10.2}",
             s("scenario").trim_matches('"'),
             s("system").trim_matches('"'),
             s("jobs"),
@@ -856,21 +874,28 @@ fn print_table(results: &[Value]) {
             f("max_ms"),
             f("cpu_s"),
             f("peak_rss_mb"),
+            f("steady_cpu_us_per_fire"),
         );
         if r["system"] == "tickd" {
-            tickd_p99.insert(s("scenario"), f("p50_ms"));
+            tickd_lateness.insert(s("scenario"), (f("p50_ms"), f("p99_ms")));
         }
     }
-    println!("\nratios (p50 lateness of the system / tickd's, same scenario):");
+    println!("* CPU per fire in the steady state (from a quarter into the window), µs");
+    println!("\nratios (tickd's lateness / the system's, same scenario, same run: below 1 is tickd ahead):");
     for r in results {
         if r["system"] != "tickd" {
             let scenario = r["scenario"].to_string();
-            if let (Some(base), Some(p50)) = (tickd_p99.get(&scenario), r["p50_ms"].as_f64()) {
+            if let (Some((p50, p99)), Some(other50), Some(other99)) = (
+                tickd_lateness.get(&scenario),
+                r["p50_ms"].as_f64(),
+                r["p99_ms"].as_f64(),
+            ) {
                 println!(
-                    "  {:<22} {:<20} {:>8.1}x",
+                    "  {:<22} vs {:<20} p50 {:>6.2}x  p99 {:>6.2}x",
                     scenario.trim_matches('"'),
                     r["system"].as_str().unwrap_or(""),
-                    p50 / base
+                    p50 / other50,
+                    p99 / other99
                 );
             }
         }

@@ -199,6 +199,11 @@ impl Handlers {
         self.by_name.get(name).cloned()
     }
 
+    /// The handler registered as `name`, borrowed (no reference count touched per run).
+    pub(crate) fn find(&self, name: &str) -> Option<&HandlerFn> {
+        self.by_name.get(name)
+    }
+
     /// Whether a handler called `name` is registered.
     pub fn contains(&self, name: &str) -> bool {
         self.by_name.contains_key(name)

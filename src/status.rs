@@ -163,6 +163,10 @@ impl RunHistory {
             run.output = None;
         }
         self.runs.truncate(limit - 1);
+        if self.runs.capacity() < limit {
+            // Once, to its full size: growing it step by step copies it each time.
+            self.runs.reserve_exact(limit - self.runs.len());
+        }
         self.runs.push_front(run);
     }
 

@@ -310,8 +310,8 @@ pub async fn execute(spec: &JobSpec, ctx: RunContext, env: &RunEnv) -> RunReport
 /// every other action, come back as the future a task is to drive.
 pub fn start(spec: &Arc<JobSpec>, ctx: RunContext, env: &Arc<RunEnv>) -> Started {
     if let Action::Handler(name) = spec.action() {
-        return match env.handlers.get(name) {
-            Some(handler) => in_process::start(&handler, ctx, spec, &env.clock),
+        return match env.handlers.find(name) {
+            Some(handler) => in_process::start(handler, ctx, spec, &env.clock),
             None => Started::Ended(not_registered(name)),
         };
     }

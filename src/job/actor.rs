@@ -68,8 +68,10 @@ impl JobCell {
             .actor
             .lock()
             .unwrap_or_else(|_| panic!("the job's state was left half-changed by a panic"));
+        actor.now_in_act.set(None);
         let result = act(&mut actor);
         actor.reschedule(self);
+        actor.now_in_act.set(None);
         let launches = actor.take_launches();
         drop(actor);
         launch_all(launches, None);
@@ -97,10 +99,12 @@ impl JobCell {
         if actor.stopped {
             return Vec::new();
         }
+        actor.now_in_act.set(None);
         let acted = std::panic::catch_unwind(AssertUnwindSafe(|| {
             act(&mut actor);
             actor.reschedule(self);
         }));
+        actor.now_in_act.set(None);
         match acted {
             Ok(()) => actor.take_launches(),
             Err(panic) => {
@@ -234,6 +238,9 @@ pub(super) struct JobActor {
     /// dispatcher's task); cleared for good once a first poll blocked for longer than
     /// [`BLOCKING_FIRST_POLL`], so that one job's blocking code does not delay the others.
     starts_inline: bool,
+    /// The time read once per act: every step of one act sees the same now, and a fire reads
+    /// the clocks once rather than at each of its steps.
+    now_in_act: std::cell::Cell<Option<Now>>,
 }
 
 /// A first poll longer than this moves the job's runs onto tasks of their own.
@@ -264,6 +271,7 @@ impl JobActor {
             skip_notices: SkipNotices::default(),
             launches: Vec::new(),
             starts_inline: true,
+            now_in_act: std::cell::Cell::new(None),
             name: Arc::from(spec.name()),
             spec,
             env,
@@ -281,7 +289,12 @@ impl JobActor {
 
     /// Now, in the job's time: the database's for a cluster job, this machine's otherwise.
     fn now(&self) -> Now {
-        now_in(&self.env, self.cluster_time.as_ref())
+        if let Some(now) = self.now_in_act.get() {
+            return now;
+        }
+        let now = now_in(&self.env, self.cluster_time.as_ref());
+        self.now_in_act.set(Some(now));
+        now
     }
 
     /// The job's task stops: no fire after this, and a queued run is dropped.
@@ -340,7 +353,7 @@ impl JobActor {
         if self.paused {
             return;
         }
-        let now = self.env.clock().now();
+        let now = self.now().instant;
         if let Some(retry) = self.runs.retry.filter(|retry| retry.at <= now) {
             self.runs.retry = None;
             self.start_retry(retry);
