@@ -529,9 +529,14 @@ pub struct JobMetrics {
 }
 
 impl JobMetrics {
-    /// A run started, `lateness` after its due instant.
-    pub fn run_started(&self, lateness: std::time::Duration) {
-        self.in_flight.inc();
+    /// A run started, `lateness` after its due instant. `in_flight`: it goes on after its
+    /// start (a run that ended at its first poll is never counted in flight: the gauge is one
+    /// atomic shared by every job, and touching it twice per fire from two workers was most of
+    /// the cost of a fire's metrics).
+    pub fn run_started(&self, lateness: std::time::Duration, in_flight: bool) {
+        if in_flight {
+            self.in_flight.inc();
+        }
         self.lateness.observe(lateness.as_secs_f64());
     }
 
@@ -541,8 +546,11 @@ impl JobMetrics {
         report: &RunReport,
         duration: std::time::Duration,
         started: DateTime<Utc>,
+        was_in_flight: bool,
     ) {
-        self.in_flight.dec();
+        if was_in_flight {
+            self.in_flight.dec();
+        }
         match report.outcome {
             Outcome::Success => {
                 self.success.inc();
@@ -593,7 +601,7 @@ mod tests {
         assert_eq!(metrics.job_histograms("x"), None);
         let job = metrics.for_job("x");
         for micros in [5, 5, 700, 2_000_000] {
-            job.run_started(std::time::Duration::from_micros(micros));
+            job.run_started(std::time::Duration::from_micros(micros), true);
         }
         let read = metrics.job_histograms("x").expect("known job");
         assert_eq!(read.lateness.count(), 4);
@@ -685,7 +693,7 @@ mod tests {
         let metrics = Metrics::new();
         for job in ["gone", "kept"] {
             let handles = metrics.for_job(job);
-            handles.run_started(std::time::Duration::from_micros(50));
+            handles.run_started(std::time::Duration::from_micros(50), true);
             handles.skipped();
             handles.missed(3);
         }
@@ -722,7 +730,7 @@ mod tests {
             s.round_trip_ms = Some(0.5);
         }));
         let job = metrics.for_job("a");
-        job.run_started(std::time::Duration::from_micros(30));
+        job.run_started(std::time::Duration::from_micros(30), true);
         let report = RunReport {
             outcome: Outcome::Success,
             exit_code: Some(0),
@@ -732,7 +740,12 @@ mod tests {
             forced: false,
             output: None,
         };
-        job.run_ended(&report, std::time::Duration::from_millis(3), Utc::now());
+        job.run_ended(
+            &report,
+            std::time::Duration::from_millis(3),
+            Utc::now(),
+            true,
+        );
         job.skipped();
         job.retry_dropped();
         job.refused();

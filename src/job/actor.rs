@@ -779,7 +779,6 @@ impl JobActor {
         let scheduled = due.scheduled_wall(now);
         let lateness = now.instant.saturating_duration_since(due.start_at());
         let spec = self.spec.clone();
-        self.metrics.run_started(lateness);
         self.status.update(|s| s.run_started(run_id.0, now.wall));
         let ctx = RunContext {
             job: self.name.clone(),
@@ -809,6 +808,7 @@ impl JobActor {
             status: self.status.clone(),
             settles: self.settles(&due, now),
             first_poll_blocked: None,
+            in_flight: false,
             ended: Some(self.me.clone()),
         };
         self.launches.push(Launch {
@@ -897,6 +897,7 @@ pub(crate) struct EndedAtOnce {
 impl EndedAtOnce {
     /// Books the run.
     pub fn book(self) {
+        self.end.metrics.run_started(self.end.lateness, false);
         self.end.log_started();
         self.end.finish(self.report);
     }
@@ -916,14 +917,14 @@ impl Launch {
             mut end,
             inline,
         } = self;
-        let (spec, env) = (end.spec.clone(), end.env.actions.clone());
         let started = if inline {
             let began = std::time::Instant::now();
-            let started = action::start(&spec, ctx, &env);
+            let started = action::start(&end.spec, ctx, &end.env.actions);
             let took = began.elapsed();
             end.first_poll_blocked = (took > BLOCKING_FIRST_POLL).then_some(took);
             started
         } else {
+            let (spec, env) = (end.spec.clone(), end.env.actions.clone());
             action::Started::Going(Box::pin(async move {
                 match action::start(&spec, ctx, &env) {
                     action::Started::Ended(report) => report,
@@ -937,6 +938,8 @@ impl Launch {
             }
             (action::Started::Ended(report), None) => EndedAtOnce { end, report }.book(),
             (action::Started::Going(run), _) => {
+                end.in_flight = true;
+                end.metrics.run_started(end.lateness, true);
                 end.log_started();
                 let runs = end.env.runs.clone();
                 runs.spawn(async move {
@@ -968,6 +971,8 @@ struct RunEnd {
     settles: Option<DateTime<Utc>>,
     /// How long the handler's first poll blocked the thread that started the run, if too long.
     first_poll_blocked: Option<Duration>,
+    /// Counted in the runs-in-flight gauge: it went on after its start.
+    in_flight: bool,
     /// The job to tell; taken by the one report.
     ended: Option<Weak<JobCell>>,
 }
@@ -1006,7 +1011,8 @@ impl RunEnd {
             .now()
             .saturating_duration_since(self.started);
         let duration_ms = millis(duration);
-        self.metrics.run_ended(&report, duration, self.started_wall);
+        self.metrics
+            .run_ended(&report, duration, self.started_wall, self.in_flight);
         let started_wall = self.started_wall;
         let node = self.env.cluster.as_ref().map(|cluster| cluster.node());
         self.status

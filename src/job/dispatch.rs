@@ -13,7 +13,9 @@
 //! of its own, so that the other worker starts fires while this one does, instead of only
 //! picking up the runs it spawned.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use tokio::sync::Notify;
@@ -46,13 +48,42 @@ struct Shared {
     queue: Mutex<Queue>,
     /// An earlier deadline than the one the task sleeps for was set.
     earlier: Notify,
+    /// Numbers the entries.
+    next_seq: AtomicU64,
     clock: Clock,
 }
 
 #[derive(Debug, Default)]
 struct Queue {
     deadlines: BTreeMap<Entry, Weak<JobCell>>,
-    next_seq: u64,
+}
+
+thread_local! {
+    /// The deadlines set on this thread while it acts on a batch: put in the queue in one go
+    /// when it is done, rather than each job taking the queue's lock (which the other worker,
+    /// acting on the other half, wants too). The dispatcher reads the queue again only after
+    /// the batch, so none is missed.
+    static HELD: RefCell<Option<Vec<(Entry, Weak<JobCell>)>>> = const { RefCell::new(None) };
+}
+
+/// Holds the deadlines set on this thread until it is dropped, then puts them in the queue
+/// (also if acting on the batch panicked).
+struct HoldDeadlines<'a>(&'a Shared);
+
+impl<'a> HoldDeadlines<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        HELD.with_borrow_mut(|held| *held = Some(Vec::new()));
+        HoldDeadlines(shared)
+    }
+}
+
+impl Drop for HoldDeadlines<'_> {
+    fn drop(&mut self) {
+        let held = HELD.with_borrow_mut(Option::take).unwrap_or_default();
+        if !held.is_empty() {
+            self.0.lock().deadlines.extend(held);
+        }
+    }
 }
 
 impl Dispatcher {
@@ -62,6 +93,7 @@ impl Dispatcher {
             shared: Arc::new(Shared {
                 queue: Mutex::default(),
                 earlier: Notify::new(),
+                next_seq: AtomicU64::new(0),
                 clock,
             }),
             started: OnceLock::new(),
@@ -88,13 +120,25 @@ impl Dispatcher {
                 }
             });
         });
+        let entry = at.map(|at| (at, self.shared.next_seq.fetch_add(1, Ordering::Relaxed)));
+        // In a batch (see `HELD`), a new deadline waits for its end; an old one is in the queue
+        // or, set earlier in the batch, held: then it stays, stale, and is ignored when due.
+        let held = old.is_none()
+            && HELD.with_borrow_mut(|held| match (held.as_mut(), entry) {
+                (Some(held), Some(entry)) => {
+                    held.push((entry, Arc::downgrade(job)));
+                    true
+                }
+                _ => false,
+            });
+        if held {
+            return entry;
+        }
         let mut queue = self.shared.lock();
         if let Some(old) = old {
             queue.deadlines.remove(&old);
         }
-        let at = at?;
-        let entry = (at, queue.next_seq);
-        queue.next_seq += 1;
+        let entry = entry?;
         let earliest = queue
             .deadlines
             .keys()
@@ -159,13 +203,14 @@ impl Shared {
                 if i % 2 == 0 { &mut mine } else { &mut theirs }.extend_from_slice(slice);
             }
             let offered = (!theirs.is_empty()).then(|| {
-                let offered = tokio::spawn(async move { act_on(&theirs) });
+                let shared = self.clone();
+                let offered = tokio::spawn(async move { act_on(&shared, &theirs) });
                 // A task spawned from a worker sits in its LIFO slot, which other workers do not
                 // steal from: this empty one takes the slot and leaves the half in the queue.
                 tokio::spawn(async {});
                 offered
             });
-            act_on(&mine);
+            act_on(&self, &mine);
             // The offered half is done before the next batch, so fires stay in due order.
             if let Some(offered) = offered {
                 let _ = offered.await;
@@ -177,7 +222,8 @@ impl Shared {
 /// Acts on the jobs whose entries came due: starts every run they decide on first, then books
 /// those that ended at their first poll (metrics, status, history, log lines), so that the
 /// bookkeeping of one run does not delay the start of the next.
-fn act_on(due: &[(Entry, Weak<JobCell>)]) {
+fn act_on(shared: &Shared, due: &[(Entry, Weak<JobCell>)]) {
+    let _held = HoldDeadlines::new(shared);
     let mut ended = Vec::new();
     for (entry, job) in due {
         if let Some(job) = job.upgrade() {

@@ -79,9 +79,14 @@ impl Due {
 
 /// `time` rounded to the nearest millisecond.
 fn nearest_millisecond(time: DateTime<Utc>) -> DateTime<Utc> {
-    use chrono::DurationRound;
-    time.duration_round(chrono::Duration::milliseconds(1))
-        .unwrap_or(time)
+    // On the nanosecond count: chrono's `duration_round` goes through the calendar date, and
+    // this is on every aligned fire's path.
+    match time.timestamp_nanos_opt() {
+        Some(nanos) => {
+            DateTime::from_timestamp_nanos((nanos + 500_000).div_euclid(1_000_000) * 1_000_000)
+        }
+        None => time,
+    }
 }
 
 /// The delay a job's jitter adds to each fire.
