@@ -9,9 +9,11 @@
 //! and its runs as they end. The lock serializes them as the task's mailbox did, so overlap is
 //! still state: a fire looks at the runs the job knows are going.
 //!
-//! A large batch is split: the dispatcher hands every other slice of [`SLICE`] jobs to a task
-//! of its own, so that the other worker starts fires while this one does, instead of only
-//! picking up the runs it spawned.
+//! The dispatcher starts the runs of every job of a batch before it books any of them (see
+//! `serve_batch`). It acts on a batch alone: sharing 1,000 jobs due at once with a second
+//! thread (half of the batch to a spawned task, a second task woken by the timer, a thread of
+//! the blocking pool taking slices) measured no better on 2 cores: the second thread often
+//! started its share only when the first was done, and when both ran, each fire cost more.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -24,9 +26,6 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, Instant};
 
 use super::actor::JobCell;
-
-/// Jobs acted on in one go before the rest of a batch is offered to another worker.
-const SLICE: usize = 64;
 
 /// Where a job's deadline sits in the queue: the deadline, then a tie-breaking sequence number
 /// (also the entry's identity, so a job can tell a stale entry from its current one).
@@ -59,10 +58,9 @@ struct Queue {
 }
 
 thread_local! {
-    /// The deadlines set on this thread while it acts on a batch: put in the queue in one go
-    /// when it is done, rather than each job taking the queue's lock (which the other worker,
-    /// acting on the other half, wants too). The dispatcher reads the queue again only after
-    /// the batch, so none is missed.
+    /// The deadlines set on this thread while the dispatcher acts on a batch: put in the queue
+    /// in one go when it is done, rather than one lock of the queue per job and fire. The
+    /// dispatcher reads the queue again only after the batch, so none is missed.
     static HELD: RefCell<Option<Vec<(Entry, Weak<JobCell>)>>> = const { RefCell::new(None) };
 }
 
@@ -188,49 +186,28 @@ impl Shared {
                     }
                 }
             }
-            let now = self.clock.now();
-            let due: Vec<(Entry, Weak<JobCell>)> = {
-                let mut queue = self.lock();
-                let later = queue.deadlines.split_off(&(now, u64::MAX));
-                std::mem::replace(&mut queue.deadlines, later)
-                    .into_iter()
-                    .collect()
-            };
-            // Half of the batch (every other slice, so that both halves go in due order) to a
-            // task the other worker can take.
-            let (mut mine, mut theirs) = (Vec::new(), Vec::new());
-            for (i, slice) in due.chunks(SLICE).enumerate() {
-                if i % 2 == 0 { &mut mine } else { &mut theirs }.extend_from_slice(slice);
-            }
-            let offered = (!theirs.is_empty()).then(|| {
-                let shared = self.clone();
-                let offered = tokio::spawn(async move { act_on(&shared, &theirs) });
-                // A task spawned from a worker sits in its LIFO slot, which other workers do not
-                // steal from: this empty one takes the slot and leaves the half in the queue.
-                tokio::spawn(async {});
-                offered
-            });
-            act_on(&self, &mine);
-            // The offered half is done before the next batch, so fires stay in due order.
-            if let Some(offered) = offered {
-                let _ = offered.await;
-            }
+            self.serve_batch();
         }
     }
-}
 
-/// Acts on the jobs whose entries came due: starts every run they decide on first, then books
-/// those that ended at their first poll (metrics, status, history, log lines), so that the
-/// bookkeeping of one run does not delay the start of the next.
-fn act_on(shared: &Shared, due: &[(Entry, Weak<JobCell>)]) {
-    let _held = HoldDeadlines::new(shared);
-    let mut ended = Vec::new();
-    for (entry, job) in due {
-        if let Some(job) = job.upgrade() {
-            job.deadline_reached(*entry, &mut ended);
+    /// Acts on every job due, in due order: starts every run they decide on first, then books
+    /// those that ended at their first poll (metrics, status, history, log lines), so that the
+    /// bookkeeping of one run does not delay the start of the next.
+    fn serve_batch(&self) {
+        let due = {
+            let mut queue = self.lock();
+            let later = queue.deadlines.split_off(&(self.clock.now(), u64::MAX));
+            std::mem::replace(&mut queue.deadlines, later)
+        };
+        let _held = HoldDeadlines::new(self);
+        let mut ended = Vec::new();
+        for (entry, job) in due {
+            if let Some(job) = job.upgrade() {
+                job.deadline_reached(entry, &mut ended);
+            }
         }
-    }
-    for run in ended {
-        run.book();
+        for run in ended {
+            run.book();
+        }
     }
 }
