@@ -3,7 +3,6 @@
 //! under the retry policy, when a long run is worth a warning. No runtime and no clock here:
 //! the task passes in what time it is.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -127,8 +126,9 @@ pub(crate) struct LongRun {
 /// The runs one job's task knows of.
 #[derive(Debug, Default)]
 pub(crate) struct Runs {
-    /// The runs in flight, with the tokens that stop them.
-    going: HashMap<RunId, Running>,
+    /// The runs in flight, with the tokens that stop them, oldest first: a list, as a job has
+    /// one run going, or a few (a map hashed each run id twice per fire).
+    going: Vec<(RunId, Running)>,
     /// A run waiting for the ones going to end (`queue`, `replace`).
     pub queued: Option<Due>,
     /// A retry of a failed run, waiting for its backoff.
@@ -148,24 +148,26 @@ impl Runs {
 
     /// A run started at `started`; `cancel` stops it.
     pub fn started(&mut self, run_id: RunId, cancel: CancellationToken, started: Instant) {
-        self.going.insert(
+        self.going.push((
             run_id,
             Running {
                 cancel,
                 started,
                 fires_since: 0,
             },
-        );
+        ));
     }
 
     /// A run ended.
     pub fn ended(&mut self, run_id: RunId) {
-        self.going.remove(&run_id);
+        if let Some(i) = self.going.iter().position(|(id, _)| *id == run_id) {
+            self.going.remove(i);
+        }
     }
 
     /// Asks every run in flight to stop.
     pub fn stop_all(&self) {
-        for run in self.going.values() {
+        for (_, run) in &self.going {
             run.cancel.cancel();
         }
     }
