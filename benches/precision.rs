@@ -59,6 +59,9 @@ const SCENARIOS: &[(&str, &[&str])] = &[
         "binary-1000x5hz-aligned-log",
         &["tickd", "tickd-log-failures"],
     ),
+    ("scale-1000", &["tickd-spread", "tickd-at-00"]),
+    ("scale-10000", &["tickd-spread", "tickd-at-00"]),
+    ("scale-100000", &["tickd-spread", "tickd-at-00"]),
 ];
 
 fn main() {
@@ -460,6 +463,9 @@ fn run_child(scenario: &str, system: &str, scale: Scale) -> Value {
             "memory-soak" => memory_soak(scale).await,
             "page-1000" => page_1000(scale).await,
             "binary-1000x5hz-aligned-log" => binary_logging(system, scale).await,
+            "scale-1000" => scale_run(1_000, system, scale).await,
+            "scale-10000" => scale_run(10_000, system, scale).await,
+            "scale-100000" => scale_run(100_000, system, scale).await,
             other => json!({"error": format!("unknown scenario {other}")}),
         }
     })
@@ -860,6 +866,86 @@ async fn startup_reload() -> Value {
     })
 }
 
+/// `jobs` in-process jobs at 1 Hz, spread over the second (`jitter = "1s"`, `spread = true`)
+/// or all due at :00 (`align = true`): RSS (and per job, over the RSS before the jobs file was
+/// read), CPU per fire, lateness over a window, start-up (until every job has run once), a
+/// SIGHUP-style reload of the same file with the fires lost across it, and `/metrics`' size.
+async fn scale_run(jobs: u64, system: &str, scale: Scale) -> Value {
+    let keys = if system == "tickd-at-00" {
+        "align = true\n"
+    } else {
+        "jitter = \"1s\"\nspread = true\n"
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let mut text = format!("[daemon]\nhttp = \"127.0.0.1:{port}\"\n");
+    for i in 0..jobs {
+        text.push_str(&format!(
+            "[jobs.j{i}]\nevery = \"1s\"\nhandler = \"measure\"\n{keys}"
+        ));
+    }
+    let (_d, path) = jobs_file(&text);
+    let rss_before_kb = status_kb("VmRSS:");
+    let recorder = Arc::new(Recorder::default());
+    let handlers = recording_handlers(&recorder);
+    let reloaded = Arc::new(Mutex::new(None::<Instant>));
+    let _guard = capture_reload(reloaded.clone());
+    let t0 = Instant::now();
+    let config = tickd::load(&path, &handlers).expect("valid config");
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let running = Running::start(&path, config, handlers);
+    // Until every job has fired once (a spread slot, or the next :00).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while recorder.fires.load(Ordering::Relaxed) < jobs && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let startup_ms = t0.elapsed().as_secs_f64() * 1e3;
+    // The window: lateness and CPU per fire.
+    let window = Duration::from_secs(scale.seconds.min(10));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let skip = recorder.samples.lock().expect("lock").len();
+    let (cpu0, fires0) = (cpu_seconds(), recorder.fires.load(Ordering::Relaxed));
+    tokio::time::sleep(window).await;
+    let (cpu1, fires1) = (cpu_seconds(), recorder.fires.load(Ordering::Relaxed));
+    let mut samples = recorder.samples.lock().expect("lock")[skip..].to_vec();
+    let rss_kb = status_kb("VmRSS:");
+    let metrics_bytes = match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+        Ok(answer) => answer.bytes().await.map_or(0, |body| body.len()),
+        Err(_) => 0,
+    };
+    // A reload of the same file, and the fires across it: 4 per job.
+    let before = recorder.fires.load(Ordering::Relaxed);
+    let t1 = Instant::now();
+    running.send(tickd::Control::Reload).await;
+    while reloaded.lock().expect("lock").is_none() && t1.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let reload_ms = reloaded
+        .lock()
+        .expect("lock")
+        .map_or(f64::NAN, |at| at.duration_since(t1).as_secs_f64() * 1e3);
+    tokio::time::sleep_until((t1 + Duration::from_secs(4)).into()).await;
+    let across = recorder.fires.load(Ordering::Relaxed) - before;
+    running.stop().await;
+    let expected = jobs * window.as_secs();
+    let scenario = format!("scale-{jobs}");
+    let cpu = cpu1 - cpu0;
+    let mut result = summary(&scenario, system, jobs, expected, &mut samples, cpu);
+    result["observed"] = json!(fires1 - fires0);
+    result["load_ms"] = json!(load_ms);
+    result["startup_ms"] = json!(startup_ms);
+    result["reload_ms"] = json!(reload_ms);
+    result["fires_across_reload"] = json!(across);
+    result["fires_across_reload_expected"] = json!(jobs * 4);
+    result["rss_mb"] = json!(rss_kb as f64 / 1024.0);
+    result["rss_per_job_kb"] = json!(rss_kb.saturating_sub(rss_before_kb) as f64 / jobs as f64);
+    result["metrics_bytes"] = json!(metrics_bytes);
+    result["steady_cpu_us_per_fire"] = json!(cpu * 1e6 / (fires1 - fires0).max(1) as f64);
+    result
+}
+
 /// Records when tickd logs "configuration reloaded".
 fn capture_reload(slot: Arc<Mutex<Option<Instant>>>) -> tracing::subscriber::DefaultGuard {
     use tracing_subscriber::layer::SubscriberExt;
@@ -1117,6 +1203,11 @@ fn print_table(results: &[Value]) {
             "page_p99_ms",
             "without_page_p50_ms",
             "without_page_p99_ms",
+            "fires_across_reload",
+            "fires_across_reload_expected",
+            "rss_mb",
+            "rss_per_job_kb",
+            "metrics_bytes",
         ] {
             if let Some(v) = r.get(key) {
                 println!("  {} {}: {}", r["scenario"].as_str().unwrap_or(""), key, v);
