@@ -485,23 +485,10 @@ fn recording_handlers(recorder: &Arc<Recorder>) -> tickd::Handlers {
     handlers.register("measure", move |ctx: tickd::RunContext| {
         let lateness = Utc::now() - ctx.scheduled;
         rec.record(lateness.num_nanoseconds().unwrap_or(i64::MAX));
-        if DUMPING.load(Ordering::Relaxed) {
-            let t = format!("{:?}", std::thread::current().id());
-            DUMP.lock().unwrap().push(format!(
-                "{} {} {} {}",
-                ctx.scheduled.timestamp_millis(),
-                &ctx.job[1..],
-                lateness.num_microseconds().unwrap_or(0),
-                t
-            ));
-        }
         async { Ok::<(), tickd::handler::HandlerError>(()) }
     });
     handlers
 }
-
-static DUMP: Mutex<Vec<String>> = Mutex::new(Vec::new());
-static DUMPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// tickd running in this process on the system clock.
 struct Running {
@@ -587,11 +574,7 @@ async fn periodic(
             let (_dir, path) = jobs_file(&text);
             // Stop after the window plus the largest delay, so the last due fire is in.
             let extra = if spread { period * 3 / 2 } else { period / 2 };
-            DUMPING.store(std::env::var_os("DUMP").is_some(), Ordering::Relaxed);
             run_tickd(&path, recording_handlers(&recorder), window + extra).await;
-            if DUMPING.load(Ordering::Relaxed) {
-                std::fs::write("/tmp/dump.txt", DUMP.lock().unwrap().join("\n")).unwrap();
-            }
         }
         "tokio-sleep" => {
             let start = tokio::time::Instant::now();

@@ -31,6 +31,9 @@ use super::actor::{EndedAtOnce, JobCell};
 /// (also the entry's identity, so a job can tell a stale entry from its current one).
 pub(super) type Entry = (Instant, u64);
 
+/// A deadline and the job it is for.
+type Queued = (Entry, Weak<JobCell>);
+
 /// The daemon's dispatcher (one per [`JobEnv`](super::JobEnv)); its task starts on first use
 /// and stops when this is dropped.
 #[derive(Debug)]
@@ -61,7 +64,7 @@ thread_local! {
     /// The deadlines set on this thread while the dispatcher acts on a batch: put in the queue
     /// in one go when it is done, rather than one lock of the queue per job and fire. The
     /// dispatcher reads the queue again only after the batch, so none is missed.
-    static HELD: RefCell<Option<Vec<(Entry, Weak<JobCell>)>>> = const { RefCell::new(None) };
+    static HELD: RefCell<Option<Vec<Queued>>> = const { RefCell::new(None) };
 }
 
 /// Holds the deadlines set on this thread until it is dropped, then puts them in the queue
