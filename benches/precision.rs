@@ -59,9 +59,18 @@ const SCENARIOS: &[(&str, &[&str])] = &[
         "binary-1000x5hz-aligned-log",
         &["tickd", "tickd-log-failures"],
     ),
-    ("scale-1000", &["tickd-spread", "tickd-at-00"]),
-    ("scale-10000", &["tickd-spread", "tickd-at-00"]),
-    ("scale-100000", &["tickd-spread", "tickd-at-00"]),
+    (
+        "scale-1000",
+        &["tickd-spread", "tickd-at-00", "tickd-at-00-totals"],
+    ),
+    (
+        "scale-10000",
+        &["tickd-spread", "tickd-at-00", "tickd-at-00-totals"],
+    ),
+    (
+        "scale-100000",
+        &["tickd-spread", "tickd-at-00", "tickd-at-00-totals"],
+    ),
 ];
 
 fn main() {
@@ -175,17 +184,12 @@ async fn binary_logging(system: &str, scale: Scale) -> Value {
     } else {
         ""
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port();
-    let mut text = format!("[daemon]\nhttp = \"127.0.0.1:{port}\"\n");
-    for i in 0..jobs {
-        text.push_str(&format!(
-            "[jobs.j{i}]\nevery = \"200ms\"\nalign = true\nhandler = \"log\"\n{log_key}"
-        ));
-    }
-    let (dir, path) = jobs_file(&text);
+    let port = free_port();
+    let (dir, path) = jobs_file(&served_jobs(
+        port,
+        jobs,
+        &format!("every = \"200ms\"\nalign = true\nhandler = \"log\"\n{log_key}"),
+    ));
     let log_path = dir.path().join("tickd.log");
     let log = std::fs::File::create(&log_path).expect("log file");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tickd"))
@@ -469,6 +473,23 @@ fn run_child(scenario: &str, system: &str, scale: Scale) -> Value {
             other => json!({"error": format!("unknown scenario {other}")}),
         }
     })
+}
+
+/// A port nobody listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A jobs file with the endpoint on `port` and `jobs` jobs `j0`, `j1`, ... of the same `keys`.
+fn served_jobs(port: u16, jobs: u64, keys: &str) -> String {
+    let mut text = format!("[daemon]\nhttp = \"127.0.0.1:{port}\"\n");
+    for i in 0..jobs {
+        text.push_str(&format!("[jobs.j{i}]\n{keys}"));
+    }
+    text
 }
 
 /// A temp dir with a jobs file; kept for the life of the child.
@@ -850,24 +871,24 @@ async fn startup_reload() -> Value {
 }
 
 /// `jobs` in-process jobs at 1 Hz, spread over the second (`jitter = "1s"`, `spread = true`)
-/// or all due at :00 (`align = true`): RSS (and per job, over the RSS before the jobs file was
+/// or all due at :00 (`align = true`; `-totals`: with `job_metrics = false`): RSS (and per job, over the RSS before the jobs file was
 /// read), CPU per fire, lateness over a window, start-up (until every job has run once), a
 /// SIGHUP-style reload of the same file with the fires lost across it, and `/metrics`' size.
 async fn scale_run(jobs: u64, system: &str, scale: Scale) -> Value {
-    let keys = if system == "tickd-at-00" {
+    let keys = if system.starts_with("tickd-at-00") {
         "align = true\n"
     } else {
         "jitter = \"1s\"\nspread = true\n"
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port();
-    let mut text = format!("[daemon]\nhttp = \"127.0.0.1:{port}\"\n");
-    for i in 0..jobs {
-        text.push_str(&format!(
-            "[jobs.j{i}]\nevery = \"1s\"\nhandler = \"measure\"\n{keys}"
-        ));
+    let port = free_port();
+    let mut text = served_jobs(
+        port,
+        jobs,
+        &format!("every = \"1s\"\nhandler = \"measure\"\n{keys}"),
+    );
+    // `-totals`: metrics as totals over all jobs, no series per job.
+    if system.ends_with("-totals") {
+        text = text.replacen("[daemon]\n", "[daemon]\njob_metrics = false\n", 1);
     }
     let (_d, path) = jobs_file(&text);
     let rss_before_kb = status_kb("VmRSS:");
@@ -1042,17 +1063,12 @@ async fn memory_soak(scale: Scale) -> Value {
 async fn page_1000(scale: Scale) -> Value {
     let (jobs, period) = (1000, Duration::from_millis(200));
     let window = Duration::from_secs(scale.seconds);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port();
-    let mut text = format!("[daemon]\nhttp = \"127.0.0.1:{port}\"\n");
-    for i in 0..jobs {
-        text.push_str(&format!(
-            "[jobs.j{i}]\nevery = \"200ms\"\nalign = true\nhandler = \"measure\"\n"
-        ));
-    }
-    let (_dir, path) = jobs_file(&text);
+    let port = free_port();
+    let (_dir, path) = jobs_file(&served_jobs(
+        port,
+        jobs,
+        "every = \"200ms\"\nalign = true\nhandler = \"measure\"\n",
+    ));
     let expected = jobs * (window.as_nanos() / period.as_nanos()) as u64;
     let mut phases = Vec::new();
     let mut page_ns = Vec::new();

@@ -129,6 +129,9 @@ pub struct Metrics {
     reloads: Family<ResultLabel, Counter>,
     rss: Gauge,
     task_restarts: Family<JobLabel, Counter>,
+    /// Series per job; when off, every job counts into the one series labelled
+    /// `job_name=""`, which Prometheus stores as a series without the label.
+    per_job: bool,
 }
 
 impl Default for Metrics {
@@ -204,6 +207,7 @@ impl Metrics {
         );
         Metrics {
             task_restarts,
+            per_job: true,
             registry,
             runs,
             duration,
@@ -216,11 +220,26 @@ impl Metrics {
         }
     }
 
+    /// Turns the series per job off (`[daemon] job_metrics = false`): the jobs then share one
+    /// series per metric, their totals. Set before any job takes its handles.
+    pub fn set_per_job(&mut self, per_job: bool) {
+        self.per_job = per_job;
+    }
+
+    /// The `job_name` label of `job`'s series: its name, or "" (no label) without series per job.
+    fn job_name(&self, job: &str) -> String {
+        if self.per_job {
+            job.to_owned()
+        } else {
+            String::new()
+        }
+    }
+
     /// Counts a restart of `job`'s task after a panic.
     pub fn job_task_restarted(&self, job: &str) {
         self.task_restarts
             .get_or_create(&JobLabel {
-                job_name: job.to_owned(),
+                job_name: self.job_name(job),
             })
             .inc();
     }
@@ -229,12 +248,12 @@ impl Metrics {
     /// allocation (the handles share their values with the registry).
     pub fn for_job(&self, job: &str) -> JobMetrics {
         let label = JobLabel {
-            job_name: job.to_owned(),
+            job_name: self.job_name(job),
         };
         let count = |outcome: &str| {
             self.runs
                 .get_or_create(&RunLabels {
-                    job_name: job.to_owned(),
+                    job_name: label.job_name.clone(),
                     outcome: outcome.to_owned(),
                 })
                 .clone()
@@ -260,6 +279,10 @@ impl Metrics {
     /// Drops a removed job's series, so that reloads which rename or remove jobs do not grow
     /// `/metrics` for ever. Runs of it still in flight record into handles no longer exported.
     pub fn forget_job(&self, job: &str) {
+        // The totals stay: the other jobs count into them too.
+        if !self.per_job {
+            return;
+        }
         let label = JobLabel {
             job_name: job.to_owned(),
         };
@@ -281,6 +304,9 @@ impl Metrics {
     /// a registry of its own, encoded and read back: prometheus-client keeps its buckets to
     /// itself, and this costs one job's few lines, not the whole `/metrics`.
     pub fn job_histograms(&self, job: &str) -> Option<JobHistograms> {
+        if !self.per_job {
+            return None;
+        }
         let label = JobLabel {
             job_name: job.to_owned(),
         };

@@ -266,6 +266,9 @@ pub(super) struct RawDaemon {
     /// How much of the end of each kept run's output is kept ("4KiB" by default, at most "1MiB").
     #[schemars(with = "Option<String>")]
     pub(super) history_output: Option<Spanned<String>>,
+    /// Metric series per job (true, the default), or only totals over all jobs (false): with
+    /// tens of thousands of jobs, the per-job series make `/metrics` megabytes long.
+    pub(super) job_metrics: Option<bool>,
 }
 
 /// One `[jobs.NAME]` table.

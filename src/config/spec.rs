@@ -221,6 +221,8 @@ pub struct DaemonSettings {
     pub(in crate::config) history: usize,
     /// How many bytes of each kept run's output (its end) are kept with it (0: none).
     pub(in crate::config) history_output: usize,
+    /// Metric series per job, or only totals over all jobs.
+    pub(in crate::config) job_metrics: bool,
 }
 
 impl DaemonSettings {
@@ -270,6 +272,12 @@ impl DaemonSettings {
     /// What jobs inherit of the daemon's environment.
     pub fn env(&self) -> &EnvPolicy {
         &self.env
+    }
+
+    /// Whether the metrics have series per job (`job_name="..."`), or only totals over all
+    /// jobs (`[daemon] job_metrics = false`).
+    pub fn job_metrics(&self) -> bool {
+        self.job_metrics
     }
 
     /// How many ended runs each job keeps in memory for `/jobs/{name}/runs` (0: none).

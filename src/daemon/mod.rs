@@ -224,6 +224,7 @@ fn start_services(
         )
     });
     let mut metrics = Metrics::new();
+    metrics.set_per_job(config.daemon().job_metrics());
     if let Some(cluster) = &cluster {
         metrics.register_cluster(cluster.clone());
     }
@@ -489,6 +490,9 @@ impl Supervisor {
             || new.daemon().history_output() != self.config.daemon().history_output()
         {
             tracing::warn!("[daemon] history and history_output take effect at the next start");
+        }
+        if new.daemon().job_metrics() != self.config.daemon().job_metrics() {
+            tracing::warn!("[daemon] job_metrics takes effect at the next start");
         }
         let (mut added, mut removed, mut changed) = (0, 0, 0);
         let gone: Vec<String> = self

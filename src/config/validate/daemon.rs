@@ -65,6 +65,7 @@ impl Validator<'_> {
             env,
             history,
             history_output,
+            job_metrics: raw.job_metrics.unwrap_or(true),
         }
     }
 
