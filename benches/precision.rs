@@ -333,16 +333,9 @@ fn proc_cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / hz
 }
 
+/// A `/proc/PID/status` field in kB, of another process.
 fn proc_status_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    status_kb_of(&pid.to_string(), field)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -377,8 +370,14 @@ fn cpu_seconds() -> f64 {
     }
 }
 
+/// A `/proc/self/status` field in kB.
 fn status_kb(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    status_kb_of("self", field)
+}
+
+/// A `/proc/{process}/status` field in kB (0 when it cannot be read).
+fn status_kb_of(process: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{process}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
