@@ -829,32 +829,18 @@ async fn startup_reload() -> Value {
         ));
     }
     let (_d, path) = jobs_file(&text);
-    let recorder = Arc::new(Recorder::default());
-    let handlers = recording_handlers(&recorder);
-    let reloaded = Arc::new(Mutex::new(None::<Instant>));
-    let _guard = capture_reload(reloaded.clone());
-    let t0 = Instant::now();
-    let config = tickd::load(&path, &handlers).expect("valid config");
-    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let running = Running::start(&path, config, handlers);
-    while recorder.fires.load(Ordering::Relaxed) < 10_000 {
-        tokio::time::sleep(Duration::from_micros(200)).await;
-    }
-    let startup_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let Measured {
+        recorder,
+        reloaded,
+        _guard,
+        running,
+        t0,
+        load_ms,
+    } = start_measured(&path);
+    let startup_ms = until_fired(&recorder, 10_000, t0).await;
     tokio::time::sleep(Duration::from_millis(2300)).await;
-    let before = recorder.fires.load(Ordering::Relaxed);
-    let t1 = Instant::now();
-    running.send(tickd::Control::Reload).await;
-    while reloaded.lock().expect("lock").is_none() {
-        tokio::time::sleep(Duration::from_micros(200)).await;
-    }
-    let reload_ms = reloaded
-        .lock()
-        .expect("lock")
-        .map_or(f64::NAN, |at| at.duration_since(t1).as_secs_f64() * 1e3);
     // Fires across the reload: from 2.3 s to 6.3 s after start, 4 per job.
-    tokio::time::sleep(Duration::from_millis(4000)).await;
-    let across = recorder.fires.load(Ordering::Relaxed) - before;
+    let (reload_ms, across) = reload_across(&running, &recorder, &reloaded).await;
     running.stop().await;
     json!({
         "scenario": "startup-reload-10000",
@@ -891,20 +877,16 @@ async fn scale_run(jobs: u64, system: &str, scale: Scale) -> Value {
     }
     let (_d, path) = jobs_file(&text);
     let rss_before_kb = status_kb("VmRSS:");
-    let recorder = Arc::new(Recorder::default());
-    let handlers = recording_handlers(&recorder);
-    let reloaded = Arc::new(Mutex::new(None::<Instant>));
-    let _guard = capture_reload(reloaded.clone());
-    let t0 = Instant::now();
-    let config = tickd::load(&path, &handlers).expect("valid config");
-    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let running = Running::start(&path, config, handlers);
+    let Measured {
+        recorder,
+        reloaded,
+        _guard,
+        running,
+        t0,
+        load_ms,
+    } = start_measured(&path);
     // Until every job has fired once (a spread slot, or the next :00).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while recorder.fires.load(Ordering::Relaxed) < jobs && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let startup_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let startup_ms = until_fired(&recorder, jobs, t0).await;
     // The window: lateness and CPU per fire.
     let window = Duration::from_secs(scale.seconds.min(10));
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -919,18 +901,7 @@ async fn scale_run(jobs: u64, system: &str, scale: Scale) -> Value {
         Err(_) => 0,
     };
     // A reload of the same file, and the fires across it: 4 per job.
-    let before = recorder.fires.load(Ordering::Relaxed);
-    let t1 = Instant::now();
-    running.send(tickd::Control::Reload).await;
-    while reloaded.lock().expect("lock").is_none() && t1.elapsed() < Duration::from_secs(60) {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let reload_ms = reloaded
-        .lock()
-        .expect("lock")
-        .map_or(f64::NAN, |at| at.duration_since(t1).as_secs_f64() * 1e3);
-    tokio::time::sleep_until((t1 + Duration::from_secs(4)).into()).await;
-    let across = recorder.fires.load(Ordering::Relaxed) - before;
+    let (reload_ms, across) = reload_across(&running, &recorder, &reloaded).await;
     running.stop().await;
     let expected = jobs * window.as_secs();
     let scenario = format!("scale-{jobs}");
@@ -947,6 +918,68 @@ async fn scale_run(jobs: u64, system: &str, scale: Scale) -> Value {
     result["metrics_bytes"] = json!(metrics_bytes);
     result["steady_cpu_us_per_fire"] = json!(cpu * 1e6 / (fires1 - fires0).max(1) as f64);
     result
+}
+
+/// tickd started on `path` with the recording handlers, watched for its reloads: what the
+/// start-up and reload scenarios measure from.
+struct Measured {
+    recorder: Arc<Recorder>,
+    /// When "configuration reloaded" was logged.
+    reloaded: Arc<Mutex<Option<Instant>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+    running: Running,
+    /// Before the jobs file was read.
+    t0: Instant,
+    load_ms: f64,
+}
+
+fn start_measured(path: &Path) -> Measured {
+    let recorder = Arc::new(Recorder::default());
+    let handlers = recording_handlers(&recorder);
+    let reloaded = Arc::new(Mutex::new(None::<Instant>));
+    let _guard = capture_reload(reloaded.clone());
+    let t0 = Instant::now();
+    let config = tickd::load(path, &handlers).expect("valid config");
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let running = Running::start(path, config, handlers);
+    Measured {
+        recorder,
+        reloaded,
+        _guard,
+        running,
+        t0,
+        load_ms,
+    }
+}
+
+/// Waits until `fires` runs were recorded (30 s at most); returns the ms since `t0`.
+async fn until_fired(recorder: &Recorder, fires: u64, t0: Instant) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while recorder.fires.load(Ordering::Relaxed) < fires && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    t0.elapsed().as_secs_f64() * 1e3
+}
+
+/// Reloads the same file: how long until "configuration reloaded" (ms), and the runs in the
+/// 4 s from the reload's signal on (4 per job at 1 Hz).
+async fn reload_across(
+    running: &Running,
+    recorder: &Recorder,
+    reloaded: &Mutex<Option<Instant>>,
+) -> (f64, u64) {
+    let before = recorder.fires.load(Ordering::Relaxed);
+    let t1 = Instant::now();
+    running.send(tickd::Control::Reload).await;
+    while reloaded.lock().expect("lock").is_none() && t1.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let reload_ms = reloaded
+        .lock()
+        .expect("lock")
+        .map_or(f64::NAN, |at| at.duration_since(t1).as_secs_f64() * 1e3);
+    tokio::time::sleep_until((t1 + Duration::from_secs(4)).into()).await;
+    (reload_ms, recorder.fires.load(Ordering::Relaxed) - before)
 }
 
 /// Records when tickd logs "configuration reloaded".
