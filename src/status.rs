@@ -144,7 +144,79 @@ pub struct RunRecord {
 #[derive(Debug, Default)]
 pub struct RunHistory {
     /// Newest first.
-    runs: VecDeque<RunRecord>,
+    runs: VecDeque<KeptRun>,
+}
+
+/// A [`RunRecord`] as the history keeps it: what most runs have (a handler's, a child's that
+/// exited 0 in a single node) inline, the rest behind one pointer. Half the size (96 bytes,
+/// not 184): 20 runs of each of 10,000 jobs are 19 MB, not 37.
+#[derive(Debug)]
+struct KeptRun {
+    run_id: u64,
+    started: DateTime<Utc>,
+    scheduled: DateTime<Utc>,
+    lateness_ms: f64,
+    duration_ms: f64,
+    outcome: Cow<'static, str>,
+    exit_code: Option<i32>,
+    status: Option<u16>,
+    rest: Option<Box<KeptRest>>,
+}
+
+/// The fields of a kept run that most runs do not have.
+#[derive(Debug)]
+struct KeptRest {
+    signal: Option<String>,
+    reason: Option<String>,
+    node: Option<String>,
+    output: Option<String>,
+}
+
+impl KeptRun {
+    fn of(run: RunRecord) -> Self {
+        let rest = (run.signal.is_some()
+            || run.reason.is_some()
+            || run.node.is_some()
+            || run.output.is_some())
+        .then(|| {
+            Box::new(KeptRest {
+                signal: run.signal,
+                reason: run.reason,
+                node: run.node,
+                output: run.output,
+            })
+        });
+        KeptRun {
+            run_id: run.run_id,
+            started: run.started,
+            scheduled: run.scheduled,
+            lateness_ms: run.lateness_ms,
+            duration_ms: run.duration_ms,
+            outcome: run.outcome,
+            exit_code: run.exit_code,
+            status: run.status,
+            rest,
+        }
+    }
+
+    fn record(&self) -> RunRecord {
+        let rest = self.rest.as_deref();
+        let field = |pick: fn(&KeptRest) -> &Option<String>| rest.and_then(|r| pick(r).clone());
+        RunRecord {
+            run_id: self.run_id,
+            started: self.started,
+            scheduled: self.scheduled,
+            lateness_ms: self.lateness_ms,
+            duration_ms: self.duration_ms,
+            outcome: self.outcome.clone(),
+            exit_code: self.exit_code,
+            signal: field(|r| &r.signal),
+            status: self.status,
+            reason: field(|r| &r.reason),
+            node: field(|r| &r.node),
+            output: field(|r| &r.output),
+        }
+    }
 }
 
 impl RunHistory {
@@ -167,12 +239,12 @@ impl RunHistory {
             // Once, to its full size: growing it step by step copies it each time.
             self.runs.reserve_exact(limit - self.runs.len());
         }
-        self.runs.push_front(run);
+        self.runs.push_front(KeptRun::of(run));
     }
 
-    /// The runs kept, newest first.
-    pub fn runs(&self) -> impl Iterator<Item = &RunRecord> {
-        self.runs.iter()
+    /// Copies of the runs kept, newest first.
+    pub fn runs(&self) -> impl Iterator<Item = RunRecord> + '_ {
+        self.runs.iter().map(KeptRun::record)
     }
 }
 
@@ -216,7 +288,6 @@ impl SharedStatus {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .runs()
-            .cloned()
             .collect()
     }
 }
@@ -351,6 +422,31 @@ mod tests {
             node: None,
             output: None,
         }
+    }
+
+    #[test]
+    fn a_kept_run_is_half_a_run_record() {
+        assert!(
+            std::mem::size_of::<KeptRun>() * 2 <= std::mem::size_of::<RunRecord>() + 8,
+            "{} against {}",
+            std::mem::size_of::<KeptRun>(),
+            std::mem::size_of::<RunRecord>()
+        );
+    }
+
+    #[test]
+    fn a_run_keeps_its_rarer_fields_through_the_history() {
+        let mut history = RunHistory::default();
+        let mut run = record(7);
+        run.signal = Some("TERM".into());
+        run.reason = Some("timeout reached".into());
+        run.node = Some("n1".into());
+        run.output = Some("last words".into());
+        let newer = record(8);
+        history.record(run.clone(), 5, 1024);
+        history.record(newer.clone(), 5, 1024);
+        let kept: Vec<RunRecord> = history.runs().collect();
+        assert_eq!(kept, [newer, run]);
     }
 
     #[test]
