@@ -23,6 +23,16 @@ pub enum Started {
     Going(Pin<Box<dyn Future<Output = RunReport> + Send>>),
 }
 
+impl Started {
+    /// The run's report: at once if it ended, else when its future does.
+    pub async fn report(self) -> RunReport {
+        match self {
+            Started::Ended(report) => report,
+            Started::Going(run) => run.await,
+        }
+    }
+}
+
 /// Calls `handler` for one run of `spec` and polls its future once, on the caller's thread: a
 /// handler done then needs no task, no cancellation waiter and no timer. One that is not goes
 /// on in [`Started::Going`], under its timeout and cancellation. Its first poll had a waker that

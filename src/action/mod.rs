@@ -295,13 +295,7 @@ pub async fn execute(spec: &JobSpec, ctx: RunContext, env: &RunEnv) -> RunReport
                 .collect();
             http::run(http, &headers, spec.timeout(), &ctx.cancel, env).await
         }
-        Action::Handler(name) => match env.handlers.get(name) {
-            Some(handler) => match in_process::start(&handler, ctx, spec, &env.clock) {
-                Started::Ended(report) => report,
-                Started::Going(run) => run.await,
-            },
-            None => not_registered(name),
-        },
+        Action::Handler(name) => start_handler(name, ctx, spec, env).report().await,
     }
 }
 
@@ -309,18 +303,26 @@ pub async fn execute(spec: &JobSpec, ctx: RunContext, env: &RunEnv) -> RunReport
 /// once there, and most have ended by then ([`Started::Ended`]); a handler still going, and
 /// every other action, come back as the future a task is to drive.
 pub fn start(spec: &Arc<JobSpec>, ctx: RunContext, env: &Arc<RunEnv>) -> Started {
-    if let Action::Handler(name) = spec.action() {
-        return match env.handlers.find(name) {
-            Some(handler) => in_process::start(handler, ctx, spec, &env.clock),
-            None => Started::Ended(not_registered(name)),
-        };
+    match spec.action() {
+        Action::Handler(name) => start_handler(name, ctx, spec, env),
+        _ => later(spec, ctx, env),
     }
+}
+
+/// One run of `spec` as the future a task is to drive, nothing of it done yet.
+pub fn later(spec: &Arc<JobSpec>, ctx: RunContext, env: &Arc<RunEnv>) -> Started {
     let (spec, env) = (spec.clone(), env.clone());
     Started::Going(Box::pin(async move { execute(&spec, ctx, &env).await }))
 }
 
-fn not_registered(name: &str) -> RunReport {
-    RunReport::failure(format!("handler \"{name}\" is not registered"))
+/// Calls the handler `name` and polls it once (see [`in_process::start`]).
+fn start_handler(name: &str, ctx: RunContext, spec: &JobSpec, env: &RunEnv) -> Started {
+    match env.handlers.find(name) {
+        Some(handler) => in_process::start(handler, ctx, spec, &env.clock),
+        None => Started::Ended(RunReport::failure(format!(
+            "handler \"{name}\" is not registered"
+        ))),
+    }
 }
 
 /// Sleeps until `timeout` from now, or forever when there is none.

@@ -924,13 +924,7 @@ impl Launch {
             end.first_poll_blocked = (took > BLOCKING_FIRST_POLL).then_some(took);
             started
         } else {
-            let (spec, env) = (end.spec.clone(), end.env.actions.clone());
-            action::Started::Going(Box::pin(async move {
-                match action::start(&spec, ctx, &env) {
-                    action::Started::Ended(report) => report,
-                    action::Started::Going(run) => run.await,
-                }
-            }))
+            action::later(&end.spec, ctx, &end.env.actions)
         };
         match (started, ended) {
             (action::Started::Ended(report), Some(ended)) => {

@@ -352,7 +352,8 @@ impl Plan {
         let aligned = matches!(self.spec.schedule(), Schedule::Every(every) if every.align);
         self.with_delay(Due {
             wall,
-            round_wall: aligned || self.cluster_slots,
+            // (A cluster slot has its wall time: it is never read back through its instant.)
+            round_wall: aligned,
             ..Due::at(self.anchor + offset)
         })
     }
