@@ -513,7 +513,8 @@ impl std::fmt::Debug for DaemonHandle {
     }
 }
 
-#[cfg(test)]
+// The test watches the jobs through the endpoint.
+#[cfg(all(test, feature = "http"))]
 mod tests {
     use std::time::{Duration, Instant};
 

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use axum::extract::{Path, Request, State};
@@ -27,12 +27,9 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::clock::Clock;
 use crate::cluster::Cluster;
-use crate::job::{FireResult, JobControl};
+use crate::job::{Directory, FireResult, JobControl};
 use crate::metrics::{Format, Metrics};
 use crate::process::GroupKeeper;
-
-/// The jobs the endpoint can see, kept current by the supervisor across reloads.
-pub type Directory = Arc<RwLock<BTreeMap<String, JobControl>>>;
 
 /// What the handlers share.
 #[derive(Clone)]

@@ -49,6 +49,10 @@
 //! Underneath, [`run`] takes a validated [`Config`], [`DaemonOptions`] and a stream of
 //! [`Control`]s; the builder is a thin layer over it.
 //!
+//! Cargo features, all on by default: `http` (the endpoint and the status page), `http-jobs`
+//! (jobs with `http = "..."`) and `cli` (the binary's own crates; takes both). With
+//! `default-features = false` a file that needs a left-out feature is refused at load, naming it.
+//!
 //! The binary (`src/main.rs` and `src/cli/`) is a thin layer: command line, logging, OS signals
 //! mapped to [`daemon::Control`], the client of a running daemon's endpoint, and exit codes.
 
@@ -61,12 +65,14 @@ pub mod config;
 pub mod crontab;
 pub mod daemon;
 pub mod handler;
+#[cfg(feature = "http")]
 pub mod http;
 pub mod job;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
 mod os;
+#[cfg(feature = "http")]
 pub mod page;
 pub mod process;
 pub mod schedule;

@@ -5,6 +5,7 @@
 //! the run's [`RunContext`] and the [`RunEnv`], and gets a [`RunReport`] back.
 
 mod child;
+#[cfg(feature = "http-jobs")]
 mod http;
 mod in_process;
 
@@ -33,6 +34,7 @@ pub struct RunEnv {
     /// Kills runs' process groups if the daemon dies; `None` when not configured.
     pub keeper: Option<Arc<GroupKeeper>>,
     /// Shared HTTP client (connection pool) for `http` jobs.
+    #[cfg(feature = "http-jobs")]
     pub http: reqwest::Client,
     /// How many bytes of the end of a child's output its report keeps for the run history
     /// (`[daemon] history_output`, set by the daemon; 0, as [`RunEnv::new`] leaves it: none, and
@@ -47,6 +49,7 @@ pub enum RunEnvError {
     #[error("cannot start the process spawner: {0}")]
     Spawner(#[source] std::io::Error),
     /// The HTTP client for `http` jobs could not be built (its TLS roots, a resolver thread).
+    #[cfg(feature = "http-jobs")]
     #[error("cannot set up the HTTP client for http jobs: {0}")]
     HttpClient(#[source] reqwest::Error),
 }
@@ -64,6 +67,7 @@ impl RunEnv {
             handlers,
             spawner: Spawner::start().map_err(RunEnvError::Spawner)?,
             keeper,
+            #[cfg(feature = "http-jobs")]
             http: reqwest::Client::builder()
                 .user_agent(concat!("tickd/", env!("CARGO_PKG_VERSION")))
                 .build()
@@ -184,6 +188,7 @@ impl RunReport {
     }
 
     /// This report with the HTTP response's status.
+    #[cfg(feature = "http-jobs")]
     fn http(self, status: u16) -> Self {
         RunReport {
             http_status: Some(status),
@@ -288,6 +293,7 @@ pub async fn execute(spec: &JobSpec, ctx: RunContext, env: &RunEnv) -> RunReport
             }
             report
         }
+        #[cfg(feature = "http-jobs")]
         Action::Http(http) => {
             let headers: Vec<(&'static str, String)> = run_identity(&ctx)
                 .into_iter()
@@ -295,6 +301,10 @@ pub async fn execute(spec: &JobSpec, ctx: RunContext, env: &RunEnv) -> RunReport
                 .collect();
             http::run(http, &headers, spec.timeout(), &ctx.cancel, env).await
         }
+        // Validation refuses such a job in a build without `http-jobs`; a spec made some other
+        // way still gets a failed run with the reason, not a panic.
+        #[cfg(not(feature = "http-jobs"))]
+        Action::Http(_) => RunReport::failure(crate::config::NO_HTTP_JOBS),
         Action::Handler(name) => start_handler(name, ctx, spec, env).report().await,
     }
 }

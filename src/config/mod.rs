@@ -30,6 +30,8 @@ use std::path::Path;
 pub use env::{EnvPolicy, DEFAULT_ENV_KEEP, NEVER_INHERITED};
 pub use error::{ConfigError, Problem};
 pub use file::{read_settled, SETTLE};
+#[cfg(not(feature = "http-jobs"))]
+pub(crate) use spec::NO_HTTP_JOBS;
 pub use spec::{
     Action, ClusterSettings, Config, DaemonSettings, HttpSpec, Jitter, JobSpec, OnMissed,
     OnNodeLoss, OutputMode, Overlap, ProcessSpec, Retry, RunAs, RunLog, Scope, DEFAULT_HISTORY,

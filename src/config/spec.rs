@@ -21,6 +21,14 @@ pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
 /// The longest an HTTP request waits when neither `timeout` nor `http.timeout` is set.
 pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Why a job with `http = ...` is refused by a build without the `http-jobs` feature.
+#[cfg_attr(feature = "http-jobs", allow(dead_code))]
+pub(crate) const NO_HTTP_JOBS: &str =
+    "this build of tickd runs no http jobs (it was built without the `http-jobs` feature)";
+/// Why `[daemon] http` is refused by a build without the `http` feature.
+#[cfg_attr(feature = "http", allow(dead_code))]
+pub(crate) const NO_ENDPOINT: &str =
+    "this build of tickd has no HTTP endpoint (it was built without the `http` feature)";
 /// The shortest default HTTP timeout, however often the job fires.
 pub const MIN_DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -643,7 +651,7 @@ pub struct HttpSpec {
     /// Absolute `http://` or `https://` URL.
     pub(in crate::config) url: String,
     /// The method, `GET` by default (any token is a valid extension method, e.g. `PURGE`).
-    pub(in crate::config) method: reqwest::Method,
+    pub(in crate::config) method: http::Method,
     /// Request headers.
     pub(in crate::config) headers: BTreeMap<String, String>,
     /// Request body.
@@ -659,7 +667,7 @@ impl HttpSpec {
     }
 
     /// The method, `GET` by default (any token is a valid extension method, e.g. `PURGE`).
-    pub fn method(&self) -> &reqwest::Method {
+    pub fn method(&self) -> &http::Method {
         &self.method
     }
 

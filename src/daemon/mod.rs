@@ -19,7 +19,7 @@ use crate::clock::Clock;
 use crate::cluster::Cluster;
 use crate::config::{self, Config};
 use crate::handler::Handlers;
-use crate::http::Directory;
+use crate::job::Directory;
 use crate::job::{JobEnv, JobHandle};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
@@ -132,6 +132,8 @@ pub async fn run(
     let state_writer = jobs.state.clone().map(|state| {
         tokio::spawn(state.write_until(options.clock.clone(), background.child_token()))
     });
+    // Without the `http` feature validation refuses `[daemon] http`, so there is nothing to bind.
+    #[cfg(feature = "http")]
     let http_listener = match config.daemon().http() {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -142,6 +144,7 @@ pub async fn run(
     };
     let mut supervisor = Supervisor::start(config, options, jobs);
     let http_stop = CancellationToken::new();
+    #[cfg(feature = "http")]
     let http_task = http_listener.map(|listener| supervisor.serve_endpoint(listener, &http_stop));
     tracing::info!(
         jobs = supervisor.jobs.len(),
@@ -169,6 +172,7 @@ pub async fn run(
         }
     }
     http_stop.cancel();
+    #[cfg(feature = "http")]
     if let Some(task) = http_task {
         let _ = task.await;
     }
@@ -304,6 +308,7 @@ impl Supervisor {
     }
 
     /// Serves the HTTP endpoint on `listener` until `stop`.
+    #[cfg(feature = "http")]
     fn serve_endpoint(
         &self,
         listener: tokio::net::TcpListener,

@@ -546,6 +546,7 @@ impl JobActor {
                 }
             }
             JobCommand::Resume => {}
+            #[cfg(feature = "http")]
             JobCommand::Ping(reply) => {
                 let _ = reply.send(());
             }

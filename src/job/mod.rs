@@ -107,6 +107,7 @@ pub(crate) enum JobCommand {
     /// Fire again, from the next fire after now.
     Resume,
     /// Answer at once: the health check's proof that the task is alive and not blocked.
+    #[cfg(feature = "http")]
     Ping(oneshot::Sender<()>),
     /// Run a cluster slot the previous owner did not take, once (see `cluster::marks`).
     CatchUp {
@@ -133,6 +134,11 @@ pub enum FireResult {
     /// Nothing will run: the overlap policy skipped the fire.
     Skipped,
 }
+
+/// The jobs by name, as the HTTP endpoint sees them, kept current by the supervisor across
+/// reloads.
+pub type Directory =
+    std::sync::Arc<std::sync::RwLock<std::collections::BTreeMap<String, JobControl>>>;
 
 /// A handle to talk to a job task from outside (the HTTP endpoint). Cheap to clone.
 #[derive(Debug, Clone)]
@@ -161,7 +167,7 @@ impl JobControl {
     }
 
     /// A control whose commands land in the returned receiver, for tests that play the task.
-    #[cfg(test)]
+    #[cfg(all(test, feature = "http"))]
     pub(crate) fn detached() -> (Self, mpsc::UnboundedReceiver<JobCommand>) {
         let (commands, receiver) = mpsc::unbounded_channel();
         let status = SharedStatus::default();
@@ -177,6 +183,7 @@ impl JobControl {
 
     /// Asks the job's task to answer; the receiver yields `Err` if the task is gone. The caller
     /// bounds the wait: a task that never answers is stuck.
+    #[cfg(feature = "http")]
     pub(crate) fn ping(&self) -> oneshot::Receiver<()> {
         let (reply, answer) = oneshot::channel();
         // A failed send drops `reply`, so `answer` reports the task gone.

@@ -144,6 +144,10 @@ impl Validator<'_> {
                 );
             }
         }
+        #[cfg(not(feature = "http"))]
+        if let Some(v) = &raw.http {
+            self.reject(v, at, crate::config::spec::NO_ENDPOINT.to_owned());
+        }
         (http, http_token)
     }
 
@@ -220,7 +224,20 @@ mod tests {
         assert!(config.daemon.env.keep.contains(&"PATH".to_owned()));
     }
 
+    /// A build without `http` refuses `[daemon] http` at load, naming the feature, rather than
+    /// starting without the endpoint the file asks for.
     #[test]
+    #[cfg(not(feature = "http"))]
+    fn without_the_feature_the_endpoint_is_refused_naming_it() {
+        let msg = error("[daemon]\nhttp = \"127.0.0.1:9187\"\n");
+        assert!(
+            msg.contains("jobs.toml:2:8: key \"daemon.http\": this build of tickd has no HTTP endpoint (it was built without the `http` feature)"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    #[cfg(feature = "http")]
     fn the_endpoint_off_loopback_needs_a_token() {
         let config = check("[daemon]\nhttp = \"127.0.0.1:9187\"\n").expect("loopback is fine");
         assert_eq!(config.daemon.http, Some(([127, 0, 0, 1], 9187).into()));

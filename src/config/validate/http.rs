@@ -12,12 +12,19 @@ impl Validator<'_> {
     /// The request; a bad URL or method is reported (so the job is left out), not replaced.
     pub(super) fn http(&mut self, job: &str, raw: &RawHttp) -> HttpSpec {
         let at = |key| At::job(job, key);
+        #[cfg(feature = "http-jobs")]
         self.checked(&raw.url, at("http.url"), |url| values::check_url(url));
+        #[cfg(not(feature = "http-jobs"))]
+        self.reject(
+            &raw.url,
+            at("http"),
+            crate::config::spec::NO_HTTP_JOBS.to_owned(),
+        );
         let method = raw
             .method
             .as_ref()
             .and_then(|m| self.checked(m, at("http.method"), |m| values::parse_method(m)))
-            .unwrap_or(reqwest::Method::GET);
+            .unwrap_or(http::Method::GET);
         let timeout = raw
             .timeout
             .as_ref()
@@ -65,7 +72,23 @@ fn default_http_timeout(schedule: &Schedule) -> Duration {
         .clamp(MIN_DEFAULT_HTTP_TIMEOUT, DEFAULT_HTTP_TIMEOUT)
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(feature = "http-jobs")))]
+mod without_the_feature {
+    use crate::config::testing::error;
+
+    /// A build without `http-jobs` refuses an `http` job at load, naming the feature, rather
+    /// than failing each of its runs.
+    #[test]
+    fn an_http_job_is_refused_naming_the_feature() {
+        let msg = error("[jobs.a]\nevery = \"1s\"\nhttp = { url = \"http://x\" }\n");
+        assert!(
+            msg.contains("jobs.toml:3:") && msg.contains("built without the `http-jobs` feature"),
+            "{msg}"
+        );
+    }
+}
+
+#[cfg(all(test, feature = "http-jobs"))]
 mod tests {
     use std::time::Duration;
 

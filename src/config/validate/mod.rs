@@ -187,6 +187,7 @@ mod tests {
     use crate::schedule::{EverySchedule, Schedule};
 
     #[test]
+    #[cfg(feature = "http-jobs")]
     fn a_full_config_validates_into_typed_jobs() {
         let config = check(
             r#"
@@ -247,7 +248,7 @@ output = "discard"
             other => panic!("unexpected action {other:?}"),
         }
         match &config.jobs["ping"].action {
-            Action::Http(h) => assert_eq!(h.method, reqwest::Method::POST),
+            Action::Http(h) => assert_eq!(h.method, http::Method::POST),
             other => panic!("unexpected action {other:?}"),
         }
         assert_eq!(
@@ -298,7 +299,10 @@ output = "discard"
                 );
             }
             let text = template.replace('V', "\"100y\"");
-            assert!(check(&text).is_ok(), "{key} = 100y is the documented bound");
+            // Without `http-jobs` an `http` job is refused whatever its timeout.
+            if cfg!(feature = "http-jobs") || !key.starts_with("http.") {
+                assert!(check(&text).is_ok(), "{key} = 100y is the documented bound");
+            }
         }
     }
 
