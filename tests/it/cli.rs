@@ -521,6 +521,43 @@ fn the_cli_says_in_words_that_no_daemon_is_listening() {
     }
 }
 
+/// What `tickd status` (in `dir`) prints with its stdout on a pseudo-terminal, a terminal as
+/// far as the program can tell, with `TERM` set as a terminal emulator sets it, plus `env`.
+fn status_on_a_terminal(dir: &Path, env: Option<(&str, &str)>) -> String {
+    use std::io::Read;
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let mut command = tickd();
+    command
+        .arg("status")
+        .current_dir(dir)
+        .env("TERM", "xterm-256color")
+        .env_remove("NO_COLOR")
+        .env_remove("CLICOLOR")
+        .env_remove("CLICOLOR_FORCE")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::from(pty.slave));
+    if let Some((key, value)) = env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("tickd status");
+    // The command holds the parent's copy of the terminal's end: dropped, the master reads
+    // end (EIO) once the child has exited.
+    drop(command);
+    let mut master = std::fs::File::from(pty.master);
+    let mut printed = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match master.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => printed.extend_from_slice(&buf[..n]),
+            Err(err) if err.raw_os_error() == Some(libc::EIO) => break,
+            Err(err) => panic!("reading the terminal: {err}"),
+        }
+    }
+    assert!(child.wait().expect("wait").success(), "tickd status failed");
+    String::from_utf8_lossy(&printed).into_owned()
+}
+
 #[test]
 fn the_cli_talks_to_the_endpoint_and_exec_runs_a_job_in_the_foreground() {
     let port = free_port();
@@ -572,6 +609,16 @@ fn the_cli_talks_to_the_endpoint_and_exec_runs_a_job_in_the_foreground() {
             .expect("status");
         String::from_utf8_lossy(&forced.stdout).contains("\x1b[32msuccess\x1b[0m")
     });
+    // On a real terminal (a pty, as a user runs it), coloured without being forced; under
+    // NO_COLOR, on the same terminal, not.
+    crate::support::eventually("a green success on a terminal", || {
+        status_on_a_terminal(d.dir.path(), None).contains("\x1b[32msuccess\x1b[0m")
+    });
+    let plain = status_on_a_terminal(d.dir.path(), Some(("NO_COLOR", "1")));
+    assert!(
+        plain.contains("JOB") && plain.contains("success") && !plain.contains('\x1b'),
+        "{plain:?}"
+    );
     let out = cli(&["status", "--json"]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(json[0]["name"], "hello");
