@@ -187,10 +187,14 @@ mod tests {
     use crate::schedule::{EverySchedule, Schedule};
 
     #[test]
-    #[cfg(feature = "http-jobs")]
     fn a_full_config_validates_into_typed_jobs() {
-        let config = check(
-            r#"
+        // A build without `http-jobs` refuses `ping` as it is; there it runs a command.
+        let ping = if cfg!(feature = "http-jobs") {
+            r#"http = { url = "http://127.0.0.1/cron.php", method = "post", headers = { X-A = "1" }, body = "x", timeout = "5s" }"#
+        } else {
+            r#"command = ["curl", "-X", "POST", "http://127.0.0.1/cron.php"]"#
+        };
+        let text = r#"
 [daemon]
 shutdown_timeout = "5s"
 timezone = "Europe/Berlin"
@@ -211,7 +215,7 @@ env = { APP_ENV = "prod" }
 
 [jobs.ping]
 cron = "@hourly"
-http = { url = "http://127.0.0.1/cron.php", method = "post", headers = { X-A = "1" }, body = "x", timeout = "5s" }
+PING
 overlap = "allow"
 max_concurrent = 2
 
@@ -219,9 +223,8 @@ max_concurrent = 2
 every = "1h30m"
 shell = "echo hi | tr a-z A-Z"
 output = "discard"
-"#,
-        )
-        .expect("valid config");
+"#;
+        let config = check(&text.replace("PING", ping)).expect("valid config");
         assert_eq!(config.daemon.shutdown_timeout, Duration::from_secs(5));
         assert_eq!(config.daemon.timezone, chrono_tz::Europe::Berlin);
         let heartbeat = &config.jobs["heartbeat"];
@@ -249,6 +252,7 @@ output = "discard"
         }
         match &config.jobs["ping"].action {
             Action::Http(h) => assert_eq!(h.method, http::Method::POST),
+            Action::Process(p) if !cfg!(feature = "http-jobs") => assert_eq!(p.argv[0], "curl"),
             other => panic!("unexpected action {other:?}"),
         }
         assert_eq!(
