@@ -36,10 +36,42 @@ impl fmt::Display for Timestamp {
         if LOCAL_TIME.load(Ordering::Relaxed) {
             let local = self.0.with_timezone(&chrono::Local);
             f.write_str(&local.to_rfc3339_opts(SecondsFormat::Millis, true))
+        } else if let Some(text) = utc_millis(self.0) {
+            // The buffer holds ASCII digits and separators only.
+            f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
         } else {
             f.write_str(&self.0.to_rfc3339_opts(SecondsFormat::Millis, true))
         }
     }
+}
+
+/// `2026-12-02T05:00:00.123Z` in a buffer on the stack, what chrono's
+/// `to_rfc3339_opts(SecondsFormat::Millis, true)` gives; `None` for what it shows otherwise (a
+/// year outside 0..=9999, a leap second). By hand because every log line has a time, most two,
+/// and chrono's formatter allocates a `String` and walks its format items for each.
+fn utc_millis(time: DateTime<Utc>) -> Option<[u8; 24]> {
+    use chrono::{Datelike, Timelike};
+    let millis = time.timestamp_subsec_millis();
+    let year = u32::try_from(time.year()).ok().filter(|y| *y <= 9999)?;
+    if millis > 999 {
+        return None;
+    }
+    let mut text = *b"0000-00-00T00:00:00.000Z";
+    let mut digits = |at: usize, width: usize, mut value: u32| {
+        for i in (at..at + width).rev() {
+            // `value % 10` is below 10.
+            text[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    digits(0, 4, year);
+    digits(5, 2, time.month());
+    digits(8, 2, time.day());
+    digits(11, 2, time.hour());
+    digits(14, 2, time.minute());
+    digits(17, 2, time.second());
+    digits(20, 3, millis);
+    Some(text)
 }
 
 /// The time at the start of each line, in the same format as the time fields.
@@ -145,6 +177,38 @@ mod tests {
         assert_eq!(
             log_filter(None).expect("default").to_string(),
             log_filter(Some("info")).expect("info").to_string()
+        );
+    }
+
+    /// The hand-made format is chrono's, on times all over the calendar; chrono's own for what
+    /// it leaves to chrono.
+    #[test]
+    fn utc_times_are_shown_as_chrono_shows_them() {
+        let mut seconds: i64 = -62_167_219_200; // 0000-01-01T00:00:00Z
+        let last = 253_402_300_799; // 9999-12-31T23:59:59Z
+        let mut checked = 0;
+        while seconds <= last {
+            for nanos in [0, 999_999, 1_000_000, 123_456_789, 999_999_999] {
+                let t = DateTime::from_timestamp(seconds, nanos).expect("in range");
+                assert_eq!(
+                    Timestamp(t).to_string(),
+                    t.to_rfc3339_opts(SecondsFormat::Millis, true),
+                    "{seconds} {nanos}"
+                );
+                checked += 1;
+            }
+            seconds += 86_400 * 17 + 3_607;
+        }
+        assert!(checked > 100_000, "{checked}");
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .and_then(|d| d.and_hms_milli_opt(23, 59, 59, 1_500))
+            .expect("a leap second")
+            .and_utc();
+        assert_eq!(Timestamp(leap).to_string(), "2016-12-31T23:59:60.500Z");
+        let far = DateTime::from_timestamp(300_000_000_000, 0).expect("in range");
+        assert_eq!(
+            Timestamp(far).to_string(),
+            far.to_rfc3339_opts(SecondsFormat::Millis, true)
         );
     }
 

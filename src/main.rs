@@ -179,7 +179,10 @@ fn main() -> ExitCode {
         Ok(guard) => guard,
         Err(err) => {
             cli::eprintln_safe(&format!("tickd: {err}"));
-            return ExitCode::from(exit::INVALID);
+            return ExitCode::from(match err {
+                logging::LogSetupError::Filter(_) => exit::INVALID,
+                logging::LogSetupError::Thread(_) => exit::FATAL,
+            });
         }
     };
     let code = match cli.command {

@@ -5,6 +5,7 @@
 pub(crate) mod client;
 pub(crate) mod daemon;
 pub(crate) mod generate;
+mod log_queue;
 pub(crate) mod logging;
 pub(crate) mod offline;
 

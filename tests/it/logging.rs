@@ -91,16 +91,17 @@ fn a_stderr_pipe_nobody_reads_stalls_neither_jobs_nor_shutdown() {
     // drops are counted.
     let (read_end, write_end) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("a pipe for stderr");
+    // 20 jobs at 100 Hz, 6000 lines a second: the log queue (4 MiB) fills in seconds.
+    let chatty: String = (0..20)
+        .map(|i| format!("[jobs.chatty{i}]\nevery = \"10ms\"\nhandler = \"log\"\n"))
+        .collect();
     let mut d = Daemon::launch(
         &format!(
             r#"
 [daemon]
 http = "127.0.0.1:{port}"
 
-[jobs.chatty]
-every = "10ms"
-handler = "log"
-
+{chatty}
 [jobs.tick]
 every = "200ms"
 shell = "echo x >> ticks"

@@ -121,7 +121,7 @@ fn threads_started_before_the_signal_listeners_block_the_control_signals() {
         );
         checked.push(name);
     }
-    assert!(checked.len() >= 2, "the log threads: {checked:?}");
+    assert!(!checked.is_empty(), "the log's thread: {checked:?}");
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(), 0, "{}", d.log());
 }
