@@ -743,7 +743,7 @@ mod tests {
         let mut jobs = BTreeMap::new();
         let (answering, mut inbox) = JobControl::detached();
         tokio::spawn(async move {
-            while let Some(command) = inbox.recv().await {
+            while let Some(command) = futures_util::StreamExt::next(&mut inbox).await {
                 if let JobCommand::Ping(reply) = command {
                     let _ = reply.send(());
                 }

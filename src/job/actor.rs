@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::action::{self, Outcome, RunReport};
@@ -141,7 +141,7 @@ impl JobCell {
     /// already made the start-up fire.
     pub async fn run(
         self: Arc<Self>,
-        commands: &mut mpsc::UnboundedReceiver<JobCommand>,
+        commands: &mut super::CommandInbox,
         stop: CancellationToken,
         restarted: bool,
     ) {
@@ -179,7 +179,7 @@ impl JobCell {
                         panic!("{why}");
                     }
                 }
-                Some(command) = commands.recv() => self.with(|actor| actor.command(command)),
+                Some(command) = futures_util::StreamExt::next(commands) => self.with(|actor| actor.command(command)),
                 _ = wall_steps.changed(), if follows_wall_clock => {
                     self.with(|actor| actor.time_stepped("the wall clock jumped past them"));
                 }

@@ -21,7 +21,7 @@ pub(crate) mod runs;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -95,6 +95,15 @@ impl JobEnv {
     }
 }
 
+/// The sending end of a job's commands. futures' unbounded channel, not tokio's: it allocates
+/// per message and next to nothing up front, where tokio's takes a block of 32 slots and a
+/// cache-padded header (1.3 KB per job, 13 MB at 10,000 jobs) for a queue that sees a command
+/// now and then; fires never go through it.
+pub(crate) type CommandSender = futures_channel::mpsc::UnboundedSender<JobCommand>;
+
+/// The job task's end of its commands (see [`CommandSender`]).
+pub(crate) type CommandInbox = futures_channel::mpsc::UnboundedReceiver<JobCommand>;
+
 /// What can be asked of a job task.
 #[derive(Debug)]
 pub(crate) enum JobCommand {
@@ -143,7 +152,7 @@ pub type Directory =
 /// A handle to talk to a job task from outside (the HTTP endpoint). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct JobControl {
-    commands: mpsc::UnboundedSender<JobCommand>,
+    commands: CommandSender,
     /// The job's status, written by its task.
     pub status: SharedStatus,
 }
@@ -152,7 +161,9 @@ impl JobControl {
     /// Asks for a run now; `None` if the job is gone.
     pub async fn run_now(&self) -> Option<FireResult> {
         let (reply, answer) = oneshot::channel();
-        self.commands.send(JobCommand::RunNow(reply)).ok()?;
+        self.commands
+            .unbounded_send(JobCommand::RunNow(reply))
+            .ok()?;
         answer.await.ok()
     }
 
@@ -163,13 +174,13 @@ impl JobControl {
         } else {
             JobCommand::Resume
         };
-        self.commands.send(command).is_ok()
+        self.commands.unbounded_send(command).is_ok()
     }
 
     /// A control whose commands land in the returned receiver, for tests that play the task.
     #[cfg(all(test, feature = "http"))]
-    pub(crate) fn detached() -> (Self, mpsc::UnboundedReceiver<JobCommand>) {
-        let (commands, receiver) = mpsc::unbounded_channel();
+    pub(crate) fn detached() -> (Self, CommandInbox) {
+        let (commands, receiver) = futures_channel::mpsc::unbounded();
         let status = SharedStatus::default();
         (JobControl { commands, status }, receiver)
     }
@@ -177,7 +188,7 @@ impl JobControl {
     /// Hands the job a cluster slot to run once as a catch-up; `false` if the job is gone.
     pub(crate) fn catch_up(&self, slot: chrono::DateTime<chrono::Utc>, epoch: i64) -> bool {
         self.commands
-            .send(JobCommand::CatchUp { slot, epoch })
+            .unbounded_send(JobCommand::CatchUp { slot, epoch })
             .is_ok()
     }
 
@@ -187,7 +198,7 @@ impl JobControl {
     pub(crate) fn ping(&self) -> oneshot::Receiver<()> {
         let (reply, answer) = oneshot::channel();
         // A failed send drops `reply`, so `answer` reports the task gone.
-        let _ = self.commands.send(JobCommand::Ping(reply));
+        let _ = self.commands.unbounded_send(JobCommand::Ping(reply));
         answer
     }
 }
@@ -207,7 +218,7 @@ impl JobHandle {
     /// Starts the task for `spec`. It stops firing when `stop` is cancelled; its runs are spawned
     /// on `env.runs`, so they outlive it and are drained by the daemon.
     pub fn spawn(spec: Arc<JobSpec>, env: Arc<JobEnv>, stop: CancellationToken) -> Self {
-        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let (commands, commands_rx) = futures_channel::mpsc::unbounded();
         let status = SharedStatus::default();
         let task = tokio::spawn(supervise_actor(
             spec.clone(),
@@ -229,7 +240,10 @@ impl JobHandle {
     pub fn update(&mut self, spec: Arc<JobSpec>) {
         self.spec = spec.clone();
         // The task only ends after `stop`, and then an update has nothing left to do.
-        let _ = self.control.commands.send(JobCommand::Update(spec));
+        let _ = self
+            .control
+            .commands
+            .unbounded_send(JobCommand::Update(spec));
     }
 
     /// Stops firing; runs in flight go on. Returns the task to await.
@@ -247,7 +261,7 @@ async fn supervise_actor(
     spec: Arc<JobSpec>,
     env: Arc<JobEnv>,
     status: SharedStatus,
-    mut commands: mpsc::UnboundedReceiver<JobCommand>,
+    mut commands: CommandInbox,
     stop: CancellationToken,
 ) {
     use futures_util::FutureExt;
@@ -483,7 +497,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1_500)).await;
         job.update(spec("500ms"));
         tokio::time::sleep(Duration::from_millis(100)).await;
-        job.control.commands.send(JobCommand::Panic).expect("send");
+        job.control
+            .commands
+            .unbounded_send(JobCommand::Panic)
+            .expect("send");
         tokio::time::sleep(Duration::from_millis(2_050)).await;
         let status = job.control.status.snapshot();
         assert_eq!(status.task_restarts, 1);
@@ -521,7 +538,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1_200)).await;
         a.control
             .commands
-            .send(JobCommand::PanicAtNextFire)
+            .unbounded_send(JobCommand::PanicAtNextFire)
             .expect("send");
         tokio::time::sleep(Duration::from_millis(2_400)).await;
         let (a_status, b_status) = (a.control.status.snapshot(), b.control.status.snapshot());
