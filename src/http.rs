@@ -27,7 +27,10 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::clock::Clock;
 use crate::cluster::Cluster;
-use crate::job::{Directory, FireResult, JobControl};
+/// The jobs the endpoint can see (now kept in [`crate::job`], which needs it without an endpoint
+/// too).
+pub use crate::job::Directory;
+use crate::job::{FireResult, JobControl};
 use crate::metrics::{Format, Metrics};
 use crate::process::GroupKeeper;
 

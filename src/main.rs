@@ -175,7 +175,8 @@ fn main() -> ExitCode {
         Command::Run { log_time, .. } => log_time,
         _ => LogTimeArg::Utc,
     };
-    let log_writer = match logging::init_logging(cli.log_format, log_time.into()) {
+    let daemon = matches!(cli.command, Command::Run { .. });
+    let log_writer = match logging::init_logging(cli.log_format, log_time.into(), daemon) {
         Ok(guard) => guard,
         Err(err) => {
             cli::eprintln_safe(&format!("tickd: {err}"));

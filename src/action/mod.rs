@@ -24,6 +24,7 @@ pub use in_process::Started;
 /// What every run needs from the daemon, shared by all jobs: the means to perform actions, and
 /// nothing of the daemon's own bookkeeping.
 #[derive(Debug)]
+#[non_exhaustive] // Fields come and go with the features (`http-jobs`): build it with `new`.
 pub struct RunEnv {
     /// The one source of time.
     pub clock: Clock,
@@ -44,6 +45,7 @@ pub struct RunEnv {
 
 /// Why a [`RunEnv`] could not be set up.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive] // `HttpClient` exists with the `http-jobs` feature only.
 pub enum RunEnvError {
     /// The thread that spawns child processes could not be started.
     #[error("cannot start the process spawner: {0}")]

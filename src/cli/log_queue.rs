@@ -5,7 +5,8 @@
 //! line through a channel to its thread, waking it line by line, and gives each line a write(2)
 //! of its own: when 1000 jobs fire at once (3000 lines), that thread took the second core from
 //! the jobs exactly when they were due. Here a burst costs one wake-up, after which the thread
-//! waits [`GATHER`] for the rest of it, then writes [`WRITE_CHUNK`] at a time.
+//! (in the daemon) waits [`GATHER`] for the rest of it, then writes whole lines, up to
+//! [`WRITE_CHUNK`] bytes at a time.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,15 +15,18 @@ use std::time::Duration;
 
 /// How many bytes of lines the queue holds before new lines are dropped (and counted): the
 /// lines of some 9,000 runs at once fit (three lines of about 150 bytes each), while a stderr
-/// nobody reads costs at most this much.
+/// nobody reads costs at most twice this much (the queue, and the burst the writer is stuck on).
 const MAX_QUEUED_BYTES: usize = 4 << 20;
 
-/// How long the writer lets a burst of lines gather after its first line: the jobs due at one
-/// instant log together, and the thread keeps off the CPU while they start.
-const GATHER: Duration = Duration::from_millis(5);
+/// How long the daemon's writer lets a burst of lines gather after its first line: the jobs due
+/// at one instant log together, and the thread keeps off the CPU while they start. (Lines of an
+/// `output = "inherit"` child written straight to stderr meanwhile come before them.)
+pub(crate) const GATHER: Duration = Duration::from_millis(5);
 
-/// The most the writer hands to one write(2).
-const WRITE_CHUNK: usize = 256 << 10;
+/// The most the writer hands to one write(2), in whole lines: `PIPE_BUF`, so that on a pipe
+/// shared with other writers (children with `output = "inherit"`, journald's stream) a line is
+/// never split by theirs, as when each line had a write of its own.
+const WRITE_CHUNK: usize = 4096;
 
 /// How long [`LogGuard`]'s drop waits for the last lines to be written (a stderr that blocks
 /// would otherwise hold the exit).
@@ -57,10 +61,12 @@ struct Queue {
 }
 
 impl LogQueue {
-    /// A queue whose lines the `tickd-log` thread writes to `out`. After each write, when lines
-    /// were dropped since the last call, that thread calls `on_drops` with the total so far.
+    /// A queue whose lines the `tickd-log` thread writes to `out`, each burst `gather` after its
+    /// first line. After each write, when lines were dropped since the last call, that thread
+    /// calls `on_drops` with the total so far.
     pub(crate) fn start(
         out: impl Write + Send + 'static,
+        gather: Duration,
         on_drops: impl FnMut(u64) + Send + 'static,
     ) -> io::Result<(LogQueue, LogGuard)> {
         let shared = Arc::new(Shared {
@@ -73,7 +79,7 @@ impl LogQueue {
         std::thread::Builder::new()
             .name("tickd-log".into())
             .spawn(move || {
-                writer.write_until_closed(out, on_drops);
+                writer.write_until_closed(out, gather, on_drops);
                 let _ = done.send(());
             })?;
         Ok((
@@ -97,14 +103,19 @@ impl Shared {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Counts `lines` lost, into the metric at once (see [`Shared::push`]).
+    fn lost(&self, lines: u64) {
+        self.dropped.fetch_add(lines, Ordering::Relaxed);
+        tickd::metrics::LOG_LINES_DROPPED.inc_by(lines);
+    }
+
     /// Appends one line, or counts it dropped when the queue is full.
     fn push(&self, line: &[u8]) {
         let mut queue = self.lock();
         if queue.lines.len() + line.len() > MAX_QUEUED_BYTES {
             drop(queue);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
             // Counted here, not by the writer: it is the one stuck while lines are dropped.
-            tickd::metrics::LOG_LINES_DROPPED.inc();
+            self.lost(1);
             return;
         }
         let first = queue.lines.is_empty();
@@ -116,11 +127,18 @@ impl Shared {
     }
 
     /// The writer thread: waits for lines, lets the burst gather, writes it, tells `on_drops`
-    /// of new drops; until closed and empty. A failed write drops what it held (logging never
-    /// stops the scheduler).
-    fn write_until_closed(&self, mut out: impl Write, mut on_drops: impl FnMut(u64)) {
+    /// of new drops; until closed and empty. A failed write drops the rest of its burst, counted
+    /// (logging never stops the scheduler).
+    fn write_until_closed(
+        &self,
+        mut out: impl Write,
+        gather: Duration,
+        mut on_drops: impl FnMut(u64),
+    ) {
         let mut writing = Vec::new();
         let mut told = 0;
+        // A write that failed within a line left it without its end.
+        let mut line_cut = false;
         loop {
             let mut queue = self.lock();
             while queue.lines.is_empty() && !queue.closed {
@@ -132,17 +150,28 @@ impl Shared {
             if queue.lines.is_empty() {
                 return;
             }
-            if !queue.closed {
+            if !queue.closed && !gather.is_zero() {
                 drop(queue);
-                std::thread::sleep(GATHER);
+                std::thread::sleep(gather);
                 queue = self.lock();
             }
             std::mem::swap(&mut queue.lines, &mut writing);
             drop(queue);
-            for chunk in writing.chunks(WRITE_CHUNK) {
-                if out.write_all(chunk).is_err() {
+            if line_cut && out.write_all(b"\n").is_ok() {
+                line_cut = false;
+            }
+            let mut rest = &writing[..];
+            while !rest.is_empty() {
+                let chunk = &rest[..whole_lines(rest, WRITE_CHUNK)];
+                let written = write_some(&mut out, chunk);
+                if written < chunk.len() {
+                    line_cut = written > 0 && chunk[written - 1] != b'\n';
+                    let unwritten = &rest[written..];
+                    let lost = unwritten.iter().filter(|b| **b == b'\n').count();
+                    self.lost(lost as u64);
                     break;
                 }
+                rest = &rest[written..];
             }
             let _ = out.flush();
             writing.clear();
@@ -157,6 +186,34 @@ impl Shared {
             }
         }
     }
+}
+
+/// How many bytes of `bytes` make whole lines of at most `limit` bytes (at least one line, however
+/// long).
+fn whole_lines(bytes: &[u8], limit: usize) -> usize {
+    let window = &bytes[..bytes.len().min(limit)];
+    match window.iter().rposition(|b| *b == b'\n') {
+        Some(end) => end + 1,
+        // One line longer than `limit`: on its own.
+        None => bytes
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(bytes.len(), |end| end + 1),
+    }
+}
+
+/// Writes `bytes` until done or an error; how many bytes went out.
+fn write_some(out: &mut impl Write, bytes: &[u8]) -> usize {
+    let mut written = 0;
+    while written < bytes.len() {
+        match out.write(&bytes[written..]) {
+            Ok(0) => break,
+            Ok(n) => written += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    written
 }
 
 impl Drop for LogGuard {
@@ -190,13 +247,19 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogQueue {
 mod tests {
     use super::*;
 
-    /// What the writer thread was given, shared with the test.
+    /// What the writer thread was given, write by write, shared with the test.
     #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
+    struct Sink(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl Sink {
+        fn bytes(&self) -> Vec<u8> {
+            self.0.lock().expect("sink").concat()
+        }
+    }
 
     impl Write for Sink {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().expect("sink").extend_from_slice(buf);
+            self.0.lock().expect("sink").push(buf.to_vec());
             Ok(buf.len())
         }
         fn flush(&mut self) -> io::Result<()> {
@@ -220,7 +283,7 @@ mod tests {
     #[test]
     fn every_line_is_written_in_order_by_the_time_the_guard_is_dropped() {
         let sink = Sink::default();
-        let (queue, guard) = LogQueue::start(sink.clone(), |_| {}).expect("writer thread");
+        let (queue, guard) = LogQueue::start(sink.clone(), GATHER, |_| {}).expect("writer thread");
         let mut expected = Vec::new();
         for i in 0..20_000 {
             let line = format!("line {i}\n");
@@ -228,15 +291,80 @@ mod tests {
             expected.extend_from_slice(line.as_bytes());
         }
         drop(guard);
-        assert_eq!(*sink.0.lock().expect("sink"), expected);
+        assert_eq!(sink.bytes(), expected);
         assert_eq!(queue.dropped_lines(), 0);
+        // Whole lines in each write, none larger than a pipe writes in one piece.
+        let writes = sink.0.lock().expect("sink").clone();
+        assert!(writes.len() < 20_000 / 10, "{} writes", writes.len());
+        for write in writes {
+            assert!(write.len() <= WRITE_CHUNK && write.ends_with(b"\n"));
+        }
+    }
+
+    /// A stderr that takes 10 bytes, then fails once, then takes everything.
+    struct FailsOnce {
+        calls: usize,
+        sink: Sink,
+    }
+
+    impl Write for FailsOnce {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.calls += 1;
+            match self.calls {
+                1 => self.sink.write(&buf[..10]),
+                2 => Err(io::Error::from(io::ErrorKind::BrokenPipe)),
+                _ => self.sink.write(buf),
+            }
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A write that fails within a line loses the rest of its burst, counted, and the next
+    /// burst starts on a line of its own, not glued to the cut one.
+    #[test]
+    fn a_failed_write_counts_its_lines_and_the_next_starts_a_new_line() {
+        let sink = Sink::default();
+        let out = FailsOnce {
+            calls: 0,
+            sink: sink.clone(),
+        };
+        let (queue, guard) = LogQueue::start(out, GATHER, |_| {}).expect("writer thread");
+        for i in 0..3 {
+            (&queue)
+                .write_all(format!("first burst {i:04}\n").as_bytes())
+                .expect("write");
+        }
+        // The first burst written (and failed) before the second comes.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while queue.dropped_lines() < 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first burst was not written"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (&queue).write_all(b"second burst\n").expect("write");
+        drop(guard);
+        assert_eq!(sink.bytes(), b"first burs\nsecond burst\n");
+        assert_eq!(queue.dropped_lines(), 3);
+    }
+
+    #[test]
+    fn chunks_end_on_line_ends() {
+        assert_eq!(whole_lines(b"ab\ncd\nef", 6), 6);
+        assert_eq!(whole_lines(b"ab\ncd\nef", 5), 3);
+        // A line longer than the limit goes on its own.
+        assert_eq!(whole_lines(b"abcdefgh\nij\n", 4), 9);
+        assert_eq!(whole_lines(b"abcdefgh", 4), 8);
     }
 
     /// A stderr that blocks fills the queue: the lines past it are dropped and counted, the
     /// loggers never wait, and the exit waits for it a bounded time only.
     #[test]
     fn a_stuck_stderr_drops_and_counts_lines_and_holds_nobody() {
-        let (queue, guard) = LogQueue::start(Stuck, |_| {}).expect("writer thread");
+        let (queue, guard) = LogQueue::start(Stuck, GATHER, |_| {}).expect("writer thread");
         let line = [b'x'; 1023];
         let lines = 3 * MAX_QUEUED_BYTES / 1024;
         for _ in 0..lines {

@@ -28,12 +28,23 @@ pub(crate) enum LogSetupError {
 ///
 /// A `TICKD_LOG` that is not a filter is refused before anything is set up: read as tracing reads
 /// it, a typo such as `warning` would silence the whole log.
-pub(crate) fn init_logging(format: LogFormat, time: LogTime) -> Result<LogGuard, LogSetupError> {
+/// `daemon`: lines are written in bursts (see `log_queue::GATHER`); a command in the foreground
+/// writes each as it comes, in order with what it prints to stderr itself.
+pub(crate) fn init_logging(
+    format: LogFormat,
+    time: LogTime,
+    daemon: bool,
+) -> Result<LogGuard, LogSetupError> {
+    let gather = if daemon {
+        super::log_queue::GATHER
+    } else {
+        std::time::Duration::ZERO
+    };
     let level = std::env::var("TICKD_LOG").ok();
     let filter = tickd::logging::log_filter(level.as_deref())?;
     tickd::logging::set_log_time(time);
     let mut reported = 0;
-    let started = LogQueue::start(std::io::stderr(), move |dropped: u64| {
+    let started = LogQueue::start(std::io::stderr(), gather, move |dropped: u64| {
         tracing::warn!(
             dropped = dropped - reported,
             "log lines were dropped: stderr was not keeping up"

@@ -130,6 +130,12 @@ impl Validator<'_> {
     /// shows every job and its runs.
     fn endpoint(&mut self, raw: &RawDaemon) -> (Option<SocketAddr>, Option<String>) {
         let at = At::daemon("daemon.http");
+        // Without the endpoint, its address is refused whole: its form and token do not matter.
+        #[cfg(not(feature = "http"))]
+        if let Some(v) = &raw.http {
+            self.reject(v, at, crate::config::spec::NO_ENDPOINT.to_owned());
+            return (None, None);
+        }
         let http = raw
             .http
             .as_ref()
@@ -143,10 +149,6 @@ impl Validator<'_> {
                     format!("{addr} is not a loopback address: set [daemon] http_token, the bearer token every request must carry"),
                 );
             }
-        }
-        #[cfg(not(feature = "http"))]
-        if let Some(v) = &raw.http {
-            self.reject(v, at, crate::config::spec::NO_ENDPOINT.to_owned());
         }
         (http, http_token)
     }
