@@ -236,6 +236,7 @@ fn main() -> ExitCode {
             exit::OK
         }
     };
-    logging::flush_log(log_writer);
+    // The last lines ("shut down") written, waiting about a second at most if stderr is stuck.
+    drop(log_writer);
     ExitCode::from(code)
 }

@@ -17,8 +17,8 @@ pub(crate) enum LogSetupError {
     Thread(#[source] std::io::Error),
 }
 
-/// Sets up logging to stderr through the writer thread; the guard flushes it (see
-/// [`flush_log`]).
+/// Sets up logging to stderr through the writer thread; dropping the guard flushes it (waiting
+/// about a second at most if stderr is stuck).
 ///
 /// Lines are formatted where they are logged and queued (bounded, lossy) for the `tickd-log`
 /// thread, which alone writes to stderr: a stderr that blocks (a pipe nobody reads) stalls that
@@ -28,6 +28,7 @@ pub(crate) enum LogSetupError {
 ///
 /// A `TICKD_LOG` that is not a filter is refused before anything is set up: read as tracing reads
 /// it, a typo such as `warning` would silence the whole log.
+///
 /// `daemon`: lines are written in bursts (see `log_queue::GATHER`); a command in the foreground
 /// writes each as it comes, in order with what it prints to stderr itself.
 pub(crate) fn init_logging(
@@ -64,10 +65,4 @@ pub(crate) fn init_logging(
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
     Ok(guard)
-}
-
-/// Flushes the log queue at exit (waiting about a second at most if stderr is stuck), so the
-/// last lines ("shut down") are written.
-pub(crate) fn flush_log(guard: LogGuard) {
-    drop(guard);
 }

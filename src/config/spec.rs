@@ -22,11 +22,11 @@ pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a job with `http = ...` is refused by a build without the `http-jobs` feature.
-#[cfg_attr(feature = "http-jobs", allow(dead_code))]
+#[cfg(not(feature = "http-jobs"))]
 pub(crate) const NO_HTTP_JOBS: &str =
     "this build of tickd runs no http jobs (it was built without the `http-jobs` feature)";
 /// Why `[daemon] http` is refused by a build without the `http` feature.
-#[cfg_attr(feature = "http", allow(dead_code))]
+#[cfg(not(feature = "http"))]
 pub(crate) const NO_ENDPOINT: &str =
     "this build of tickd has no HTTP endpoint (it was built without the `http` feature)";
 /// The shortest default HTTP timeout, however often the job fires.
