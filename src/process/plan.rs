@@ -1,7 +1,7 @@
 //! What a run starts with: its environment, program, working directory, standard streams and
 //! hardening, prepared as an [`ExecPlan`] before the spawn.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::OwnedFd;
@@ -62,7 +62,7 @@ fn job_environment(
     run_as: Option<&RunAs>,
     run_vars: &[(&'static str, String)],
 ) -> BTreeMap<OsString, OsString> {
-    let policy = &spec.inherit();
+    let policy = spec.inherit();
     let mut env: BTreeMap<OsString, OsString> = if policy.clear() {
         policy
             .keep()
@@ -72,14 +72,7 @@ fn job_environment(
     } else {
         std::env::vars_os().collect()
     };
-    for name in policy
-        .remove()
-        .iter()
-        .map(String::as_str)
-        .chain(NEVER_INHERITED.iter().copied())
-    {
-        env.remove(OsStr::new(name));
-    }
+    env.retain(|name, _| inherits(spec, name));
     env.extend(spec.env().iter().map(|(k, v)| (k.into(), v.into())));
     if let Some(run_as) = run_as {
         env.insert("HOME".into(), run_as.home().into());
@@ -90,16 +83,74 @@ fn job_environment(
     env
 }
 
-/// The program a run of `spec` would start, found as the run would find it (the job's `PATH`,
-/// relative to its `cwd`): for `tickd check`, which warns of a program or a `cwd` that is not
-/// there.
-pub fn find_program(spec: &ProcessSpec) -> io::Result<PathBuf> {
-    let env = job_environment(spec, None, &[]);
-    let cwd = match spec.cwd() {
-        Some(cwd) => cwd.to_owned(),
-        None => std::env::current_dir()?,
-    };
-    let program = resolve_program(&spec.argv()[0], env.get(OsStr::new("PATH")), &cwd)?;
+/// Whether the job's policy lets the daemon's variable `name` through to its runs (the job's
+/// own variables aside): kept, when the policy clears the rest, and not removed.
+fn inherits(spec: &ProcessSpec, name: &OsStr) -> bool {
+    let policy = spec.inherit();
+    let named = |names: &[String]| names.iter().any(|n| name == n.as_str());
+    (!policy.clear() || named(policy.keep()))
+        && !named(policy.remove())
+        && !NEVER_INHERITED.iter().any(|n| name == *n)
+}
+
+/// The `PATH` a run of `spec` has, as [`job_environment`] would give it, without building the
+/// rest of the environment (`tickd check` asks this of every job: copying the daemon's whole
+/// environment for each took most of a check of 100,000 jobs).
+fn job_path(spec: &ProcessSpec) -> Option<OsString> {
+    if let Some(path) = spec.env().get("PATH") {
+        return Some(path.into());
+    }
+    let name = OsStr::new("PATH");
+    inherits(spec, name)
+        .then(|| std::env::var_os(name))
+        .flatten()
+}
+
+/// Finds the programs jobs would start, for `tickd check`, which warns of a program or a `cwd`
+/// that is not there. It remembers what it found for the duration of one check: a file's jobs
+/// mostly start a few programs from one `PATH`, and searching it again for each of 100,000 jobs
+/// took seconds.
+#[derive(Default)]
+pub struct ProgramFinder {
+    found: HashMap<ProgramKey, Result<PathBuf, (io::ErrorKind, String)>>,
+}
+
+/// What decides where a program is found: its name, the job's `PATH` and the job's `cwd`.
+type ProgramKey = (String, Option<OsString>, PathBuf);
+
+impl ProgramFinder {
+    /// The program a run of `spec` would start, found as the run would find it (the job's
+    /// `PATH`, relative to its `cwd`).
+    pub fn find(&mut self, spec: &ProcessSpec) -> io::Result<PathBuf> {
+        let cwd = match spec.cwd() {
+            Some(cwd) => cwd.to_owned(),
+            None => std::env::current_dir()?,
+        };
+        let key = (spec.argv()[0].clone(), job_path(spec), cwd);
+        if let Some(found) = self.found.get(&key) {
+            return found
+                .clone()
+                .map_err(|(kind, why)| io::Error::new(kind, why));
+        }
+        let found = find_program(&key.0, key.1.as_ref(), &key.2);
+        let kept = match &found {
+            Ok(program) => Ok(program.clone()),
+            Err(err) => Err((err.kind(), err.to_string())),
+        };
+        self.found.insert(key, kept);
+        found
+    }
+
+    /// How many different lookups were made.
+    #[cfg(test)]
+    fn lookups(&self) -> usize {
+        self.found.len()
+    }
+}
+
+/// The program `argv0` names in `path`, relative to `cwd`, checked to be there.
+fn find_program(argv0: &str, path: Option<&OsString>, cwd: &Path) -> io::Result<PathBuf> {
+    let program = resolve_program(argv0, path, cwd)?;
     // A name with a `/` is used as it is: it must be there, relative to the job's `cwd`.
     let there = if program.is_absolute() {
         program.clone()
@@ -157,5 +208,71 @@ fn hardening(run_as: Option<&RunAs>) -> Hardening {
         daemon_pid: std::process::id(),
         credentials: run_as.map(|r| (r.groups().to_vec(), r.gid(), r.uid())),
         descriptor_limit: CHILD_DESCRIPTOR_LIMIT.get().copied(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Action;
+
+    /// The process specs of the jobs of `text`, by name.
+    fn processes(text: &str) -> BTreeMap<String, ProcessSpec> {
+        let config = crate::config::parse(
+            Path::new("jobs.toml"),
+            text,
+            &crate::Handlers::with_builtins(),
+        )
+        .expect("valid");
+        config
+            .jobs()
+            .iter()
+            .map(|(name, spec)| match spec.action() {
+                Action::Process(process) => (name.clone(), process.clone()),
+                _ => panic!("job {name} is not a process"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_path_looked_up_is_the_path_the_run_gets() {
+        let jobs = |daemon: &str| {
+            processes(&format!(
+                "[daemon]\n{daemon}\n[jobs.a]\nevery = \"1s\"\ncommand = [\"true\"]\n\
+                 [jobs.own]\nevery = \"1s\"\ncommand = [\"true\"]\nenv = {{ PATH = \"/opt/x\" }}\n"
+            ))
+        };
+        for daemon in [
+            "",
+            "env_clear = true",
+            "env_clear = true\nenv_keep = [\"PATH\"]",
+            "env_remove = [\"PATH\"]",
+        ] {
+            for (name, spec) in jobs(daemon) {
+                let full = job_environment(&spec, None, &[]).remove(OsStr::new("PATH"));
+                assert_eq!(job_path(&spec), full, "job {name} with {daemon:?}");
+            }
+        }
+        let removed = jobs("env_remove = [\"PATH\"]");
+        assert_eq!(job_path(&removed["a"]), None);
+        assert_eq!(job_path(&removed["own"]), Some("/opt/x".into()));
+    }
+
+    #[test]
+    fn the_same_program_in_the_same_path_is_searched_once() {
+        let jobs = processes(
+            "[jobs.a]\nevery = \"1s\"\ncommand = [\"true\"]\n\
+             [jobs.b]\nevery = \"1s\"\ncommand = [\"true\", \"b\"]\n\
+             [jobs.c]\nevery = \"1s\"\ncommand = [\"true\"]\nenv = { PATH = \"/nonexistent\" }\n",
+        );
+        let mut finder = ProgramFinder::default();
+        let a = finder.find(&jobs["a"]).expect("true is installed");
+        assert_eq!(finder.find(&jobs["b"]).expect("the same"), a);
+        assert_eq!(finder.lookups(), 1);
+        for _ in 0..2 {
+            let err = finder.find(&jobs["c"]).expect_err("not in /nonexistent");
+            assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        }
+        assert_eq!(finder.lookups(), 2);
     }
 }

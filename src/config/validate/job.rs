@@ -121,7 +121,7 @@ impl Validator<'_> {
                 return;
             }
         }
-        if let Err(err) = crate::process::find_program(process) {
+        if let Err(err) = self.programs.find(process) {
             let why = format!(
                 "cannot find the program {:?} ({err}); is it installed, and in the job's PATH?",
                 process.argv()[0]

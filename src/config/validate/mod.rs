@@ -42,6 +42,7 @@ pub(super) fn config(
         purpose,
         problems,
         warnings: Vec::new(),
+        programs: Default::default(),
     }
     .config(raw)
 }
@@ -54,6 +55,8 @@ struct Validator<'a> {
     purpose: Purpose,
     problems: Vec<Problem>,
     warnings: Vec<Problem>,
+    /// The programs of command jobs, found once each (checks only).
+    programs: crate::process::ProgramFinder,
 }
 
 /// The job and key a value belongs to, for messages.
