@@ -28,7 +28,8 @@ mod supervise;
 
 pub use keeper::{keeper_main, GroupKeeper, KEEPER_CHECK};
 pub use output::{keep_end, start_output_thread, HeldOutput, OutputSink, HELD_OUTPUT, MAX_LINE};
-pub use plan::{set_child_descriptor_limit, ProgramFinder};
+pub use plan::set_child_descriptor_limit;
+pub(crate) use plan::ProgramFinder;
 pub use procfs::{group_rss, own_rss};
 pub use spawner::{ChildProcess, Spawner};
 pub use supervise::{run_child, status_parts, ChildEnd, ChildRun, StopCause};

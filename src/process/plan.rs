@@ -111,28 +111,34 @@ fn job_path(spec: &ProcessSpec) -> Option<OsString> {
 /// mostly start a few programs from one `PATH`, and searching it again for each of 100,000 jobs
 /// took seconds.
 #[derive(Default)]
-pub struct ProgramFinder {
+pub(crate) struct ProgramFinder {
     found: HashMap<ProgramKey, Result<PathBuf, (io::ErrorKind, String)>>,
 }
 
-/// What decides where a program is found: its name, the job's `PATH` and the job's `cwd`.
-type ProgramKey = (String, Option<OsString>, PathBuf);
+/// What decides where a program is found: its name, the job's `PATH` and the job's `cwd` (`None`:
+/// the daemon's).
+type ProgramKey = (String, Option<OsString>, Option<PathBuf>);
 
 impl ProgramFinder {
     /// The program a run of `spec` would start, found as the run would find it (the job's
     /// `PATH`, relative to its `cwd`).
-    pub fn find(&mut self, spec: &ProcessSpec) -> io::Result<PathBuf> {
-        let cwd = match spec.cwd() {
-            Some(cwd) => cwd.to_owned(),
-            None => std::env::current_dir()?,
-        };
-        let key = (spec.argv()[0].clone(), job_path(spec), cwd);
+    pub(crate) fn find(&mut self, spec: &ProcessSpec) -> io::Result<PathBuf> {
+        let key = (
+            spec.argv()[0].clone(),
+            job_path(spec),
+            spec.cwd().map(Path::to_owned),
+        );
         if let Some(found) = self.found.get(&key) {
             return found
                 .clone()
                 .map_err(|(kind, why)| io::Error::new(kind, why));
         }
-        let found = find_program(&key.0, key.1.as_ref(), &key.2);
+        let found = match &key.2 {
+            Some(cwd) => find_program(&key.0, key.1.as_ref(), cwd),
+            None => {
+                std::env::current_dir().and_then(|cwd| find_program(&key.0, key.1.as_ref(), &cwd))
+            }
+        };
         let kept = match &found {
             Ok(program) => Ok(program.clone()),
             Err(err) => Err((err.kind(), err.to_string())),
