@@ -173,6 +173,17 @@ shell = "exit 3"
     eventually("the job exec'd sleep", || {
         fs::read_to_string(format!("/proc/{child}/comm")).is_ok_and(|c| c == "sleep\n")
     });
+    // As it starts, `sleep` opens (and closes) its libraries' and locale's files as descriptor 3:
+    // its descriptors are counted once it sleeps, in clock_nanosleep.
+    let clock_nanosleep = if cfg!(target_arch = "aarch64") {
+        "115"
+    } else {
+        "230"
+    };
+    eventually("the job's sleep sleeps", || {
+        fs::read_to_string(format!("/proc/{child}/syscall"))
+            .is_ok_and(|call| call.split(' ').next() == Some(clock_nanosleep))
+    });
     let mut fds: Vec<String> = fs::read_dir(format!("/proc/{child}/fd"))
         .expect("child fds")
         .flatten()
