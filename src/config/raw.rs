@@ -25,15 +25,17 @@ use crate::schedule::EveryMode;
 /// this one pass takes half the time).
 pub(super) fn deserialize(locator: &Locator<'_>) -> Result<(RawConfig, Vec<Problem>), Problem> {
     let parse = || {
-        toml_edit::ImDocument::parse(locator.text).map_err(|err| {
+        toml_edit::Document::parse(locator.text).map_err(|err| {
             let err = toml_edit::de::Error::from(err);
             let offset = err.span().map_or(0, |s| s.start);
             locator.problem(offset, None, None, err.message().trim().to_owned())
         })
     };
-    let whole: Result<RawConfig, _> =
-        RawConfig::deserialize(toml_edit::de::Deserializer::from(parse()?));
-    if let Ok(raw) = whole {
+    // toml's own parser reads straight into serde without building toml_edit's document, which
+    // only the part-by-part reading below needs (the two share one tokenizer, so they accept the
+    // same): `tickd check` on 100,000 jobs took 1.2 s and 289 MB this way, 1.65 s and 508 MB
+    // through the document (2026-12-03).
+    if let Ok(raw) = toml::from_str::<RawConfig>(locator.text) {
         return Ok((raw, Vec::new()));
     }
     let mut root = parse()?.into_item();

@@ -355,7 +355,7 @@ output = "discard"
         // A syntax error is necessarily alone.
         let msg = error("[jobs.a]\nevery = 5\n[jobs.b\n");
         assert!(
-            msg.starts_with("jobs.toml:3:8: invalid table header"),
+            msg.starts_with("jobs.toml:3:8: unclosed table, expected `]`"),
             "{msg}"
         );
         assert!(!msg.contains("every"), "{msg}");
