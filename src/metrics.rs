@@ -7,9 +7,10 @@
 //! Prometheus sets on every series of a scraped target, renaming ours to `exported_job`).
 
 mod classic;
+mod jobs;
 
-use std::sync::atomic::AtomicU64;
-use std::sync::LazyLock;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, LazyLock};
 
 use chrono::{DateTime, Utc};
 use prometheus_client::collector::Collector;
@@ -18,21 +19,15 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::action::{Outcome, RunReport};
 use crate::cluster::Cluster;
+use jobs::{JobSeries, JobSeriesCollector, JobSeriesSet};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobLabel {
     job_name: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RunLabels {
-    job_name: String,
-    outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -52,6 +47,17 @@ const RUN_OUTCOMES: [&str; 7] = [
     RETRY_DROPPED,
     REFUSED,
 ];
+
+/// Where each outcome sits in [`RUN_OUTCOMES`] (and its counter in a job's series).
+mod outcome_index {
+    pub(super) const SUCCESS: usize = 0;
+    pub(super) const FAILURE: usize = 1;
+    pub(super) const TIMEOUT: usize = 2;
+    pub(super) const STOPPED: usize = 3;
+    pub(super) const SKIPPED_OVERLAP: usize = 4;
+    pub(super) const RETRY_DROPPED: usize = 5;
+    pub(super) const REFUSED: usize = 6;
+}
 
 /// The `outcome` label of fires skipped by the overlap policy.
 const SKIPPED_OVERLAP: &str = "skipped_overlap";
@@ -120,12 +126,9 @@ pub static LOG_LINES_DROPPED: LazyLock<Counter> = LazyLock::new(Counter::default
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    runs: Family<RunLabels, Counter>,
-    duration: Family<JobLabel, Histogram>,
-    lateness: Family<JobLabel, Histogram>,
-    missed: Family<JobLabel, Counter>,
+    /// Every job's series but its task restarts (see [`jobs`]).
+    jobs: Arc<JobSeriesSet>,
     in_flight: Gauge,
-    last_success: Family<JobLabel, Gauge<f64, AtomicU64>>,
     reloads: Family<ResultLabel, Counter>,
     rss: Gauge,
     task_restarts: Family<JobLabel, Counter>,
@@ -144,44 +147,10 @@ impl Metrics {
     /// Registers every metric.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("tickd");
-        let runs = Family::<RunLabels, Counter>::default();
-        registry.register(
-            "runs",
-            "Runs by job and outcome (success, failure, timeout, stopped; and skipped_overlap, retry_dropped, refused for runs that did not happen)",
-            runs.clone(),
-        );
-        let duration = Family::<JobLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0])
-        });
-        registry.register(
-            "run_duration_seconds",
-            "How long runs took, by job",
-            duration.clone(),
-        );
-        let lateness = Family::<JobLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new([
-                0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.01, 0.1, 1.0,
-            ])
-        });
-        registry.register(
-            "fire_lateness_seconds",
-            "Time from a run's due instant to its start, by job",
-            lateness.clone(),
-        );
-        let missed = Family::<JobLabel, Counter>::default();
-        registry.register(
-            "fires_missed",
-            "Fires that passed without their own run: the daemon was stalled or the wall clock jumped past them",
-            missed.clone(),
-        );
+        let jobs = Arc::<JobSeriesSet>::default();
+        registry.register_collector(Box::new(JobSeriesCollector(Arc::clone(&jobs))));
         let in_flight = Gauge::default();
         registry.register("runs_in_flight", "Runs going now", in_flight.clone());
-        let last_success = Family::<JobLabel, Gauge<f64, AtomicU64>>::default();
-        registry.register(
-            "last_success_timestamp_seconds",
-            "When the last successful run of each job started (Unix time)",
-            last_success.clone(),
-        );
         let reloads = Family::<ResultLabel, Counter>::default();
         registry.register(
             "config_reloads",
@@ -209,12 +178,8 @@ impl Metrics {
             task_restarts,
             per_job: true,
             registry,
-            runs,
-            duration,
-            lateness,
-            missed,
+            jobs,
             in_flight,
-            last_success,
             reloads,
             rss,
         }
@@ -247,31 +212,8 @@ impl Metrics {
     /// The metrics of one job, looked up once: recording a run then takes no lock and no
     /// allocation (the handles share their values with the registry).
     pub fn for_job(&self, job: &str) -> JobMetrics {
-        let label = JobLabel {
-            job_name: self.job_name(job),
-        };
-        let count = |outcome: &str| {
-            self.runs
-                .get_or_create(&RunLabels {
-                    job_name: label.job_name.clone(),
-                    outcome: outcome.to_owned(),
-                })
-                .clone()
-        };
-        let [success, failure, timeout, stopped, skipped, retries_dropped, refused] =
-            RUN_OUTCOMES.map(count);
         JobMetrics {
-            success,
-            failure,
-            timeout,
-            stopped,
-            skipped,
-            retries_dropped,
-            refused,
-            duration: self.duration.get_or_create(&label).clone(),
-            lateness: self.lateness.get_or_create(&label).clone(),
-            missed: self.missed.get_or_create(&label).clone(),
-            last_success: self.last_success.get_or_create(&label).clone(),
+            series: self.jobs.get_or_create(&self.job_name(job)),
             in_flight: self.in_flight.clone(),
         }
     }
@@ -283,38 +225,22 @@ impl Metrics {
         if !self.per_job {
             return;
         }
-        let label = JobLabel {
+        self.jobs.remove(job);
+        self.task_restarts.remove(&JobLabel {
             job_name: job.to_owned(),
-        };
-        for outcome in RUN_OUTCOMES {
-            self.runs.remove(&RunLabels {
-                job_name: job.to_owned(),
-                outcome: outcome.to_owned(),
-            });
-        }
-        self.duration.remove(&label);
-        self.lateness.remove(&label);
-        self.missed.remove(&label);
-        self.last_success.remove(&label);
-        self.task_restarts.remove(&label);
+        });
     }
 
     /// A job's lateness and duration histograms as they are now, for the status page; `None`
-    /// for a job the metrics do not know. Each histogram is copied out of the registry through
-    /// a registry of its own, encoded and read back: prometheus-client keeps its buckets to
-    /// itself, and this costs one job's few lines, not the whole `/metrics`.
+    /// for a job the metrics do not know.
     pub fn job_histograms(&self, job: &str) -> Option<JobHistograms> {
         if !self.per_job {
             return None;
         }
-        let label = JobLabel {
-            job_name: job.to_owned(),
-        };
-        let lateness = self.lateness.get(&label).map(|h| h.clone())?;
-        let duration = self.duration.get(&label).map(|h| h.clone())?;
+        let series = self.jobs.get(job)?;
         Some(JobHistograms {
-            lateness: Buckets::of(lateness),
-            duration: Buckets::of(duration),
+            lateness: series.lateness.buckets(),
+            duration: series.duration.buckets(),
         })
     }
 
@@ -486,38 +412,6 @@ pub struct Buckets {
 }
 
 impl Buckets {
-    /// The buckets of `histogram`, read from its text encoding.
-    fn of(histogram: Histogram) -> Buckets {
-        let mut registry = Registry::default();
-        registry.register("h", "", histogram);
-        let mut text = String::new();
-        if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
-            return Buckets::default();
-        }
-        let mut buckets = Buckets::default();
-        for line in text.lines() {
-            let Some((series, value)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            if series == "h_sum" {
-                buckets.sum = value.parse().unwrap_or(0.0);
-            } else if let Some(le) = series
-                .strip_prefix("h_bucket{le=\"")
-                .and_then(|rest| rest.strip_suffix("\"}"))
-            {
-                let le = if le == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    le.parse().unwrap_or(f64::NAN)
-                };
-                if let Ok(count) = value.parse() {
-                    buckets.cumulative.push((le, count));
-                }
-            }
-        }
-        buckets
-    }
-
     /// How many observations in all.
     pub fn count(&self) -> u64 {
         self.cumulative.last().map_or(0, |(_, count)| *count)
@@ -540,17 +434,7 @@ impl Buckets {
 /// One job's metric handles; see [`Metrics::for_job`].
 #[derive(Debug, Clone)]
 pub struct JobMetrics {
-    success: Counter,
-    failure: Counter,
-    timeout: Counter,
-    stopped: Counter,
-    skipped: Counter,
-    retries_dropped: Counter,
-    refused: Counter,
-    duration: Histogram,
-    lateness: Histogram,
-    missed: Counter,
-    last_success: Gauge<f64, AtomicU64>,
+    series: Arc<JobSeries>,
     in_flight: Gauge,
 }
 
@@ -563,7 +447,7 @@ impl JobMetrics {
         if in_flight {
             self.in_flight.inc();
         }
-        self.lateness.observe(lateness.as_secs_f64());
+        self.series.lateness.observe(lateness);
     }
 
     /// A run ended.
@@ -577,49 +461,126 @@ impl JobMetrics {
         if was_in_flight {
             self.in_flight.dec();
         }
-        match report.outcome {
-            Outcome::Success => {
-                self.success.inc();
-                self.last_success
-                    .set(started.timestamp_millis() as f64 / 1000.0);
-            }
-            Outcome::Failure => {
-                self.failure.inc();
-            }
-            Outcome::Timeout => {
-                self.timeout.inc();
-            }
-            Outcome::Stopped => {
-                self.stopped.inc();
-            }
+        if report.outcome == Outcome::Success {
+            self.series
+                .set_last_success(started.timestamp_millis() as f64 / 1000.0);
         }
-        self.duration.observe(duration.as_secs_f64());
+        self.count(match report.outcome {
+            Outcome::Success => outcome_index::SUCCESS,
+            Outcome::Failure => outcome_index::FAILURE,
+            Outcome::Timeout => outcome_index::TIMEOUT,
+            Outcome::Stopped => outcome_index::STOPPED,
+        });
+        self.series.duration.observe(duration);
+    }
+
+    /// Adds one to `tickd_runs_total` with the `outcome` label `RUN_OUTCOMES[outcome]`.
+    fn count(&self, outcome: usize) {
+        self.series.runs[outcome].fetch_add(1, Relaxed);
     }
 
     /// A fire was skipped by the overlap policy.
     pub fn skipped(&self) {
-        self.skipped.inc();
+        self.count(outcome_index::SKIPPED_OVERLAP);
     }
 
     /// A retry was dropped.
     pub fn retry_dropped(&self) {
-        self.retries_dropped.inc();
+        self.count(outcome_index::RETRY_DROPPED);
     }
 
     /// A run-now request was refused by the overlap policy.
     pub fn refused(&self) {
-        self.refused.inc();
+        self.count(outcome_index::REFUSED);
     }
 
     /// `count` fires were missed (see [`crate::status::RunCounts::missed`]).
     pub fn missed(&self, count: u64) {
-        self.missed.inc_by(count);
+        self.series.missed.fetch_add(count, Relaxed);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn each_outcome_counts_into_its_own_labelled_series() {
+        let metrics = Metrics::new();
+        let job = metrics.for_job("x");
+        let report = |outcome| RunReport {
+            outcome,
+            exit_code: None,
+            signal: None,
+            http_status: None,
+            reason: None,
+            forced: false,
+            output: None,
+        };
+        let outcomes = [
+            Outcome::Success,
+            Outcome::Failure,
+            Outcome::Timeout,
+            Outcome::Stopped,
+        ];
+        // 1 success, 2 failures, ..., 4 stopped; then 5, 6 and 7 of the runs that did not happen.
+        for (times, outcome) in (1..).zip(outcomes) {
+            for _ in 0..times {
+                job.run_ended(&report(outcome), Duration::ZERO, Utc::now(), false);
+            }
+        }
+        (0..5).for_each(|_| job.skipped());
+        (0..6).for_each(|_| job.retry_dropped());
+        (0..7).for_each(|_| job.refused());
+        let text = metrics.encode();
+        for (times, outcome) in (1..).zip(RUN_OUTCOMES) {
+            let line =
+                format!("tickd_runs_total{{job_name=\"x\",outcome=\"{outcome}\"}} {times}\n");
+            assert!(text.contains(&line), "{line:?} in:\n{text}");
+        }
+        assert!(
+            text.contains("tickd_run_duration_seconds_count{job_name=\"x\"} 10\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_job_taken_again_keeps_its_counts_and_jobs_are_listed_by_name() {
+        let metrics = Metrics::new();
+        for job in ["b", "a", "c"] {
+            metrics.for_job(job).missed(1);
+        }
+        // What a reload does for a job it keeps.
+        metrics.for_job("b").missed(2);
+        let text = metrics.encode();
+        assert!(
+            text.contains("tickd_fires_missed_total{job_name=\"b\"} 3\n"),
+            "{text}"
+        );
+        let order: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("tickd_fires_missed_total{job_name=\""))
+            .map(|l| &l[..1])
+            .collect();
+        assert_eq!(order, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn without_series_per_job_every_job_counts_into_the_totals() {
+        let mut metrics = Metrics::new();
+        metrics.set_per_job(false);
+        metrics.for_job("a").skipped();
+        metrics.for_job("b").skipped();
+        metrics.forget_job("a");
+        let text = metrics.encode();
+        assert!(
+            text.contains("tickd_runs_total{job_name=\"\",outcome=\"skipped_overlap\"} 2\n"),
+            "{text}"
+        );
+        assert!(!text.contains("job_name=\"a\""), "{text}");
+        assert_eq!(metrics.job_histograms("b"), None);
+    }
 
     #[test]
     fn a_jobs_histograms_are_read_back_bucket_by_bucket() {
