@@ -148,67 +148,102 @@ pub struct RunHistory {
 }
 
 /// A [`RunRecord`] as the history keeps it: what most runs have (a handler's, a child's that
-/// exited 0 in a single node) inline, the rest behind one pointer. Half the size (96 bytes,
-/// not 184): 20 runs of each of 10,000 jobs are 19 MB, not 37.
+/// exited 0 in a single node) inline and small, the rest behind one pointer. A third of the size
+/// (64 bytes, not 184): 20 runs of each of 100,000 jobs are 128 MB, not 368.
 #[derive(Debug)]
 struct KeptRun {
     run_id: u64,
-    started: DateTime<Utc>,
-    scheduled: DateTime<Utc>,
+    /// `started`, in nanoseconds since 1970 (8 bytes, not chrono's 12); `rest` has both
+    /// instants when one is beyond what this holds (before 1677 or after 2262).
+    started_ns: i64,
+    /// `scheduled`, likewise.
+    scheduled_ns: i64,
     lateness_ms: f64,
     duration_ms: f64,
-    outcome: Cow<'static, str>,
+    rest: Option<Box<KeptRest>>,
     exit_code: Option<i32>,
     status: Option<u16>,
-    rest: Option<Box<KeptRest>>,
+    /// `outcome` as its place in [`KEPT_OUTCOMES`]; `None` when `rest` has it.
+    outcome: Option<u8>,
 }
 
+/// The outcomes a [`KeptRun`] keeps inline.
+const KEPT_OUTCOMES: [&str; 4] = [
+    Outcome::Success.as_str(),
+    Outcome::Failure.as_str(),
+    Outcome::Timeout.as_str(),
+    Outcome::Stopped.as_str(),
+];
+
 /// The fields of a kept run that most runs do not have.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct KeptRest {
     signal: Option<String>,
     reason: Option<String>,
     node: Option<String>,
     output: Option<String>,
+    /// An outcome not in [`KEPT_OUTCOMES`] (read from a newer tickd's state, say).
+    outcome: Option<String>,
+    /// `(started, scheduled)`, when [`KeptRun`]'s nanoseconds cannot hold them.
+    instants: Option<(DateTime<Utc>, DateTime<Utc>)>,
 }
 
 impl KeptRun {
     fn of(run: RunRecord) -> Self {
-        let rest = (run.signal.is_some()
-            || run.reason.is_some()
-            || run.node.is_some()
-            || run.output.is_some())
-        .then(|| {
-            Box::new(KeptRest {
-                signal: run.signal,
-                reason: run.reason,
-                node: run.node,
-                output: run.output,
-            })
-        });
+        let outcome = KEPT_OUTCOMES
+            .iter()
+            .position(|known| *known == run.outcome)
+            .and_then(|i| u8::try_from(i).ok());
+        let nanos = run
+            .started
+            .timestamp_nanos_opt()
+            .zip(run.scheduled.timestamp_nanos_opt());
+        let rest = KeptRest {
+            signal: run.signal,
+            reason: run.reason,
+            node: run.node,
+            output: run.output,
+            outcome: outcome.is_none().then(|| run.outcome.into_owned()),
+            instants: nanos.is_none().then_some((run.started, run.scheduled)),
+        };
+        let rare = rest.signal.is_some()
+            || rest.reason.is_some()
+            || rest.node.is_some()
+            || rest.output.is_some()
+            || rest.outcome.is_some()
+            || rest.instants.is_some();
+        let (started_ns, scheduled_ns) = nanos.unwrap_or_default();
         KeptRun {
             run_id: run.run_id,
-            started: run.started,
-            scheduled: run.scheduled,
+            started_ns,
+            scheduled_ns,
             lateness_ms: run.lateness_ms,
             duration_ms: run.duration_ms,
-            outcome: run.outcome,
+            rest: rare.then(|| Box::new(rest)),
             exit_code: run.exit_code,
             status: run.status,
-            rest,
+            outcome,
         }
     }
 
     fn record(&self) -> RunRecord {
         let rest = self.rest.as_deref();
         let field = |pick: fn(&KeptRest) -> &Option<String>| rest.and_then(|r| pick(r).clone());
+        let (started, scheduled) = rest.and_then(|r| r.instants).unwrap_or((
+            DateTime::from_timestamp_nanos(self.started_ns),
+            DateTime::from_timestamp_nanos(self.scheduled_ns),
+        ));
+        let outcome = match self.outcome {
+            Some(i) => Cow::Borrowed(KEPT_OUTCOMES[usize::from(i)]),
+            None => Cow::Owned(field(|r| &r.outcome).unwrap_or_default()),
+        };
         RunRecord {
             run_id: self.run_id,
-            started: self.started,
-            scheduled: self.scheduled,
+            started,
+            scheduled,
             lateness_ms: self.lateness_ms,
             duration_ms: self.duration_ms,
-            outcome: self.outcome.clone(),
+            outcome,
             exit_code: self.exit_code,
             signal: field(|r| &r.signal),
             status: self.status,
@@ -425,13 +460,42 @@ mod tests {
     }
 
     #[test]
-    fn a_kept_run_is_half_a_run_record() {
+    fn a_kept_run_is_a_third_of_a_run_record() {
         assert!(
-            std::mem::size_of::<KeptRun>() * 2 <= std::mem::size_of::<RunRecord>() + 8,
+            std::mem::size_of::<KeptRun>() <= 64,
             "{} against {}",
             std::mem::size_of::<KeptRun>(),
             std::mem::size_of::<RunRecord>()
         );
+    }
+
+    #[test]
+    fn a_kept_run_gives_back_every_outcome_and_instant_it_was_given() {
+        let mut history = RunHistory::default();
+        let mut runs = Vec::new();
+        for (i, outcome) in [
+            "success",
+            "failure",
+            "timeout",
+            "stopped",
+            "from a newer tickd",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut run = record(i as u64);
+            run.outcome = Cow::Owned(outcome.to_owned());
+            run.started = DateTime::from_timestamp(1_800_000_000, 123_456_789).expect("valid");
+            runs.push(run);
+        }
+        // An instant beyond what 64 bits of nanoseconds hold still comes back as it went in.
+        runs[4].scheduled = DateTime::from_timestamp(300_000_000_000, 7).expect("valid");
+        for run in &runs {
+            history.record(run.clone(), 10, 16);
+        }
+        let kept: Vec<RunRecord> = history.runs().collect();
+        runs.reverse();
+        assert_eq!(kept, runs);
     }
 
     #[test]

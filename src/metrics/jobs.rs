@@ -186,6 +186,9 @@ impl AtomicHistogram {
     }
 }
 
+/// Picks one of a job's histograms.
+type PickHistogram = fn(&JobSeries) -> &AtomicHistogram;
+
 /// Encodes a [`JobSeriesSet`] at each scrape.
 #[derive(Debug)]
 pub(super) struct JobSeriesCollector(pub(super) Arc<JobSeriesSet>);
@@ -209,7 +212,7 @@ impl Collector for JobSeriesCollector {
             }
         }
 
-        let histograms: [(&str, &str, fn(&JobSeries) -> &AtomicHistogram); 2] = [
+        let histograms: [(&str, &str, PickHistogram); 2] = [
             (
                 "run_duration_seconds",
                 "How long runs took, by job",
