@@ -511,12 +511,7 @@ mod tests {
         let job = metrics.for_job("x");
         let report = |outcome| RunReport {
             outcome,
-            exit_code: None,
-            signal: None,
-            http_status: None,
-            reason: None,
-            forced: false,
-            output: None,
+            ..RunReport::success()
         };
         let outcomes = [
             Outcome::Success,

@@ -143,7 +143,8 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    fn success() -> Self {
+    /// A run that succeeded, with nothing else to say.
+    pub(crate) fn success() -> Self {
         RunReport {
             outcome: Outcome::Success,
             exit_code: None,
