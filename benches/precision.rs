@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -346,9 +346,17 @@ fn proc_status_kb(pid: u32, field: &str) -> u64 {
 struct Recorder {
     samples: Mutex<Vec<u64>>,
     fires: AtomicU64,
+    /// Fires of the `measure` handler by the second they were due in (Unix seconds mod 32): the
+    /// fires across a reload are counted by when they were due, not when they were seen, so a
+    /// late batch from before it does not count and a fire twice would.
+    by_due_second: [AtomicU64; 32],
 }
 
 impl Recorder {
+    fn record_due(&self, due: DateTime<Utc>) {
+        self.by_due_second[due_slot(due.timestamp())].fetch_add(1, Ordering::Relaxed);
+    }
+
     fn record(&self, lateness_ns: i64) {
         self.fires.fetch_add(1, Ordering::Relaxed);
         self.samples
@@ -505,6 +513,7 @@ fn recording_handlers(recorder: &Arc<Recorder>) -> tickd::Handlers {
     handlers.register("measure", move |ctx: tickd::RunContext| {
         let lateness = Utc::now() - ctx.scheduled;
         rec.record(lateness.num_nanoseconds().unwrap_or(i64::MAX));
+        rec.record_due(ctx.scheduled);
         async { Ok::<(), tickd::handler::HandlerError>(()) }
     });
     handlers
@@ -961,14 +970,29 @@ async fn until_fired(recorder: &Recorder, fires: u64, t0: Instant) -> f64 {
     t0.elapsed().as_secs_f64() * 1e3
 }
 
-/// Reloads the same file: how long until "configuration reloaded" (ms), and the runs in the
-/// 4 s from the reload's signal on (4 per job at 1 Hz).
+/// The slot of [`Recorder::by_due_second`] for a Unix second.
+fn due_slot(unix_second: i64) -> usize {
+    usize::try_from(unix_second.rem_euclid(32)).unwrap_or(0)
+}
+
+/// Reloads the same file: how long until "configuration reloaded" (ms), and the runs due in
+/// the 4 whole seconds after the reload's signal (4 per job at 1 Hz), counted once they have had
+/// 2 s to be late in.
 async fn reload_across(
     running: &Running,
     recorder: &Recorder,
     reloaded: &Mutex<Option<Instant>>,
 ) -> (f64, u64) {
-    let before = recorder.fires.load(Ordering::Relaxed);
+    let first = Utc::now().timestamp() + 1;
+    let window = first..first + 4;
+    let due_in_window = || -> u64 {
+        window
+            .clone()
+            .map(|second| recorder.by_due_second[due_slot(second)].load(Ordering::Relaxed))
+            .sum()
+    };
+    // What those slots counted 32 s ago.
+    let before = due_in_window();
     let t1 = Instant::now();
     running.send(tickd::Control::Reload).await;
     while reloaded.lock().expect("lock").is_none() && t1.elapsed() < Duration::from_secs(60) {
@@ -978,8 +1002,10 @@ async fn reload_across(
         .lock()
         .expect("lock")
         .map_or(f64::NAN, |at| at.duration_since(t1).as_secs_f64() * 1e3);
-    tokio::time::sleep_until((t1 + Duration::from_secs(4)).into()).await;
-    (reload_ms, recorder.fires.load(Ordering::Relaxed) - before)
+    let seen_by = DateTime::<Utc>::from_timestamp(window.end + 2, 0).unwrap_or_else(Utc::now);
+    let wait = (seen_by - Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait).await;
+    (reload_ms, due_in_window() - before)
 }
 
 /// Records when tickd logs "configuration reloaded".
