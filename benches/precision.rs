@@ -15,7 +15,7 @@
 //! Lateness is the time from the due instant (grid point, or the wall-clock second for cron) to
 //! the moment the job's own code runs, in milliseconds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -350,6 +350,9 @@ struct Recorder {
     /// fires across a reload are counted by when they were due, not when they were seen, so a
     /// late batch from before it does not count and a fire twice would.
     by_due_second: [AtomicU64; 32],
+    /// While set, each job's due instants (ns since 1970), to find a fire missing from its grid.
+    track_jobs: std::sync::atomic::AtomicBool,
+    due_by_job: Mutex<HashMap<Arc<str>, Vec<i64>>>,
 }
 
 impl Recorder {
@@ -514,6 +517,11 @@ fn recording_handlers(recorder: &Arc<Recorder>) -> tickd::Handlers {
         let lateness = Utc::now() - ctx.scheduled;
         rec.record(lateness.num_nanoseconds().unwrap_or(i64::MAX));
         rec.record_due(ctx.scheduled);
+        if rec.track_jobs.load(Ordering::Relaxed) {
+            let due = ctx.scheduled.timestamp_nanos_opt().unwrap_or(0);
+            let mut by_job = rec.due_by_job.lock().expect("lock");
+            by_job.entry(ctx.job.clone()).or_default().push(due);
+        }
         async { Ok::<(), tickd::handler::HandlerError>(()) }
     });
     handlers
@@ -849,7 +857,7 @@ async fn startup_reload() -> Value {
     let startup_ms = until_fired(&recorder, 10_000, t0).await;
     tokio::time::sleep(Duration::from_millis(2300)).await;
     // Fires across the reload: from 2.3 s to 6.3 s after start, 4 per job.
-    let (reload_ms, across) = reload_across(&running, &recorder, &reloaded).await;
+    let (reload_ms, across, grid_gaps) = reload_across(&running, &recorder, &reloaded).await;
     running.stop().await;
     json!({
         "scenario": "startup-reload-10000",
@@ -860,6 +868,7 @@ async fn startup_reload() -> Value {
         "reload_ms": reload_ms,
         "expected": 40_000,
         "observed": across,
+        "grid_gaps_across_reload": grid_gaps,
         "peak_rss_mb": status_kb("VmHWM:") as f64 / 1024.0,
     })
 }
@@ -909,8 +918,14 @@ async fn scale_run(jobs: u64, system: &str, scale: Scale) -> Value {
         Ok(answer) => answer.bytes().await.map_or(0, |body| body.len()),
         Err(_) => 0,
     };
-    // A reload of the same file, and the fires across it: 4 per job.
-    let (reload_ms, across) = reload_across(&running, &recorder, &reloaded).await;
+    // A reload of the same file, and the fires across it: 4 per job, none missed.
+    let missed_before = missed_total(port).await;
+    let (reload_ms, across, grid_gaps) = reload_across(&running, &recorder, &reloaded).await;
+    let missed_after = missed_total(port).await;
+    let (missed_across, skipped_across) = (
+        missed_after.0 - missed_before.0,
+        missed_after.1 - missed_before.1,
+    );
     running.stop().await;
     let expected = jobs * window.as_secs();
     let scenario = format!("scale-{jobs}");
@@ -922,6 +937,9 @@ async fn scale_run(jobs: u64, system: &str, scale: Scale) -> Value {
     result["reload_ms"] = json!(reload_ms);
     result["fires_across_reload"] = json!(across);
     result["fires_across_reload_expected"] = json!(jobs * 4);
+    result["missed_across_reload"] = json!(missed_across);
+    result["skipped_across_reload"] = json!(skipped_across);
+    result["grid_gaps_across_reload"] = json!(grid_gaps);
     result["rss_mb"] = json!(rss_kb as f64 / 1024.0);
     result["rss_per_job_kb"] = json!(rss_kb.saturating_sub(rss_before_kb) as f64 / jobs as f64);
     result["metrics_bytes"] = json!(metrics_bytes);
@@ -970,6 +988,25 @@ async fn until_fired(recorder: &Recorder, fires: u64, t0: Instant) -> f64 {
     t0.elapsed().as_secs_f64() * 1e3
 }
 
+/// The sums over the jobs of `tickd_fires_missed_total` and of the fires skipped by the overlap
+/// policy, from the endpoint on `port` (0 when it does not answer).
+async fn missed_total(port: u16) -> (f64, f64) {
+    let text = scrape(port).await;
+    let sum = |keep: &dyn Fn(&str) -> bool| -> f64 {
+        text.lines()
+            .filter(|line| keep(line))
+            .filter_map(|line| line.rsplit_once(' '))
+            .filter_map(|(_, value)| value.parse::<f64>().ok())
+            .sum()
+    };
+    (
+        sum(&|line| line.starts_with("tickd_fires_missed_total")),
+        sum(&|line| {
+            line.starts_with("tickd_runs_total") && line.contains("outcome=\"skipped_overlap\"")
+        }),
+    )
+}
+
 /// The slot of [`Recorder::by_due_second`] for a Unix second.
 fn due_slot(unix_second: i64) -> usize {
     usize::try_from(unix_second.rem_euclid(32)).unwrap_or(0)
@@ -982,7 +1019,7 @@ async fn reload_across(
     running: &Running,
     recorder: &Recorder,
     reloaded: &Mutex<Option<Instant>>,
-) -> (f64, u64) {
+) -> (f64, u64, usize) {
     let first = Utc::now().timestamp() + 1;
     let window = first..first + 4;
     let due_in_window = || -> u64 {
@@ -993,6 +1030,7 @@ async fn reload_across(
     };
     // What those slots counted 32 s ago.
     let before = due_in_window();
+    recorder.track_jobs.store(true, Ordering::Relaxed);
     let t1 = Instant::now();
     running.send(tickd::Control::Reload).await;
     while reloaded.lock().expect("lock").is_none() && t1.elapsed() < Duration::from_secs(60) {
@@ -1005,7 +1043,23 @@ async fn reload_across(
     let seen_by = DateTime::<Utc>::from_timestamp(window.end + 2, 0).unwrap_or_else(Utc::now);
     let wait = (seen_by - Utc::now()).to_std().unwrap_or_default();
     tokio::time::sleep(wait).await;
-    (reload_ms, due_in_window() - before)
+    recorder.track_jobs.store(false, Ordering::Relaxed);
+    // A gap of more than 1.5 periods (1 s) between a job's fires is a fire missing from its grid.
+    let gaps = recorder
+        .due_by_job
+        .lock()
+        .expect("lock")
+        .values()
+        .map(|dues| {
+            dues.windows(2)
+                .filter(|w| w[1] - w[0] > 1_500_000_000)
+                .count()
+        })
+        .sum::<usize>();
+    if gaps > 0 {
+        eprintln!("{gaps} fires missing from their jobs' grids across the reload");
+    }
+    (reload_ms, due_in_window() - before, gaps)
 }
 
 /// Records when tickd logs "configuration reloaded".
@@ -1262,6 +1316,9 @@ fn print_table(results: &[Value]) {
             "without_page_p99_ms",
             "fires_across_reload",
             "fires_across_reload_expected",
+            "missed_across_reload",
+            "skipped_across_reload",
+            "grid_gaps_across_reload",
             "rss_mb",
             "rss_per_job_kb",
             "metrics_bytes",
