@@ -231,7 +231,11 @@ impl Plan {
     pub fn after(&mut self, fired: Due, now: Now, runs_going: bool) -> Option<Due> {
         match self.spec.schedule() {
             Schedule::Every(every) if every.mode == EveryMode::FixedRate => {
-                let elapsed = now.instant.saturating_duration_since(self.anchor);
+                // Counted from when the fire would have started without its jitter: a delay
+                // close to the period (`spread` over all of it) plus a little lateness would
+                // otherwise pass the next point and skip it, uncounted.
+                let undelayed = now.instant.checked_sub(fired.delay).unwrap_or(now.instant);
+                let elapsed = undelayed.saturating_duration_since(self.anchor);
                 self.next_index = next_grid_index(every.period, elapsed).max(self.next_index + 1);
                 Some(self.grid_point(every.period))
             }
@@ -492,6 +496,31 @@ mod tests {
             plan.gap_after(&next, Duration::ZERO),
             Some(Duration::from_secs(10))
         );
+    }
+
+    #[test]
+    fn a_fire_its_jitter_delayed_past_the_next_point_does_not_skip_that_point() {
+        // Spread over the whole period: some job's delay is close to the period itself.
+        let start = now("2026-01-01T00:00:00Z");
+        let mut plan = Plan::new(
+            spec("every = \"1s\"\njitter = \"1s\"\nspread = true"),
+            "m",
+            start,
+        );
+        let first = plan.first(start).expect("a first fire");
+        let mut due = Due {
+            delay: Duration::from_micros(999_900),
+            ..first
+        };
+        // It started 0.2 ms late: 0.1 ms after the next grid point, which is still its own fire.
+        let ran = start.advanced_to(due.instant + due.delay + Duration::from_micros(200));
+        due = plan.after(due, ran, false).expect("a next fire");
+        assert_eq!(due.instant - first.instant, Duration::from_secs(1));
+        // A real stall still skips: started 2.5 s after its delayed start, the next point is
+        // the one 3 s after it.
+        let stalled = start.advanced_to(due.instant + due.delay + Duration::from_millis(2500));
+        let next = plan.after(due, stalled, false).expect("a next fire");
+        assert_eq!(next.instant - due.instant, Duration::from_secs(3));
     }
 
     #[test]
