@@ -346,20 +346,15 @@ fn proc_status_kb(pid: u32, field: &str) -> u64 {
 struct Recorder {
     samples: Mutex<Vec<u64>>,
     fires: AtomicU64,
-    /// Fires of the `measure` handler by the second they were due in (Unix seconds mod 32): the
-    /// fires across a reload are counted by when they were due, not when they were seen, so a
-    /// late batch from before it does not count and a fire twice would.
-    by_due_second: [AtomicU64; 32],
-    /// While set, each job's due instants (ns since 1970), to find a fire missing from its grid.
+    /// While set (across a reload), each job's due instants (ns since 1970) as the `measure`
+    /// handler sees them: the fires across it are counted by when they were due, not when they
+    /// were seen (a late batch from before it does not count, a fire twice would), and a fire
+    /// missing from a job's grid shows as a gap.
     track_jobs: std::sync::atomic::AtomicBool,
     due_by_job: Mutex<HashMap<Arc<str>, Vec<i64>>>,
 }
 
 impl Recorder {
-    fn record_due(&self, due: DateTime<Utc>) {
-        self.by_due_second[due_slot(due.timestamp())].fetch_add(1, Ordering::Relaxed);
-    }
-
     fn record(&self, lateness_ns: i64) {
         self.fires.fetch_add(1, Ordering::Relaxed);
         self.samples
@@ -516,7 +511,6 @@ fn recording_handlers(recorder: &Arc<Recorder>) -> tickd::Handlers {
     handlers.register("measure", move |ctx: tickd::RunContext| {
         let lateness = Utc::now() - ctx.scheduled;
         rec.record(lateness.num_nanoseconds().unwrap_or(i64::MAX));
-        rec.record_due(ctx.scheduled);
         if rec.track_jobs.load(Ordering::Relaxed) {
             let due = ctx.scheduled.timestamp_nanos_opt().unwrap_or(0);
             let mut by_job = rec.due_by_job.lock().expect("lock");
@@ -919,9 +913,9 @@ async fn scale_run(jobs: u64, system: &str, scale: Scale) -> Value {
         Err(_) => 0,
     };
     // A reload of the same file, and the fires across it: 4 per job, none missed.
-    let missed_before = missed_total(port).await;
+    let missed_before = missed_and_skipped(port).await;
     let (reload_ms, across, grid_gaps) = reload_across(&running, &recorder, &reloaded).await;
-    let missed_after = missed_total(port).await;
+    let missed_after = missed_and_skipped(port).await;
     let (missed_across, skipped_across) = (
         missed_after.0 - missed_before.0,
         missed_after.1 - missed_before.1,
@@ -990,7 +984,7 @@ async fn until_fired(recorder: &Recorder, fires: u64, t0: Instant) -> f64 {
 
 /// The sums over the jobs of `tickd_fires_missed_total` and of the fires skipped by the overlap
 /// policy, from the endpoint on `port` (0 when it does not answer).
-async fn missed_total(port: u16) -> (f64, f64) {
+async fn missed_and_skipped(port: u16) -> (f64, f64) {
     let text = scrape(port).await;
     let sum = |keep: &dyn Fn(&str) -> bool| -> f64 {
         text.lines()
@@ -1007,11 +1001,6 @@ async fn missed_total(port: u16) -> (f64, f64) {
     )
 }
 
-/// The slot of [`Recorder::by_due_second`] for a Unix second.
-fn due_slot(unix_second: i64) -> usize {
-    usize::try_from(unix_second.rem_euclid(32)).unwrap_or(0)
-}
-
 /// Reloads the same file: how long until "configuration reloaded" (ms), and the runs due in
 /// the 4 whole seconds after the reload's signal (4 per job at 1 Hz), counted once they have had
 /// 2 s to be late in.
@@ -1022,14 +1011,6 @@ async fn reload_across(
 ) -> (f64, u64, usize) {
     let first = Utc::now().timestamp() + 1;
     let window = first..first + 4;
-    let due_in_window = || -> u64 {
-        window
-            .clone()
-            .map(|second| recorder.by_due_second[due_slot(second)].load(Ordering::Relaxed))
-            .sum()
-    };
-    // What those slots counted 32 s ago.
-    let before = due_in_window();
     recorder.track_jobs.store(true, Ordering::Relaxed);
     let t1 = Instant::now();
     running.send(tickd::Control::Reload).await;
@@ -1044,11 +1025,15 @@ async fn reload_across(
     let wait = (seen_by - Utc::now()).to_std().unwrap_or_default();
     tokio::time::sleep(wait).await;
     recorder.track_jobs.store(false, Ordering::Relaxed);
+    let by_job = recorder.due_by_job.lock().expect("lock");
+    let in_window = (window.start * 1_000_000_000)..(window.end * 1_000_000_000);
+    let due_in_window = by_job
+        .values()
+        .flatten()
+        .filter(|due| in_window.contains(*due))
+        .count();
     // A gap of more than 1.5 periods (1 s) between a job's fires is a fire missing from its grid.
-    let gaps = recorder
-        .due_by_job
-        .lock()
-        .expect("lock")
+    let gaps = by_job
         .values()
         .map(|dues| {
             dues.windows(2)
@@ -1059,7 +1044,7 @@ async fn reload_across(
     if gaps > 0 {
         eprintln!("{gaps} fires missing from their jobs' grids across the reload");
     }
-    (reload_ms, due_in_window() - before, gaps)
+    (reload_ms, due_in_window as u64, gaps)
 }
 
 /// Records when tickd logs "configuration reloaded".
