@@ -127,8 +127,9 @@ pub(crate) struct LongRun {
 #[derive(Debug, Default)]
 pub(crate) struct Runs {
     /// The runs in flight, with the tokens that stop them, oldest first: a list, as a job has
-    /// one run going, or a few (a map hashed each run id twice per fire).
-    going: Vec<(RunId, Running)>,
+    /// one run going, or a few (a map hashed each run id twice per fire); the one inline, so
+    /// that no job keeps an allocation for it between runs.
+    going: smallvec::SmallVec<[(RunId, Running); 1]>,
     /// A run waiting for the ones going to end (`queue`, `replace`).
     pub queued: Option<Due>,
     /// A retry of a failed run, waiting for its backoff.
