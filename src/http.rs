@@ -258,17 +258,18 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
     next.run(request).await
 }
 
-/// How long `/healthz` waits for every job task to answer.
+/// How long `/healthz` waits for every job to answer.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// At most this many stuck jobs are named in `/healthz`'s answer.
 const HEALTH_NAMES: usize = 10;
 
-/// 200 while the scheduler runs and every job task answers; 503 while draining, while the group
+/// 200 while the scheduler runs and every job answers; 503 while draining, while the group
 /// keeper is down, in a cluster while this node's jobs differ from the owner's or the database
 /// does not answer (see [`crate::cluster::ClusterStatus::health_problem`]; a follower is
-/// healthy), or when a job's task is gone (it panicked) or blocked: that job would silently stop
-/// firing.
+/// healthy), or when a job is stopped (it panicked and waits for its restart) or stuck (its
+/// state held): that job would silently stop firing. (The answer still says "job tasks", the
+/// words monitoring may match on.)
 async fn healthz(State(state): State<ApiState>) -> Response {
     if state.draining.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
@@ -323,22 +324,24 @@ async fn healthz(State(state): State<ApiState>) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
 }
 
-/// The jobs whose task did not answer a ping within `timeout`: gone, or blocked. All are
-/// pinged at once, so the wait is one `timeout` at most however many jobs there are.
+/// The jobs that did not answer within `timeout`: gone, stopped by a panic, or stuck. The wait
+/// is one `timeout` at most however many jobs there are: once it has passed, only the jobs that
+/// answer at once count as answering.
 async fn unresponsive_jobs(
     jobs: &BTreeMap<String, JobControl>,
     timeout: Duration,
     clock: &Clock,
 ) -> Vec<String> {
-    let pings: Vec<_> = jobs.iter().map(|(name, job)| (name, job.ping())).collect();
     let deadline = clock.sleep(timeout);
     tokio::pin!(deadline);
     let mut stuck = Vec::new();
-    for (name, answer) in pings {
+    for (name, job) in jobs {
+        let answer = job.ping();
+        tokio::pin!(answer);
         // An answer that is in counts, even once the deadline has passed.
         let answered = tokio::select! {
             biased;
-            answer = answer => answer.is_ok(),
+            answered = &mut answer => answered,
             () = &mut deadline => false,
         };
         if !answered {
@@ -475,7 +478,6 @@ fn set_paused(state: &ApiState, name: &str, paused: bool) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::JobCommand;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
@@ -698,12 +700,13 @@ mod tests {
     #[tokio::test]
     async fn a_request_not_answered_within_the_request_limit_gets_503() {
         let directory = Directory::default();
-        // A job whose task never answers makes `/healthz` wait its own 2 s.
-        let (blocked, _inbox_never_read) = JobControl::detached();
+        // A job that never answers makes `/healthz` wait its own 2 s.
+        let blocked = crate::job::JobHandle::for_test();
+        let _held = blocked.control.hold_for_test();
         directory
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert("blocked".to_owned(), blocked);
+            .insert("blocked".to_owned(), blocked.control.clone());
         let mut limits = limits(8, Duration::from_secs(60));
         limits.request_timeout = Duration::from_millis(100);
         let (addr, stop, task) = endpoint(limits, directory).await;
@@ -744,20 +747,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn job_tasks_that_are_gone_or_blocked_are_reported() {
         let mut jobs = BTreeMap::new();
-        let (answering, mut inbox) = JobControl::detached();
-        tokio::spawn(async move {
-            while let Some(command) = futures_util::StreamExt::next(&mut inbox).await {
-                if let JobCommand::Ping(reply) = command {
-                    let _ = reply.send(());
-                }
-            }
-        });
-        jobs.insert("answering".to_owned(), answering);
-        let (gone, inbox) = JobControl::detached();
-        drop(inbox);
-        jobs.insert("gone".to_owned(), gone);
-        let (blocked, _inbox_never_read) = JobControl::detached();
-        jobs.insert("blocked".to_owned(), blocked);
+        let answering = crate::job::JobHandle::for_test();
+        jobs.insert("answering".to_owned(), answering.control.clone());
+        let gone = crate::job::JobHandle::for_test();
+        jobs.insert("gone".to_owned(), gone.control.clone());
+        drop(gone);
+        let blocked = crate::job::JobHandle::for_test();
+        let held = blocked.control.hold_for_test();
+        jobs.insert("blocked".to_owned(), blocked.control.clone());
 
         let clock = Clock::manual(chrono::DateTime::UNIX_EPOCH);
         let started = tokio::time::Instant::now();
@@ -770,7 +767,8 @@ mod tests {
             "{waited:?}"
         );
 
-        jobs.remove("blocked");
+        // Released, the stuck job answers again.
+        drop(held);
         jobs.remove("gone");
         let started = tokio::time::Instant::now();
         assert!(unresponsive_jobs(&jobs, Duration::from_secs(2), &clock)

@@ -5,20 +5,21 @@
 //! A TOML file is read and validated by [`config::load`] into a [`config::Config`]: the typed
 //! definitions every other module works from, whose fields only `config` can set, so they hold
 //! no invalid value (a bad file is refused whole, with each problem located). [`daemon::run`] then starts what the jobs share ([`action::RunEnv`], the metrics, the
-//! state file) and one task per job ([`job`]); that task is the only owner of its job's state.
+//! state file) and the jobs ([`job`]): each job's state sits behind one lock, and whatever acts
+//! on it (the dispatcher at its deadline, its runs as they end, a command) takes that lock.
 //!
 //! 1. **Plan.** The job's [`job::plan`] says when the next fire is due, as pure maths over a
 //!    reading of both clocks ([`clock::Now`]): `every` jobs sit on a drift-free monotonic grid
 //!    (`anchor + k * period`), `cron` jobs are computed in wall-clock time by [`schedule`] and
 //!    converted to a monotonic deadline. [`clock`] is the only module that reads time or sleeps.
-//! 2. **Fire.** The job task sleeps until that instant. On a fire, `job::runs` decides what the
-//!    overlap policy (`skip`, `queue`, `allow`, `replace`) makes of it, from the runs the task
-//!    knows are going; a decision is a value, tested without a runtime.
+//! 2. **Fire.** One dispatcher task sleeps until the earliest deadline of all jobs. On a fire,
+//!    `job::runs` decides what the overlap policy (`skip`, `queue`, `allow`, `replace`) makes of
+//!    it, from the runs the job knows are going; a decision is a value, tested without a runtime.
 //! 3. **Run.** A run is a task on the daemon's run tracker: [`action`] performs the job's action
 //!    (a child process in its own process group through [`process`], an HTTP request, or an
 //!    in-process [`handler`]) and returns a report. A failing run never stops the daemon.
 //! 4. **End.** The report is counted ([`metrics`], [`status`]), logged with its outcome, and sent
-//!    back to the job task, which may retry, queue the next run, or plan a fixed-delay fire. Fires
+//!    back to the job, which may retry, queue the next run, or plan a fixed-delay fire. Fires
 //!    missed while the daemon was stalled are skipped, never caught up in a burst.
 //!
 //! Control comes from outside as [`daemon::Control`] messages (the binary maps OS signals to

@@ -251,17 +251,16 @@ fn start_services(
         run_ids: Arc::default(),
         stop_runs: CancellationToken::new(),
         runs: TaskTracker::new(),
-        cluster,
         history: config.daemon().history(),
         dispatcher: crate::job::Dispatcher::new(options.clock.clone()),
+        steps: crate::job::StepFollowers::default(),
+        cluster,
     })
 }
 
 struct Supervisor {
     /// What the jobs share; its run tracker is what the shutdown drains.
     env: Arc<JobEnv>,
-    /// Cancelled to stop all jobs from firing; each job's stop token is a child of it.
-    firing: CancellationToken,
     jobs: BTreeMap<String, JobHandle>,
     /// The jobs as the HTTP endpoint sees them.
     directory: Directory,
@@ -290,7 +289,6 @@ impl Supervisor {
         });
         let mut supervisor = Supervisor {
             env: Arc::new(env),
-            firing: CancellationToken::new(),
             jobs: BTreeMap::new(),
             directory: Directory::default(),
             draining: Arc::default(),
@@ -429,7 +427,7 @@ impl Supervisor {
     }
 
     fn spawn_job(&self, spec: Arc<config::JobSpec>) -> JobHandle {
-        JobHandle::spawn(spec, self.env.clone(), self.firing.child_token())
+        JobHandle::start(spec, self.env.clone())
     }
 
     /// The file's new configuration, or `None` (logged) if it must be rejected: invalid, or with
@@ -508,8 +506,8 @@ impl Supervisor {
             .collect();
         for name in gone {
             if let Some(job) = self.jobs.remove(&name) {
-                // The task ends by itself; its runs in flight finish (they are on `runs`).
-                drop(job.stop());
+                // Its runs in flight finish (they are on `runs`).
+                job.stop();
                 self.env.metrics.forget_job(&name);
                 tracing::info!(job = %name, "job removed; runs in flight will finish");
                 removed += 1;
@@ -572,9 +570,8 @@ impl Supervisor {
         self.draining
             .store(true, std::sync::atomic::Ordering::Relaxed);
         // 1. Stop firing.
-        self.firing.cancel();
         for (_, job) in std::mem::take(&mut self.jobs) {
-            let _ = job.stop().await;
+            job.stop();
         }
         // Nothing fires here any more: another node may take over now, not after dead_after.
         if let Some(cluster) = &self.env.cluster {

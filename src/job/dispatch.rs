@@ -4,10 +4,10 @@
 //! Before, each job's task slept on its own timer: 1,000 jobs due at :00 were 1,000 wake-ups
 //! from the timer thread (each a hop onto a worker's queue) and 1,000 polls of a `select!`,
 //! before the first run had started; then each run's end woke its job's task again. Now a
-//! job's state sits behind one lock ([`JobCell`](super::actor::JobCell)), shared by the three
-//! that act on it: its task (commands, wall-clock steps), this dispatcher (fires and retries)
-//! and its runs as they end. The lock serializes them as the task's mailbox did, so overlap is
-//! still state: a fire looks at the runs the job knows are going.
+//! job's state sits behind one lock ([`JobCell`](super::actor::JobCell)), shared by all that act
+//! on it: this dispatcher (fires and retries), its runs as they end, the commands and the
+//! clock's steps; no job has a task of its own. The lock serializes them as a task's mailbox
+//! would, so overlap is still state: a fire looks at the runs the job knows are going.
 //!
 //! The dispatcher starts the runs of every job of a batch before it books any of them (see
 //! `serve_batch`). It acts on a batch alone: sharing 1,000 jobs due at once with a second

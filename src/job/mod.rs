@@ -1,28 +1,28 @@
-//! One task per job: it owns the job's plan and its runs in flight, and decides what each fire
-//! does. Overlap is state, not timing: a fire looks at the runs this task knows are still going
-//! and applies the job's policy.
+//! The jobs. A job is its state behind one lock: its plan and its runs in flight, and what each
+//! fire does. Overlap is state, not timing: a fire looks at the runs the job knows are still
+//! going and applies its policy. No job has a task of its own: what acts on a job calls it.
 //!
 //! - [`plan`]: when the next fire is due (pure maths over a given "now");
 //! - `runs`: the runs going, queued and waiting to retry, and the pure overlap and
 //!   retry decisions;
-//! - `actor`: the task's `select!` loop that wires them to the clock, the commands and the runs'
-//!   ends;
+//! - `actor`: the job's state and what acts on it (commands, fires, runs' ends, the clock's
+//!   steps), and its restart after a panic;
+//! - `dispatch`: the one task that sleeps until the earliest deadline and fires the jobs due;
+//! - `steps`: the one task that tells the jobs of the clock's steps;
 //! - `hook`: the `on_failure` command, one at a time.
 //!
-//! This module: the handles the daemon and the endpoint hold, and the supervision that restarts
-//! a task that panicked.
+//! This module: the handles the daemon and the endpoint hold.
 
 mod actor;
 mod dispatch;
 mod hook;
 pub mod plan;
 pub(crate) mod runs;
+mod steps;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Weak};
 
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -36,11 +36,12 @@ use crate::status::SharedStatus;
 
 use actor::JobCell;
 pub(crate) use dispatch::Dispatcher;
+pub(crate) use steps::StepFollowers;
 
 pub use hook::run_failure_hook;
 pub use plan::{machine_id, upcoming, Upcoming};
 
-/// What every job task shares with the others.
+/// What every job shares with the others.
 #[derive(Debug)]
 pub(crate) struct JobEnv {
     /// What runs need to perform their actions.
@@ -64,6 +65,8 @@ pub(crate) struct JobEnv {
     pub history: usize,
     /// Acts on the jobs when their fires and retries come due.
     pub dispatcher: Dispatcher,
+    /// Tells the jobs of the clock's steps.
+    pub steps: StepFollowers,
 }
 
 impl JobEnv {
@@ -86,6 +89,7 @@ impl JobEnv {
             cluster: None,
             history: crate::config::DEFAULT_HISTORY,
             dispatcher: Dispatcher::new(clock_for_dispatch),
+            steps: StepFollowers::default(),
         })
     }
 
@@ -95,16 +99,7 @@ impl JobEnv {
     }
 }
 
-/// The sending end of a job's commands. futures' unbounded channel, not tokio's: it allocates
-/// per message and next to nothing up front, where tokio's takes a block of 32 slots and a
-/// cache-padded header (1.3 KB per job, 13 MB at 10,000 jobs) for a queue that sees a command
-/// now and then; fires never go through it.
-pub(crate) type CommandSender = futures_channel::mpsc::UnboundedSender<JobCommand>;
-
-/// The job task's end of its commands (see [`CommandSender`]).
-pub(crate) type CommandInbox = futures_channel::mpsc::UnboundedReceiver<JobCommand>;
-
-/// What can be asked of a job task.
+/// What can be asked of a job.
 #[derive(Debug)]
 pub(crate) enum JobCommand {
     /// A new definition (reload).
@@ -115,9 +110,6 @@ pub(crate) enum JobCommand {
     Pause,
     /// Fire again, from the next fire after now.
     Resume,
-    /// Answer at once: the health check's proof that the task is alive and not blocked.
-    #[cfg(feature = "http")]
-    Ping(oneshot::Sender<()>),
     /// Run a cluster slot the previous owner did not take, once (see `cluster::marks`).
     CatchUp {
         /// The slot.
@@ -125,7 +117,7 @@ pub(crate) enum JobCommand {
         /// The epoch under which this node took it.
         epoch: i64,
     },
-    /// Panic, as a bug in the task would: for the test of its restart.
+    /// Panic, as a bug in acting on the job would: for the test of its restart.
     #[cfg(test)]
     Panic,
     /// Panic at the next fire, in the dispatcher: for the test of that restart.
@@ -149,11 +141,12 @@ pub enum FireResult {
 pub type Directory =
     std::sync::Arc<std::sync::RwLock<std::collections::BTreeMap<String, JobControl>>>;
 
-/// A handle to talk to a job task from outside (the HTTP endpoint). Cheap to clone.
+/// A handle to talk to a job from outside (the HTTP endpoint). Cheap to clone; it does not
+/// keep a removed job.
 #[derive(Debug, Clone)]
 pub struct JobControl {
-    commands: CommandSender,
-    /// The job's status, written by its task.
+    job: Weak<JobCell>,
+    /// The job's status, written by the job and its runs.
     pub status: SharedStatus,
 }
 
@@ -161,77 +154,82 @@ impl JobControl {
     /// Asks for a run now; `None` if the job is gone.
     pub async fn run_now(&self) -> Option<FireResult> {
         let (reply, answer) = oneshot::channel();
-        self.commands
-            .unbounded_send(JobCommand::RunNow(reply))
-            .ok()?;
+        self.command(JobCommand::RunNow(reply));
         answer.await.ok()
     }
 
     /// Pauses (`true`) or resumes the job; `false` if the job is gone.
     pub fn set_paused(&self, paused: bool) -> bool {
-        let command = if paused {
+        self.command(if paused {
             JobCommand::Pause
         } else {
             JobCommand::Resume
-        };
-        self.commands.unbounded_send(command).is_ok()
-    }
-
-    /// A control whose commands land in the returned receiver, for tests that play the task.
-    #[cfg(all(test, feature = "http"))]
-    pub(crate) fn detached() -> (Self, CommandInbox) {
-        let (commands, receiver) = futures_channel::mpsc::unbounded();
-        let status = SharedStatus::default();
-        (JobControl { commands, status }, receiver)
+        })
     }
 
     /// Hands the job a cluster slot to run once as a catch-up; `false` if the job is gone.
     pub(crate) fn catch_up(&self, slot: chrono::DateTime<chrono::Utc>, epoch: i64) -> bool {
-        self.commands
-            .unbounded_send(JobCommand::CatchUp { slot, epoch })
-            .is_ok()
+        self.command(JobCommand::CatchUp { slot, epoch })
     }
 
-    /// Asks the job's task to answer; the receiver yields `Err` if the task is gone. The caller
-    /// bounds the wait: a task that never answers is stuck.
+    /// Serves `command`; `false` if the job is gone (removed, or restarting after a panic).
+    fn command(&self, command: JobCommand) -> bool {
+        self.job.upgrade().is_some_and(|job| job.command(command))
+    }
+
+    /// Whether the job answers (its state can be acted on): the health check's proof that it is
+    /// not stuck, not stopped by a panic and not gone. It waits while another holds the job,
+    /// asking again each millisecond; the caller bounds the wait.
     #[cfg(feature = "http")]
-    pub(crate) fn ping(&self) -> oneshot::Receiver<()> {
-        let (reply, answer) = oneshot::channel();
-        // A failed send drops `reply`, so `answer` reports the task gone.
-        let _ = self.commands.unbounded_send(JobCommand::Ping(reply));
-        answer
+    pub(crate) async fn ping(&self) -> bool {
+        loop {
+            let Some(job) = self.job.upgrade() else {
+                return false;
+            };
+            if let Some(answers) = job.answers() {
+                return answers;
+            }
+            drop(job);
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    /// A job whose state is held until the returned sender is dropped, as a stuck job's is: for
+    /// the endpoint's tests.
+    #[cfg(all(test, feature = "http"))]
+    pub(crate) fn hold_for_test(&self) -> std::sync::mpsc::Sender<()> {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let job = self.job.upgrade().expect("a job");
+        let (taken, is_taken) = std::sync::mpsc::channel();
+        std::thread::spawn(move || job.hold_until(&taken, &held));
+        is_taken.recv().expect("held");
+        release
     }
 }
 
-/// The daemon's handle on a job task.
+/// The daemon's handle on a job; dropped, it stops the job.
 #[derive(Debug)]
 pub(crate) struct JobHandle {
-    /// The definition the task was last given.
+    /// The definition the job was last given.
     pub spec: Arc<JobSpec>,
     /// For the endpoint.
     pub control: JobControl,
-    stop: CancellationToken,
-    task: JoinHandle<()>,
+    job: Arc<JobCell>,
 }
 
 impl JobHandle {
-    /// Starts the task for `spec`. It stops firing when `stop` is cancelled; its runs are spawned
-    /// on `env.runs`, so they outlive it and are drained by the daemon.
-    pub fn spawn(spec: Arc<JobSpec>, env: Arc<JobEnv>, stop: CancellationToken) -> Self {
-        let (commands, commands_rx) = futures_channel::mpsc::unbounded();
+    /// Starts the job `spec`. Its runs are spawned on `env.runs`, so they outlive it and are
+    /// drained by the daemon.
+    pub fn start(spec: Arc<JobSpec>, env: Arc<JobEnv>) -> Self {
         let status = SharedStatus::default();
-        let task = tokio::spawn(supervise_actor(
-            spec.clone(),
-            env,
-            status.clone(),
-            commands_rx,
-            stop.clone(),
-        ));
+        let job = JobCell::start(spec.clone(), env, status.clone());
         JobHandle {
             spec,
-            control: JobControl { commands, status },
-            stop,
-            task,
+            control: JobControl {
+                job: Arc::downgrade(&job),
+                status,
+            },
+            job,
         }
     }
 
@@ -239,72 +237,42 @@ impl JobHandle {
     /// schedule is unchanged.
     pub fn update(&mut self, spec: Arc<JobSpec>) {
         self.spec = spec.clone();
-        // The task only ends after `stop`, and then an update has nothing left to do.
-        let _ = self
-            .control
-            .commands
-            .unbounded_send(JobCommand::Update(spec));
+        self.job.command(JobCommand::Update(spec));
     }
 
-    /// Stops firing; runs in flight go on. Returns the task to await.
-    pub fn stop(self) -> JoinHandle<()> {
-        self.stop.cancel();
-        self.task
+    /// Stops firing; runs in flight go on.
+    pub fn stop(self) {
+        drop(self);
     }
-}
 
-/// Runs a job's actor until `stop`; an actor that panics (a bug) is logged, counted in the job's
-/// status and `tickd_job_task_restarts_total`, and started again from its schedule with the
-/// definition it last had, so a bug cannot silently stop a job for good. Runs it had in flight
-/// go on, unknown to the new actor.
-async fn supervise_actor(
-    spec: Arc<JobSpec>,
-    env: Arc<JobEnv>,
-    status: SharedStatus,
-    mut commands: CommandInbox,
-    stop: CancellationToken,
-) {
-    use futures_util::FutureExt;
-    let mut spec = spec;
-    let mut restarted = false;
-    let mut backoff = TASK_RESTART_BACKOFF;
-    loop {
-        let cell = JobCell::new(spec.clone(), env.clone(), status.clone());
-        let latest = cell.with(|actor| {
-            // What the endpoint set survives the restart.
-            actor.paused = restarted && status.snapshot().paused;
-            actor.latest_spec.clone()
-        });
-        let ran = std::panic::AssertUnwindSafe(cell.run(&mut commands, stop.clone(), restarted))
-            .catch_unwind()
-            .await;
-        let Err(panic) = ran else { return };
-        let message = crate::action::panic_message(&*panic);
-        spec = latest
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// A job that runs the built-in `log` handler hourly, on the system clock: for the
+    /// endpoint's tests.
+    #[cfg(all(test, feature = "http"))]
+    pub(crate) fn for_test() -> Self {
+        let handlers = crate::Handlers::with_builtins();
+        let spec = crate::config::parse(
+            std::path::Path::new("jobs.toml"),
+            "[jobs.t]\nevery = \"1h\"\nhandler = \"log\"\n",
+            &handlers,
+        )
+        .expect("valid")
+        .jobs()["t"]
             .clone();
-        tracing::error!(job = %spec.name(), "the job's task panicked (a bug: please report it); restarting it from its schedule: {message}");
-        env.metrics.job_task_restarted(spec.name());
-        status.update(|s| s.task_restarts += 1);
-        // A task that panics at once must not spin: wait, longer each time.
-        tokio::select! {
-            _ = env.clock().sleep(backoff) => {}
-            _ = stop.cancelled() => return,
-        }
-        backoff = (backoff * 2).min(TASK_RESTART_BACKOFF_MAX);
-        restarted = true;
+        let clock = Clock::manual(chrono::Utc::now());
+        JobHandle::start(spec, JobEnv::for_test(clock, handlers, None))
     }
 }
 
-/// The wait before a panicked job task is started again, doubling up to
-/// [`TASK_RESTART_BACKOFF_MAX`].
-const TASK_RESTART_BACKOFF: Duration = Duration::from_secs(1);
-/// The longest wait before a panicked job task is started again.
-const TASK_RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
+impl Drop for JobHandle {
+    fn drop(&mut self) {
+        self.job.stop();
+    }
+}
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use chrono::{DateTime, Utc};
 
     use super::*;
@@ -354,8 +322,7 @@ mod tests {
                 .jobs()[name]
                 .clone()
         };
-        let stop = CancellationToken::new();
-        let run = |spec| JobHandle::spawn(spec, env.clone(), stop.clone());
+        let run = |spec| JobHandle::start(spec, env.clone());
         let every = run(spec("every", "every = \"1s\""));
         tokio::time::sleep(Duration::from_millis(100)).await;
         // One catch-up, standing for 00:00:00 (not year 69), for ~63.9 billion missed seconds.
@@ -391,7 +358,6 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let runs = future.control.status.snapshot().runs.success;
         assert_eq!(runs, 1, "then the job runs on its grid");
-        stop.cancel();
     }
 
     /// The step notification stored no permit and the task made a new waiter each loop: a step
@@ -418,8 +384,7 @@ mod tests {
         .expect("valid")
         .jobs()["c"]
             .clone();
-        let stop = CancellationToken::new();
-        let job = JobHandle::spawn(spec, env, stop.clone());
+        let job = JobHandle::start(spec, env);
         tokio::time::sleep(Duration::from_millis(100)).await;
         // Wake the task with a command, and step the clock before it runs.
         assert!(job.control.set_paused(false));
@@ -428,7 +393,6 @@ mod tests {
         let at = |m| start - chrono::Duration::seconds(30) + chrono::Duration::minutes(m);
         assert_eq!(*seen.lock().expect("lock"), [at(11)]);
         assert_eq!(job.control.status.snapshot().runs.missed, 10);
-        stop.cancel();
     }
 
     /// A cluster job fires on the database's clock: a step of this node's wall clock moves
@@ -452,8 +416,7 @@ mod tests {
         let cluster = crate::cluster::Cluster::owning_all_slots(&config, &clock);
         let mut env = Arc::try_unwrap(env).expect("one owner");
         env.cluster = Some(cluster.clone());
-        let stop = CancellationToken::new();
-        let _job = JobHandle::spawn(config.jobs()["c"].clone(), Arc::new(env), stop.clone());
+        let _job = JobHandle::start(config.jobs()["c"].clone(), Arc::new(env));
         let ms = chrono::Duration::milliseconds;
         tokio::time::sleep(Duration::from_millis(510)).await;
         // The wall clock is stepped an hour: the slots go on from 30.5.
@@ -471,7 +434,6 @@ mod tests {
             .map(|m| start + ms(m))
             .collect();
         assert_eq!(*seen.lock().expect("lock"), want);
-        stop.cancel();
     }
 
     /// A panicked job task's `JoinError` was dropped: the job stopped firing for good, silently.
@@ -492,15 +454,11 @@ mod tests {
                 .clone()
         };
         let env = JobEnv::for_test(Clock::manual(start), handlers.clone(), None);
-        let stop = CancellationToken::new();
-        let mut job = JobHandle::spawn(spec("1s"), env.clone(), stop.clone());
+        let mut job = JobHandle::start(spec("1s"), env.clone());
         tokio::time::sleep(Duration::from_millis(1_500)).await;
         job.update(spec("500ms"));
         tokio::time::sleep(Duration::from_millis(100)).await;
-        job.control
-            .commands
-            .unbounded_send(JobCommand::Panic)
-            .expect("send");
+        job.control.command(JobCommand::Panic);
         tokio::time::sleep(Duration::from_millis(2_050)).await;
         let status = job.control.status.snapshot();
         assert_eq!(status.task_restarts, 1);
@@ -513,8 +471,7 @@ mod tests {
             metrics.contains("tickd_job_task_restarts_total{job_name=\"j\"} 1"),
             "{metrics}"
         );
-        stop.cancel();
-        job.stop().await.expect("the task ends when stopped");
+        job.stop();
     }
 
     /// A panic where the dispatcher acts on a job must not stop the dispatcher (every job would
@@ -532,14 +489,10 @@ mod tests {
         )
         .expect("valid");
         let env = JobEnv::for_test(Clock::manual(start), handlers.clone(), None);
-        let stop = CancellationToken::new();
-        let a = JobHandle::spawn(config.jobs()["a"].clone(), env.clone(), stop.clone());
-        let b = JobHandle::spawn(config.jobs()["b"].clone(), env.clone(), stop.clone());
+        let a = JobHandle::start(config.jobs()["a"].clone(), env.clone());
+        let b = JobHandle::start(config.jobs()["b"].clone(), env.clone());
         tokio::time::sleep(Duration::from_millis(1_200)).await;
-        a.control
-            .commands
-            .unbounded_send(JobCommand::PanicAtNextFire)
-            .expect("send");
+        a.control.command(JobCommand::PanicAtNextFire);
         tokio::time::sleep(Duration::from_millis(2_400)).await;
         let (a_status, b_status) = (a.control.status.snapshot(), b.control.status.snapshot());
         assert_eq!(a_status.task_restarts, 1, "{a_status:?}");
@@ -548,9 +501,8 @@ mod tests {
         // b: every 500 ms throughout.
         assert_eq!(b_status.runs.success, 7, "{b_status:?}");
         assert_eq!(b_status.task_restarts, 0);
-        stop.cancel();
-        a.stop().await.expect("a ends");
-        b.stop().await.expect("b ends");
+        a.stop();
+        b.stop();
     }
 
     /// The fires due at one instant all start before any of their runs is booked (metrics,
@@ -581,16 +533,14 @@ mod tests {
         let config = crate::config::parse(std::path::Path::new("jobs.toml"), &text, &handlers)
             .expect("valid");
         let env = JobEnv::for_test(Clock::manual(start), handlers, None);
-        let stop = CancellationToken::new();
         let jobs: Vec<JobHandle> = ["a", "b", "c"]
             .iter()
-            .map(|job| JobHandle::spawn(config.jobs()[*job].clone(), env.clone(), stop.clone()))
+            .map(|job| JobHandle::start(config.jobs()[*job].clone(), env.clone()))
             .collect();
         let _ = statuses.set(jobs.iter().map(|job| job.control.status.clone()).collect());
         tokio::time::sleep(Duration::from_millis(3_500)).await;
-        stop.cancel();
         for job in jobs {
-            job.stop().await.expect("job ends");
+            job.stop();
         }
         // Three instants of three runs each: every run of an instant saw the runs of the
         // instants before it booked, and none of its own.
@@ -631,13 +581,11 @@ mod tests {
         )
         .expect("valid");
         let env = JobEnv::for_test(Clock::manual(start), handlers, None);
-        let stop = CancellationToken::new();
-        let a = JobHandle::spawn(config.jobs()["a"].clone(), env.clone(), stop.clone());
-        let b = JobHandle::spawn(config.jobs()["b"].clone(), env.clone(), stop.clone());
+        let a = JobHandle::start(config.jobs()["a"].clone(), env.clone());
+        let b = JobHandle::start(config.jobs()["b"].clone(), env.clone());
         tokio::time::sleep(Duration::from_millis(3_500)).await;
-        stop.cancel();
-        a.stop().await.expect("a ends");
-        b.stop().await.expect("b ends");
+        a.stop();
+        b.stop();
         let tasks = tasks.lock().expect("lock").clone();
         let of = |job| -> Vec<_> {
             tasks
@@ -693,8 +641,7 @@ mod tests {
         .jobs()["p"]
         .clone();
         let env = JobEnv::for_test(Clock::manual(start), handlers, None);
-        let stop = CancellationToken::new();
-        let job = JobHandle::spawn(spec, env, stop.clone());
+        let job = JobHandle::start(spec, env);
         tokio::time::sleep(Duration::from_millis(3_500)).await;
         let status = job.control.status.snapshot();
         // Runs at 1 s, 2 s and 3 s, each ended (as a failure), none left "running".
@@ -702,7 +649,6 @@ mod tests {
         assert_eq!(status.running(), 0, "{status:?}");
         let reason = status.last_run.and_then(|r| r.reason).unwrap_or_default();
         assert!(reason.contains("panicked"), "{reason}");
-        stop.cancel();
     }
 
     /// Wall-clock steps forward by an hour, three hours and a day: each gives at most one
@@ -724,11 +670,10 @@ mod tests {
             .with_timezone(&Utc);
         let clock = Clock::manual(start);
         let env = JobEnv::for_test(clock.clone(), handlers, None);
-        let stop = CancellationToken::new();
         let jobs: Vec<JobHandle> = config
             .jobs()
             .values()
-            .map(|spec| JobHandle::spawn(spec.clone(), env.clone(), stop.clone()))
+            .map(|spec| JobHandle::start(spec.clone(), env.clone()))
             .collect();
         let counts = || {
             jobs.iter()
@@ -775,6 +720,5 @@ mod tests {
             let series = format!("tickd_fires_missed_total{{job_name=\"{job}\"}} {missed}");
             assert!(metrics.contains(&series), "{series} in\n{metrics}");
         }
-        stop.cancel();
     }
 }

@@ -1,6 +1,6 @@
 //! A job's plan: when its next fire is due. Pure maths over a [`Now`] it is given: a drift-free
 //! grid for `every` (fixed rate), a delay from the end of the last run (fixed delay), or the
-//! calendar for `cron`, each with the job's jitter. The job's task and `tickd next` both ask it.
+//! calendar for `cron`, each with the job's jitter. The job and `tickd next` both ask it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -135,10 +135,10 @@ pub(crate) struct MissedWhileDown {
     pub estimated: bool,
 }
 
-/// When a job fires. Kept by the job's task across fires; see the module doc.
+/// When a job fires. Kept by the job across fires; see the module doc.
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
-    /// The definition: shared with the job's task, not copied (a cron schedule is kilobytes).
+    /// The definition: shared with the job, not copied (a cron schedule is kilobytes).
     spec: Arc<JobSpec>,
     delay: FireDelay,
     /// Where an `every` grid starts (grid point 0).

@@ -123,7 +123,7 @@ pub(crate) struct LongRun {
     pub going_for: Duration,
 }
 
-/// The runs one job's task knows of.
+/// The runs one job knows of.
 #[derive(Debug, Default)]
 pub(crate) struct Runs {
     /// The runs in flight, with the tokens that stop them, oldest first: a list, as a job has
@@ -159,11 +159,13 @@ impl Runs {
         ));
     }
 
-    /// A run ended.
-    pub fn ended(&mut self, run_id: RunId) {
-        if let Some(i) = self.going.iter().position(|(id, _)| *id == run_id) {
-            self.going.remove(i);
-        }
+    /// The run `run_id` ended; `false` if it was not one of these.
+    pub fn ended(&mut self, run_id: RunId) -> bool {
+        let Some(i) = self.going.iter().position(|(id, _)| *id == run_id) else {
+            return false;
+        };
+        self.going.remove(i);
+        true
     }
 
     /// Asks every run in flight to stop.
