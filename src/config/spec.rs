@@ -346,7 +346,7 @@ pub struct JobSpec {
     /// A command run (argv) when a run has failed for good, for alerting.
     pub(in crate::config) on_failure: Option<Vec<String>>,
     /// The user (and groups) child processes run as; `None`: the daemon's own.
-    pub(in crate::config) run_as: Option<RunAs>,
+    pub(in crate::config) run_as: Option<Box<RunAs>>,
     /// What this job's processes (and its `on_failure` hook) inherit of the daemon's environment.
     pub(in crate::config) env_policy: EnvPolicy,
     /// With `[cluster]`: once per cluster (the default) or on every node.
@@ -457,7 +457,7 @@ impl JobSpec {
 
     /// The user (and groups) child processes run as; `None`: the daemon's own.
     pub fn run_as(&self) -> Option<&RunAs> {
-        self.run_as.as_ref()
+        self.run_as.as_deref()
     }
 
     /// What this job's processes (and its `on_failure` hook) inherit of the daemon's environment.
@@ -599,13 +599,14 @@ pub enum OnMissed {
     Once,
 }
 
-/// What a run does.
+/// What a run does. The two larger kinds are boxed: a handler job's definition is 300 bytes, not
+/// 470 (memory per job, at 100,000 jobs).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// A child process (`command = [...]`, or `shell = "..."` run by `/bin/sh -c`).
-    Process(ProcessSpec),
+    Process(Box<ProcessSpec>),
     /// An in-process HTTP request (`http = { url = ... }`); success is a 2xx status.
-    Http(HttpSpec),
+    Http(Box<HttpSpec>),
     /// An in-process handler registered through the library API.
     Handler(String),
 }

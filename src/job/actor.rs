@@ -98,7 +98,7 @@ impl JobCell {
                 // Runs decided before the panic report as stopped when dropped, after the lock.
                 let decided = actor.take_launches();
                 let restart = Restart {
-                    spec: actor.latest_spec.clone(),
+                    name: actor.name.clone(),
                     env: actor.env.clone(),
                     status: actor.status.clone(),
                     backoff: actor.restart_backoff,
@@ -116,9 +116,9 @@ impl JobCell {
     /// that panics at once must not spin), started again from its schedule with the definition
     /// it last had. Runs it had in flight go on, unknown to the new state.
     fn restart_after(self: &Arc<Self>, restart: Restart, why: String) {
-        let spec = restart.spec.clone();
-        tracing::error!(job = %spec.name(), "the job's task panicked (a bug: please report it); restarting it from its schedule: {why}");
-        restart.env.metrics.job_task_restarted(spec.name());
+        let name = &restart.name;
+        tracing::error!(job = %name, "the job's task panicked (a bug: please report it); restarting it from its schedule: {why}");
+        restart.env.metrics.job_task_restarted(name);
         restart.status.update(|s| s.task_restarts += 1);
         // Without a runtime (it is shutting down) there is nothing left to restart for.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -134,6 +134,8 @@ impl JobCell {
             let Ok(mut actor) = cell.actor.lock() else {
                 return;
             };
+            // The definition last given, also while the job waited for its restart.
+            let spec = actor.latest_spec.clone();
             let mut fresh = JobActor::new(
                 spec,
                 restart.env,
@@ -150,13 +152,32 @@ impl JobCell {
     }
 
     /// Serves `command`; `false` if the job stopped (removed, or restarting after a panic).
+    /// While a job waits for its restart, a new definition and a pause or resume are kept for
+    /// it; a run now or a catch-up is refused.
     pub fn command(self: &Arc<Self>, command: JobCommand) -> bool {
-        let mut served = false;
-        self.act(|actor| {
-            served = true;
-            actor.command(command);
-        });
-        served
+        let Ok(mut actor) = self.actor.lock() else {
+            return false;
+        };
+        if actor.stopped {
+            if self.retired.load(Ordering::Acquire) {
+                return false;
+            }
+            return match command {
+                JobCommand::Update(spec) => {
+                    actor.latest_spec = spec;
+                    true
+                }
+                JobCommand::Pause | JobCommand::Resume => {
+                    let paused = matches!(command, JobCommand::Pause);
+                    actor.status.update(|s| s.paused = paused);
+                    true
+                }
+                _ => false,
+            };
+        }
+        let launches = self.act_locked(actor, |actor| actor.command(command));
+        launch_all(launches, None);
+        true
     }
 
     /// Whether the job answers: `Some(true)` when its state is free to act on, `Some(false)` when
@@ -233,9 +254,9 @@ impl std::fmt::Debug for JobCell {
     }
 }
 
-/// What a job's restart after a panic starts from.
+/// What a job's restart after a panic starts from (its definition: the latest given).
 struct Restart {
-    spec: Arc<JobSpec>,
+    name: Arc<str>,
     env: Arc<JobEnv>,
     status: SharedStatus,
     backoff: Duration,

@@ -474,6 +474,47 @@ mod tests {
         job.stop();
     }
 
+    /// A new definition and a pause given while a panicked job waits for its restart are what
+    /// the restart starts from, as they were when a task queued them: without, the restart took
+    /// the definition of the moment of the panic, and a reload in the backoff was lost.
+    #[tokio::test(start_paused = true)]
+    async fn a_definition_given_while_a_job_waits_for_its_restart_is_kept() {
+        let start = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let handlers = Handlers::with_builtins();
+        let spec = |every: &str| {
+            crate::config::parse(
+                std::path::Path::new("jobs.toml"),
+                &format!("[jobs.j]\nevery = \"{every}\"\nhandler = \"log\"\n"),
+                &handlers,
+            )
+            .expect("valid")
+            .jobs()["j"]
+                .clone()
+        };
+        let env = JobEnv::for_test(Clock::manual(start), handlers.clone(), None);
+        let mut job = JobHandle::start(spec("1s"), env);
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        // At 1.5 s; the restart comes 1 s later.
+        assert!(job.control.command(JobCommand::Panic));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        job.update(spec("200ms"));
+        assert!(job.control.set_paused(true), "kept for the restart");
+        assert_eq!(job.control.run_now().await, None, "refused until then");
+        tokio::time::sleep(Duration::from_millis(1_450)).await;
+        // 3.05 s: restarted at 2.5 s with the new definition, paused.
+        let status = job.control.status.snapshot();
+        assert_eq!(status.task_restarts, 1);
+        assert_eq!(status.schedule, "every 200ms");
+        assert!(status.paused, "{status:?}");
+        assert_eq!(status.runs.success, 1, "{status:?}");
+        assert!(job.control.set_paused(false));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        // Resumed: at 3.1 s and 3.3 s, on the new grid.
+        assert_eq!(job.control.status.snapshot().runs.success, 1 + 2);
+    }
+
     /// A panic where the dispatcher acts on a job must not stop the dispatcher (every job would
     /// stop firing): the job is restarted like a task that panicked, and the others go on.
     #[tokio::test(start_paused = true)]

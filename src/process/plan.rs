@@ -234,7 +234,7 @@ mod tests {
             .jobs()
             .iter()
             .map(|(name, spec)| match spec.action() {
-                Action::Process(process) => (name.clone(), process.clone()),
+                Action::Process(process) => (name.clone(), (**process).clone()),
                 _ => panic!("job {name} is not a process"),
             })
             .collect()

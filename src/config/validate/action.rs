@@ -39,7 +39,7 @@ impl Validator<'_> {
             }
         }
         let process = |argv| {
-            Action::Process(ProcessSpec {
+            Action::Process(Box::new(ProcessSpec {
                 argv,
                 cwd: raw.cwd.as_ref().map(|v| PathBuf::from(v.get_ref())),
                 env: raw
@@ -48,7 +48,7 @@ impl Validator<'_> {
                     .map(|v| v.get_ref().clone())
                     .unwrap_or_default(),
                 inherit: inherit.clone(),
-            })
+            }))
         };
         if let Some(command) = &raw.command {
             self.program(command, At::job(job, "command"), "command")
@@ -56,7 +56,7 @@ impl Validator<'_> {
         } else if let Some(shell) = &raw.shell {
             self.shell(job, shell).map(process)
         } else if let Some(http) = &raw.http {
-            Some(Action::Http(self.http(job, http.get_ref())))
+            Some(Action::Http(Box::new(self.http(job, http.get_ref()))))
         } else if let Some(handler) = &raw.handler {
             self.handler(job, handler).map(Action::Handler)
         } else {

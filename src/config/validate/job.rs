@@ -89,7 +89,7 @@ impl Validator<'_> {
             max_rss,
             retry,
             on_failure,
-            run_as,
+            run_as: run_as.map(Box::new),
             env_policy: daemon.env.clone(),
             scope,
             on_node_loss: raw
