@@ -61,15 +61,30 @@ const SCENARIOS: &[(&str, &[&str])] = &[
     ),
     (
         "scale-1000",
-        &["tickd-spread", "tickd-at-00", "tickd-at-00-totals"],
+        &[
+            "tickd-spread",
+            "tickd-at-00",
+            "tickd-at-00-totals",
+            "binary-spread",
+        ],
     ),
     (
         "scale-10000",
-        &["tickd-spread", "tickd-at-00", "tickd-at-00-totals"],
+        &[
+            "tickd-spread",
+            "tickd-at-00",
+            "tickd-at-00-totals",
+            "binary-spread",
+        ],
     ),
     (
         "scale-100000",
-        &["tickd-spread", "tickd-at-00", "tickd-at-00-totals"],
+        &[
+            "tickd-spread",
+            "tickd-at-00",
+            "tickd-at-00-totals",
+            "binary-spread",
+        ],
     ),
 ];
 
@@ -250,6 +265,75 @@ async fn binary_logging(system: &str, scale: Scale) -> Value {
         result["from_buckets"] = json!(true);
     }
     result
+}
+
+/// `tickd run` on `jobs` `handler = "log"` jobs at 1 Hz, spread over the second, with
+/// `log = "none"`: the RSS of the real binary once every job's run history is full (20 runs),
+/// per job over the same binary on a file with no jobs, before and after two scrapes of
+/// `/metrics`; CPU per fire and the lateness buckets
+/// over the last 10 s, from `/proc` and `/metrics`. What a user's process takes, without what
+/// the in-process rows carry (the bench's own recording of every fire, its runtime).
+async fn scale_binary(jobs: u64, scale: Scale) -> Value {
+    let start = |jobs: u64| {
+        let port = free_port();
+        let (dir, path) = jobs_file(&served_jobs(
+            port,
+            jobs,
+            "every = \"1s\"\njitter = \"1s\"\nspread = true\nhandler = \"log\"\nlog = \"none\"\n",
+        ));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_tickd"))
+            .arg("run")
+            .arg(&path)
+            .env_remove("TICKD_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start tickd");
+        (dir, port, child)
+    };
+    let stop = |mut child: std::process::Child| {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = child.wait();
+    };
+    let (_empty_dir, _, empty) = start(0);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let baseline_kb = proc_status_kb(empty.id(), "VmRSS:");
+    stop(empty);
+    let (_dir, port, child) = start(jobs);
+    let pid = child.id();
+    // The history fills in 20 s at 1 Hz; the window is the last 10 s of the wait.
+    let window = Duration::from_secs(scale.seconds.clamp(1, 10));
+    tokio::time::sleep(Duration::from_secs(22) - window).await;
+    // The jobs' own memory, before any `/metrics` (2.2 KB of text per job) was asked for.
+    let jobs_kb = proc_status_kb(pid, "VmRSS:");
+    let (cpu0, metrics0) = (proc_cpu_seconds(pid), scrape(port).await);
+    tokio::time::sleep(window).await;
+    let (cpu, metrics1) = (proc_cpu_seconds(pid) - cpu0, scrape(port).await);
+    let rss_kb = proc_status_kb(pid, "VmRSS:");
+    let peak_kb = proc_status_kb(pid, "VmHWM:");
+    stop(child);
+    let fires = fires_between(&metrics0, &metrics1);
+    let (p50, p99) = bucket_percentiles(&metrics0, &metrics1);
+    json!({
+        "scenario": format!("scale-{jobs}"),
+        "system": "binary-spread",
+        "jobs": jobs,
+        "expected": jobs * window.as_secs(),
+        "observed": fires,
+        "p50_ms": p50 * 1e3,
+        "p99_ms": p99 * 1e3,
+        "from_buckets": true,
+        "cpu_s": cpu,
+        "steady_cpu_us_per_fire": cpu * 1e6 / fires.max(1.0),
+        "rss_mb": rss_kb as f64 / 1024.0,
+        "baseline_rss_mb": baseline_kb as f64 / 1024.0,
+        "rss_per_job_kb": rss_kb.saturating_sub(baseline_kb) as f64 / jobs as f64,
+        "rss_per_job_before_metrics_kb": jobs_kb.saturating_sub(baseline_kb) as f64 / jobs as f64,
+        "peak_rss_mb": peak_kb as f64 / 1024.0,
+    })
 }
 
 /// The daemon's `/metrics` text (empty if it does not answer).
@@ -472,8 +556,11 @@ fn run_child(scenario: &str, system: &str, scale: Scale) -> Value {
             "memory-soak" => memory_soak(scale).await,
             "page-1000" => page_1000(scale).await,
             "binary-1000x5hz-aligned-log" => binary_logging(system, scale).await,
+            "scale-1000" if system == "binary-spread" => scale_binary(1_000, scale).await,
             "scale-1000" => scale_run(1_000, system, scale).await,
+            "scale-10000" if system == "binary-spread" => scale_binary(10_000, scale).await,
             "scale-10000" => scale_run(10_000, system, scale).await,
+            "scale-100000" if system == "binary-spread" => scale_binary(100_000, scale).await,
             "scale-100000" => scale_run(100_000, system, scale).await,
             other => json!({"error": format!("unknown scenario {other}")}),
         }
@@ -1305,11 +1392,19 @@ fn print_table(results: &[Value]) {
             "skipped_across_reload",
             "grid_gaps_across_reload",
             "rss_mb",
+            "baseline_rss_mb",
             "rss_per_job_kb",
+            "rss_per_job_before_metrics_kb",
             "metrics_bytes",
         ] {
             if let Some(v) = r.get(key) {
-                println!("  {} {}: {}", r["scenario"].as_str().unwrap_or(""), key, v);
+                println!(
+                    "  {} {} {}: {}",
+                    r["scenario"].as_str().unwrap_or(""),
+                    r["system"].as_str().unwrap_or(""),
+                    key,
+                    v
+                );
             }
         }
     }
