@@ -294,12 +294,23 @@ impl Metrics {
         if prometheus_client::encoding::text::encode(&mut openmetrics, &self.registry).is_err() {
             openmetrics.clear();
         }
-        match format {
+        let text = match format {
             Format::OpenMetrics => openmetrics,
             Format::Text => classic::from_openmetrics(&openmetrics),
+        };
+        // The text of many jobs' series (2.2 KB a job) is built from millions of small pieces;
+        // freed, the allocator kept most of them: 2-3 KB per job of RSS after a scrape, as much
+        // as the jobs themselves take. Given back as after a large file's parse.
+        if text.len() > LARGE_TEXT {
+            crate::os::return_freed_memory();
         }
+        text
     }
 }
+
+/// The size from which an encoding gives its memory back to the system (see
+/// [`Metrics::encode_as`]): some 500 jobs' series.
+const LARGE_TEXT: usize = 1 << 20;
 
 /// The `tickd_cluster_*` series of [`Metrics::register_cluster`], computed at each scrape.
 #[derive(Debug)]
