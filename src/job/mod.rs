@@ -436,27 +436,33 @@ mod tests {
         assert_eq!(*seen.lock().expect("lock"), want);
     }
 
-    /// A panicked job task's `JoinError` was dropped: the job stopped firing for good, silently.
-    #[tokio::test(start_paused = true)]
-    async fn a_job_task_that_panics_is_restarted_with_its_latest_definition() {
+    /// Job `j`, the `log` handler `every`: for the tests of a restart after a panic.
+    fn log_job(every: &str) -> Arc<JobSpec> {
+        crate::config::parse(
+            std::path::Path::new("jobs.toml"),
+            &format!("[jobs.j]\nevery = \"{every}\"\nhandler = \"log\"\n"),
+            &Handlers::with_builtins(),
+        )
+        .expect("valid")
+        .jobs()["j"]
+            .clone()
+    }
+
+    /// An environment with the built-in handlers on a manual clock from 2026-01-01.
+    fn log_job_env() -> Arc<JobEnv> {
         let start = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
             .expect("time")
             .with_timezone(&Utc);
-        let handlers = Handlers::with_builtins();
-        let spec = |every: &str| {
-            crate::config::parse(
-                std::path::Path::new("jobs.toml"),
-                &format!("[jobs.j]\nevery = \"{every}\"\nhandler = \"log\"\n"),
-                &handlers,
-            )
-            .expect("valid")
-            .jobs()["j"]
-                .clone()
-        };
-        let env = JobEnv::for_test(Clock::manual(start), handlers.clone(), None);
-        let mut job = JobHandle::start(spec("1s"), env.clone());
+        JobEnv::for_test(Clock::manual(start), Handlers::with_builtins(), None)
+    }
+
+    /// A panicked job task's `JoinError` was dropped: the job stopped firing for good, silently.
+    #[tokio::test(start_paused = true)]
+    async fn a_job_task_that_panics_is_restarted_with_its_latest_definition() {
+        let env = log_job_env();
+        let mut job = JobHandle::start(log_job("1s"), env.clone());
         tokio::time::sleep(Duration::from_millis(1_500)).await;
-        job.update(spec("500ms"));
+        job.update(log_job("500ms"));
         tokio::time::sleep(Duration::from_millis(100)).await;
         job.control.command(JobCommand::Panic);
         tokio::time::sleep(Duration::from_millis(2_050)).await;
@@ -479,27 +485,13 @@ mod tests {
     /// the definition of the moment of the panic, and a reload in the backoff was lost.
     #[tokio::test(start_paused = true)]
     async fn a_definition_given_while_a_job_waits_for_its_restart_is_kept() {
-        let start = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
-            .expect("time")
-            .with_timezone(&Utc);
-        let handlers = Handlers::with_builtins();
-        let spec = |every: &str| {
-            crate::config::parse(
-                std::path::Path::new("jobs.toml"),
-                &format!("[jobs.j]\nevery = \"{every}\"\nhandler = \"log\"\n"),
-                &handlers,
-            )
-            .expect("valid")
-            .jobs()["j"]
-                .clone()
-        };
-        let env = JobEnv::for_test(Clock::manual(start), handlers.clone(), None);
-        let mut job = JobHandle::start(spec("1s"), env);
+        let env = log_job_env();
+        let mut job = JobHandle::start(log_job("1s"), env);
         tokio::time::sleep(Duration::from_millis(1_500)).await;
         // At 1.5 s; the restart comes 1 s later.
         assert!(job.control.command(JobCommand::Panic));
         tokio::time::sleep(Duration::from_millis(100)).await;
-        job.update(spec("200ms"));
+        job.update(log_job("200ms"));
         assert!(job.control.set_paused(true), "kept for the restart");
         assert_eq!(job.control.run_now().await, None, "refused until then");
         tokio::time::sleep(Duration::from_millis(1_450)).await;
