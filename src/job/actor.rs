@@ -1,9 +1,8 @@
-//! A job's state ([`JobActor`], behind the lock of its [`JobCell`]) and its task: a `select!`
-//! loop that serves the job's commands (reload, run now, pause), wall-clock steps (or, for a
-//! cluster job, corrections of the database's clock) and its stop token. The job's fires and
-//! retries are the dispatcher's (`dispatch`): it calls [`JobCell::deadline_reached`] when the
-//! job's deadline comes, and a run's end calls back through the cell too, so neither wakes the
-//! task.
+//! A job's state ([`JobActor`], behind the lock of its [`JobCell`]) and all that acts on it:
+//! the dispatcher (`dispatch`) calls [`JobCell::deadline_reached`] when the job's deadline
+//! comes, a run's end calls back through the cell, commands arrive through
+//! [`JobCell::command`] and the clock's steps through `steps`. No job has a task of its own;
+//! one is spawned only to restart a job after a panic.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -135,7 +134,7 @@ impl JobCell {
                 return;
             };
             // The definition last given, also while the job waited for its restart.
-            let spec = actor.latest_spec.clone();
+            let spec = actor.spec.clone();
             let mut fresh = JobActor::new(
                 spec,
                 restart.env,
@@ -164,7 +163,7 @@ impl JobCell {
             }
             return match command {
                 JobCommand::Update(spec) => {
-                    actor.latest_spec = spec;
+                    actor.spec = spec;
                     true
                 }
                 JobCommand::Pause | JobCommand::Resume => {
@@ -269,6 +268,8 @@ const TASK_RESTART_BACKOFF: Duration = Duration::from_secs(1);
 const TASK_RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 pub(super) struct JobActor {
+    /// The definition last given (reloads; also while a panicked job waits for its restart,
+    /// which starts from it).
     spec: Arc<JobSpec>,
     /// The job's name, shared with every run's context (a reload keeps a job's name).
     name: Arc<str>,
@@ -305,8 +306,6 @@ pub(super) struct JobActor {
     metrics: Arc<JobMetrics>,
     /// Paused through the endpoint.
     pub paused: bool,
-    /// The definition last given (reloads), for a restart after a panic.
-    latest_spec: Arc<JobSpec>,
     /// The wait before the next restart after a panic.
     restart_backoff: Duration,
     hook: FailureHook,
@@ -346,7 +345,6 @@ impl JobActor {
             metrics: Arc::new(env.metrics.for_job(spec.name())),
             status,
             paused: false,
-            latest_spec: spec.clone(),
             restart_backoff: TASK_RESTART_BACKOFF,
             hook: FailureHook::default(),
             skip_notices: SkipNotices::default(),
@@ -914,7 +912,6 @@ impl JobActor {
     }
 
     fn update(&mut self, spec: Arc<JobSpec>) {
-        self.latest_spec = spec.clone();
         self.spec = spec;
         let schedule = self.spec.schedule().to_string();
         self.status.update(|s| s.schedule = schedule);

@@ -18,14 +18,14 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, Instant};
 
 use super::actor::{EndedAtOnce, JobCell};
+use super::OwnedTask;
 
 /// Where a job's deadline sits in the queue: the deadline, then a tie-breaking sequence number
 /// (also the entry's identity, so a job can tell a stale entry from its current one).
@@ -39,8 +39,7 @@ type Queued = (Entry, Weak<JobCell>);
 #[derive(Debug)]
 pub(crate) struct Dispatcher {
     shared: Arc<Shared>,
-    started: OnceLock<()>,
-    stop: CancellationToken,
+    task: OwnedTask,
 }
 
 #[derive(Debug)]
@@ -97,8 +96,7 @@ impl Dispatcher {
                 next_seq: AtomicU64::new(0),
                 clock,
             }),
-            started: OnceLock::new(),
-            stop: CancellationToken::new(),
+            task: OwnedTask::default(),
         }
     }
 
@@ -111,15 +109,9 @@ impl Dispatcher {
         old: Option<Entry>,
         at: Option<Instant>,
     ) -> Option<Entry> {
-        self.started.get_or_init(|| {
+        self.task.start_once(|| {
             let shared = self.shared.clone();
-            let stop = self.stop.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = shared.serve() => {}
-                }
-            });
+            async move { shared.serve().await }
         });
         let entry = at.map(|at| (at, self.shared.next_seq.fetch_add(1, Ordering::Relaxed)));
         // In a batch (see `HELD`), a new deadline waits for its end; an old one is in the queue
@@ -156,12 +148,6 @@ impl Dispatcher {
     /// Removes a job's entry (its task stops).
     pub(super) fn remove(&self, entry: Entry) {
         self.shared.lock().deadlines.remove(&entry);
-    }
-}
-
-impl Drop for Dispatcher {
-    fn drop(&mut self) {
-        self.stop.cancel();
     }
 }
 

@@ -99,6 +99,40 @@ impl JobEnv {
     }
 }
 
+/// A task of the job module's own (the dispatcher's, the step followers'), spawned at first
+/// use rather than when its owner is made (which may be outside a runtime), and stopped when
+/// its owner is dropped.
+#[derive(Debug, Default)]
+pub(super) struct OwnedTask {
+    started: std::sync::OnceLock<()>,
+    stop: CancellationToken,
+}
+
+impl OwnedTask {
+    /// Spawns the task `serve` makes, the first time only.
+    pub fn start_once<F>(&self, serve: impl FnOnce() -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.started.get_or_init(|| {
+            let stop = self.stop.clone();
+            let serve = serve();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    () = serve => {}
+                }
+            });
+        });
+    }
+}
+
+impl Drop for OwnedTask {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 /// What can be asked of a job.
 #[derive(Debug)]
 pub(crate) enum JobCommand {
@@ -245,22 +279,27 @@ impl JobHandle {
         drop(self);
     }
 
-    /// A job that runs the built-in `log` handler hourly, on the system clock: for the
+    /// A job that runs the built-in `log` handler hourly, on a manual clock: for the
     /// endpoint's tests.
     #[cfg(all(test, feature = "http"))]
     pub(crate) fn for_test() -> Self {
-        let handlers = crate::Handlers::with_builtins();
-        let spec = crate::config::parse(
-            std::path::Path::new("jobs.toml"),
-            "[jobs.t]\nevery = \"1h\"\nhandler = \"log\"\n",
-            &handlers,
-        )
-        .expect("valid")
-        .jobs()["t"]
-            .clone();
         let clock = Clock::manual(chrono::Utc::now());
-        JobHandle::start(spec, JobEnv::for_test(clock, handlers, None))
+        let env = JobEnv::for_test(clock, crate::Handlers::with_builtins(), None);
+        JobHandle::start(log_job("1h"), env)
     }
+}
+
+/// Job `j`, the built-in `log` handler `every`: for tests.
+#[cfg(test)]
+fn log_job(every: &str) -> Arc<JobSpec> {
+    crate::config::parse(
+        std::path::Path::new("jobs.toml"),
+        &format!("[jobs.j]\nevery = \"{every}\"\nhandler = \"log\"\n"),
+        &crate::Handlers::with_builtins(),
+    )
+    .expect("valid")
+    .jobs()["j"]
+        .clone()
 }
 
 impl Drop for JobHandle {
@@ -434,18 +473,6 @@ mod tests {
             .map(|m| start + ms(m))
             .collect();
         assert_eq!(*seen.lock().expect("lock"), want);
-    }
-
-    /// Job `j`, the `log` handler `every`: for the tests of a restart after a panic.
-    fn log_job(every: &str) -> Arc<JobSpec> {
-        crate::config::parse(
-            std::path::Path::new("jobs.toml"),
-            &format!("[jobs.j]\nevery = \"{every}\"\nhandler = \"log\"\n"),
-            &Handlers::with_builtins(),
-        )
-        .expect("valid")
-        .jobs()["j"]
-            .clone()
     }
 
     /// An environment with the built-in handlers on a manual clock from 2026-01-01.
