@@ -339,6 +339,13 @@ impl SharedStatus {
         change(&mut self.status.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
+    /// Asks the CPU to bring the status and the history's head into its cache (see
+    /// `JobCell::read_ahead`).
+    pub(crate) fn read_ahead(&self) {
+        crate::os::prefetch(Arc::as_ptr(&self.status));
+        crate::os::prefetch(Arc::as_ptr(&self.history));
+    }
+
     /// A copy of the status.
     pub fn snapshot(&self) -> JobStatus {
         self.status

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::config::{Action, JobSpec, OutputMode, RunLog};
-use crate::handler::{Handlers, RunContext};
+use crate::handler::{HandlerFn, Handlers, RunContext};
 use crate::process::{self, ChildRun, GroupKeeper, HeldOutput, OutputSink, Spawner, HELD_OUTPUT};
 
 pub(crate) use child::report as child_report;
@@ -308,7 +308,7 @@ pub async fn execute(spec: &JobSpec, ctx: RunContext, env: &RunEnv) -> RunReport
         // way still gets a failed run with the reason, not a panic.
         #[cfg(not(feature = "http-jobs"))]
         Action::Http(_) => RunReport::failure(crate::config::NO_HTTP_JOBS),
-        Action::Handler(name) => start_handler(name, ctx, spec, env).report().await,
+        Action::Handler(name) => start_handler(name, None, ctx, spec, env).report().await,
     }
 }
 
@@ -316,9 +316,28 @@ pub async fn execute(spec: &JobSpec, ctx: RunContext, env: &RunEnv) -> RunReport
 /// once there, and most have ended by then ([`Started::Ended`]); a handler still going, and
 /// every other action, come back as the future a task is to drive.
 pub fn start(spec: &Arc<JobSpec>, ctx: RunContext, env: &Arc<RunEnv>) -> Started {
+    start_with(spec, None, ctx, env)
+}
+
+/// [`start`] with the job's handler looked up already ([`handler_of`]): a job does it once,
+/// not by name at each fire.
+pub(crate) fn start_with(
+    spec: &Arc<JobSpec>,
+    handler: Option<&HandlerFn>,
+    ctx: RunContext,
+    env: &Arc<RunEnv>,
+) -> Started {
     match spec.action() {
-        Action::Handler(name) => start_handler(name, ctx, spec, env),
+        Action::Handler(name) => start_handler(name, handler, ctx, spec, env),
         _ => later(spec, ctx, env),
+    }
+}
+
+/// The in-process handler `spec` runs, if it is a `handler` job and the handler is registered.
+pub(crate) fn handler_of(spec: &JobSpec, env: &RunEnv) -> Option<HandlerFn> {
+    match spec.action() {
+        Action::Handler(name) => env.handlers.find(name).cloned(),
+        _ => None,
     }
 }
 
@@ -328,9 +347,16 @@ pub fn later(spec: &Arc<JobSpec>, ctx: RunContext, env: &Arc<RunEnv>) -> Started
     Started::Going(Box::pin(async move { execute(&spec, ctx, &env).await }))
 }
 
-/// Calls the handler `name` and polls it once (see [`in_process::start`]).
-fn start_handler(name: &str, ctx: RunContext, spec: &JobSpec, env: &RunEnv) -> Started {
-    match env.handlers.find(name) {
+/// Calls the handler `name` (`handler`, when looked up already) and polls it once (see
+/// [`in_process::start`]).
+fn start_handler(
+    name: &str,
+    handler: Option<&HandlerFn>,
+    ctx: RunContext,
+    spec: &JobSpec,
+    env: &RunEnv,
+) -> Started {
+    match handler.or_else(|| env.handlers.find(name)) {
         Some(handler) => in_process::start(handler, ctx, spec, &env.clock),
         None => Started::Ended(RunReport::failure(format!(
             "handler \"{name}\" is not registered"

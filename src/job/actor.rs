@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::action::{self, Outcome, RunReport};
 use crate::clock::{Instant, Now, RemoteClock};
 use crate::config::{JobSpec, OnMissed, OnNodeLoss, RunLog, Scope};
-use crate::handler::{ClusterFire, RunContext, RunId};
+use crate::handler::{ClusterFire, HandlerFn, RunContext, RunId};
 use crate::metrics::JobMetrics;
 use crate::status::{record_run, RunRecord, SharedStatus};
 
@@ -78,24 +78,39 @@ impl JobCell {
     /// released.
     fn act_locked(
         self: &Arc<Self>,
-        mut actor: std::sync::MutexGuard<'_, JobActor>,
+        actor: std::sync::MutexGuard<'_, JobActor>,
         act: impl FnOnce(&mut JobActor),
     ) -> Vec<Launch> {
+        let mut launches = Vec::new();
+        self.act_into(actor, act, &mut launches);
+        launches
+    }
+
+    /// Acts under the lock and puts the runs the act decided on in `launches` (empty when
+    /// given). The act pushes them into `launches` itself, lent to the job for the act: the
+    /// dispatcher's, kept across batches, takes a batch's fires without an allocation each,
+    /// and the job keeps no capacity of its own between acts.
+    fn act_into(
+        self: &Arc<Self>,
+        mut actor: std::sync::MutexGuard<'_, JobActor>,
+        act: impl FnOnce(&mut JobActor),
+        launches: &mut Vec<Launch>,
+    ) {
         if actor.stopped {
-            return Vec::new();
+            return;
         }
         actor.now_in_act.set(None);
+        std::mem::swap(&mut actor.launches, launches);
         let acted = std::panic::catch_unwind(AssertUnwindSafe(|| {
             act(&mut actor);
             actor.reschedule(self);
         }));
+        std::mem::swap(&mut actor.launches, launches);
         actor.now_in_act.set(None);
         match acted {
-            Ok(()) => actor.take_launches(),
+            Ok(()) => {}
             Err(panic) => {
                 actor.stopped = true;
-                // Runs decided before the panic report as stopped when dropped, after the lock.
-                let decided = actor.take_launches();
                 let restart = Restart {
                     name: actor.name.clone(),
                     env: actor.env.clone(),
@@ -103,9 +118,9 @@ impl JobCell {
                     backoff: actor.restart_backoff,
                 };
                 drop(actor);
-                drop(decided);
+                // Runs decided before the panic report as stopped when dropped, after the lock.
+                launches.clear();
                 self.restart_after(restart, crate::action::panic_message(&*panic));
-                Vec::new()
             }
         }
     }
@@ -228,10 +243,22 @@ impl JobCell {
         self.act(JobActor::stop);
     }
 
+    /// Asks the CPU to bring what a fire of the job reads first into its cache: its
+    /// definition, status and metrics, each in an allocation of its own. Skipped while another
+    /// holds the job.
+    pub fn read_ahead(&self) {
+        if let Ok(actor) = self.actor.try_lock() {
+            crate::os::prefetch(Arc::as_ptr(&actor.spec));
+            crate::os::prefetch(Arc::as_ptr(&actor.metrics));
+            crate::os::prefetch(Arc::as_ptr(&actor.name).cast::<u8>());
+            actor.status.read_ahead();
+        }
+    }
+
     /// The dispatcher's call: the job's deadline `entry` came. A stale entry (the job moved its
     /// deadline meanwhile) does nothing. The runs it starts that end at their first poll go to
-    /// `ended`, for the dispatcher to book once every fire due with this one has started.
-    pub fn deadline_reached(self: &Arc<Self>, entry: Entry, ended: &mut Vec<EndedAtOnce>) {
+    /// the `batch`, for the dispatcher to book once every fire due with this one has started.
+    pub fn deadline_reached(self: &Arc<Self>, entry: Entry, batch: &mut Batch) {
         let Ok(mut actor) = self.actor.lock() else {
             return;
         };
@@ -240,8 +267,8 @@ impl JobCell {
         }
         // The dispatcher took the entry out of its queue.
         actor.registered = None;
-        let launches = self.act_locked(actor, JobActor::deadline_reached);
-        launch_all(launches, Some(ended));
+        self.act_into(actor, JobActor::deadline_reached, &mut batch.launches);
+        launch_all(batch.launches.drain(..), Some(&mut batch.ended));
     }
 }
 
@@ -311,8 +338,12 @@ pub(super) struct JobActor {
     hook: FailureHook,
     /// The overlap skips not told in the log yet (rate-limited).
     skip_notices: SkipNotices,
-    /// Runs decided under the lock, started by whoever holds it once it is released.
+    /// Runs decided under the lock, started by whoever holds it once it is released: empty
+    /// between acts, lent a buffer for each (see [`JobCell::act_into`]).
     launches: Vec<Launch>,
+    /// The in-process handler of a `handler` job, looked up once (at start and at each new
+    /// definition) rather than by name at each fire.
+    handler: Option<HandlerFn>,
     /// The job's in-process handler is called and first polled where its fire is decided (the
     /// dispatcher's task); cleared for good once a first poll blocked for longer than
     /// [`BLOCKING_FIRST_POLL`], so that one job's blocking code does not delay the others.
@@ -349,20 +380,12 @@ impl JobActor {
             hook: FailureHook::default(),
             skip_notices: SkipNotices::default(),
             launches: Vec::new(),
+            handler: action::handler_of(&spec, &env.actions),
             starts_inline: true,
             now_in_act: std::cell::Cell::new(None),
             name: Arc::from(spec.name()),
             spec,
             env,
-        }
-    }
-
-    /// The runs decided since the last call (no allocation when there are none).
-    fn take_launches(&mut self) -> Vec<Launch> {
-        if self.launches.is_empty() {
-            Vec::new()
-        } else {
-            std::mem::take(&mut self.launches)
         }
     }
 
@@ -871,7 +894,6 @@ impl JobActor {
         let scheduled = due.scheduled_wall(now);
         let lateness = now.instant.saturating_duration_since(due.start_at());
         let spec = self.spec.clone();
-        self.status.update(|s| s.run_started(run_id.0, now.wall));
         let ctx = RunContext {
             job: self.name.clone(),
             run_id,
@@ -906,6 +928,7 @@ impl JobActor {
         self.launches.push(Launch {
             ctx,
             end,
+            handler: self.handler.clone(),
             inline: self.starts_inline,
         });
         run_id
@@ -913,6 +936,7 @@ impl JobActor {
 
     fn update(&mut self, spec: Arc<JobSpec>) {
         self.spec = spec;
+        self.handler = action::handler_of(&self.spec, &self.env.actions);
         let schedule = self.spec.schedule().to_string();
         self.status.update(|s| s.schedule = schedule);
         let cluster_time = cluster_time(&self.env, &self.spec);
@@ -970,6 +994,8 @@ fn plan(
 pub(super) struct Launch {
     ctx: RunContext,
     end: RunEnd,
+    /// The job's handler, if it has one.
+    handler: Option<HandlerFn>,
     /// Start it on the caller's thread (see [`JobActor::starts_inline`]).
     inline: bool,
 }
@@ -991,8 +1017,29 @@ impl EndedAtOnce {
     }
 }
 
+/// What the dispatcher keeps across the batches of fires it serves, so that a batch allocates
+/// nothing per fire: the runs decided for the job at hand, and the runs that ended at their
+/// first poll, to book once every fire of the batch started.
+#[derive(Default)]
+pub(crate) struct Batch {
+    launches: Vec<Launch>,
+    ended: Vec<EndedAtOnce>,
+}
+
+impl Batch {
+    /// Books the runs of the batch that ended at their first poll.
+    pub fn book(&mut self) {
+        for run in self.ended.drain(..) {
+            run.book();
+        }
+    }
+}
+
 /// Starts `launches`; those that end at once go to `ended` if given, else are booked now.
-fn launch_all(launches: Vec<Launch>, mut ended: Option<&mut Vec<EndedAtOnce>>) {
+fn launch_all(
+    launches: impl IntoIterator<Item = Launch>,
+    mut ended: Option<&mut Vec<EndedAtOnce>>,
+) {
     for launch in launches {
         launch.start(ended.as_deref_mut());
     }
@@ -1003,11 +1050,12 @@ impl Launch {
         let Launch {
             ctx,
             mut end,
+            handler,
             inline,
         } = self;
         let started = if inline {
             let began = std::time::Instant::now();
-            let started = action::start(&end.spec, ctx, &end.env.actions);
+            let started = action::start_with(&end.spec, handler.as_ref(), ctx, &end.env.actions);
             let took = began.elapsed();
             end.first_poll_blocked = (took > BLOCKING_FIRST_POLL).then_some(took);
             started
@@ -1019,7 +1067,10 @@ impl Launch {
                 ended.push(EndedAtOnce { end, report })
             }
             (action::Started::Ended(report), None) => EndedAtOnce { end, report }.book(),
+            // A run shows in the status as going once it goes on after its first poll.
             (action::Started::Going(run), _) => {
+                end.status
+                    .update(|s| s.run_started(end.run_id.0, end.started_wall));
                 end.in_flight = true;
                 end.metrics.run_started(end.lateness, true);
                 end.log_started();

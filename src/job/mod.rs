@@ -607,6 +607,94 @@ mod tests {
         assert_eq!(*seen.lock().expect("lock"), [0, 0, 0, 3, 3, 3, 6, 6, 6]);
     }
 
+    /// A job looks its handler up once, not at each fire: a new definition that names another
+    /// handler must run that one from its next fire, not the one looked up at the start.
+    #[tokio::test(start_paused = true)]
+    async fn a_new_definition_with_another_handler_runs_that_handler_from_its_next_fire() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut handlers = Handlers::with_builtins();
+        for name in ["first", "second"] {
+            let seen = seen.clone();
+            handlers.register(name, move |_ctx: RunContext| {
+                seen.lock().expect("lock").push(name);
+                async { Ok::<(), crate::handler::HandlerError>(()) }
+            });
+        }
+        let job_with = |handler: &str| {
+            let text = format!("[jobs.j]\nevery = \"1s\"\nhandler = \"{handler}\"\n");
+            crate::config::parse(std::path::Path::new("jobs.toml"), &text, &handlers)
+                .expect("valid")
+                .jobs()["j"]
+                .clone()
+        };
+        let start = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let env = JobEnv::for_test(Clock::manual(start), handlers.clone(), None);
+        let mut job = JobHandle::start(job_with("first"), env);
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        job.update(job_with("second"));
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        job.stop();
+        assert_eq!(*seen.lock().expect("lock"), ["first", "second"]);
+    }
+
+    /// The dispatcher reads a batch's jobs ahead of their turn (`dispatch::ReadAhead`, several
+    /// places on): with more jobs due at one instant than it reads ahead, and one stopped
+    /// among them, every other job runs once per instant, none skipped or run twice, in the
+    /// same order at every instant.
+    #[tokio::test(start_paused = true)]
+    async fn every_job_of_a_large_instant_runs_once_in_a_stable_order() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::<Arc<str>>::new()));
+        let mut handlers = Handlers::with_builtins();
+        let record = seen.clone();
+        handlers.register("record", move |ctx: RunContext| {
+            record.lock().expect("lock").push(ctx.job.clone());
+            async { Ok::<(), crate::handler::HandlerError>(()) }
+        });
+        let names: Vec<String> = (0..20).map(|i| format!("j{i:02}")).collect();
+        let text: String = names
+            .iter()
+            .map(|job| {
+                format!("[jobs.{job}]\nevery = \"1s\"\nalign = true\nhandler = \"record\"\n")
+            })
+            .collect();
+        let config = crate::config::parse(std::path::Path::new("jobs.toml"), &text, &handlers)
+            .expect("valid");
+        let start = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let env = JobEnv::for_test(Clock::manual(start), handlers, None);
+        let mut jobs: Vec<Option<JobHandle>> = names
+            .iter()
+            .map(|job| {
+                Some(JobHandle::start(
+                    config.jobs()[job.as_str()].clone(),
+                    env.clone(),
+                ))
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        // After the first instant (1 s): j05 stops.
+        if let Some(job) = jobs[5].take() {
+            job.stop();
+        }
+        tokio::time::sleep(Duration::from_millis(2_000)).await;
+        for job in jobs.into_iter().flatten() {
+            job.stop();
+        }
+        let seen = seen.lock().expect("lock");
+        assert_eq!(seen.len(), 20 + 19 + 19, "{seen:?}");
+        let (first, rest) = seen.split_at(20);
+        let mut all: Vec<&str> = first.iter().map(|job| &**job).collect();
+        all.sort_unstable();
+        assert_eq!(all, names.iter().map(String::as_str).collect::<Vec<_>>());
+        let without_j05: Vec<&Arc<str>> = first.iter().filter(|job| &***job != "j05").collect();
+        for instant in rest.chunks(19) {
+            assert_eq!(instant.iter().collect::<Vec<_>>(), without_j05, "{seen:?}");
+        }
+    }
+
     /// A handler that blocks its thread at its first poll would hold up every job due with it
     /// (its first poll is made where the fire is decided): after one such poll, the job's runs
     /// start on tasks of their own, and the others' still start where their fires are decided.
