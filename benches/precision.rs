@@ -221,6 +221,10 @@ async fn binary_logging(system: &str, scale: Scale) -> Value {
     tokio::time::sleep(warmup).await;
     let cpu0 = proc_cpu_seconds(pid);
     let metrics0 = scrape(port).await;
+    // Where the window's lines begin: the runs before it are the warm-up's, however many
+    // instants the start-up left in it (counting them as 2 s of runs dropped one instant's
+    // runs when the first fire came after the first 200 ms).
+    let window_starts_at = std::fs::metadata(&log_path).map_or(0, |meta| meta.len()) as usize;
     tokio::time::sleep(window).await;
     let cpu = proc_cpu_seconds(pid) - cpu0;
     let metrics1 = scrape(port).await;
@@ -232,7 +236,15 @@ async fn binary_logging(system: &str, scale: Scale) -> Value {
     let _ = child.wait();
     let expected = jobs * (window.as_nanos() / period.as_nanos()) as u64;
     let lines = std::fs::read_to_string(&log_path).unwrap_or_default();
-    let mut samples: Vec<u64> = lines
+    // From the first whole line at or after `window_starts_at`.
+    let window_lines = match lines.get(..window_starts_at) {
+        Some(before) if !before.is_empty() && !before.ends_with('\n') => lines[window_starts_at..]
+            .split_once('\n')
+            .map_or("", |(_, rest)| rest),
+        Some(_) => &lines[window_starts_at..],
+        None => "",
+    };
+    let mut samples: Vec<u64> = window_lines
         .lines()
         .filter(|line| line.contains("run started"))
         .filter_map(|line| {
@@ -241,9 +253,6 @@ async fn binary_logging(system: &str, scale: Scale) -> Value {
             Some((value * 1e6) as u64)
         })
         .collect();
-    // The window's runs: after the warm-up's.
-    let warm = (jobs * (warmup.as_nanos() / period.as_nanos()) as u64) as usize;
-    let mut samples = samples.split_off(warm.min(samples.len()));
     samples.truncate(expected as usize);
     let fires = fires_between(&metrics0, &metrics1);
     let mut result = summary(
