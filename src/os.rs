@@ -1,5 +1,6 @@
 //! The only module with `unsafe` code: what a child process does to itself before it becomes the
-//! job's program, handing a timerfd to tokio's reactor, and giving freed memory back.
+//! job's program, handing a timerfd to tokio's reactor, giving freed memory back, and the
+//! prefetch hint the dispatcher reads a batch's jobs ahead with.
 #![allow(unsafe_code)]
 
 use std::ffi::{CString, OsString};
@@ -368,8 +369,9 @@ fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     }
 }
 
-/// Asks the CPU to bring `*value` (its first 512 bytes at most, and the 16 before it, where an
-/// `Arc` keeps its counts) into its caches for a read soon. A hint: it reads nothing and
+/// Asks the CPU to bring `*value` and the 16 bytes before it (where an `Arc` keeps its counts),
+/// 512 bytes at most in all, into its caches for a read soon, line by line from those 16 (a
+/// partial last line may be left out: the hint only saves time). A hint: it reads nothing and
 /// faults on no address, whatever the pointer; a no-op but on x86-64.
 pub(crate) fn prefetch<T>(value: *const T) {
     #[cfg(target_arch = "x86_64")]
