@@ -236,14 +236,12 @@ async fn binary_logging(system: &str, scale: Scale) -> Value {
     let _ = child.wait();
     let expected = jobs * (window.as_nanos() / period.as_nanos()) as u64;
     let lines = std::fs::read_to_string(&log_path).unwrap_or_default();
-    // From the first whole line at or after `window_starts_at`.
-    let window_lines = match lines.get(..window_starts_at) {
-        Some(before) if !before.is_empty() && !before.ends_with('\n') => lines[window_starts_at..]
-            .split_once('\n')
-            .map_or("", |(_, rest)| rest),
-        Some(_) => &lines[window_starts_at..],
-        None => "",
-    };
+    // From `window_starts_at`, or from the start of a line cut there (there should be none:
+    // the log's writer writes whole lines).
+    let window_lines = lines
+        .get(..window_starts_at)
+        .and_then(|before| before.rfind('\n'))
+        .map_or(lines.as_str(), |end| &lines[end + 1..]);
     let mut samples: Vec<u64> = window_lines
         .lines()
         .filter(|line| line.contains("run started"))
